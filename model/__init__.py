@@ -1,0 +1,1 @@
+"""Med3D training: zarr store -> encoder weights (pretrain, finetune, evaluate, export)."""

@@ -1,0 +1,1 @@
+"""Med3D preprocessing: raw public datasets -> zarr store + parquet catalog."""
