@@ -1,1 +1,15 @@
-"""The pandas catalog of a Med3D store: schema, parquet io, queries, splits."""
+"""The pandas catalog of a Med3D store: schema, parquet io, queries, patient-level splits.
+
+>>> from catalog import load_catalog, select
+>>> cat = load_catalog("data/store")
+>>> train = select(cat, domain="hippocampus", split="train")
+"""
+from .io import load_catalog, load_domains, save_catalog, save_domains, write_parquet_atomic
+from .queries import select, scan_ids
+from .schema import CATALOG_COLUMNS, DOMAIN_COLUMNS
+from .splits import assign_splits
+
+__all__ = [
+    "CATALOG_COLUMNS", "DOMAIN_COLUMNS", "assign_splits", "load_catalog", "load_domains", "save_catalog",
+    "save_domains", "scan_ids", "select", "write_parquet_atomic",
+]

@@ -1,0 +1,91 @@
+"""Reading and writing the catalog (catalog.parquet, domains.parquet) next to the store's arrays."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pandas as pd
+
+from .schema import CATALOG_COLUMNS, DOMAIN_COLUMNS, conform
+
+CATALOG_FILE = "catalog.parquet"
+DOMAINS_FILE = "domains.parquet"
+
+
+def _join(store: str, name: str) -> str:
+    return store.rstrip("/") + "/" + name
+
+
+def _is_local(store: str) -> bool:
+    return "://" not in store or store.startswith("file://")
+
+
+def write_parquet_atomic(df: pd.DataFrame, path: str) -> None:
+    """Write a parquet file so that readers see the old file or the new one, never half of one.
+
+    Locally: a temporary file in the same folder, then os.replace. On object stores a single PUT is atomic.
+    """
+    if not _is_local(path):
+        df.to_parquet(path, index=False)
+        return
+    path = path.removeprefix("file://")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=folder)
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _exists(path: str) -> bool:
+    if _is_local(path):
+        return os.path.exists(path.removeprefix("file://"))
+    import fsspec
+
+    fs, p = fsspec.core.url_to_fs(path)
+    return fs.exists(p)
+
+
+def save_catalog(store: str, df: pd.DataFrame) -> pd.DataFrame:
+    df = conform(df, CATALOG_COLUMNS, "catalog", fill_missing=True)
+    dup = df[df.duplicated(["domain", "case_id"], keep=False)]
+    if len(dup):
+        raise ValueError(f"catalog: duplicate cases {dup[['domain', 'case_id']].values.tolist()[:5]}")
+    df = df.sort_values(["domain", "case_id"]).reset_index(drop=True)
+    write_parquet_atomic(df, _join(store, CATALOG_FILE))
+    return df
+
+
+def load_catalog(store: str, *, missing_ok: bool = False) -> pd.DataFrame:
+    """The store's catalog, schema-checked. ``missing_ok`` returns an empty catalog for a new store."""
+    path = _join(str(store), CATALOG_FILE)
+    if not _exists(path):
+        if missing_ok:
+            return conform(pd.DataFrame(), CATALOG_COLUMNS, "catalog", fill_missing=True)
+        raise FileNotFoundError(
+            f"{path}: no catalog; is {store} a med3d store? Build one with `med3d-prep build-3dseg8`."
+        )
+    return conform(pd.read_parquet(path), CATALOG_COLUMNS, path, fill_missing=False)
+
+
+def save_domains(store: str, df: pd.DataFrame) -> pd.DataFrame:
+    df = conform(df, DOMAIN_COLUMNS, "domains", fill_missing=True).sort_values("domain")
+    write_parquet_atomic(df, _join(store, DOMAINS_FILE))
+    return df.reset_index(drop=True)
+
+
+def load_domains(store: str) -> pd.DataFrame:
+    path = _join(str(store), DOMAINS_FILE)
+    if not _exists(path):
+        raise FileNotFoundError(f"{path}: no domains table; is {store} a med3d store?")
+    return conform(pd.read_parquet(path), DOMAIN_COLUMNS, path, fill_missing=False)
+
+
+def extra_table_path(store: str, name: str) -> str:
+    """Path of an extra per-store table (e.g. ``nodules`` for LIDC stores)."""
+    return _join(str(store), f"{name}.parquet")

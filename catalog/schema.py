@@ -1,0 +1,99 @@
+"""The catalog's columns and their kinds, validated on every read and write."""
+from __future__ import annotations
+
+import pandas as pd
+
+# column -> kind. Kinds: str, int, float, bool, list[int], list[float], list[str].
+CATALOG_COLUMNS: dict[str, str] = {
+    "domain": "str",
+    "case_id": "str",
+    "scan_id": "str",  # identity across datasets: MSD liver_7 and LiTS volume-7 are both "lits:7"
+    "patient_id": "str",
+    "split": "str",  # train | val | test
+    "source_dataset": "str",
+    "modality": "str",
+    "n_channels": "int",
+    "channel_names": "list[str]",
+    "source_image": "str",  # ";"-joined when a case has several files
+    "source_label": "str",
+    "source_sha256": "str",
+    "orig_shape": "list[int]",  # (z, y, x) in file axis order
+    "orig_spacing": "list[float]",  # (z, y, x) mm in file axis order
+    "target_spacing": "list[float]",  # (z, y, x) mm, canonical LPS axes
+    "shape": "list[int]",  # stored (Z, Y, X)
+    "p005": "list[float]",  # per channel, source units (HU for CT)
+    "p995": "list[float]",
+    "mean": "list[float]",
+    "std": "list[float]",
+    "air_clamped_fraction": "list[float]",
+    "has_label": "bool",
+    "label_values": "list[int]",
+    "label_voxels": "list[int]",  # voxels per value in label_values, stored grid
+    "foreground_voxels": "int",
+    "foreground_mm3": "float",
+    "spacing_flag": "str",  # "" or why the spacing is not the header's (e.g. "no_spacing:mean_train")
+    "status": "str",  # ok | failed
+    "error": "str",
+    "params_hash": "str",
+    "store_path": "str",  # <domain>/<case_id>, relative to the store root
+    "stored_bytes": "int",
+}
+
+DOMAIN_COLUMNS: dict[str, str] = {
+    "domain": "str",
+    "source_dataset": "str",
+    "modality": "str",
+    "n_channels": "int",
+    "channel_names": "list[str]",
+    "labels": "list[str]",  # label names, index = label value
+    "num_classes": "int",
+    "target_spacing": "list[float]",  # (z, y, x) mm
+    "n_volumes": "int",
+    "n_failed": "int",
+}
+
+_DEFAULTS = {"str": "", "int": 0, "float": float("nan"), "bool": False}
+
+
+def conform(df: pd.DataFrame, columns: dict[str, str], what: str, *, fill_missing: bool) -> pd.DataFrame:
+    """Return ``df`` with exactly ``columns`` in order and each column of its kind.
+
+    With ``fill_missing`` absent columns get defaults (building from rows, where failed rows lack most);
+    without it a missing column raises, naming it (reading a file someone else wrote).
+    """
+    missing = [c for c in columns if c not in df.columns]
+    if missing and not fill_missing:
+        raise ValueError(f"{what}: missing columns {missing}; was it written by another med3d version?")
+    out = pd.DataFrame(index=df.index)
+    for col, kind in columns.items():
+        if col in df.columns:
+            series = df[col]
+        elif kind.startswith("list"):
+            series = pd.Series([[] for _ in range(len(df))], index=df.index, dtype=object)
+        else:
+            series = pd.Series([_DEFAULTS[kind]] * len(df), index=df.index)
+        out[col] = _coerce(series, kind, f"{what}: column {col!r}")
+    return out.reset_index(drop=True)
+
+
+def _coerce(s: pd.Series, kind: str, what: str) -> pd.Series:
+    try:
+        if kind == "str":
+            return s.where(s.notna(), "").astype(str).astype(object)
+        if kind == "int":
+            return s.fillna(0).astype("int64")
+        if kind == "float":
+            return s.astype("float64")
+        if kind == "bool":
+            return s.fillna(False).astype(bool)
+        elem = {"list[int]": int, "list[float]": float, "list[str]": str}[kind]
+        return pd.Series(
+            [[elem(x) for x in v] if v is not None and not _isnan(v) else [] for v in s],
+            index=s.index, dtype=object,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what}: cannot be read as {kind} ({exc})") from None
+
+
+def _isnan(v) -> bool:
+    return isinstance(v, float) and v != v

@@ -1,0 +1,126 @@
+"""`med3d-prep`: raw public datasets → zarr store + parquet catalog. Thin: click parses, the API works."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+EXIT_FAILED_CASES = 3
+
+
+def _config(dtype: str, chunks: str | None, codec: str | None, **extra):
+    from .config import PrepConfig
+
+    kw = {"dtype": dtype, **extra}
+    if chunks:
+        kw["chunks"] = tuple(int(c) for c in chunks.split(","))
+        if len(kw["chunks"]) == 1:
+            kw["chunks"] = kw["chunks"] * 3
+    if codec:
+        kw["codec"] = codec
+    try:
+        return PrepConfig(**kw)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _finish(result) -> None:
+    click.echo(result.summary())
+    if result.missing:
+        click.echo(f"missing (not built): {', '.join(result.missing)}")
+    if result.failed:
+        click.echo(f"{len(result.failed)} case(s) failed; see the 'error' column of {result.store}/catalog.parquet",
+                   err=True)
+        sys.exit(EXIT_FAILED_CASES)
+
+
+_common = [
+    click.option("--workers", type=int, default=None, help="Worker processes of the local cluster (default: one "
+                 "per core; 0 runs in this process without dask)."),
+    click.option("--scheduler", default=None, metavar="tcp://HOST:8786",
+                 help="Run on an existing dask cluster instead of a local one."),
+    click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True),
+    click.option("--chunks", default=None, metavar="Z,Y,X", help="Chunk shape (default 64,64,64)."),
+    click.option("--codec", type=click.Choice(["zstd", "lz4", "lz4hc", "blosclz", "zlib"]), default=None),
+    click.option("--replan", is_flag=True, help="Recompute target spacings instead of using the frozen plan."),
+    click.option("--no-progress", is_flag=True, help="No progress bar."),
+]
+
+
+def common_options(fn):
+    for opt in reversed(_common):
+        fn = opt(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Convert raw medical datasets into a Med3D zarr store with a pandas catalog."""
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--size", type=click.Choice(["tiny", "bench"]), default="tiny", show_default=True)
+@click.option("--only", type=click.Choice(["all", "msd", "lits", "lidc", "visceral"]), default="all",
+              show_default=True, help="Which sources to write.")
+def sample(out: Path, seed: int, size: str, only: str) -> None:
+    """Write miniature raw datasets in the real layouts under OUT (OUT/msd, OUT/lits, OUT/lidc, OUT/visceral)."""
+    from .sample import write_all
+
+    written = write_all(out, seed=seed, size=size, only=only)
+    for name, paths in written.items():
+        click.echo(f"{name}: {len(paths)} files under {out / name}")
+
+
+@main.command("build-3dseg8")
+@click.argument("msd_root", type=click.Path(exists=True, file_okay=False))
+@click.argument("store")
+@click.option("--tasks", default=None, help="Comma-separated subset, e.g. Task04_Hippocampus,Task09_Spleen.")
+@common_options
+def build_3dseg8(msd_root, store, tasks, workers, scheduler, dtype, chunks, codec, replan, no_progress) -> None:
+    """Build the eight 3DSeg-8 MSD tasks found under MSD_ROOT into STORE."""
+    from .job import build
+    from .sources.msd import scan_msd
+
+    try:
+        found, missing = scan_msd(msd_root, tasks.split(",") if tasks else None)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if missing:
+        click.echo(f"not found under {msd_root} (skipped): {', '.join(missing)}")
+    if not found:
+        raise click.UsageError(f"no 3DSeg-8 task folder under {msd_root}")
+    click.echo("building: " + ", ".join(f"{spec.source_dataset} ({len(c)} cases)" for spec, c in found))
+    cfg = _config(dtype, chunks, codec)
+    result = build(found, store, cfg, workers=workers, scheduler=scheduler, replan=replan,
+                   progress=not no_progress, log=click.echo)
+    result.missing = missing
+    _finish(result)
+
+
+@main.command()
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(store: str, as_json: bool) -> None:
+    """Per domain: volumes, failed, modality, channels, target spacing, median shape, store bytes."""
+    from .info import human_bytes, store_summary
+
+    try:
+        table = store_summary(store)
+    except FileNotFoundError as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(table.to_dict("records"), indent=2))
+        return
+    shown = table.copy()
+    shown["store_bytes"] = shown["store_bytes"].map(human_bytes)
+    click.echo(shown.to_string(index=False))
+    click.echo(f"total: {int(table['volumes'].sum())} volumes, {int(table['failed'].sum())} failed, "
+               f"{human_bytes(table['store_bytes'].sum())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Frozen preprocessing configuration, stored with what it produced (store attrs, catalog rows)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT_VERSION = 1
+
+_DTYPES = ("float16", "float32")
+_CODECS = ("zstd", "lz4", "lz4hc", "blosclz", "zlib")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrepConfig:
+    """How raw volumes become store arrays.
+
+    Every field that changes the bytes written for a case enters :meth:`params_hash`; re-running a build with
+    a different hash rewrites the case, with the same hash skips it.
+    """
+
+    dtype: str = "float16"
+    """Stored image dtype. float16 halves the store; z-scored values lose < 1e-3 relative precision."""
+    chunks: tuple[int, int, int] = (64, 64, 64)
+    """Chunk shape (z, y, x) of every array; an image chunk holds one channel."""
+    codec: str = "zstd"
+    clevel: int = 3
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    air_hu: float = -1024.0
+    """CT only: values below this (scanner padding outside the field of view: -2048, -3024) clamp to it
+    before statistics and resampling, so the 0.5 percentile is not the padding value."""
+    ct_window: tuple[float, float] | None = None
+    """CT only: clip to this HU window before the z-score (LiTS uses (-200, 250)); None keeps percentiles."""
+    image_interpolation: str = "linear"
+    label_interpolation: str = "nearest"
+    foreground_samples: int = 1000
+    """Foreground voxel coordinates stored per class, for foreground-centred patch sampling."""
+    val_fraction: float = 0.1
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.codec not in _CODECS:
+            raise ValueError(f"codec must be one of {_CODECS}, got {self.codec!r}")
+        if len(self.chunks) != 3 or min(self.chunks) < 1:
+            raise ValueError(f"chunks must be three positive ints (z, y, x), got {self.chunks!r}")
+        lo, hi = self.clip_percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"clip_percentiles must satisfy 0 <= lo < hi <= 100, got {self.clip_percentiles}")
+        if self.image_interpolation not in ("linear", "bspline"):
+            raise ValueError("image_interpolation must be 'linear' or 'bspline'")
+        if self.label_interpolation != "nearest":
+            raise ValueError("label_interpolation must be 'nearest'")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        object.__setattr__(self, "chunks", tuple(int(c) for c in self.chunks))
+        object.__setattr__(self, "clip_percentiles", tuple(float(p) for p in self.clip_percentiles))
+        if self.ct_window is not None:
+            object.__setattr__(self, "ct_window", tuple(float(w) for w in self.ct_window))
+
+    # Splits are assigned over the whole catalog, not per case: they do not change a case's bytes.
+    _NOT_HASHED = frozenset({"val_fraction", "split_seed"})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PrepConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown PrepConfig fields {sorted(unknown)}")
+        kw = dict(d)
+        for key in ("chunks", "clip_percentiles", "ct_window"):
+            if kw.get(key) is not None:
+                kw[key] = tuple(kw[key])
+        return cls(**kw)
+
+    def params_hash(self, **extra: Any) -> str:
+        """A short content hash of everything that determines a case's stored bytes (plus ``extra``,
+        e.g. the target spacing)."""
+        payload = {k: v for k, v in self.to_dict().items() if k not in self._NOT_HASHED}
+        payload["format_version"] = FORMAT_VERSION
+        payload.update({k: _jsonable(v) for k, v in extra.items()})
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float) and v.is_integer():
+        return float(v)
+    return v
+
+
+@dataclass(frozen=True, kw_only=True)
+class DomainSpec:
+    """One domain (dataset) of a store: what its volumes are and which labels they carry."""
+
+    name: str
+    source_dataset: str
+    modality: str
+    """"CT" or "MR": CT gets air clamping (and windowing when configured)."""
+    channel_names: tuple[str, ...]
+    labels: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.labels, default=0) + 1
+
+    @property
+    def is_ct(self) -> bool:
+        return self.modality == "CT"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Case:
+    """One volume to convert: where its files are and who it is.
+
+    ``scan_id`` names the scan across datasets (MSD ``liver_7`` and LiTS ``volume-7`` are both ``lits:7``), so
+    a scan used to validate a transfer can be kept out of pretraining. ``patient_id`` drives the splits.
+    """
+
+    domain: str
+    case_id: str
+    scan_id: str
+    patient_id: str
+    images: tuple[str, ...]
+    """Image files; a 4D file holds several channels, otherwise one file per channel."""
+    label: str | None = None
+    split_hint: str | None = None
+    """"test" for unlabelled cases (MSD imagesTs, LiTS test-volume-N); None lets the catalog assign."""
+    spacing_override: tuple[float, float, float] | None = None
+    """(x, y, z) mm in file axis order, replacing a header without usable spacing."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def store_path(self) -> str:
+        return f"{self.domain}/{self.case_id}"

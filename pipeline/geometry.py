@@ -1,0 +1,225 @@
+"""Reading volumes, canonical orientation, target spacing and resampling (SimpleITK).
+
+Array axes are (z, y, x) everywhere in the store; SimpleITK sizes and spacings are (x, y, z). Functions here take
+and return SimpleITK images unless they say otherwise, and know nothing of dask or zarr.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+CANONICAL = "LPS"
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a file's header says, without reading its voxels. Sizes and spacings in file axis order (x, y, z)."""
+
+    path: str
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+    """3×3 row-major direction cosines (the spatial part of a 4D header)."""
+    n_channels: int
+    pixel_type: str
+    component_bytes: int
+
+    @property
+    def n_voxels(self) -> int:
+        return int(np.prod(self.size))
+
+    def canonical_spacing_zyx(self) -> tuple[float, float, float]:
+        """Spacing (z, y, x) mm of the array after reorientation to LPS: axis permutation only."""
+        perm = canonical_permutation(self.direction)
+        spacing_lps = [0.0, 0.0, 0.0]
+        for file_axis, phys_axis in enumerate(perm):
+            spacing_lps[phys_axis] = self.spacing[file_axis]
+        return (spacing_lps[2], spacing_lps[1], spacing_lps[0])
+
+    def canonical_size_zyx(self) -> tuple[int, int, int]:
+        perm = canonical_permutation(self.direction)
+        size_lps = [0, 0, 0]
+        for file_axis, phys_axis in enumerate(perm):
+            size_lps[phys_axis] = self.size[file_axis]
+        return (size_lps[2], size_lps[1], size_lps[0])
+
+
+_BYTES = {
+    "8-bit unsigned integer": 1, "8-bit signed integer": 1, "16-bit unsigned integer": 2,
+    "16-bit signed integer": 2, "32-bit unsigned integer": 4, "32-bit signed integer": 4,
+    "64-bit unsigned integer": 8, "64-bit signed integer": 8, "32-bit float": 4, "64-bit float": 8,
+}
+
+
+def read_header(path: str) -> Header:
+    """Read the geometry of a NIfTI (or any ITK-readable) file from its header only.
+
+    A 4D scalar file (MSD BrainTumour, Prostate: dim[4] = channels) reports its channels in ``n_channels``
+    and the spatial 3×3 part of its direction.
+    """
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: cannot read the image header ({_first_line(exc)})") from None
+    dim = reader.GetDimension()
+    size = reader.GetSize()
+    spacing = reader.GetSpacing()
+    origin = reader.GetOrigin()
+    direction = np.asarray(reader.GetDirection()).reshape(dim, dim)
+    if dim == 4:
+        n_channels = int(size[3])
+    elif dim == 3:
+        n_channels = int(reader.GetNumberOfComponents())
+    else:
+        raise ValueError(f"{path}: expected a 3D or 4D image, got {dim}D")
+    pixel = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+    ctype = sitk.GetPixelIDValueAsString(reader.GetPixelID()).replace("vector of ", "")
+    return Header(
+        path=str(path),
+        size=tuple(int(s) for s in size[:3]),
+        spacing=tuple(float(s) for s in spacing[:3]),
+        origin=tuple(float(o) for o in origin[:3]),
+        direction=tuple(float(d) for d in direction[:3, :3].ravel()),
+        n_channels=n_channels,
+        pixel_type=pixel,
+        component_bytes=_BYTES.get(ctype, 4),
+    )
+
+
+def canonical_permutation(direction: tuple[float, ...] | np.ndarray) -> tuple[int, int, int]:
+    """For each file axis, the physical axis (0=x L, 1=y P, 2=z S) it runs closest to.
+
+    Ties (a 45° oblique volume) are broken the way a greedy assignment on the largest cosine does, so the result
+    is always a permutation.
+    """
+    d = np.abs(np.asarray(direction, dtype=float).reshape(3, 3))
+    perm = [-1, -1, -1]
+    free_phys, free_file = {0, 1, 2}, {0, 1, 2}
+    for _ in range(3):
+        best = max(((d[p, f], p, f) for p in free_phys for f in free_file))
+        _, p, f = best
+        perm[f] = p
+        free_phys.discard(p)
+        free_file.discard(f)
+    return tuple(perm)
+
+
+def read_channels(path: str, spacing_override: tuple[float, float, float] | None = None) -> list[sitk.Image]:
+    """Read a volume as a list of 3D scalar images, one per channel.
+
+    4D scalar NIfTI (SimpleITK reads them with a 4-entry spacing and a 4×4 direction, which 3D filters reject)
+    and vector images are split first.
+    """
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: cannot read the image ({_first_line(exc)})") from None
+    if img.GetDimension() == 4:
+        sx, sy, sz, nc = img.GetSize()
+        channels = []
+        for c in range(nc):
+            extractor = sitk.ExtractImageFilter()
+            extractor.SetSize([sx, sy, sz, 0])
+            extractor.SetIndex([0, 0, 0, c])
+            extractor.SetDirectionCollapseToStrategy(extractor.DIRECTIONCOLLAPSETOSUBMATRIX)
+            channels.append(extractor.Execute(img))
+    elif img.GetNumberOfComponentsPerPixel() > 1:
+        channels = [sitk.VectorIndexSelectionCast(img, c) for c in range(img.GetNumberOfComponentsPerPixel())]
+    elif img.GetDimension() == 3:
+        channels = [img]
+    else:
+        raise ValueError(f"{path}: expected a 3D or 4D image, got {img.GetDimension()}D")
+    if spacing_override is not None:
+        for ch in channels:
+            ch.SetSpacing(tuple(float(s) for s in spacing_override))
+    return channels
+
+
+def reorient(img: sitk.Image) -> sitk.Image:
+    """Nearest canonical (LPS) orientation: axis permutation and flips only, no interpolation. An oblique
+    volume keeps its residual rotation in the direction."""
+    return sitk.DICOMOrient(img, CANONICAL)
+
+
+def target_size(size_xyz, spacing_xyz, new_spacing_xyz) -> tuple[int, int, int]:
+    """new size = round(old size × old spacing / new spacing), at least 1 voxel per axis."""
+    return tuple(
+        max(1, int(round(n * s / t))) for n, s, t in zip(size_xyz, spacing_xyz, new_spacing_xyz)
+    )
+
+
+_INTERP = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}
+
+
+def resample(
+    img: sitk.Image,
+    spacing_xyz: tuple[float, float, float],
+    interpolation: str,
+    *,
+    pixel_type: int | None = None,
+    default_value: float = 0.0,
+) -> sitk.Image:
+    """Resample onto a grid with the same origin and direction and the given spacing (mm, x y z).
+
+    The grid keeps the first voxel centre and covers the same extent: size = round(size × spacing / new spacing).
+    """
+    old_spacing = img.GetSpacing()
+    if np.allclose(old_spacing, spacing_xyz, rtol=0, atol=1e-6):
+        return img if pixel_type is None else sitk.Cast(img, pixel_type)
+    size = target_size(img.GetSize(), old_spacing, spacing_xyz)
+    return sitk.Resample(
+        img,
+        size,
+        sitk.Transform(),
+        _INTERP[interpolation],
+        img.GetOrigin(),
+        tuple(float(s) for s in spacing_xyz),
+        img.GetDirection(),
+        float(default_value),
+        img.GetPixelID() if pixel_type is None else pixel_type,
+    )
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, tol_mm: float = 1e-3) -> bool:
+    """Whether two images share size, spacing, origin and direction (within tolerance)."""
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol_mm, rtol=1e-5)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=max(tol_mm, 1e-3 * max(a.GetSpacing())), rtol=0)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4)
+    )
+
+
+def grid_mismatch(a: sitk.Image, b: sitk.Image) -> str:
+    """A human description of how two grids differ."""
+    parts = []
+    for name, get in (("size", "GetSize"), ("spacing", "GetSpacing"), ("origin", "GetOrigin")):
+        va, vb = getattr(a, get)(), getattr(b, get)()
+        if not np.allclose(va, vb, atol=1e-3):
+            parts.append(f"{name} {tuple(round(v, 4) for v in va)} vs {tuple(round(v, 4) for v in vb)}")
+    if not np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4):
+        parts.append("direction differs")
+    return ", ".join(parts) or "grids match"
+
+
+def median_spacing(spacings_zyx: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+    """Per-axis median of canonical (z, y, x) spacings: the domain's target spacing (mm)."""
+    if not spacings_zyx:
+        raise ValueError("cannot take the median spacing of an empty domain")
+    arr = np.asarray(spacings_zyx, dtype=float)
+    return tuple(float(round(v, 6)) for v in np.median(arr, axis=0))
+
+
+def zyx_to_xyz(t):
+    return tuple(reversed(tuple(t)))
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    # ITK puts the useful part on the last line ("... Description: ...").
+    return lines[-1] if lines else type(exc).__name__

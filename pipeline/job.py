@@ -1,0 +1,311 @@
+"""The dask job: scan → plan → convert → catalog.
+
+Only this module knows about dask. Every per-case step is a pure function from ``convert``/``geometry``; here
+they become tasks with deterministic keys, memory-aware scheduling, resume and failure accounting.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from catalog import assign_splits, load_catalog, load_domains, save_catalog, save_domains
+
+from . import geometry
+from .config import Case, DomainSpec, PrepConfig
+from .convert import case_params_hash, convert_or_fail, failed_row, is_up_to_date
+from .store import domain_plan, freeze_plan, open_root
+
+MEM_RESOURCE = "MEM"
+_BASE_OVERHEAD = 150 * 2**20
+
+
+@dataclass
+class CaseHeader:
+    """What the plan needs of one case, from headers only."""
+
+    spacing_zyx: tuple[float, float, float]
+    size_zyx: tuple[int, int, int]
+    n_channels: int
+    component_bytes: int
+    error: str = ""
+
+
+@dataclass
+class BuildResult:
+    store: str
+    catalog: pd.DataFrame
+    converted: int = 0
+    skipped: int = 0
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    target_spacing: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self) -> str:
+        lines = [
+            f"store {self.store}: {self.converted} converted, {self.skipped} skipped (unchanged), "
+            f"{len(self.failed)} failed in {self.elapsed_s:.1f} s"
+        ]
+        for dom, sp in sorted(self.target_spacing.items()):
+            lines.append(f"  {dom}: target spacing (z, y, x) = {tuple(round(s, 4) for s in sp)} mm")
+        for row in self.failed:
+            lines.append(f"  FAILED {row['domain']}/{row['case_id']}: {row['error']}")
+        return "\n".join(lines)
+
+
+def read_case_header(case: Case) -> CaseHeader:
+    """Header-only geometry of a case in canonical (z, y, x) axes; errors are returned, not raised."""
+    try:
+        hdr = geometry.read_header(case.images[0])
+        if case.spacing_override is not None:
+            hdr = geometry.Header(**{**vars(hdr), "spacing": tuple(float(s) for s in case.spacing_override)})
+        n_channels = sum(geometry.read_header(p).n_channels for p in case.images[1:]) + hdr.n_channels
+        return CaseHeader(hdr.canonical_spacing_zyx(), hdr.canonical_size_zyx(), n_channels, hdr.component_bytes)
+    except ValueError as exc:
+        return CaseHeader((0.0, 0.0, 0.0), (0, 0, 0), 0, 0, error=str(exc))
+
+
+def estimate_memory(h: CaseHeader, target_zyx: tuple[float, float, float]) -> int:
+    """Peak bytes of converting a case: source volume + its clamped copy per channel, the float32 resampled
+    channel, the output array, and the label at both grids (uint8)."""
+    n_src = int(np.prod(h.size_zyx))
+    n_tgt = int(np.prod([n * s / t for n, s, t in zip(h.size_zyx, h.spacing_zyx, target_zyx)]))
+    per_channel = n_src * (2 * h.component_bytes) + n_tgt * (4 + 4)
+    out = n_tgt * 4 * h.n_channels
+    label = n_src * 4 + n_tgt * 2
+    return int(_BASE_OVERHEAD + h.n_channels * n_src * h.component_bytes + per_channel + out + label)
+
+
+def plan_target_spacing(headers: list[CaseHeader], rule: str = "median") -> tuple[float, float, float]:
+    spacings = [h.spacing_zyx for h in headers if not h.error]
+    if rule == "median":
+        return geometry.median_spacing(spacings)
+    if rule == "mean":
+        return tuple(float(round(v, 6)) for v in np.mean(np.asarray(spacings), axis=0))
+    raise ValueError(f"unknown spacing rule {rule!r} (median or mean)")
+
+
+def _task(case, spec, target, cfg, store, params_hash, storage_options):
+    """The dask task: one single-threaded conversion (ITK and zarr pools set to one thread per worker)."""
+    import SimpleITK as sitk
+    import zarr
+
+    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)
+    zarr.config.set({"threading.max_workers": 1})
+    return convert_or_fail(case, spec, target, cfg, store, params_hash, storage_options)
+
+
+@contextlib.contextmanager
+def dask_client(workers: int | None, scheduler: str | None, memory_per_worker: int | None = None) -> Iterator[Any]:
+    """A client on the cluster at ``scheduler``, or on a new LocalCluster with one single-threaded worker
+    process per core (dashboard off) that advertises its memory as a resource for memory-aware scheduling."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    n = workers or os.cpu_count() or 1
+    total = _total_memory()
+    mem = memory_per_worker or int(total * 0.85 / n)
+    with LocalCluster(
+        n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+        memory_limit=mem, resources={MEM_RESOURCE: mem}, host="127.0.0.1",
+    ) as cluster, Client(cluster) as client:
+        yield client
+
+
+def _total_memory() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except ImportError:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def _worker_memory(client) -> int | None:
+    """The smallest MEM resource the workers advertise, or None when they advertise none (external cluster
+    started without ``--resources MEM=...``): then tasks are submitted without resource constraints, since a
+    constraint no worker satisfies would hang forever."""
+    info = client.scheduler_info()
+    mems = [w.get("resources", {}).get(MEM_RESOURCE) for w in info.get("workers", {}).values()]
+    if not mems or any(m is None for m in mems):
+        return None
+    return int(min(mems))
+
+
+def build(
+    domains: list[tuple[DomainSpec, list[Case]]],
+    store: str,
+    cfg: PrepConfig,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    spacing_rule: str = "median",
+    replan: bool = False,
+    target_spacing: dict[str, tuple[float, float, float]] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    storage_options: dict | None = None,
+) -> BuildResult:
+    """Build (or update) a store from cases. ``workers=0`` runs in this process without dask (debugging).
+
+    ``target_spacing`` (domain → (z, y, x) mm) overrides the planned spacing of the named domains.
+    """
+    t0 = time.perf_counter()
+    store = str(store)
+    root = open_root(store, storage_options=storage_options)
+    all_cases = [(spec, c) for spec, cases in domains for c in cases]
+    specs = {spec.name: spec for spec, _ in domains}
+    result = BuildResult(store=store, catalog=pd.DataFrame())
+    rows: list[dict[str, Any]] = []
+
+    runner = _InProcess() if workers == 0 and not scheduler else None
+    with (contextlib.nullcontext(runner) if runner else dask_client(workers, scheduler)) as client:
+        headers = client.gather(client.map(read_case_header, [c for _, c in all_cases], pure=False)) \
+            if runner is None else [read_case_header(c) for _, c in all_cases]
+
+        targets: dict[str, tuple[float, float, float]] = {}
+        for name, spec in specs.items():
+            frozen = None if replan else domain_plan(root, name)
+            hs = [h for (s, c), h in zip(all_cases, headers) if s.name == name and c.label and not h.error]
+            hs = hs or [h for (s, _), h in zip(all_cases, headers) if s.name == name and not h.error]
+            if target_spacing and name in target_spacing:
+                targets[name] = tuple(float(v) for v in target_spacing[name])
+                freeze_plan(root, name, {
+                    "target_spacing": list(targets[name]), "rule": "given", "n_cases": len(hs),
+                    "source_dataset": spec.source_dataset, "modality": spec.modality,
+                    "channel_names": list(spec.channel_names),
+                    "labels": {str(k): v for k, v in spec.labels.items()},
+                })
+            elif frozen:
+                targets[name] = tuple(frozen["target_spacing"])
+                log(f"{name}: using the frozen plan's target spacing {targets[name]} mm "
+                    f"(planned from {frozen['n_cases']} cases; --replan recomputes it)")
+            elif hs:
+                targets[name] = plan_target_spacing(hs, spacing_rule)
+                freeze_plan(root, name, {
+                    "target_spacing": list(targets[name]), "rule": spacing_rule, "n_cases": len(hs),
+                    "source_dataset": spec.source_dataset, "modality": spec.modality,
+                    "channel_names": list(spec.channel_names),
+                    "labels": {str(k): v for k, v in spec.labels.items()},
+                })
+        result.target_spacing = dict(targets)
+
+        todo = []
+        for (spec, case), hdr in zip(all_cases, headers):
+            if hdr.error or spec.name not in targets:
+                rows.append(failed_row(case, spec, "", hdr.error or "no readable case in its domain"))
+                continue
+            phash = case_params_hash(case, cfg, targets[spec.name], spec)
+            row = is_up_to_date(root, case, phash)
+            if row is not None:
+                rows.append(row)
+                result.skipped += 1
+            else:
+                todo.append((spec, case, hdr, phash))
+        log(f"{len(all_cases)} cases: {result.skipped} unchanged (skipped), {len(todo)} to convert")
+
+        bar = _progress(len(todo), progress)
+        if runner is not None:
+            for spec, case, _, phash in todo:
+                rows.append(_task(case, spec, targets[spec.name], cfg, store, phash, storage_options))
+                bar.update(1)
+        else:
+            rows.extend(_run_on_cluster(client, todo, targets, cfg, store, storage_options, bar, log))
+        bar.close()
+
+    result.converted = sum(1 for r in rows if r["status"] == "ok") - result.skipped
+    result.failed = [r for r in rows if r["status"] != "ok"]
+    result.catalog = _write_catalog(store, rows, specs, targets, cfg)
+    result.elapsed_s = time.perf_counter() - t0
+    return result
+
+
+def _run_on_cluster(client, todo, targets, cfg, store, storage_options, bar, log) -> list[dict[str, Any]]:
+    from distributed import as_completed
+
+    cap = _worker_memory(client)
+    if cap is None and todo:
+        log("workers advertise no MEM resource: running without memory-aware limits "
+            "(start workers with `--resources MEM=<bytes>` to enable them)")
+    futures = {}
+    for spec, case, hdr, phash in todo:
+        target = targets[spec.name]
+        kw = {}
+        if cap is not None:
+            need = estimate_memory(hdr, target)
+            if need > cap:
+                log(f"{case.store_path}: needs ~{need / 2**30:.1f} GiB, more than a worker's "
+                    f"{cap / 2**30:.1f} GiB; it will run alone on a worker")
+            kw["resources"] = {MEM_RESOURCE: min(need, cap)}
+        fut = client.submit(
+            _task, case, spec, target, cfg, store, phash, storage_options,
+            key=f"convert-{case.domain}-{case.case_id}-{phash}", retries=0, **kw,
+        )
+        futures[fut] = (spec, case, phash)
+    rows = []
+    for fut in as_completed(futures):
+        spec, case, phash = futures[fut]
+        try:
+            rows.append(fut.result())
+        except Exception as exc:  # the worker died (killed for memory) or the task could not run
+            rows.append(failed_row(case, spec, phash, f"{case.images[0]}: worker failed: {type(exc).__name__}: {exc}"))
+        bar.update(1)
+        fut.release()
+    return rows
+
+
+def _write_catalog(store, rows, specs, targets, cfg) -> pd.DataFrame:
+    new = pd.DataFrame(rows)
+    old = load_catalog(store, missing_ok=True)
+    keep = old[~old["domain"].isin(list(specs))]
+    cat = pd.concat([keep, new], ignore_index=True) if len(keep) else new
+    if "has_label" not in cat:
+        cat["has_label"] = False
+    cat["has_label"] = cat["has_label"].fillna(False).astype(bool)
+    cat["split"] = cat["split"].fillna("")
+    cat["split"] = assign_splits(cat, cfg.val_fraction, cfg.split_seed)
+    cat = save_catalog(store, cat)
+
+    dom_rows = []
+    try:
+        old_domains = load_domains(store)
+        dom_rows = old_domains[~old_domains["domain"].isin(list(specs))].to_dict("records")
+    except FileNotFoundError:
+        pass
+    for name, spec in specs.items():
+        sub = cat[cat["domain"] == name]
+        dom_rows.append({
+            "domain": name, "source_dataset": spec.source_dataset, "modality": spec.modality,
+            "n_channels": len(spec.channel_names), "channel_names": list(spec.channel_names),
+            "labels": [spec.labels.get(i, "") for i in range(spec.num_classes)],
+            "num_classes": spec.num_classes, "target_spacing": list(targets.get(name, ())),
+            "n_volumes": int((sub["status"] == "ok").sum()), "n_failed": int((sub["status"] != "ok").sum()),
+        })
+    save_domains(store, pd.DataFrame(dom_rows))
+    return cat
+
+
+class _InProcess:
+    """Stands in for a client when ``workers=0``."""
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="case", desc="convert", disable=not enabled or total == 0,
+                file=sys.stderr, dynamic_ncols=True)

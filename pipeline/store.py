@@ -1,0 +1,143 @@
+"""The zarr v3 store: one group per store, one group per case, arrays + attrs, completion marker last.
+
+Layout (see README)::
+
+    STORE/zarr.json                 attrs {format_version, med3d_version, created_by}
+    STORE/catalog.parquet           one row per volume
+    STORE/domains.parquet           one row per domain
+    STORE/<domain>/                 group; attrs {plan: target spacing, params}
+    STORE/<domain>/<case>/          group; attrs geometry, provenance, normalization, marker
+        image       (C, Z, Y, X) float16|float32
+        label       (Z, Y, X) uint8 (absent for unlabelled cases)
+        foreground  (N, 4) int32 rows (class, z, y, x): sampled foreground voxels for patch sampling
+
+A case counts once its group attrs hold ``med3d_complete`` (written last): object stores have no atomic rename,
+so readers ignore cases without it and a re-run rewrites them.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from .config import FORMAT_VERSION, PrepConfig
+
+MARKER = "med3d_complete"
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("med3d")
+    except Exception:  # not installed (running from a checkout)
+        return "0+unknown"
+
+
+def open_root(store: str, mode: str = "a", storage_options: dict | None = None) -> zarr.Group:
+    """Open (or create) a store's root group. ``store`` is a local path or an fsspec URL (s3://, gcs://)."""
+    kw = {"storage_options": storage_options} if storage_options else {}
+    root = zarr.open_group(store, mode=mode, zarr_format=3, **kw)
+    if mode != "r" and "format_version" not in root.attrs:
+        root.attrs.update(
+            {"format_version": FORMAT_VERSION, "med3d_version": _version(), "created_by": "med3d-prep"}
+        )
+    return root
+
+
+def case_marker(root: zarr.Group, store_path: str) -> dict[str, Any] | None:
+    """The completion marker of a case, or None when the case is absent or was never finished."""
+    try:
+        grp = root[store_path]
+    except KeyError:
+        return None
+    if not isinstance(grp, zarr.Group):
+        return None
+    try:
+        return grp.attrs.get(MARKER)
+    except Exception:  # a torn zarr.json from a crash mid-write: treat as incomplete
+        return None
+
+
+def compressor(cfg: PrepConfig) -> BloscCodec:
+    return BloscCodec(cname=cfg.codec, clevel=cfg.clevel, shuffle="shuffle")
+
+
+def write_case(
+    root: zarr.Group,
+    store_path: str,
+    image: np.ndarray,
+    label: np.ndarray | None,
+    foreground: np.ndarray,
+    attrs: dict[str, Any],
+    cfg: PrepConfig,
+    marker: dict[str, Any],
+) -> int:
+    """Write one case, replacing whatever was there, marker last. Returns the stored bytes of its arrays.
+
+    image: (C, Z, Y, X) in ``cfg.dtype``; label: (Z, Y, X) uint8/int16 or None; foreground: (N, 4) int32.
+    """
+    if image.ndim != 4:
+        raise ValueError(f"image must be (C, Z, Y, X), got shape {image.shape}")
+    grp = zarr.open_group(root.store, path=store_path, mode="w", zarr_format=3)
+    cz, cy, cx = cfg.chunks
+    img = grp.create_array(
+        "image", shape=image.shape, chunks=(1, cz, cy, cx), dtype=image.dtype,
+        compressors=compressor(cfg), fill_value=0,
+    )
+    img[...] = image
+    stored = img.nbytes_stored()
+    if label is not None:
+        if label.shape != image.shape[1:]:
+            raise ValueError(f"label shape {label.shape} differs from image shape {image.shape[1:]}")
+        lab = grp.create_array(
+            "label", shape=label.shape, chunks=(cz, cy, cx), dtype=label.dtype,
+            compressors=compressor(cfg), fill_value=0,
+        )
+        lab[...] = label
+        stored += lab.nbytes_stored()
+    fg = grp.create_array(
+        "foreground", shape=foreground.shape, chunks=(max(1, foreground.shape[0]), 4), dtype="int32",
+        compressors=compressor(cfg), fill_value=0,
+    )
+    if foreground.size:
+        fg[...] = foreground.astype(np.int32)
+    grp.attrs.update(attrs)
+    done = dict(marker)
+    done["written_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    grp.attrs[MARKER] = done
+    return int(stored)
+
+
+def sample_foreground(label: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Up to ``per_class`` random voxel coordinates of each non-zero class: (N, 4) int32 rows (class, z, y, x)."""
+    rng = np.random.default_rng(seed)
+    flat = label.reshape(-1)
+    nz = np.flatnonzero(flat)
+    if nz.size == 0:
+        return np.zeros((0, 4), np.int32)
+    classes = flat[nz]
+    rows = []
+    for c in np.unique(classes):
+        idx = nz[classes == c]
+        if idx.size > per_class:
+            idx = np.sort(rng.choice(idx, size=per_class, replace=False))
+        zyx = np.stack(np.unravel_index(idx, label.shape), axis=1)
+        rows.append(np.concatenate([np.full((idx.size, 1), c), zyx], axis=1))
+    return np.concatenate(rows).astype(np.int32)
+
+
+def domain_plan(root: zarr.Group, domain: str) -> dict[str, Any] | None:
+    """The frozen plan of a built domain (target spacing, params), or None."""
+    try:
+        return root[domain].attrs.get("plan")
+    except KeyError:
+        return None
+
+
+def freeze_plan(root: zarr.Group, domain: str, plan: dict[str, Any]) -> None:
+    grp = root.require_group(domain)
+    grp.attrs["plan"] = plan
