@@ -51,13 +51,26 @@ def _exists(path: str) -> bool:
     return fs.exists(p)
 
 
+def _write_if_changed(df: pd.DataFrame, path: str, columns: dict[str, str]) -> None:
+    """Write unless the file already holds exactly this table: a re-run that changed nothing touches nothing."""
+    if _exists(path):
+        try:
+            old = conform(pd.read_parquet(path), columns, path, fill_missing=False)
+            if old.equals(df):
+                return
+        except (ValueError, OSError):
+            pass  # unreadable or from another version: rewrite it
+    write_parquet_atomic(df, path)
+
+
 def save_catalog(store: str, df: pd.DataFrame) -> pd.DataFrame:
+    """Validate and write the catalog (sorted by domain, case). Returns the conformed table."""
     df = conform(df, CATALOG_COLUMNS, "catalog", fill_missing=True)
     dup = df[df.duplicated(["domain", "case_id"], keep=False)]
     if len(dup):
         raise ValueError(f"catalog: duplicate cases {dup[['domain', 'case_id']].values.tolist()[:5]}")
     df = df.sort_values(["domain", "case_id"]).reset_index(drop=True)
-    write_parquet_atomic(df, _join(store, CATALOG_FILE))
+    _write_if_changed(df, _join(store, CATALOG_FILE), CATALOG_COLUMNS)
     return df
 
 
@@ -74,9 +87,9 @@ def load_catalog(store: str, *, missing_ok: bool = False) -> pd.DataFrame:
 
 
 def save_domains(store: str, df: pd.DataFrame) -> pd.DataFrame:
-    df = conform(df, DOMAIN_COLUMNS, "domains", fill_missing=True).sort_values("domain")
-    write_parquet_atomic(df, _join(store, DOMAINS_FILE))
-    return df.reset_index(drop=True)
+    df = conform(df, DOMAIN_COLUMNS, "domains", fill_missing=True).sort_values("domain").reset_index(drop=True)
+    _write_if_changed(df, _join(store, DOMAINS_FILE), DOMAIN_COLUMNS)
+    return df
 
 
 def load_domains(store: str) -> pd.DataFrame:

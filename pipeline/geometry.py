@@ -60,6 +60,7 @@ def read_header(path: str) -> Header:
     A 4D scalar file (MSD BrainTumour, Prostate: dim[4] = channels) reports its channels in ``n_channels``
     and the spatial 3×3 part of its direction.
     """
+    _require_file(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -115,6 +116,7 @@ def read_channels(path: str, spacing_override: tuple[float, float, float] | None
     4D scalar NIfTI (SimpleITK reads them with a 4-entry spacing and a 4×4 direction, which 3D filters reject)
     and vector images are split first.
     """
+    _require_file(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -219,7 +221,22 @@ def zyx_to_xyz(t):
     return tuple(reversed(tuple(t)))
 
 
+def _require_file(path) -> None:
+    import os
+
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: file not found")
+
+
 def _first_line(exc: Exception) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     # ITK puts the useful part on the last line ("... Description: ...").
     return lines[-1] if lines else type(exc).__name__
+
+
+def index_to_physical(idx_zyx: np.ndarray, origin, direction, spacing_zyx) -> np.ndarray:
+    """Physical points (x, y, z) mm in LPS of array indices (N, 3) given as (z, y, x): the store's attrs
+    (``origin``, ``direction`` row-major 3×3, ``spacing`` (z, y, x)) are enough to place any voxel."""
+    idx_xyz = np.asarray(idx_zyx, dtype=float)[:, ::-1]
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    return np.asarray(origin, dtype=float) + (idx_xyz * np.asarray(spacing_zyx, dtype=float)[::-1]) @ d.T
