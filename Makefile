@@ -2,11 +2,12 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
 # The CPU build of torch lies on the build machines' disks; an unpinned torch pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 DEMO   := data/demo
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +19,27 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(VENV)/bin/python -m pipeline.demo $(DEMO)
+	rm -rf $(DEMO)
+	@echo "== 1. miniature raw datasets in the real layouts (MSD, LiTS, LIDC-IDRI, VISCERAL)"
+	$(BIN)/med3d-prep sample $(DEMO)/raw
+	@echo "== 2. the eight 3DSeg-8 tasks -> zarr store + catalog (dask LocalCluster)"
+	$(BIN)/med3d-prep build-3dseg8 $(DEMO)/raw/msd $(DEMO)/store --no-progress
+	$(BIN)/med3d-prep info $(DEMO)/store
+	@echo "== 3. Med3D multi-branch pretraining of a ResNet-10 on the CPU (a few steps)"
+	$(BIN)/med3d-train pretrain $(DEMO)/store --out $(DEMO)/runs/pretrain --depth 10 --steps 12 --batch 2 \
+		--patch 32 --device cpu --workers 0 --val-every 12 --ckpt-every 6
+	@echo "== 4. export the encoder in MedicalNet's format"
+	$(BIN)/med3d-train export $(DEMO)/runs/pretrain/checkpoint.pt --format medicalnet $(DEMO)/runs/resnet_10_med3d.pth
+	@echo "== done: store in $(DEMO)/store, run in $(DEMO)/runs/pretrain, weights $(DEMO)/runs/resnet_10_med3d.pth"
 
 test: venv
 	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) benchmarks/prep.py
+	$(PY) benchmarks/loader.py
+	$(PY) benchmarks/train.py
 
 clean:
 	rm -rf $(VENV) $(DEMO)

@@ -1,0 +1,16 @@
+# GPU image: CUDA build of torch from the PyTorch base image, plus med3d and its dependencies.
+#   docker build -t med3d .
+#   docker run --gpus all -v /data:/data med3d med3d-train pretrain /data/store --out /data/runs/r50 --depth 50 --device cuda
+#   docker run --gpus all --ipc=host -v /data:/data med3d torchrun --nproc-per-node 4 -m model.cli pretrain ...
+FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /opt/med3d
+COPY pyproject.toml README.md ./
+COPY pipeline ./pipeline
+COPY catalog ./catalog
+COPY model ./model
+# torch>=2.4 is already satisfied by the base image's CUDA build, so pip keeps it.
+RUN pip install ".[bench]" && python -c "import torch, SimpleITK, zarr, dask; print(torch.__version__, torch.version.cuda)"
+WORKDIR /work
+CMD ["med3d-train", "--help"]
