@@ -9,13 +9,14 @@ CATALOG_COLUMNS: dict[str, str] = {
     "case_id": "str",
     "scan_id": "str",  # identity across datasets: MSD liver_7 and LiTS volume-7 are both "lits:7"
     "patient_id": "str",
-    "split": "str",  # train | val | test
+    "split": "str",  # train | val | test | unannotated (VISCERAL volumes without lung masks)
     "source_dataset": "str",
-    "modality": "str",
+    "modality": "str",  # CT | MR: decides air clamp and window
+    "source_modality": "str",  # the dataset's own name where finer (VISCERAL CT, CTce, MRT1, MRT1cefs), else ""
     "n_channels": "int",
     "channel_names": "list[str]",
     "source_image": "str",  # ";"-joined when a case has several files
-    "source_label": "str",
+    "source_label": "str",  # ";"-joined when composed from several masks (VISCERAL)
     "source_sha256": "str",
     "orig_shape": "list[int]",  # (z, y, x) in file axis order
     "orig_spacing": "list[float]",  # (z, y, x) mm in file axis order
@@ -31,7 +32,7 @@ CATALOG_COLUMNS: dict[str, str] = {
     "label_voxels": "list[int]",  # voxels per value in label_values, stored grid
     "foreground_voxels": "int",
     "foreground_mm3": "float",
-    "spacing_flag": "str",  # "" or why the spacing is not the header's (e.g. "no_spacing:mean_train")
+    "spacing_flag": "str",  # "" or why the spacing is not the header's: "no_spacing:train_mean", "override:csv"
     "status": "str",  # ok | failed
     "error": "str",
     "params_hash": "str",
@@ -54,6 +55,9 @@ DOMAIN_COLUMNS: dict[str, str] = {
 
 _DEFAULTS = {"str": "", "int": 0, "float": float("nan"), "bool": False}
 
+# Columns added after format 1 first shipped: a file without them still reads, with defaults.
+ADDED_COLUMNS = frozenset({"source_modality"})
+
 
 def conform(df: pd.DataFrame, columns: dict[str, str], what: str, *, fill_missing: bool) -> pd.DataFrame:
     """Return ``df`` with exactly ``columns`` in order and each column of its kind.
@@ -61,7 +65,7 @@ def conform(df: pd.DataFrame, columns: dict[str, str], what: str, *, fill_missin
     With ``fill_missing`` absent columns get defaults (building from rows, where failed rows lack most);
     without it a missing column raises, naming it (reading a file someone else wrote).
     """
-    missing = [c for c in columns if c not in df.columns]
+    missing = [c for c in columns if c not in df.columns and c not in ADDED_COLUMNS]
     if missing and not fill_missing:
         raise ValueError(f"{what}: missing columns {missing}; was it written by another med3d version?")
     out = pd.DataFrame(index=df.index)

@@ -13,17 +13,24 @@ def hash_unit(seed: int, *parts: str) -> float:
 
 
 def assign_splits(df: pd.DataFrame, val_fraction: float, seed: int) -> pd.Series:
-    """Split per domain at patient level: rows whose split is already "test" stay test (unlabelled cases), the
-    rest are "val" when their patient's hash falls below ``val_fraction``, else "train".
+    """Split per domain at patient level.
 
-    A domain with three or more labelled patients always gets at least one val patient (the lowest hash), so
-    small sample domains still validate. Adding cases never moves an existing patient (the hash is per patient),
-    except for that minimum.
+    A row whose ``split`` is already set keeps it: a source fixed it ("test" for unlabelled or challenge test
+    volumes, the VISCERAL test set, "unannotated"), or an earlier build of another domain assigned it. Of the
+    rows with an empty split, unlabelled ones become "test"; labelled ones become "val" when their patient's
+    hash falls below ``val_fraction``, else "train".
+
+    A domain with three or more labelled patients to assign always gets at least one val patient (the lowest
+    hash), so small sample domains still validate. Adding cases never moves an existing patient (the hash is per
+    patient), except for that minimum. Sources that fix splits must fix them per patient: a patient whose rows
+    are partly fixed and partly hashed could land in two splits.
     """
-    split = pd.Series("train", index=df.index, dtype=object)
-    is_test = df["split"].eq("test") | ~df["has_label"].astype(bool)
-    split[is_test] = "test"
-    for domain, rows in df[~is_test].groupby("domain"):
+    given = df["split"].fillna("").astype(str)
+    split = given.where(given.ne(""), "train").astype(object)
+    free = given.eq("")
+    unlabelled = free & ~df["has_label"].astype(bool)
+    split[unlabelled] = "test"
+    for domain, rows in df[free & ~unlabelled].groupby("domain"):
         patients = sorted(set(rows["patient_id"]))
         u = {p: hash_unit(seed, str(domain), p) for p in patients}
         val_patients = {p for p in patients if u[p] < val_fraction}

@@ -101,6 +101,80 @@ def build_3dseg8(msd_root, store, tasks, workers, scheduler, dtype, chunks, code
     _finish(result)
 
 
+def _window(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise click.UsageError(f"--window must be LO,HI in HU (e.g. -200,250), got {text!r}") from None
+    if not lo < hi:
+        raise click.UsageError(f"--window: LO must be below HI, got {text!r}")
+    return lo, hi
+
+
+@main.command("build-lits")
+@click.argument("lits_root", type=click.Path(exists=True, file_okay=False))
+@click.argument("store")
+@click.option("--spacing-override", "spacing_csv", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CSV with columns case (or file), spacing_x, spacing_y, spacing_z (mm, file axis order); "
+                   "replaces those volumes' header spacing.")
+@click.option("--window", default="-200,250", show_default=True, metavar="LO,HI",
+              help="CT window in HU (clip before the z-score, instead of the 0.5/99.5 percentiles).")
+@common_options
+def build_lits(lits_root, store, spacing_csv, window, workers, scheduler, dtype, chunks, codec, replan,
+               no_progress) -> None:
+    """Build LiTS (volume-N.nii + segmentation-N.nii, test-volume-N.nii) under LITS_ROOT into STORE.
+
+    Target spacing: the training volumes' mean. Headers without usable spacing (LiTS 28-47) get the mean of
+    the training volumes with usable spacing and are flagged in the catalog's spacing_flag column.
+    """
+    from .job import build
+    from .sources.lits import read_spacing_csv, scan_lits
+
+    try:
+        table = read_spacing_csv(spacing_csv) if spacing_csv else None
+        spec, cases, notes = scan_lits(lits_root, table)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    for note in notes:
+        click.echo(note)
+    n_test = sum(1 for c in cases if c.split_hint == "test")
+    click.echo(f"building: LiTS ({len(cases) - n_test} training, {n_test} test volumes)")
+    cfg = _config(dtype, chunks, codec, ct_window=_window(window))
+    result = build([(spec, cases)], store, cfg, workers=workers, scheduler=scheduler, spacing_rule="mean",
+                   replan=replan, progress=not no_progress, log=click.echo)
+    _finish(result)
+
+
+@main.command("build-visceral")
+@click.argument("visceral_root", type=click.Path(exists=True, file_okay=False))
+@click.argument("store")
+@click.option("--lung-labels", type=click.Choice(["merged", "separate"]), default="merged", show_default=True,
+              help="merged: both lungs 1; separate: right lung (RadLex 1302) 1, left lung (1326) 2.")
+@click.option("--test-volumes", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Size of the fixed test split (paper: 8 of 80; scaled down for small sets).")
+@common_options
+def build_visceral(visceral_root, store, lung_labels, test_volumes, workers, scheduler, dtype, chunks, codec,
+                   replan, no_progress) -> None:
+    """Build VISCERAL Anatomy volumes (all four modalities) with lung labels under VISCERAL_ROOT into STORE.
+
+    Volumes without masks of both lungs are stored unlabelled in split "unannotated".
+    """
+    from .job import build
+    from .sources.visceral import scan_visceral
+
+    cfg = _config(dtype, chunks, codec)
+    try:
+        spec, cases, notes = scan_visceral(visceral_root, lung_labels=lung_labels, n_test=test_volumes,
+                                           seed=cfg.split_seed)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    for note in notes:
+        click.echo(note)
+    result = build([(spec, cases)], store, cfg, workers=workers, scheduler=scheduler, replan=replan,
+                   progress=not no_progress, log=click.echo)
+    _finish(result)
+
+
 @main.command()
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -104,7 +104,8 @@ class DomainSpec:
     name: str
     source_dataset: str
     modality: str
-    """"CT" or "MR": CT gets air clamping (and windowing when configured)."""
+    """"CT" or "MR": CT gets air clamping (and windowing when configured). A domain that mixes both (VISCERAL)
+    says e.g. "CT/MR" and its cases carry their own :attr:`Case.modality`."""
     channel_names: tuple[str, ...]
     labels: dict[int, str] = field(default_factory=dict)
 
@@ -132,12 +133,37 @@ class Case:
     images: tuple[str, ...]
     """Image files; a 4D file holds several channels, otherwise one file per channel."""
     label: str | None = None
+    label_parts: tuple[tuple[str, int], ...] = ()
+    """Used when ``label`` is None: (mask file, label value) pairs composed into one label (VISCERAL stores one
+    mask per structure). Voxels > 0 of a mask take its value; masks are painted in the order given, so where
+    masks overlap the later one wins (the count of such voxels is recorded in the case attrs). Every mask must
+    lie on the image's grid."""
     split_hint: str | None = None
-    """"test" for unlabelled cases (MSD imagesTs, LiTS test-volume-N); None lets the catalog assign."""
+    """A split the source fixes: "test" (MSD imagesTs, LiTS test-volume-N, the VISCERAL test volumes),
+    "unannotated" (VISCERAL volumes without lung masks). The catalog keeps it; None lets the catalog assign
+    train/val by patient hash (unlabelled cases without a hint become "test")."""
     spacing_override: tuple[float, float, float] | None = None
     """(x, y, z) mm in file axis order, replacing a header without usable spacing."""
+    modality: str | None = None
+    """"CT" or "MR" for this volume when its domain mixes modalities; None uses the domain's. Decides the CT air
+    clamp and window."""
     extra: dict[str, Any] = field(default_factory=dict)
+    """Free metadata stored in the case attrs. Known keys reach catalog columns: ``spacing_flag`` (why the
+    spacing is not the header's), ``source_modality`` (the dataset's own modality name, e.g. VISCERAL CTce)."""
 
     @property
     def store_path(self) -> str:
         return f"{self.domain}/{self.case_id}"
+
+    @property
+    def has_label_source(self) -> bool:
+        """Whether the case brings a label (one file or composed masks)."""
+        return bool(self.label or self.label_parts)
+
+    @property
+    def label_files(self) -> tuple[str, ...]:
+        """Every file the label is read from."""
+        return (self.label,) if self.label else tuple(path for path, _ in self.label_parts)
+
+    def effective_modality(self, spec: DomainSpec) -> str:
+        return self.modality or spec.modality

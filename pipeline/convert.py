@@ -36,15 +36,21 @@ def sha256_file(path: str, block: int = 1 << 22) -> str:
 
 
 def case_sources(case: Case) -> list[str]:
-    return [*case.images, *([case.label] if case.label else [])]
+    """Every file a case is built from (images, then the label file or every label mask): hashed, recorded,
+    and compared on resume."""
+    return [*case.images, *case.label_files]
 
 
 def case_params_hash(case: Case, cfg: PrepConfig, target_spacing_zyx, spec: DomainSpec) -> str:
+    extra = {}
+    if case.label_parts:  # which value each mask paints (the files themselves are compared as sources)
+        extra["label_part_values"] = [int(v) for _, v in case.label_parts]
     return cfg.params_hash(
         target_spacing=list(target_spacing_zyx),
         spacing_override=list(case.spacing_override) if case.spacing_override else None,
-        modality=spec.modality,
+        modality=case.effective_modality(spec),
         labels=sorted(spec.labels),
+        **extra,
     )
 
 
@@ -96,6 +102,7 @@ def convert_case(case: Case, spec: DomainSpec, target_spacing_zyx, cfg: PrepConf
                 f"({geometry.grid_mismatch(ref, ch)})"
             )
     label_img = None
+    overlap_voxels = 0
     if case.label:
         try:
             (label_img,) = geometry.read_channels(case.label, case.spacing_override)
@@ -106,28 +113,35 @@ def convert_case(case: Case, spec: DomainSpec, target_spacing_zyx, cfg: PrepConf
                 f"{case.label}: label grid differs from image {case.images[0]} "
                 f"({geometry.grid_mismatch(ref, label_img)}); fix the header or resample the label"
             )
+    elif case.label_parts:
+        label_img, overlap_voxels = compose_label(case, ref)
 
     orig = {
         "size_xyz": list(ref.GetSize()), "spacing_xyz": list(ref.GetSpacing()),
         "origin": list(ref.GetOrigin()), "direction": list(ref.GetDirection()),
     }
+    if case.spacing_override is not None:
+        # The file's own header spacing, so a prediction can be written back with the header it came with.
+        orig["header_spacing_xyz"] = list(geometry.read_header(case.images[0]).spacing)
     channels = [geometry.reorient(ch) for ch in channels]
     canon = channels[0]
     spacing_xyz = geometry.zyx_to_xyz(target_spacing_zyx)
+    modality = case.effective_modality(spec)
+    is_ct = modality == "CT"
 
     stats: list[intensity.ChannelStats] = []
     out_shape = None
     image_out = None
     for c, ch in enumerate(channels):
         air_frac = 0.0
-        if spec.is_ct:
+        if is_ct:
             view = sitk.GetArrayViewFromImage(ch)
             if view.min() < cfg.air_hu:
                 air_frac = float(np.count_nonzero(view < cfg.air_hu)) / view.size
                 ch = sitk.Clamp(ch, ch.GetPixelID(), lowerBound=cfg.air_hu)
         view = sitk.GetArrayViewFromImage(ch)
         try:
-            st = intensity.channel_stats(view, cfg.clip_percentiles, cfg.ct_window if spec.is_ct else None, air_frac)
+            st = intensity.channel_stats(view, cfg.clip_percentiles, cfg.ct_window if is_ct else None, air_frac)
         except ValueError as exc:
             raise CaseError(f"{case.images[min(c, len(case.images) - 1)]}: channel {c}: {exc}") from None
         stats.append(st)
@@ -153,7 +167,7 @@ def convert_case(case: Case, spec: DomainSpec, target_spacing_zyx, cfg: PrepConf
         unknown = sorted(set(values.tolist()) - set(spec.labels) - {0})
         if unknown:
             raise CaseError(
-                f"{case.label}: label values {unknown} are not in {spec.source_dataset}'s labels "
+                f"{';'.join(case.label_files)}: label values {unknown} are not in {spec.source_dataset}'s labels "
                 f"{sorted(spec.labels)}"
             )
         ltype = sitk.sitkUInt8 if spec.num_classes <= 255 else sitk.sitkInt16
@@ -170,9 +184,10 @@ def convert_case(case: Case, spec: DomainSpec, target_spacing_zyx, cfg: PrepConf
     voxel_mm3 = float(np.prod(target_spacing_zyx))
     row = {
         "domain": case.domain, "case_id": case.case_id, "scan_id": case.scan_id, "patient_id": case.patient_id,
-        "split": case.split_hint or "", "source_dataset": spec.source_dataset, "modality": spec.modality,
+        "split": case.split_hint or "", "source_dataset": spec.source_dataset, "modality": modality,
+        "source_modality": str(case.extra.get("source_modality", "")),
         "n_channels": len(channels), "channel_names": list(spec.channel_names),
-        "source_image": ";".join(case.images), "source_label": case.label or "",
+        "source_image": ";".join(case.images), "source_label": ";".join(case.label_files),
         "source_sha256": ";".join(s["sha256"] for s in sources),
         "orig_shape": list(reversed(orig["size_xyz"])), "orig_spacing": list(reversed(orig["spacing_xyz"])),
         "target_spacing": list(target_spacing_zyx), "shape": list(out_shape),
@@ -191,14 +206,16 @@ def convert_case(case: Case, spec: DomainSpec, target_spacing_zyx, cfg: PrepConf
         "origin": list(out_img.GetOrigin()), "direction": list(out_img.GetDirection()),
         "axes": ["z", "y", "x"],
         "original": {**orig, "note": "file geometry before reorientation to LPS (x, y, z order)"},
-        "sources": sources, "channel_names": list(spec.channel_names), "modality": spec.modality,
+        "sources": sources, "channel_names": list(spec.channel_names), "modality": modality,
         "normalization": {
             "method": "clip to percentiles (or CT window), then z-score with the clipped volume's mean/std",
             "percentiles": list(cfg.clip_percentiles), "ct_window": list(cfg.ct_window) if cfg.ct_window else None,
-            "air_hu": cfg.air_hu if spec.is_ct else None,
+            "air_hu": cfg.air_hu if is_ct else None,
             "channels": [vars(s) for s in stats],
         },
         "labels": {str(k): v for k, v in spec.labels.items()},
+        "label_parts": [[path, int(v)] for path, v in case.label_parts],
+        "label_overlap_voxels": overlap_voxels,
         "params_hash": params_hash,
         "extra": _jsonable_extra(case.extra),
     }
@@ -216,13 +233,44 @@ def convert_case(case: Case, spec: DomainSpec, target_spacing_zyx, cfg: PrepConf
     return row
 
 
+def compose_label(case: Case, ref: sitk.Image) -> tuple[sitk.Image, int]:
+    """One uint8 label on ``ref``'s grid from ``case.label_parts``: voxels > 0 of each mask take its value, in
+    the order given (a later mask wins where masks overlap). Returns (label, count of voxels claimed by masks
+    of different values).
+
+    Raises CaseError naming the mask when it cannot be read or lies on another grid than the image.
+    """
+    out = np.zeros(sitk.GetArrayViewFromImage(ref).shape, np.uint8)
+    overlap = 0
+    for path, value in case.label_parts:
+        if not 0 < int(value) <= 255:
+            raise CaseError(f"{path}: label value {value} outside 1..255")
+        try:
+            (mask,) = geometry.read_channels(path, case.spacing_override)
+        except ValueError as exc:
+            raise CaseError(str(exc)) from None
+        if not geometry.same_grid(ref, mask):
+            raise CaseError(
+                f"{path}: mask grid differs from image {case.images[0]} ({geometry.grid_mismatch(ref, mask)}); "
+                "fix the header or resample the mask"
+            )
+        on = sitk.GetArrayViewFromImage(mask) > 0
+        overlap += int(np.count_nonzero(on & (out != 0) & (out != value)))
+        out[on] = value
+    img = sitk.GetImageFromArray(out)
+    img.CopyInformation(ref)
+    return img, overlap
+
+
 def failed_row(case: Case, spec: DomainSpec | None, params_hash: str, error: str) -> dict[str, Any]:
     return {
         "domain": case.domain, "case_id": case.case_id, "scan_id": case.scan_id, "patient_id": case.patient_id,
         "split": case.split_hint or "", "source_dataset": spec.source_dataset if spec else "",
-        "modality": spec.modality if spec else "", "n_channels": len(spec.channel_names) if spec else 0,
+        "modality": case.effective_modality(spec) if spec else (case.modality or ""),
+        "source_modality": str(case.extra.get("source_modality", "")),
+        "n_channels": len(spec.channel_names) if spec else 0,
         "channel_names": list(spec.channel_names) if spec else [],
-        "source_image": ";".join(case.images), "source_label": case.label or "",
+        "source_image": ";".join(case.images), "source_label": ";".join(case.label_files),
         "status": "failed", "error": error, "params_hash": params_hash, "store_path": case.store_path,
         "spacing_flag": str(case.extra.get("spacing_flag", "")),
     }

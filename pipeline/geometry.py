@@ -240,3 +240,38 @@ def index_to_physical(idx_zyx: np.ndarray, origin, direction, spacing_zyx) -> np
     idx_xyz = np.asarray(idx_zyx, dtype=float)[:, ::-1]
     d = np.asarray(direction, dtype=float).reshape(3, 3)
     return np.asarray(origin, dtype=float) + (idx_xyz * np.asarray(spacing_zyx, dtype=float)[::-1]) @ d.T
+
+
+def to_original_grid(arr_zyx: np.ndarray, attrs: dict) -> sitk.Image:
+    """Map a label array on a case's stored grid back onto the grid of the file it came from.
+
+    ``arr_zyx`` is (Z, Y, X) on the stored grid (e.g. a predicted label); ``attrs`` are the case group's attrs
+    (``spacing`` (z, y, x) mm, ``origin``, ``direction`` of the stored LPS grid, and ``original``: the file's
+    size, spacing, origin and direction in x, y, z order). Resampling is nearest neighbour with nearest
+    extrapolation, so the file's edge voxels that lie up to half a stored voxel beyond the stored grid still get
+    a value. The result has the original file's size and geometry, index for index: where the build replaced an
+    unusable header spacing, the image carries the file's own header spacing again (``header_spacing_xyz``), so
+    it can be written next to the original volume (e.g. as a LiTS submission).
+    """
+    arr = np.asarray(arr_zyx)
+    if arr.ndim != 3:
+        raise ValueError(f"expected a (Z, Y, X) array, got shape {arr.shape}")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    orig = attrs["original"]
+    stored = sitk.GetImageFromArray(arr)
+    stored.SetSpacing(tuple(float(s) for s in zyx_to_xyz(attrs["spacing"])))
+    stored.SetOrigin(tuple(float(v) for v in attrs["origin"]))
+    stored.SetDirection(tuple(float(v) for v in attrs["direction"]))
+    f = sitk.ResampleImageFilter()
+    f.SetSize([int(n) for n in orig["size_xyz"]])
+    f.SetOutputSpacing(tuple(float(s) for s in orig["spacing_xyz"]))
+    f.SetOutputOrigin(tuple(float(v) for v in orig["origin"]))
+    f.SetOutputDirection(tuple(float(v) for v in orig["direction"]))
+    f.SetInterpolator(sitk.sitkNearestNeighbor)
+    f.SetDefaultPixelValue(0)
+    f.SetUseNearestNeighborExtrapolator(True)
+    out = f.Execute(stored)
+    if orig.get("header_spacing_xyz"):
+        out.SetSpacing(tuple(float(s) for s in orig["header_spacing_xyz"]))
+    return out

@@ -9,7 +9,7 @@ from catalog import load_catalog, load_domains
 
 def store_summary(store: str) -> pd.DataFrame:
     """One row per domain: volumes, failed, modality, channels, target spacing, median shape, store bytes,
-    and the split counts."""
+    the split counts, and how many volumes did not use their header spacing (``spacing_flag``)."""
     cat = load_catalog(store)
     doms = load_domains(store).set_index("domain")
     rows = []
@@ -29,6 +29,8 @@ def store_summary(store: str) -> pd.DataFrame:
             "train": int((ok["split"] == "train").sum()),
             "val": int((ok["split"] == "val").sum()),
             "test": int((ok["split"] == "test").sum()),
+            "unannotated": int((ok["split"] == "unannotated").sum()),
+            "spacing_flagged": int((ok["spacing_flag"] != "").sum()),
             "store_bytes": int(ok["stored_bytes"].sum()),
         })
     return pd.DataFrame(rows)

@@ -59,8 +59,24 @@ def channel_stats(arr: np.ndarray, percentiles: tuple[float, float], window: tup
     return ChannelStats(p_lo, p_hi, float(clipped.mean()), float(clipped.std()), air_clamped_fraction)
 
 
+# Work on slabs of this many voxels: full-volume temporaries (a 31 M-voxel CT as int64 is 250 MB) cost more in
+# page faults than the arithmetic itself.
+_SLAB = 1 << 20
+
+
+def _histogram(arr: np.ndarray, lo_v: int, n_bins: int) -> np.ndarray:
+    counts = np.zeros(n_bins, np.int64)
+    flat = arr.reshape(-1)
+    for i in range(0, flat.size, _SLAB):
+        part = flat[i:i + _SLAB].astype(np.int32)
+        if lo_v:
+            part -= lo_v
+        counts += np.bincount(part, minlength=n_bins)
+    return counts
+
+
 def _stats_from_histogram(arr, lo_v, hi_v, percentiles, window, air_frac) -> ChannelStats:
-    counts = np.bincount((arr.reshape(-1).astype(np.int64) - lo_v), minlength=hi_v - lo_v + 1)
+    counts = _histogram(arr, lo_v, hi_v - lo_v + 1)
     values = np.arange(lo_v, hi_v + 1, dtype=np.float64)
     n = arr.size
     if window is None:
@@ -82,6 +98,29 @@ def _order_stat(cum: np.ndarray, values: np.ndarray, n: int, q: float) -> float:
     v_k = values[np.searchsorted(cum, k + 1)]
     v_k1 = values[np.searchsorted(cum, min(k + 2, n))]
     return float(v_k + (v_k1 - v_k) * frac)
+
+
+def normalize_into(src: np.ndarray, out: np.ndarray, stats: ChannelStats) -> np.ndarray:
+    """Clip + z-score ``src`` (any real dtype, e.g. a read-only SimpleITK view) into ``out`` (float16/32, same
+    shape), slab by slab so no full-volume float32 temporary is made. Returns ``out``."""
+    if src.shape != out.shape:
+        raise ValueError(f"shape mismatch {src.shape} vs {out.shape}")
+    s_flat, o_flat = src.reshape(-1), out.reshape(-1)
+    for i in range(0, s_flat.size, _SLAB):
+        part = s_flat[i:i + _SLAB].astype(np.float32)
+        o_flat[i:i + _SLAB] = normalize_(part, stats)
+    return out
+
+
+def label_counts(label: np.ndarray, n_values: int) -> np.ndarray:
+    """Voxels per label value 0..n_values-1 of an integer label array (values ≥ n_values are not counted).
+
+    Few classes: one equality pass per value (np.bincount casts the whole array to intp first).
+    """
+    if n_values <= 16:
+        counts = np.array([np.count_nonzero(label == v) for v in range(1, n_values)], np.int64)
+        return np.concatenate([[label.size - counts.sum() - np.count_nonzero(label >= n_values)], counts])
+    return _histogram(np.minimum(label, n_values), 0, n_values + 1)[:n_values]
 
 
 def normalize_(arr: np.ndarray, stats: ChannelStats) -> np.ndarray:

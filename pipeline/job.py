@@ -163,6 +163,8 @@ def build(
 ) -> BuildResult:
     """Build (or update) a store from cases. ``workers=0`` runs in this process without dask (debugging).
 
+    The target spacing of a domain is planned from the headers of its labelled cases (all cases when none is
+    labelled), with spacing overrides applied: ``spacing_rule`` "median" per axis (3DSeg-8) or "mean" (LiTS).
     ``target_spacing`` (domain → (z, y, x) mm) overrides the planned spacing of the named domains.
     """
     t0 = time.perf_counter()
@@ -181,7 +183,8 @@ def build(
         targets: dict[str, tuple[float, float, float]] = {}
         for name, spec in specs.items():
             frozen = None if replan else domain_plan(root, name)
-            hs = [h for (s, c), h in zip(all_cases, headers) if s.name == name and c.label and not h.error]
+            hs = [h for (s, c), h in zip(all_cases, headers)
+                  if s.name == name and c.has_label_source and not h.error]
             hs = hs or [h for (s, _), h in zip(all_cases, headers) if s.name == name and not h.error]
             if target_spacing and name in target_spacing:
                 targets[name] = tuple(float(v) for v in target_spacing[name])
@@ -213,7 +216,9 @@ def build(
             phash = case_params_hash(case, cfg, targets[spec.name], spec)
             row = is_up_to_date(root, case, phash)
             if row is not None:
-                rows.append(row)
+                # A source may fix another split on a later scan (e.g. a VISCERAL test set drawn from more
+                # volumes) without the case's bytes changing: the hint of this scan wins.
+                rows.append({**row, "split": case.split_hint or ""})
                 result.skipped += 1
             else:
                 todo.append((spec, case, hdr, phash))

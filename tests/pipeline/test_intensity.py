@@ -56,3 +56,18 @@ def test_normalize_and_back():
     assert denormalize(out, st).tolist() == pytest.approx([-100.0, 0.0, 50.0, 300.0])
     const = normalize_(np.full(4, 3.0, np.float32), ChannelStats(3.0, 3.0, 3.0, 0.0))
     assert np.all(const == 0)
+
+
+def test_slab_helpers_equal_whole_array_numpy():
+    from pipeline import intensity
+
+    rng = np.random.default_rng(3)
+    lab = rng.integers(0, 4, size=(2_100_000,)).astype(np.uint8)  # > 2 slabs
+    assert intensity.label_counts(lab, 4).tolist() == np.bincount(lab, minlength=4).tolist()
+    many = rng.integers(0, 40, size=(3000,)).astype(np.uint8)
+    assert intensity.label_counts(many, 40).tolist() == np.bincount(many, minlength=40).tolist()
+    src = rng.integers(-1100, 3000, size=(2_100_000,)).astype(np.int16)
+    st = ChannelStats(p_lo=-1000.0, p_hi=2000.0, mean=100.0, std=400.0)
+    out = intensity.normalize_into(src, np.empty(src.shape, np.float16), st)
+    ref = ((np.clip(src.astype(np.float64), -1000, 2000) - 100) / 400).astype(np.float16)
+    assert np.allclose(out.astype(np.float32), ref.astype(np.float32), atol=2e-3)
