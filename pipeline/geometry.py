@@ -144,7 +144,11 @@ def read_channels(path: str, spacing_override: tuple[float, float, float] | None
 
 def reorient(img: sitk.Image) -> sitk.Image:
     """Nearest canonical (LPS) orientation: axis permutation and flips only, no interpolation. An oblique
-    volume keeps its residual rotation in the direction."""
+    volume keeps its residual rotation in the direction. An image already in LPS order is returned as is
+    (DICOMOrient would copy it)."""
+    d = np.asarray(img.GetDirection()).reshape(3, 3)
+    if canonical_permutation(d) == (0, 1, 2) and np.all(np.diag(d) > 0):
+        return img
     return sitk.DICOMOrient(img, CANONICAL)
 
 
