@@ -40,6 +40,11 @@ def floor(cases, target_zyx, cfg, out: str) -> list[float]:
 
     sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)
     zarr.config.set({"threading.max_workers": 1})
+    # Blosc would use several threads when called from a main thread; dask tasks run in worker threads,
+    # where it uses one. Compare like with like.
+    import numcodecs.blosc
+
+    numcodecs.blosc.use_threads = False
     spacing = tuple(reversed(target_zyx))
     root = zarr.open_group(out, mode="w", zarr_format=3)
     times = []

@@ -1,0 +1,399 @@
+"""Patch-read latency and DataLoader throughput from a Med3D store, against zarr-python and the NIfTI sources.
+
+    python benchmarks/loader.py [--store PATH] [--n 50] [--workdir DIR] [--keep]
+
+Without ``--store`` it writes three CT-like phantoms of about 256×320×320 voxels (int16 HU: body, lungs, liver
+with a tumour, spine, smooth texture, 12 HU noise, -2048 padding outside a circular field of view) as .nii.gz
+and .nii, and builds a store from the .nii.gz files with ``pipeline.job.build`` and the default PrepConfig.
+Then, on the same seeded random 128³ patch positions:
+
+1. per-patch latency (median / p90 / CPU ms, one channel, float16): the decode floor (Blosc decode of the
+   overlapped chunks from memory), our direct chunk reader, zarr-python's slicing, and the NIfTI sources
+   (SimpleITK full read of .nii.gz + slice; SimpleITK streaming extract of .nii; numpy memmap of .nii, which
+   is what nibabel does). NIfTI rows are raw HU: they skip the normalization the store
+   already holds, so they are lower bounds for a NIfTI-based loader.
+2. loader throughput (patches/s) of ``model.data.make_loader`` with 0, 1 and 2 workers, batch 2 of 128³.
+3. chunk shape and codec: the store's arrays rewritten with ``pipeline.store.write_case`` under other chunk
+   shapes / Blosc codecs, with their stored bytes, chunk files, read latency and 2-worker loader throughput.
+
+Files are freshly written, so reads come from a warm page cache: the figures are CPU costs, not disk costs.
+Methods are interleaved patch by patch and CPU time is reported beside wall time, so that other processes on a
+shared machine skew the comparison less; the loader rows are wall-clock and carry the load average.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PATCH = (128, 128, 128)
+SHAPES = [(256, 320, 320), (240, 320, 304), (272, 304, 320)]
+VARIANTS = [((64, 64, 64), "lz4hc"), ((32, 32, 32), "lz4hc"), ((64, 128, 128), "lz4hc"),
+            ((64, 64, 64), "lz4"), ((64, 64, 64), "zstd"), ((32, 32, 32), "zstd")]
+
+
+def phantom(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A CT-like volume (int16 HU, (Z, Y, X)) and its label (uint8: 1 liver, 2 tumour)."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    Z, Y, X = shape
+    z = np.linspace(-1, 1, Z, dtype=np.float32)[:, None, None]
+    y = np.linspace(-1, 1, Y, dtype=np.float32)[None, :, None]
+    x = np.linspace(-1, 1, X, dtype=np.float32)[None, None, :]
+    j = rng.uniform(-0.05, 0.05, 8).astype(np.float32)
+
+    def ellipsoid(c, r):
+        return ((z - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((x - c[2]) / r[2]) ** 2 < 1
+
+    hu = np.full(shape, -1000.0, np.float32)
+    hu[np.broadcast_to(((y - j[0]) / 0.75) ** 2 + ((x - j[1]) / 0.9) ** 2 < 1, shape)] = 40.0
+    for side in (-0.45, 0.45):
+        hu[ellipsoid((-0.55 + j[2], -0.1, side), (0.45, 0.45, 0.3))] = -850.0
+    liver = ellipsoid((0.25 + j[3], 0.0, -0.35 + j[4]), (0.35, 0.4, 0.35))
+    tumour = ellipsoid((0.3 + j[5], 0.05, -0.4), (0.08, 0.08, 0.08))
+    hu[liver] = 60.0
+    hu[tumour] = 30.0
+    hu[np.broadcast_to(((y - 0.55) / 0.08) ** 2 + (x / 0.08) ** 2 < 1, shape)] = 400.0
+    coarse = torch.from_numpy(rng.standard_normal((1, 1, Z // 16, Y // 16, X // 16)).astype(np.float32))
+    texture = torch.nn.functional.interpolate(coarse, size=shape, mode="trilinear")[0, 0].numpy()
+    hu += np.where(hu > -900, 20.0 * texture, 0.0)
+    hu += rng.normal(0.0, 12.0, shape).astype(np.float32)
+    hu[np.broadcast_to(y ** 2 + x ** 2 > 1.0, shape)] = -2048.0  # outside the scanner's field of view
+    label = liver.astype(np.uint8)
+    label[tumour] = 2
+    return hu.astype(np.int16), label
+
+
+def write_sources(workdir: Path) -> tuple[list, object]:
+    import SimpleITK as sitk
+
+    from pipeline.config import Case, DomainSpec
+
+    spec = DomainSpec(name="bench_ct", source_dataset="phantom", modality="CT", channel_names=("CT",),
+                      labels={0: "background", 1: "liver", 2: "tumour"})
+    cases = []
+    for i, shape in enumerate(SHAPES):
+        hu, label = phantom(shape, seed=i)
+        paths = {}
+        for name, arr in (("image", hu), ("label", label)):
+            img = sitk.GetImageFromArray(arr)
+            for ext in (".nii.gz", ".nii"):
+                paths[name + ext] = str(workdir / f"case{i}_{name}{ext}")
+                sitk.WriteImage(img, paths[name + ext])
+        cases.append(Case(domain=spec.name, case_id=f"case{i}", scan_id=f"phantom:{i}", patient_id=f"p{i}",
+                          images=(paths["image.nii.gz"],), label=paths["label.nii.gz"]))
+        print(f"  wrote case{i} {shape}", flush=True)
+    return cases, spec
+
+
+def patch_positions(index, n: int, seed: int) -> list[tuple[object, tuple[int, int, int]]]:
+    """n (case, start) pairs with the 128³ box inside the volume (volumes smaller than the patch are skipped)."""
+    rng = np.random.default_rng(seed)
+    cases = [c for cs in index.cases.values() for c in cs if all(s >= p for s, p in zip(c.shape, PATCH))]
+    out = []
+    for _ in range(n):
+        case = cases[int(rng.integers(len(cases)))]
+        out.append((case, tuple(int(rng.integers(0, s - p + 1)) for s, p in zip(case.shape, PATCH))))
+    return out
+
+
+Timing = tuple[float, float, float]
+
+
+def measure(fns: dict[str, Callable], positions, every: dict[str, int] | None = None) -> dict[str, Timing]:
+    """(median ms, p90 ms, median CPU ms) per method, methods interleaved position by position so that load
+    from other processes on a shared machine hits them alike. CPU time is the whole process's (all threads).
+    ``every[name] = k`` times that method on every k-th position only (slow methods)."""
+    every = every or {}
+    for fn in fns.values():
+        fn(*positions[0])  # warm-up: metadata, buffers, file cache
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for i, (case, start) in enumerate(positions):
+        for name, fn in fns.items():
+            if i % every.get(name, 1):
+                continue
+            c, t = time.process_time(), time.perf_counter()
+            fn(case, start)
+            wall[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
+    return {k: (float(np.median(wall[k]) * 1e3), float(np.percentile(wall[k], 90) * 1e3),
+                float(np.median(cpu[k]) * 1e3)) for k in fns}
+
+
+def with_blosc_threads(fn: Callable, n: int) -> Callable:
+    import numcodecs.blosc
+
+    def run(case, start):
+        numcodecs.blosc.set_nthreads(n)
+        try:
+            return fn(case, start)
+        finally:
+            numcodecs.blosc.set_nthreads(1)
+    return run
+
+
+def direct_fn(store: str):
+    from model.zarr_read import ChunkedArrayReader
+
+    readers, buf = {}, np.empty((1, *PATCH), np.float16)
+
+    def read(case, start):
+        r = readers.get(case.store_path) or readers.setdefault(
+            case.store_path, ChunkedArrayReader(f"{store}/{case.store_path}/image"))
+        return r.read((0, *start), (1, *(s + p for s, p in zip(start, PATCH))), out=buf)
+    return read
+
+
+def decode_floor_fn(store: str, positions):
+    """Blosc decode of the chunks a patch overlaps, their bytes already in memory, nothing copied out: the floor
+    under any reader of this store on one core. (Assumes the default chunk key encoding with "/".)"""
+    import itertools
+
+    import numcodecs
+
+    from model.zarr_read import ChunkedArrayReader
+
+    chunks = ChunkedArrayReader(f"{store}/{positions[0][0].store_path}/image").chunks[1:]
+
+    def keys(case, start):
+        ranges = [range(s // c, (s + p - 1) // c + 1) for s, p, c in zip(start, PATCH, chunks)]
+        return [f"{store}/{case.store_path}/image/c/0/" + "/".join(map(str, i)) for i in itertools.product(*ranges)]
+
+    blobs = {}
+    for case, start in positions:
+        for key in keys(case, start):
+            if key not in blobs and os.path.exists(key):
+                with open(key, "rb") as fh:
+                    blobs[key] = fh.read()
+    codec, buf = numcodecs.Blosc(), np.empty(int(np.prod(chunks)) * 2, np.uint8)
+
+    def decode(case, start):
+        for key in keys(case, start):
+            if key in blobs:
+                codec.decode(blobs[key], out=buf)
+    return decode
+
+
+def zarr_fn(store: str):
+    import zarr
+
+    arrays = {}
+
+    def read(case, start):
+        a = arrays.get(case.store_path) or arrays.setdefault(
+            case.store_path, zarr.open_array(f"{store}/{case.store_path}/image", mode="r"))
+        z, y, x = start
+        return a[0, z:z + PATCH[0], y:y + PATCH[1], x:x + PATCH[2]]
+    return read
+
+
+def nifti_fns(sources: dict[str, str]) -> dict[str, Callable]:
+    """Readers of the raw sources (store path -> .nii.gz); .nii siblings are used when they exist."""
+    import SimpleITK as sitk
+
+    def gz_full(case, start):
+        img = sitk.ReadImage(sources[case.store_path])  # keep a reference: the view does not own the buffer
+        z, y, x = start
+        return np.array(sitk.GetArrayViewFromImage(img)[z:z + PATCH[0], y:y + PATCH[1], x:x + PATCH[2]], np.float32)
+
+    def nii_stream(case, start):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(sources[case.store_path].removesuffix(".gz"))
+        reader.SetExtractIndex([int(v) for v in reversed(start)])
+        reader.SetExtractSize(list(reversed(PATCH)))
+        return sitk.GetArrayFromImage(reader.Execute()).astype(np.float32)
+
+    maps = {}
+
+    def nii_memmap(case, start):
+        path = sources[case.store_path].removesuffix(".gz")
+        if path not in maps:
+            with open(path, "rb") as fh:
+                hdr = fh.read(348)
+            dims = struct.unpack("<8h", hdr[40:56])
+            dtype = {4: np.int16, 2: np.uint8, 16: np.float32}[struct.unpack("<h", hdr[70:72])[0]]
+            offset = int(struct.unpack("<f", hdr[108:112])[0])
+            maps[path] = np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r", offset=offset,
+                                   shape=(dims[3], dims[2], dims[1]))
+        z, y, x = start
+        return np.array(maps[path][z:z + PATCH[0], y:y + PATCH[1], x:x + PATCH[2]], np.float32)
+
+    fns = {"NIfTI .nii.gz, SimpleITK full read + slice": gz_full}
+    if all(os.path.exists(p.removesuffix(".gz")) and p.endswith(".gz") for p in sources.values()):
+        fns["NIfTI .nii, SimpleITK streaming extract"] = nii_stream
+        fns["NIfTI .nii, numpy memmap (nibabel's way)"] = nii_memmap
+    return fns
+
+
+def loader_rate(store: str, index, workers: int, n_batches: int) -> float:
+    from model.data import PatchConfig, make_loader
+
+    cfg = PatchConfig(patch=PATCH, batch=2, seed=1)
+    warm = 2 * max(workers, 1)
+    it = iter(make_loader(store, index, cfg, start_step=0, num_steps=warm + n_batches, workers=workers))
+    for _ in range(warm):
+        next(it)
+    t = time.perf_counter()
+    count = sum(1 for _ in it)
+    return count * cfg.batch / (time.perf_counter() - t)
+
+
+def item_cost(store: str, index, n_batches: int) -> tuple[float, float]:
+    """(wall ms, CPU ms) per patch of ``PretrainStream.batch`` in this process: sampling, image + label reads,
+    float32 / int64 tensors (whose first touch of fresh memory is part of the cost)."""
+    from model.data import PatchConfig, PretrainStream
+
+    stream = PretrainStream(store, index, PatchConfig(patch=PATCH, batch=2, seed=1))
+    stream.batch(0)
+    c, t = time.process_time(), time.perf_counter()
+    for step in range(1, n_batches + 1):
+        stream.batch(step)
+    n = 2 * n_batches
+    return (time.perf_counter() - t) / n * 1e3, (time.process_time() - c) / n * 1e3
+
+
+def rewrite(src: str, index, out: str, chunks, codec: str):
+    """The store's cases rewritten with another chunk shape / codec by the pipeline's writer."""
+    import zarr
+
+    from model.data import StoreIndex
+    from pipeline.config import PrepConfig
+    from pipeline.store import open_root, write_case
+
+    cfg = PrepConfig(chunks=chunks, codec=codec)
+    root = open_root(out)
+    for cs in index.cases.values():
+        for c in cs:
+            grp = zarr.open_group(f"{src}/{c.store_path}", mode="r")
+            write_case(root, c.store_path, grp["image"][...], grp["label"][...], grp["foreground"][...],
+                       {}, cfg, marker={"benchmark": True})
+    return StoreIndex(store=out, split=index.split, cases=index.cases, num_classes=index.num_classes)
+
+
+def image_bytes(store: str, index) -> tuple[int, int]:
+    """Stored bytes and chunk files of the image arrays."""
+    total = files = 0
+    for cs in index.cases.values():
+        for c in cs:
+            for folder, _, names in os.walk(f"{store}/{c.store_path}/image/c"):
+                files += len(names)
+                total += sum(os.path.getsize(os.path.join(folder, n)) for n in names)
+    return total, files
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", help="an existing store (default: write a phantom store)")
+    ap.add_argument("--n", type=int, default=50, help="random patches per method (and batches per loader run)")
+    ap.add_argument("--workdir", type=Path, help="where to write phantoms and stores (default: a temp folder)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--cases", type=int, default=3, help="with --store: use this many of its largest cases")
+    args = ap.parse_args()
+
+    import numcodecs.blosc
+    import torch
+
+    from catalog import load_catalog
+    from model.data import StoreIndex
+
+    numcodecs.blosc.set_nthreads(1)  # one core per reader, as in a DataLoader worker
+    torch.set_num_threads(1)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="med3d-loader-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        store = args.store
+        if store is None:
+            from pipeline.config import PrepConfig
+            from pipeline.job import build
+
+            print(f"writing {len(SHAPES)} phantoms to {work}", flush=True)
+            cases, spec = write_sources(work)
+            store = str(work / "store")
+            t = time.perf_counter()
+            res = build([(spec, cases)], store, PrepConfig(val_fraction=0.0), workers=0, progress=False,
+                        log=lambda s: None)
+            if not res.ok:
+                raise SystemExit(res.summary())
+            print(f"  built {store} in {time.perf_counter() - t:.0f} s", flush=True)
+        index = StoreIndex.from_store(store, "train")
+        big = sorted((c for cs in index.cases.values() for c in cs), key=lambda c: -int(np.prod(c.shape)))
+        keep = {c.store_path for c in big[: args.cases]}
+        index = StoreIndex(store=store, split="train", num_classes=index.num_classes,
+                           cases={d: tuple(c for c in cs if c.store_path in keep)
+                                  for d, cs in index.cases.items() if any(c.store_path in keep for c in cs)})
+        cat = load_catalog(store).set_index("store_path")
+        sources = {c.store_path: cat.loc[c.store_path, "source_image"] for cs in index.cases.values() for c in cs}
+        positions = patch_positions(index, args.n, seed=0)
+        meta = __import__("zarr").open_array(f"{store}/{positions[0][0].store_path}/image", mode="r")
+        print(f"\nstore {store}: {len(index)} training cases; image chunks {meta.chunks}, {meta.dtype}; "
+              f"{os.cpu_count()} cores; {args.n} random {PATCH} patches per row\n")
+
+        fns = {"decode floor: Blosc decode of the overlapped chunks, bytes in memory":
+               decode_floor_fn(store, positions),
+               "direct chunk reader (model.zarr_read), 1 Blosc thread": direct_fn(store),
+               "direct chunk reader, 2 Blosc threads": with_blosc_threads(direct_fn(store), 2),
+               "zarr-python 3.1 slicing (its default thread pool)": zarr_fn(store)}
+        every = {}
+        if all(os.path.exists(p) for p in sources.values()):
+            for name, fn in nifti_fns(sources).items():
+                fns[name] = fn
+                if "full read" in name:
+                    every[name] = max(1, args.n // 5)
+        else:
+            print("NIfTI sources not found: their rows are skipped")
+        if not _has("nibabel"):
+            print("nibabel is not installed: the numpy memmap row reads .nii the way nibabel does")
+        print("| read one 128³ patch (float16 / int16 HU) | median ms | p90 ms | median CPU ms |\n|---|---|---|---|")
+        for name, (med, p90, cpu) in measure(fns, positions, every).items():
+            n = len(positions[::every.get(name, 1)])
+            print(f"| {name}{f' ({n} patches)' if n < len(positions) else ''} | {med:.2f} | {p90:.2f} | {cpu:.2f} |")
+
+        print(f"\n| DataLoader (make_loader, batch 2 of 128³, fg 1/3), load average {os.getloadavg()[0]:.1f} "
+              "| patches/s |\n|---|---|")
+        for w in (0, 1, 2):
+            print(f"| {w} worker{'s' if w != 1 else ''} | {loader_rate(store, index, w, args.n):.1f} |", flush=True)
+        wall, cpu = item_cost(store, index, args.n)
+        print(f"\none PretrainStream item in-process (image + label, float32 + int64): {wall:.2f} ms wall, "
+              f"{cpu:.2f} ms CPU per patch")
+
+        raw = sum(int(np.prod(c.shape)) * 2 for cs in index.cases.values() for c in cs)
+        variants = {}
+        for chunks, codec in VARIANTS:
+            vstore = str(work / f"store_{codec}_{'x'.join(map(str, chunks))}")
+            variants[(chunks, codec)] = (vstore, rewrite(store, index, vstore, chunks, codec))
+        direct = measure({k: direct_fn(v[0]) for k, v in variants.items()}, positions)
+        via_zarr = measure({k: zarr_fn(v[0]) for k, v in variants.items()}, positions[: max(2, args.n // 2)])
+        print("\n| chunks (z, y, x) | Blosc | image MiB | vs float16 | chunk files | direct median / p90 / CPU ms "
+              "| zarr median ms | loader 2 workers, patches/s |\n|---|---|---|---|---|---|---|---|")
+        for (chunks, codec), (vstore, vindex) in variants.items():
+            nbytes, files = image_bytes(vstore, vindex)
+            med, p90, cpu = direct[(chunks, codec)]
+            rate = loader_rate(vstore, vindex, 2, args.n)
+            print(f"| {chunks} | {codec}:3 shuffle | {nbytes / 2**20:.1f} | {nbytes / raw:.2f} | {files} | "
+                  f"{med:.2f} / {p90:.2f} / {cpu:.2f} | {via_zarr[(chunks, codec)][0]:.2f} | {rate:.1f} |", flush=True)
+        print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+if __name__ == "__main__":
+    main()

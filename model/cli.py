@@ -1,0 +1,168 @@
+"""``med3d-train``: pretraining and weight export from the command line (thin: parses, then calls the Python API).
+
+torch is imported inside the commands, so ``med3d-train --help`` answers at once.
+
+    med3d-train pretrain STORE --out RUN_DIR [--depth 10] [--steps N] [--batch B] [--patch 64|32,128,128] ...
+    med3d-train export RUN_DIR/checkpoint.pt --format medicalnet OUT.pth
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+__all__ = ["main"]
+
+
+class EncoderChoice(click.Choice):
+    """Choices read from ``model.resnet.ENCODERS`` when first needed (that import pulls in torch).
+
+    ``kind="depth"``: the depths of plain ResNets (``10``, ``50``, ...); ``kind="name"``: every registry name.
+    """
+
+    def __init__(self, kind: str) -> None:  # no super().__init__: ``choices`` is computed, not stored
+        self.kind = kind
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        from model.resnet import ENCODERS
+
+        if self.kind == "name":
+            return tuple(ENCODERS)
+        depths = [m.group(1) for n in ENCODERS if (m := re.fullmatch(r"resnet(\d+)", n))]
+        return tuple(sorted(depths, key=int))
+
+
+class PatchSize(click.ParamType):
+    """``64`` -> (64, 64, 64); ``32,128,128`` -> (32, 128, 128) in (z, y, x) voxels."""
+
+    name = "patch"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int, int]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            sizes = [int(v) for v in str(value).replace("x", ",").split(",")]
+        except ValueError:
+            self.fail(f"{value!r} is not a size: give one int (64) or three (32,128,128)", param, ctx)
+        if len(sizes) == 1:
+            sizes *= 3
+        if len(sizes) != 3 or min(sizes) < 8:
+            self.fail(f"{value!r}: give one size or three (z,y,x), each at least 8", param, ctx)
+        return tuple(sizes)  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+def main() -> None:
+    """Med3D training: multi-domain pretraining on a med3d store, weight export."""
+
+
+# CLI option name -> TrainConfig field, where they differ.
+_FIELD = {"depth": "encoder", "encoder_name": "encoder", "optimizer_name": "optimizer"}
+
+
+@main.command()
+@click.argument("store")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--depth", type=EncoderChoice("depth"), default="10", help="ResNet depth (encoder resnet<depth>).")
+@click.option("--encoder", "encoder_name", type=EncoderChoice("name"), default=None,
+              help="Encoder by registry name (e.g. preact_resnet200); overrides --depth.")
+@click.option("--steps", type=click.IntRange(min=1), default=1000, help="Optimiser steps in all.")
+@click.option("--batch", type=click.IntRange(min=1), default=2, help="Patches per step (per GPU under torchrun).")
+@click.option("--patch", type=PatchSize(), default="64", help="Patch size: 64 or z,y,x (32,128,128).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N. Default: CUDA when available.")
+@click.option("--workers", type=click.IntRange(min=0), default=2, help="DataLoader workers per process.")
+@click.option("--resume", is_flag=True, help="Continue RUN_DIR's checkpoint (its config wins over defaults).")
+@click.option("--exclude", multiple=True, metavar="STORE[:SPLIT]",
+              help="Keep this store's scans (of SPLIT) out of pretraining; repeatable.")
+@click.option("--lr", type=float, default=1e-3, help="Peak learning rate.")
+@click.option("--optimizer", "optimizer_name", type=click.Choice(["adam", "sgd"]), default="adam")
+@click.option("--scheduler", type=click.Choice(["poly", "cosine", "constant"]), default="poly")
+@click.option("--weight-decay", type=float, default=0.0)
+@click.option("--loss", type=click.Choice(["ce", "ce+dice"]), default="ce")
+@click.option("--domain-sampling", type=click.Choice(["size", "uniform"]), default="size",
+              help="Pick a step's domain in proportion to its cases, or uniformly.")
+@click.option("--channel", type=click.Choice(["first", "random"]), default="first",
+              help="Channel fed from multi-channel domains.")
+@click.option("--val-every", type=click.IntRange(min=0), default=500, help="Validate every N steps (0: never).")
+@click.option("--val-max-cases", type=click.IntRange(min=0), default=0, help="Val cases per domain (0: all).")
+@click.option("--ckpt-every", type=click.IntRange(min=0), default=500, help="Checkpoint every N steps.")
+@click.option("--seed", type=int, default=0)
+@click.option("--amp/--no-amp", default=None, help="bf16 autocast. Default: on for CUDA, off for CPU.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the encoder.")
+@click.option("--init", default="scratch", help="scratch, or encoder weights: MedicalNet/Kinetics .pth or ours.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.pass_context
+def pretrain(ctx: click.Context, store: str, out: str, **opts: Any) -> None:
+    """Med3D multi-branch pretraining on STORE (train split; Dice on the val split).
+
+    Writes RUN_DIR/config.json, checkpoint.pt (every --ckpt-every steps and at the end) and metrics.jsonl.
+    Under torchrun every process trains on its own patches of the same domain.
+    """
+    from model.config import TrainConfig
+    from model.tasks import CONFIG_FILE, PretrainError
+    from model.tasks import pretrain as run_pretrain
+    from model.train import DistEnv
+    from model.weights import WeightsMismatchError
+
+    progress = opts.pop("progress")
+    resume = opts.pop("resume")
+    opts["compile"] = opts.pop("compile_")
+    name = opts.pop("encoder_name")
+    depth = opts.pop("depth")
+    explicit = {k for k in ctx.params if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)}
+    values: dict[str, Any] = {_FIELD.get(k, k): v for k, v in opts.items()}
+    values["encoder"] = name or f"resnet{depth}"
+    values["exclude"] = tuple(values["exclude"])
+    given = {_FIELD.get(k, k.rstrip("_")) for k in explicit} & set(values)
+    saved = Path(out) / CONFIG_FILE
+    try:
+        if resume and saved.is_file():
+            # The run's own config, changed only where the user said so: defaults must not silently differ.
+            cfg = TrainConfig.read_json(saved).replace(store=store, out=out, **{k: values[k] for k in given})
+        else:
+            cfg = TrainConfig(store=store, out=out, **values)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        result = run_pretrain(cfg, resume=resume, progress=progress, log=click.echo)
+    except (PretrainError, WeightsMismatchError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not DistEnv.from_environ().is_main:
+        return
+    click.echo(f"trained {result.step} steps; checkpoint {result.checkpoint}")
+    val = result.summary.get("val")
+    if val:
+        dice = ", ".join(f"{d} {v:.3f}" for d, v in val["dice"].items())
+        click.echo(f"val Dice at step {val['step']}: {dice}")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["medicalnet"]), default="medicalnet",
+              help="medicalnet: {'state_dict': {'module.*'}}, loadable by MedicalNet and MONAI.")
+def export(checkpoint: str, out: str, fmt: str) -> None:
+    """Write the encoder of CHECKPOINT (a run's checkpoint.pt, or its RUN_DIR) to OUT, heads dropped."""
+    from model.tasks import load_pretrained_encoder
+    from model.weights import WeightsMismatchError, export_medicalnet
+
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    try:
+        encoder, report = load_pretrained_encoder(path)
+    except (ValueError, WeightsMismatchError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(str(report))
+    written = export_medicalnet(encoder, out)
+    click.echo(f"wrote {encoder.name} encoder ({fmt} format) to {written}")
+
+
+if __name__ == "__main__":
+    main()

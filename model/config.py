@@ -1,0 +1,157 @@
+"""Frozen training configuration, written to ``RUN_DIR/config.json`` and into every checkpoint.
+
+A run is reproducible from its :class:`TrainConfig` alone: the encoder, the data it saw (store, excluded scans,
+patch sampling seed), the optimiser and schedule. ``--resume`` reads the config back from the checkpoint; only the
+fields in :data:`RUNTIME_FIELDS` (where and how fast it runs, how often it reports) may differ on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RUNTIME_FIELDS", "TrainConfig", "config_conflicts"]
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULERS = ("poly", "cosine", "constant")
+LOSSES = ("ce", "ce+dice")
+DOMAIN_SAMPLING = ("size", "uniform")
+CHANNELS = ("first", "random")
+
+RUNTIME_FIELDS = frozenset(
+    {"store", "out", "device", "workers", "val_every", "val_max_cases", "val_overlap", "ckpt_every", "compile",
+     "amp", "log_every"}
+)
+"""Fields that do not change what the weights become (on one device): a resumed run may change them."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything a pretraining run needs, as plain values (JSON round-trip via :meth:`to_dict`/:meth:`from_dict`).
+
+    Sizes are voxels in (z, y, x) order; ``steps`` counts optimiser steps (one batch of ``batch`` patches per
+    rank and step, all from one domain).
+    """
+
+    store: str
+    """Path or URL of the zarr store built by ``med3d-prep``."""
+    out: str
+    """Run folder: ``config.json``, ``checkpoint.pt``, ``metrics.jsonl`` (and TensorBoard events)."""
+    encoder: str = "resnet10"
+    """Registry name in ``model.resnet.ENCODERS`` (``--depth 50`` means ``resnet50``)."""
+    steps: int = 1000
+    batch: int = 2
+    """Patches per step and rank."""
+    patch: tuple[int, int, int] = (64, 64, 64)
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.99
+    """SGD only (Nesterov), as nnU-Net trains with."""
+    weight_decay: float = 0.0
+    scheduler: str = "poly"
+    """``poly``: lr·(1 - step/steps)^0.9; ``cosine``: cosine to 0; ``constant``."""
+    loss: str = "ce"
+    """``ce``: cross-entropy; ``ce+dice``: cross-entropy + soft Dice over the foreground classes."""
+    domain_sampling: str = "size"
+    fg_fraction: float = 1 / 3
+    channel: str = "first"
+    """Channel fed from multi-channel domains: ``first`` or ``random`` (augmentation)."""
+    exclude: tuple[str, ...] = ()
+    """``STORE[:SPLIT]`` specs whose scans are kept out of pretraining (and out of validation)."""
+    init: str = "scratch"
+    """``scratch`` or a checkpoint path (MedicalNet, Kinetics or ours) for the encoder."""
+    seed: int = 0
+    val_every: int = 0
+    """Validate every N steps and at the last step; 0 never validates."""
+    val_max_cases: int = 0
+    """Validate on at most this many val cases per domain (0: all)."""
+    val_overlap: float = 0.25
+    """Overlap of the sliding-window tiles, as a fraction of the patch size."""
+    ckpt_every: int = 500
+    """Write a checkpoint every N steps (and always at the end); 0 only at the end."""
+    log_every: int = 10
+    """Refresh the progress bar every N steps (metrics.jsonl gets every step)."""
+    device: str | None = None
+    """``cpu``, ``cuda``, ``cuda:1``; None picks CUDA when available (under torchrun: ``cuda:LOCAL_RANK``)."""
+    amp: bool | None = None
+    """bf16 autocast; None means on for CUDA, off for CPU."""
+    compile: bool = False
+    workers: int = 2
+    """DataLoader worker processes per rank."""
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS), ("loss", LOSSES),
+                              ("domain_sampling", DOMAIN_SAMPLING), ("channel", CHANNELS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        patch = tuple(int(p) for p in self.patch)
+        if len(patch) != 3 or min(patch) < 8:
+            raise ValueError(f"patch must be three sizes (z, y, x) of at least 8 voxels, got {self.patch!r}")
+        object.__setattr__(self, "patch", patch)
+        object.__setattr__(self, "exclude", tuple(str(e) for e in self.exclude))
+        for name in ("steps", "batch"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("val_every", "val_max_cases", "ckpt_every", "workers"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.fg_fraction <= 1:
+            raise ValueError(f"fg_fraction must be in [0, 1], got {self.fg_fraction}")
+        if not 0 <= self.val_overlap < 1:
+            raise ValueError(f"val_overlap must be in [0, 1), got {self.val_overlap}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; was it written by another med3d version?")
+        kw = dict(d)
+        for key in ("patch", "exclude"):
+            if key in kw and kw[key] is not None:
+                kw[key] = tuple(kw[key])
+        return cls(**kw)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def write_json(self, path: str | Path) -> None:
+        """Write the config as indented JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def read_json(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def config_conflicts(saved: TrainConfig, new: TrainConfig) -> list[str]:
+    """Fields in which ``new`` differs from ``saved`` in a way that would change the weights of a resumed run.
+
+    ``steps`` may grow only with the constant schedule: poly and cosine rates depend on the total.
+    """
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        a, b = getattr(saved, f.name), getattr(new, f.name)
+        if f.name in RUNTIME_FIELDS or a == b:
+            continue
+        if f.name == "steps" and saved.scheduler == "constant" and b >= a:
+            continue
+        out.append(f"{f.name}: checkpoint {a!r}, now {b!r}")
+    return out

@@ -1,0 +1,416 @@
+"""Patch streaming from a Med3D store: case index, deterministic sampling, datasets, loader factory.
+
+Every batch is a pure function of ``(seed, step, rank)``: the domain of a step comes from a hash of
+``(seed, step)`` (the same on every DDP rank, so all ranks train the same branch), and each patch of the batch
+from ``np.random.default_rng([seed, step, rank, item])``. No RNG state lives in the loader, so a run resumed at
+step k draws exactly the batches the uninterrupted run would have drawn, whatever the number of workers.
+
+>>> index = StoreIndex.from_store("data/store", split="train", exclude_scan_ids=parse_exclude("data/lits:val"))
+>>> loader = make_loader("data/store", index, PatchConfig(patch=(128, 128, 128), batch=2), start_step=0,
+...                      num_steps=None, rank=0, world_size=1, workers=4)
+>>> batch = next(iter(loader))   # {"image": (2, 1, 128, 128, 128) float32, "label": (2, 128, 128, 128) int64, ...}
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from catalog import load_catalog, load_domains, scan_ids as catalog_scan_ids, select
+from pipeline.store import MARKER  # a case counts only once its group attrs hold the completion marker
+
+from .zarr_read import ChunkedArrayReader
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatchConfig:
+    """How patches are drawn. Stored in checkpoints (``to_dict``) so a resumed run draws the same patches."""
+
+    patch: tuple[int, int, int] = (128, 128, 128)
+    """Patch size (z, y, x) in voxels of the store grid."""
+    batch: int = 2
+    """Patches per batch (per rank); all from the step's domain."""
+    fg_fraction: float = 1 / 3
+    """Share of patches centred on a stored foreground voxel (nnU-Net's 1/3); the rest start uniformly."""
+    domain_sampling: str = "size"
+    """"size": domains drawn in proportion to their number of training cases; "uniform": equally often."""
+    channel: str = "first"
+    """Which channel of a multi-channel domain feeds the one-channel encoder: "first", or "random" (augmentation)."""
+    seed: int = 0
+    pad_value: float = 0.0
+    """Image value outside the volume (0 = the volume mean in z-scored units); labels are padded with 0."""
+
+    def __post_init__(self) -> None:
+        if len(self.patch) != 3 or min(self.patch) < 1:
+            raise ValueError(f"patch must be three positive ints (z, y, x), got {self.patch!r}")
+        object.__setattr__(self, "patch", tuple(int(p) for p in self.patch))
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
+        if not 0.0 <= self.fg_fraction <= 1.0:
+            raise ValueError(f"fg_fraction must be in [0, 1], got {self.fg_fraction}")
+        if self.domain_sampling not in ("size", "uniform"):
+            raise ValueError(f"domain_sampling must be 'size' or 'uniform', got {self.domain_sampling!r}")
+        if self.channel not in ("first", "random"):
+            raise ValueError(f"channel must be 'first' or 'random', got {self.channel!r}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0 (it seeds numpy's SeedSequence), got {self.seed}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["patch"] = list(self.patch)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PatchConfig":
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown PatchConfig fields {sorted(unknown)}")
+        kw = dict(d)
+        if "patch" in kw:
+            kw["patch"] = tuple(kw["patch"])
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class CaseEntry:
+    """One trainable case: where it is and its stored geometry."""
+
+    store_path: str
+    """"<domain>/<case_id>", relative to the store root."""
+    scan_id: str
+    shape: tuple[int, int, int]
+    """Stored (Z, Y, X) in voxels."""
+    n_channels: int
+
+
+@dataclass(frozen=True)
+class StoreIndex:
+    """The cases a run trains on, per domain (cases sorted by store path, so indices are stable)."""
+
+    store: str
+    split: str
+    cases: dict[str, tuple[CaseEntry, ...]]
+    num_classes: dict[str, int]
+    excluded: tuple[str, ...] = ()
+    """Scan ids of the split that were left out (``exclude_scan_ids`` that matched a case)."""
+    _fg_cache: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_store(cls, store: str | os.PathLike[str], split: str = "train",
+                   exclude_scan_ids: Iterable[str] = frozenset()) -> "StoreIndex":
+        """The ok, labelled, complete cases of ``split``, minus those whose scan id is in ``exclude_scan_ids``."""
+        store = os.fspath(store)
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        exclude = frozenset(exclude_scan_ids)
+        rows = select(load_catalog(store), split=split, labelled=True)
+        dropped = rows[rows["scan_id"].isin(exclude)]
+        rows = rows[~rows["scan_id"].isin(exclude)]
+        incomplete = [p for p in rows["store_path"] if not _case_complete(store, p)]
+        if incomplete:
+            warnings.warn(f"{store}: {len(incomplete)} catalogued case(s) lack the completion marker and are "
+                          f"skipped (a build in progress or a crash): {incomplete[:5]}", stacklevel=2)
+            rows = rows[~rows["store_path"].isin(incomplete)]
+        if rows.empty:
+            raise ValueError(
+                f"{store}: no case to train on in split {split!r} (ok, labelled, complete cases; "
+                f"{len(dropped)} excluded by scan id, {len(incomplete)} incomplete). Check the store with "
+                f"`med3d-prep info {store}` and the --exclude options."
+            )
+        cases: dict[str, list[CaseEntry]] = {}
+        for r in rows.itertuples(index=False):
+            if len(r.shape) != 3:
+                raise ValueError(f"{store}: catalog row {r.store_path} has shape {r.shape}, expected (Z, Y, X)")
+            cases.setdefault(r.domain, []).append(
+                CaseEntry(r.store_path, r.scan_id, tuple(int(s) for s in r.shape), int(r.n_channels)))
+        doms = load_domains(store).set_index("domain")
+        missing = sorted(set(cases) - set(doms.index))
+        if missing:
+            raise ValueError(f"{store}: domains {missing} are in the catalog but not in domains.parquet")
+        return cls(
+            store=store, split=split,
+            cases={d: tuple(sorted(cs, key=lambda c: c.store_path)) for d, cs in sorted(cases.items())},
+            num_classes={d: int(doms.loc[d, "num_classes"]) for d in sorted(cases)},
+            excluded=tuple(sorted(set(dropped["scan_id"]))),
+        )
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return tuple(sorted(self.cases))
+
+    @property
+    def scan_ids(self) -> tuple[str, ...]:
+        """Scan ids of every case trained on (sorted): what a checkpoint records."""
+        return tuple(sorted({c.scan_id for cs in self.cases.values() for c in cs}))
+
+    def __len__(self) -> int:
+        return sum(len(cs) for cs in self.cases.values())
+
+    def weights(self, mode: str) -> tuple[float, ...]:
+        """Sampling weight of each domain of :attr:`domains`: its number of cases ("size") or 1 ("uniform")."""
+        if mode == "size":
+            return tuple(float(len(self.cases[d])) for d in self.domains)
+        if mode == "uniform":
+            return tuple(1.0 for _ in self.domains)
+        raise ValueError(f"domain sampling must be 'size' or 'uniform', got {mode!r}")
+
+    def foreground(self, case: CaseEntry) -> np.ndarray:
+        """(N, 4) int32 rows (class, z, y, x) of the case's stored foreground voxels; read on first use."""
+        fg = self._fg_cache.get(case.store_path)
+        if fg is None:
+            fg = ChunkedArrayReader(_join(self.store, case.store_path, "foreground")).read_all()
+            self._fg_cache[case.store_path] = fg
+        return fg
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-able summary for checkpoints: which store, split and cases the run saw."""
+        return {
+            "store": self.store, "split": self.split, "excluded_scan_ids": list(self.excluded),
+            "scan_ids": list(self.scan_ids), "num_classes": dict(self.num_classes),
+            "cases": {d: [c.store_path for c in cs] for d, cs in self.cases.items()},
+        }
+
+
+def parse_exclude(specs: str | Iterable[str]) -> set[str]:
+    """Scan ids named by ``--exclude`` options: ``STORE`` (all its cases) or ``STORE:SPLIT`` (one split).
+
+    ``parse_exclude(["lits_store:val", "lidc_store"])`` returns the union of both stores' scan ids.
+    """
+    out: set[str] = set()
+    for spec in [specs] if isinstance(specs, str) else specs:
+        path, sep, tail = spec.rpartition(":")
+        split = None
+        if sep and tail in SPLITS:
+            split = tail
+        elif sep and path and "/" not in tail and os.path.exists(path):
+            raise ValueError(f"--exclude {spec!r}: unknown split {tail!r}; write STORE or STORE:train|val|test")
+        else:
+            path = spec
+        out |= catalog_scan_ids(load_catalog(path), split)
+    return out
+
+
+def _hash_unit(*parts: object) -> float:
+    """A float in [0, 1) determined by ``parts``: the same on every machine, rank and Python process."""
+    digest = hashlib.blake2b(":".join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def domain_for_step(seed: int, step: int, domains: Sequence[str], weights: Sequence[float]) -> str:
+    """The domain every rank trains at ``step``: drawn in proportion to ``weights`` from a hash of (seed, step)."""
+    if len(domains) != len(weights) or not domains:
+        raise ValueError(f"need one weight per domain, got {len(domains)} domains and {len(weights)} weights")
+    w = np.asarray(weights, dtype=np.float64)
+    if not np.all(np.isfinite(w)) or w.min() < 0 or w.sum() <= 0:
+        raise ValueError(f"domain weights must be finite, >= 0 and not all 0, got {list(weights)}")
+    cum = np.cumsum(w) / w.sum()
+    i = int(np.searchsorted(cum, _hash_unit("med3d-domain", seed, step), side="right"))
+    return domains[min(i, len(domains) - 1)]
+
+
+class PatchSpec(NamedTuple):
+    """Where one patch comes from: case index in the domain's case list, start (z, y, x) voxels (may be
+    negative or run past the volume: padded), channel, and whether it was centred on foreground."""
+
+    case: int
+    start: tuple[int, int, int]
+    channel: int
+    fg: bool
+
+
+def sample_patch_spec(seed: int, step: int, rank: int, item: int, cases: Sequence[CaseEntry],
+                      fg_coords: Callable[[CaseEntry], np.ndarray], cfg: PatchConfig) -> PatchSpec:
+    """Draw one patch of a batch, a pure function of (seed, step, rank, item) for given ``cases``.
+
+    A share ``cfg.fg_fraction`` of patches contains a stored foreground voxel (class drawn uniformly among the
+    case's classes, then a voxel, then a start that keeps it inside the patch); the others start uniformly.
+    Starts range over [min(0, S - P), max(0, S - P)] per axis, so a patch stays inside a volume larger than it
+    and a smaller volume lies anywhere inside the (padded) patch. ``fg_coords`` is called only for the chosen
+    case (foreground rows are loaded lazily).
+    """
+    rng = np.random.default_rng([seed, step, rank, item])
+    ci = int(rng.integers(len(cases)))
+    case = cases[ci]
+    want_fg = bool(rng.random() < cfg.fg_fraction)
+    channel = int(rng.integers(case.n_channels)) if cfg.channel == "random" else 0
+    lo = [min(0, s - p) for s, p in zip(case.shape, cfg.patch)]
+    hi = [max(0, s - p) for s, p in zip(case.shape, cfg.patch)]
+    fg = fg_coords(case) if want_fg else None
+    if fg is not None and len(fg):
+        classes = np.unique(fg[:, 0])
+        rows = fg[fg[:, 0] == classes[rng.integers(len(classes))]]
+        voxel = rows[rng.integers(len(rows)), 1:]
+        start = tuple(int(rng.integers(max(l, v - p + 1), min(h, v) + 1))
+                      for l, h, v, p in zip(lo, hi, voxel.tolist(), cfg.patch))
+        return PatchSpec(ci, start, channel, True)
+    start = tuple(int(rng.integers(l, h + 1)) for l, h in zip(lo, hi))
+    return PatchSpec(ci, start, channel, False)
+
+
+class PretrainStream(IterableDataset):
+    """Batches for multi-branch pretraining, one per step, each from one domain.
+
+    Worker w of W yields steps ``start_step + w, start_step + w + W, ...``; a DataLoader with
+    ``batch_size=None`` interleaves workers round-robin, so it yields steps in order whatever W is. Each item:
+    ``image`` float32 (B, 1, Z, Y, X), ``label`` int64 (B, Z, Y, X), ``domain`` str, ``step`` int, ``cases``
+    list of store paths. Chunk readers are opened lazily inside each worker; whole volumes are never loaded.
+    """
+
+    def __init__(self, store: str | os.PathLike[str], index: StoreIndex, cfg: PatchConfig, start_step: int = 0,
+                 num_steps: int | None = None, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if start_step < 0 or (num_steps is not None and num_steps < 0):
+            raise ValueError(f"start_step and num_steps must be >= 0, got {start_step}, {num_steps}")
+        self.store = os.fspath(store)
+        self.index, self.cfg = index, cfg
+        self.start_step, self.num_steps = int(start_step), num_steps
+        self.rank, self.world_size = int(rank), int(world_size)
+        self._weights = index.weights(cfg.domain_sampling)
+        self._readers: dict[str, tuple[ChunkedArrayReader, ChunkedArrayReader]] = {}
+        self._scratch: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        if self.num_steps is None:
+            raise TypeError("an endless PretrainStream (num_steps=None) has no length")
+        return self.num_steps
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        w, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        step = self.start_step + w
+        end = None if self.num_steps is None else self.start_step + self.num_steps
+        while end is None or step < end:
+            yield self.batch(step)
+            step += n
+
+    def batch(self, step: int) -> dict[str, Any]:
+        """The batch of ``step`` for this rank (pure: the same on every call)."""
+        cfg = self.cfg
+        domain = domain_for_step(cfg.seed, step, self.index.domains, self._weights)
+        cases = self.index.cases[domain]
+        image = _empty((cfg.batch, 1, *cfg.patch), torch.float32)
+        label = _empty((cfg.batch, *cfg.patch), torch.int64)
+        paths = []
+        for item in range(cfg.batch):
+            spec = sample_patch_spec(cfg.seed, step, self.rank, item, cases, self.index.foreground, cfg)
+            case = cases[spec.case]
+            img_r, lab_r = self._open(case.store_path)
+            stop = [s + p for s, p in zip(spec.start, cfg.patch)]
+            # Read in the stored dtype, then cast with torch: numpy's float16 -> float32 cast is ~30x slower.
+            buf = img_r.read((spec.channel, *spec.start), (spec.channel + 1, *stop), pad=cfg.pad_value,
+                             out=self._buffer(img_r.dtype, (1, *cfg.patch)))
+            image[item].copy_(torch.from_numpy(buf))
+            lab = lab_r.read(spec.start, stop, pad=0, out=self._buffer(lab_r.dtype, cfg.patch))
+            label[item].copy_(torch.from_numpy(lab))
+            paths.append(case.store_path)
+        return {"image": image, "label": label, "domain": domain, "step": int(step), "cases": paths}
+
+    def _open(self, store_path: str) -> tuple[ChunkedArrayReader, ChunkedArrayReader]:
+        readers = self._readers.get(store_path)
+        if readers is None:
+            readers = (ChunkedArrayReader(_join(self.store, store_path, "image")),
+                       ChunkedArrayReader(_join(self.store, store_path, "label")))
+            self._readers[store_path] = readers
+        return readers
+
+    def _buffer(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        key = (np.dtype(dtype).str, tuple(shape))
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = np.empty(shape, dtype)
+        return buf
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Readers and scratch buffers are per process: a worker starts with none.
+        return {**self.__dict__, "_readers": {}, "_scratch": {}}
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor; inside a DataLoader worker it is allocated in shared memory, so sending it to
+    the main process does not copy it into shared memory first (what default_collate does for its batches)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    proto = torch.empty(0, dtype=dtype)
+    storage = proto._typed_storage()._new_shared(int(np.prod(shape)))
+    return proto.new(storage).view(shape)
+
+
+def _worker_init(worker_id: int) -> None:
+    # One Blosc thread per worker: the workers already occupy the cores, more threads only contend.
+    import numcodecs.blosc
+
+    numcodecs.blosc.set_nthreads(1)
+
+
+def make_loader(store: str | os.PathLike[str], index: StoreIndex, cfg: PatchConfig, start_step: int = 0,
+                num_steps: int | None = None, rank: int = 0, world_size: int = 1, workers: int = 4,
+                prefetch_factor: int = 2) -> DataLoader:
+    """A DataLoader over :class:`PretrainStream` yielding one batch dict per step, in step order.
+
+    Persistent workers when ``workers > 0``, pinned memory when CUDA is available, ``prefetch_factor``
+    (2..4) batches in flight per worker.
+    """
+    if not 2 <= prefetch_factor <= 4:
+        raise ValueError(f"prefetch_factor must be in 2..4, got {prefetch_factor}")
+    ds = PretrainStream(store, index, cfg, start_step, num_steps, rank, world_size)
+    kw: dict[str, Any] = {}
+    if workers > 0:
+        kw = {"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": _worker_init}
+    return DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(), **kw)
+
+
+def read_volume(store: str | os.PathLike[str], store_path: str,
+                channel: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """A whole stored case for validation: image channel as float32 (Z, Y, X) z-scored units, and the label
+    uint8 (Z, Y, X) (int16 if stored so), or None for an unlabelled case."""
+    store = os.fspath(store)
+    img = ChunkedArrayReader(_join(store, store_path, "image"))
+    if not 0 <= channel < img.shape[0]:
+        raise ValueError(f"{store}/{store_path}: channel {channel} out of range (it has {img.shape[0]})")
+    raw = img.read((channel, 0, 0, 0), (channel + 1, *img.shape[1:]))[0]
+    image = torch.from_numpy(raw).to(torch.float32).numpy()
+    label = None
+    if _node_meta(store, store_path, "label") is not None:
+        label = ChunkedArrayReader(_join(store, store_path, "label")).read_all()
+    return image, label
+
+
+def _join(store: str, *parts: str) -> str:
+    return "/".join([store.rstrip("/"), *parts])
+
+
+def _is_local(store: str) -> bool:
+    return "://" not in store or store.startswith("file://")
+
+
+def _node_meta(store: str, *parts: str) -> dict[str, Any] | None:
+    """A group's or array's zarr.json (attributes under "attributes"), or None when it does not exist."""
+    if _is_local(store):
+        try:
+            with open(_join(store.removeprefix("file://"), *parts, "zarr.json"), "rb") as fh:
+                return json.load(fh)
+        except (OSError, ValueError):
+            return None
+    import zarr
+
+    try:
+        return {"attributes": dict(zarr.open(_join(store, *parts), mode="r").attrs)}
+    except (KeyError, FileNotFoundError, ValueError):
+        return None
+
+
+def _case_complete(store: str, store_path: str) -> bool:
+    return bool((_node_meta(store, store_path) or {}).get("attributes", {}).get(MARKER))

@@ -1,0 +1,289 @@
+"""Training recipes. ``pretrain``: Med3D multi-domain pretraining on a store (one branch per domain).
+
+The recipe assembles the pieces (store index and loader from ``model.data``, encoder and head, optimiser,
+schedule, checkpoints, metrics, validation) and hands them to :func:`model.train.run_loop`.
+
+>>> from model.config import TrainConfig
+>>> from model.tasks import pretrain
+>>> result = pretrain(TrainConfig(store="data/store", out="runs/r10", encoder="resnet10", steps=2000))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from model.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from model.config import TrainConfig, config_conflicts
+from model.heads import Med3DPretrainNet, MultiBranchHead
+from model.metrics import MetricsLogger, dice_per_class
+from model.resnet import create_encoder
+from model.train import DistEnv, PretrainStepper, init_distributed, make_optimizer, make_scheduler, \
+    resolve_device, run_loop
+
+__all__ = ["PretrainError", "PretrainResult", "build_pretrain_net", "load_pretrained_encoder", "pretrain",
+           "sliding_window_probs", "tile_starts", "validate"]
+
+CONFIG_FILE = "config.json"
+
+
+class PretrainError(ValueError):
+    """A run cannot start as asked (existing checkpoint, changed config or data); the message says what to do."""
+
+
+@dataclass
+class PretrainResult:
+    """What :func:`pretrain` returns: the trained network (on its device), where things were written."""
+
+    net: Med3DPretrainNet
+    step: int
+    run_dir: Path
+    checkpoint: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+    scan_ids: list[str] = field(default_factory=list)
+
+
+def build_pretrain_net(encoder: str, classes: Mapping[str, int]) -> Med3DPretrainNet:
+    """Encoder ``encoder`` (1 input channel) + one 1×1×1 branch per domain of ``classes`` (domain -> classes)."""
+    enc = create_encoder(encoder, in_chans=1)
+    return Med3DPretrainNet(enc, MultiBranchHead(enc.out_channels, dict(classes)))
+
+
+def tile_starts(size: int, patch: int, overlap: float) -> list[int]:
+    """Start offsets of tiles of length ``patch`` covering ``[0, size)`` with at least ``overlap`` (fraction of
+    ``patch``) between neighbours; first tile at 0, last ending at ``size``. ``[0]`` when ``size <= patch``."""
+    if size <= patch:
+        return [0]
+    stride = max(1, int(patch * (1 - overlap)))
+    n = math.ceil((size - patch) / stride) + 1
+    return sorted({round(i * (size - patch) / (n - 1)) for i in range(n)})
+
+
+@torch.no_grad()
+def sliding_window_probs(net: Med3DPretrainNet, image: torch.Tensor, domain: str, patch: Sequence[int], *,
+                         overlap: float = 0.25, batch: int = 2, device: torch.device | str = "cpu",
+                         amp: bool = False) -> torch.Tensor:
+    """Softmax probabilities of a whole volume by tiled inference at patch size.
+
+    image (Z, Y, X) float32 -> probabilities (classes, Z, Y, X) float32 on the CPU. Volumes smaller than the
+    patch are zero-padded (zero is the mean of a z-scored volume); overlapping tiles are averaged uniformly.
+    The network must be in eval mode.
+    """
+    device = torch.device(device)
+    size = tuple(int(s) for s in image.shape)
+    padded = tuple(max(s, p) for s, p in zip(size, patch))
+    vol = torch.zeros(padded, dtype=torch.float32)
+    vol[: size[0], : size[1], : size[2]] = image
+    n_classes = net.head.classes[domain]
+    acc = torch.zeros((n_classes, *padded), dtype=torch.float32)
+    hits = torch.zeros(padded, dtype=torch.float32)
+    boxes = [(z, y, x) for z in tile_starts(padded[0], patch[0], overlap)
+             for y in tile_starts(padded[1], patch[1], overlap) for x in tile_starts(padded[2], patch[2], overlap)]
+    for i in range(0, len(boxes), batch):
+        group = boxes[i: i + batch]
+        x = torch.stack([vol[z: z + patch[0], y: y + patch[1], w: w + patch[2]] for z, y, w in group])[:, None]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = net(x.to(device), domain)
+        probs = logits.float().softmax(dim=1).cpu()
+        for (z, y, w), p in zip(group, probs):
+            acc[:, z: z + patch[0], y: y + patch[1], w: w + patch[2]] += p
+            hits[z: z + patch[0], y: y + patch[1], w: w + patch[2]] += 1
+    return (acc / hits)[:, : size[0], : size[1], : size[2]]
+
+
+def _val_cases(store: str, classes: Mapping[str, int], excluded: set[str],
+               log: Callable[[str], None]) -> list[tuple[str, str]]:
+    """(domain, store_path) of the complete, labelled val cases of the trained domains, excluded scans left out."""
+    from model.data import StoreIndex
+
+    try:
+        index = StoreIndex.from_store(store, split="val", exclude_scan_ids=excluded)
+    except ValueError as exc:  # a store built with val_fraction=0 has no val split: train without validation
+        log(f"no validation: {exc}")
+        return []
+    return [(d, c.store_path) for d in index.domains if d in classes for c in index.cases[d]]
+
+
+def validate(net: Med3DPretrainNet, store: str, cases: Sequence[tuple[str, str]], cfg: TrainConfig, *,
+             device: torch.device, amp: bool, env: DistEnv = DistEnv()) -> dict[str, Any]:
+    """Dice per domain on whole val volumes (sliding window at ``cfg.patch``).
+
+    Returns {"dice": {domain: mean over cases of the case's mean foreground Dice}, "dice_per_class": {domain:
+    [mean Dice of each class over the cases where it is defined]}, "mean_dice": mean over domains, "cases":
+    {domain: n}}. Under DDP each rank takes every world_size-th case and the sums are all-reduced.
+    """
+    from model.data import read_volume
+
+    classes = net.head.classes
+    domains = sorted({d for d, _ in cases})
+    # Per domain: [sum of case fg Dice, cases, per-class Dice sums..., per-class counts...]
+    width = 2 + 2 * max(classes.values())
+    sums = torch.zeros(len(domains), width, dtype=torch.float64)
+    limit = cfg.val_max_cases
+    chosen = [c for d in domains for c in [x for x in cases if x[0] == d][: limit or None]]
+    was_training = net.training
+    net.eval()
+    try:
+        for domain, path in chosen[env.rank:: env.world_size]:
+            image, label = read_volume(store, path, channel=0)
+            probs = sliding_window_probs(net, torch.from_numpy(image), domain, cfg.patch, overlap=cfg.val_overlap,
+                                         batch=cfg.batch, device=device, amp=amp)
+            n = classes[domain]
+            dice = dice_per_class(probs[None], torch.from_numpy(label.astype("int64"))[None], n)
+            row = sums[domains.index(domain)]
+            fg = dice[1:][~torch.isnan(dice[1:])]
+            if fg.numel():
+                row[0] += fg.mean()
+                row[1] += 1
+            ok = ~torch.isnan(dice)
+            row[2: 2 + n] += torch.where(ok, dice, torch.zeros_like(dice))
+            row[2 + n: 2 + 2 * n] += ok.to(torch.float64)
+    finally:
+        net.train(was_training)
+    if env.distributed:
+        sums = sums.to(device)
+        dist.all_reduce(sums)
+        sums = sums.cpu()
+    out: dict[str, Any] = {"dice": {}, "dice_per_class": {}, "cases": {}}
+    for i, domain in enumerate(domains):
+        n = classes[domain]
+        row = sums[i].tolist()
+        out["dice"][domain] = row[0] / row[1] if row[1] else float("nan")
+        out["dice_per_class"][domain] = [s / c if c else float("nan")
+                                         for s, c in zip(row[2: 2 + n], row[2 + n: 2 + 2 * n])]
+        out["cases"][domain] = int(row[1])
+    defined = [v for v in out["dice"].values() if not math.isnan(v)]
+    out["mean_dice"] = sum(defined) / len(defined) if defined else float("nan")
+    return out
+
+
+def _checkpoint_for_resume(cfg: TrainConfig, path: Path, resume: bool, log: Callable[[str], None]
+                           ) -> dict[str, Any] | None:
+    if not path.exists():
+        if resume:
+            log(f"--resume: no checkpoint in {path.parent} yet, starting a new run")
+        return None
+    if not resume:
+        raise PretrainError(f"{path} exists: pass --resume to continue that run, or choose another --out "
+                            "(nothing was overwritten)")
+    ckpt = load_checkpoint(path)
+    conflicts = config_conflicts(TrainConfig.from_dict(ckpt["config"]), cfg)
+    if conflicts:
+        raise PretrainError(f"cannot resume {path}: the configuration differs from the checkpoint's in "
+                            + "; ".join(conflicts) + ". Resume with the same settings, or start a new --out")
+    return ckpt
+
+
+def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = None, progress: bool = True,
+             log: Callable[[str], None] = print) -> PretrainResult:
+    """Med3D pretraining as configured by ``cfg``; writes ``cfg.out``/{config.json, checkpoint.pt, metrics.jsonl}.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) it joins the process group (NCCL on CUDA, gloo on CPU), each rank
+    reads its own patches, rank 0 writes files. ``resume`` continues from ``cfg.out/checkpoint.pt`` (or starts
+    afresh when there is none); without it an existing checkpoint raises :class:`PretrainError`.
+    ``stop_after`` ends after that many steps with a checkpoint, as a preempted job would.
+    """
+    from model.data import PatchConfig, StoreIndex, make_loader, parse_exclude
+
+    env = DistEnv.from_environ()
+    device = resolve_device(cfg.device, env)
+    created_group = init_distributed(env, device)
+    try:
+        run_dir = Path(cfg.out)
+        ckpt_path = run_dir / CHECKPOINT_NAME
+        ckpt = _checkpoint_for_resume(cfg, ckpt_path, resume, log)
+        try:
+            excluded = parse_exclude(cfg.exclude) if cfg.exclude else set()
+            index = StoreIndex.from_store(cfg.store, split="train", exclude_scan_ids=excluded)
+        except (ValueError, FileNotFoundError) as exc:  # no catalog, empty split, bad --exclude spec
+            raise PretrainError(str(exc)) from exc
+        scan_ids = list(index.scan_ids)
+        if ckpt is not None and list(ckpt.get("scan_ids", [])) != scan_ids:
+            raise PretrainError(f"cannot resume {ckpt_path}: the store's train cases differ from those the run "
+                                "started with (store rebuilt or --exclude changed)")
+        classes = {d: int(index.num_classes[d]) for d in index.domains}
+
+        torch.manual_seed(cfg.seed)
+        net = build_pretrain_net(cfg.encoder, classes)
+        init_report = None
+        if ckpt is not None:
+            net.load_state_dict(ckpt["model"])
+        elif cfg.init != "scratch":
+            from model.weights import load_encoder_weights
+
+            report = load_encoder_weights(net.encoder, cfg.init)
+            init_report = report.to_dict()
+            if env.is_main:
+                log(str(report))
+        amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
+        net.to(device)
+        optimizer = make_optimizer(net.parameters(), cfg)
+        scheduler = make_scheduler(optimizer, cfg)
+        start = 0
+        summary: dict[str, Any] = {}
+        if ckpt is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            set_rng_state(ckpt["rng"])
+            start = int(ckpt["step"])
+            summary = dict(ckpt.get("metrics") or {})
+            init_report = ckpt.get("init_report")
+            if env.is_main:
+                log(f"resuming {ckpt_path} at step {start} of {cfg.steps}")
+        stepper = PretrainStepper(net, optimizer, scheduler, loss=cfg.loss, device=device, amp=amp,
+                                  compile=cfg.compile, env=env)
+        if env.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.write_json(run_dir / CONFIG_FILE)
+
+        def save(step: int) -> None:
+            if not env.is_main:
+                return
+            save_checkpoint({
+                "model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "step": step, "config": cfg.to_dict(), "rng": rng_state(), "encoder": cfg.encoder,
+                "domains": list(classes), "classes": classes, "scan_ids": scan_ids, "excluded": sorted(excluded),
+                "excluded_in_store": list(index.excluded), "index": index.to_record(),
+                "metrics": summary, "init_report": init_report, "world_size": env.world_size,
+            }, ckpt_path)
+
+        val_cases = _val_cases(cfg.store, classes, excluded, log) if cfg.val_every > 0 else []
+
+        def run_validation(step: int) -> dict[str, Any]:
+            return validate(net, cfg.store, val_cases, cfg, device=device, amp=amp, env=env)
+
+        end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+        patch_cfg = PatchConfig(patch=cfg.patch, batch=cfg.batch, fg_fraction=cfg.fg_fraction,
+                                domain_sampling=cfg.domain_sampling, channel=cfg.channel, seed=cfg.seed)
+        loader = make_loader(cfg.store, index, patch_cfg, start_step=start, num_steps=max(end - start, 0),
+                             rank=env.rank, world_size=env.world_size, workers=cfg.workers)
+        with MetricsLogger(run_dir, enabled=env.is_main) as logger:
+            summary = run_loop(
+                stepper, loader, start_step=start, total_steps=cfg.steps, stop_after=stop_after,
+                ckpt_every=cfg.ckpt_every, save=save, val_every=cfg.val_every,
+                validate=run_validation if val_cases else None, logger=logger, summary=summary,
+                progress=progress, log_every=cfg.log_every,
+            )
+        return PretrainResult(net=net, step=max(end, start), run_dir=run_dir, checkpoint=ckpt_path,
+                              summary=summary, scan_ids=scan_ids)
+    finally:
+        if created_group:
+            dist.destroy_process_group()
+
+
+def load_pretrained_encoder(checkpoint: str | Path) -> tuple[nn.Module, Any]:
+    """The encoder of one of our checkpoints (architecture from its config) and the load report."""
+    from model.weights import load_encoder_weights
+
+    ckpt = load_checkpoint(checkpoint)
+    name = ckpt.get("encoder") or TrainConfig.from_dict(ckpt["config"]).encoder
+    encoder = create_encoder(name, in_chans=1)
+    report = load_encoder_weights(encoder, ckpt)
+    return encoder, report

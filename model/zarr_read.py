@@ -1,0 +1,199 @@
+"""Direct chunk reads from a local zarr v3 array: the hot path of patch streaming.
+
+A training patch (e.g. 128³ voxels of one channel) overlaps a few dozen chunk files. zarr-python's own
+slicing spends most of its time in per-chunk machinery (async codec pipeline, index objects, thread hops);
+here each overlapping chunk file is read with one ``open().read()``, decoded by Blosc into a buffer that is
+reused for every chunk, and only the slab that overlaps the requested box is copied into the output, casting
+to the output's dtype on the way. ``benchmarks/loader.py`` measures both paths.
+
+The fast path needs exactly what ``pipeline/store.py`` writes: a regular chunk grid, the ``default`` (or
+``v2``) chunk key encoding, the codec chain ``bytes`` (little endian) + ``blosc``, no sharding and no storage
+transformers, a numeric data type and a numeric fill value. Blosc frames carry their own header (type size,
+shuffle, compressor), so the codec's configuration is not needed to decode. Any other array (another codec
+chain, sharding, a remote ``s3://`` store) is opened with zarr-python and read through it: same results,
+slower.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numcodecs
+
+_NUMERIC = frozenset({
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64",
+})
+_NAMED_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+class ChunkedArrayReader:
+    """Read boxes of one zarr v3 array, decoding only the chunks a box overlaps.
+
+    ``path`` is the array's folder (the one holding its ``zarr.json``), e.g. ``STORE/heart/la_003/image``.
+    Local folders with the codec chain the pipeline writes take the direct path (:attr:`direct` is True);
+    anything else (other codecs, sharding, an fsspec URL) falls back to zarr-python.
+
+    Nothing is cached across reads except one decode buffer of one chunk's size: training patches come from
+    random cases, so consecutive reads rarely share a chunk (a decoded-chunk cache would have to hold whole
+    volumes to hit). The reader holds no open files or thread pools; create readers inside DataLoader workers.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._zarr: Any = None
+        meta = self._local_metadata()
+        why_not = _unsupported(meta) if meta is not None else "not a local folder with a zarr.json"
+        if why_not is None:
+            self.shape: tuple[int, ...] = tuple(int(s) for s in meta["shape"])
+            self.chunks: tuple[int, ...] = tuple(int(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"])
+            self.dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+            self.fill_value = _fill_value(meta["fill_value"], self.dtype)
+            enc = meta["chunk_key_encoding"]
+            sep = enc.get("configuration", {}).get("separator", "/" if enc["name"] == "default" else ".")
+            self._prefix = os.path.join(self.path, "c" + sep) if enc["name"] == "default" else self.path + os.sep
+            self._sep = sep
+            self._codec = numcodecs.Blosc()
+            self._buf = np.empty(math.prod(self.chunks) * self.dtype.itemsize, np.uint8)
+            self._chunk_view = self._buf.view(self.dtype).reshape(self.chunks)
+            self.fallback_reason = ""
+        else:
+            import zarr
+
+            self._zarr = zarr.open_array(self.path, mode="r")
+            self.shape = tuple(int(s) for s in self._zarr.shape)
+            self.chunks = tuple(int(c) for c in self._zarr.chunks)
+            self.dtype = np.dtype(self._zarr.dtype)
+            self.fill_value = self._zarr.fill_value
+            self.fallback_reason = why_not
+
+    @property
+    def direct(self) -> bool:
+        """True when reads decode chunk files directly, False when they go through zarr-python."""
+        return self._zarr is None
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def _local_metadata(self) -> dict[str, Any] | None:
+        if "://" in self.path and not self.path.startswith("file://"):
+            return None
+        self.path = self.path.removeprefix("file://")
+        try:
+            with open(os.path.join(self.path, "zarr.json"), "rb") as fh:
+                return json.load(fh)
+        except (OSError, ValueError):
+            return None
+
+    def read(
+        self,
+        starts: Sequence[int],
+        stops: Sequence[int],
+        pad: float = 0,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The box ``[starts, stops)`` (one pair per array axis, in voxels); parts outside the array are ``pad``.
+
+        Starts may be negative and stops may exceed the shape (volumes smaller than a patch, patches at the
+        border). Returns an array of shape ``stops - starts`` in the array's dtype, or writes into ``out``
+        (any dtype of that shape; the cast happens during the copy, but numpy's float16 -> float32 cast is
+        ~30x slower than torch's, so hot paths read float16 and cast with ``Tensor.copy_``).
+        """
+        starts = [int(s) for s in starts]
+        stops = [int(s) for s in stops]
+        if len(starts) != self.ndim or len(stops) != self.ndim:
+            raise ValueError(f"{self.path}: a box needs {self.ndim} starts and stops, got {starts} and {stops}")
+        box = tuple(b - a for a, b in zip(starts, stops))
+        if min(box, default=0) < 0:
+            raise ValueError(f"{self.path}: stops {stops} lie before starts {starts}")
+        if out is None:
+            out = np.empty(box, self.dtype)
+        elif out.shape != box:
+            raise ValueError(f"{self.path}: out has shape {out.shape}, the box {box}")
+        lo = [max(a, 0) for a in starts]
+        hi = [min(b, n) for b, n in zip(stops, self.shape)]
+        if any(h <= l for l, h in zip(lo, hi)):
+            out.fill(pad)
+            return out
+        if lo != starts or hi != stops:
+            out.fill(pad)  # cheaper than filling up to 2·ndim border slabs separately
+        if self._zarr is not None:
+            out[tuple(slice(l - a, h - a) for l, h, a in zip(lo, hi, starts))] = \
+                self._zarr[tuple(slice(l, h) for l, h in zip(lo, hi))]
+            return out
+        self._read_direct(lo, hi, starts, out)
+        return out
+
+    def _read_direct(self, lo: list[int], hi: list[int], starts: list[int], out: np.ndarray) -> None:
+        # Per axis, the chunk indices the box overlaps with the (source, destination) slices of each: computed
+        # once per axis, so the loop over chunks only combines precomputed slices.
+        per_axis = []
+        for l, h, a, c in zip(lo, hi, starts, self.chunks):
+            spans = []
+            for i in range(l // c, (h - 1) // c + 1):
+                s, e = max(l, i * c), min(h, (i + 1) * c)
+                spans.append((str(i), slice(s - i * c, e - i * c), slice(s - a, e - a)))
+            per_axis.append(spans)
+        view, codec, buf = self._chunk_view, self._codec, self._buf
+        for combo in itertools.product(*per_axis):
+            key = self._prefix + self._sep.join(part[0] for part in combo)
+            dst = tuple(part[2] for part in combo)
+            try:
+                with open(key, "rb") as fh:
+                    data = fh.read()
+            except FileNotFoundError:  # zarr does not write chunks that hold only the fill value
+                out[dst] = self.fill_value
+                continue
+            codec.decode(data, out=buf)
+            out[dst] = view[tuple(part[1] for part in combo)]
+
+    def read_all(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The whole array, shape :attr:`shape`."""
+        return self.read([0] * self.ndim, self.shape, out=out)
+
+
+def _unsupported(meta: dict[str, Any]) -> str | None:
+    """Why the direct path cannot read this array (None when it can)."""
+    if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
+        return "not a zarr v3 array"
+    if meta.get("data_type") not in _NUMERIC:
+        return f"data type {meta.get('data_type')!r}"
+    grid = meta.get("chunk_grid", {})
+    if grid.get("name") != "regular":
+        return f"chunk grid {grid.get('name')!r}"
+    if meta.get("storage_transformers"):
+        return "storage transformers"
+    enc = meta.get("chunk_key_encoding", {})
+    if enc.get("name") not in ("default", "v2"):
+        return f"chunk key encoding {enc.get('name')!r}"
+    codecs = meta.get("codecs", [])
+    names = [c.get("name") for c in codecs]
+    if names != ["bytes", "blosc"]:
+        return f"codec chain {names} (the direct path reads bytes + blosc)"
+    endian = codecs[0].get("configuration", {}).get("endian", "little")
+    if endian != "little" and np.dtype(meta["data_type"]).itemsize > 1:
+        return f"{endian} endian"
+    if len(meta.get("shape", [])) == 0:
+        return "zero-dimensional array"
+    try:
+        _fill_value(meta.get("fill_value"), np.dtype(meta["data_type"]))
+    except (TypeError, ValueError):
+        return f"fill value {meta.get('fill_value')!r}"
+    return None
+
+
+def _fill_value(value: Any, dtype: np.dtype) -> Any:
+    """The JSON fill value as a scalar of ``dtype`` (numbers and the named floats; raw hex bits are left to zarr)."""
+    if isinstance(value, str):
+        if value not in _NAMED_FLOATS or dtype.kind != "f":
+            raise ValueError(f"fill value {value!r}")
+        value = _NAMED_FLOATS[value]
+    if value is None or isinstance(value, (list, dict)):
+        raise ValueError(f"fill value {value!r}")
+    return dtype.type(value)
