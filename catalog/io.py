@@ -6,7 +6,7 @@ import tempfile
 
 import pandas as pd
 
-from .schema import CATALOG_COLUMNS, DOMAIN_COLUMNS, conform
+from .schema import CATALOG_COLUMNS, DOMAIN_COLUMNS, NODULE_COLUMNS, conform
 
 CATALOG_FILE = "catalog.parquet"
 DOMAINS_FILE = "domains.parquet"
@@ -102,3 +102,26 @@ def load_domains(store: str) -> pd.DataFrame:
 def extra_table_path(store: str, name: str) -> str:
     """Path of an extra per-store table (e.g. ``nodules`` for LIDC stores)."""
     return _join(str(store), f"{name}.parquet")
+
+
+NODULES_TABLE = "nodules"
+
+
+def save_nodules(store: str, df: pd.DataFrame) -> pd.DataFrame:
+    """Validate and write ``STORE/nodules.parquet`` (sorted by patient, series, nodule index) unless it already
+    holds exactly this table. Returns the conformed table."""
+    df = conform(df, NODULE_COLUMNS, "nodules", fill_missing=True)
+    df = df.sort_values(["patient_id", "series_uid", "nodule_index"]).reset_index(drop=True)
+    _write_if_changed(df, extra_table_path(store, NODULES_TABLE), NODULE_COLUMNS)
+    return df
+
+
+def load_nodules(store: str, *, missing_ok: bool = False) -> pd.DataFrame | None:
+    """The nodules table of an LIDC store, schema-checked; None (``missing_ok``) or FileNotFoundError when the
+    store has none. Join it to the catalog on ``case_id`` for the crops' benign/malignant labels."""
+    path = extra_table_path(str(store), NODULES_TABLE)
+    if not _exists(path):
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"{path}: no nodules table; build one with `med3d-prep build-lidc`.")
+    return conform(pd.read_parquet(path), NODULE_COLUMNS, path, fill_missing=False)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-# column -> kind. Kinds: str, int, float, bool, list[int], list[float], list[str].
+# column -> kind. Kinds: str, str?, int, float, bool, list[int], list[float], list[str]. "str?" keeps None
+# (a missing value) apart from "".
 CATALOG_COLUMNS: dict[str, str] = {
     "domain": "str",
     "case_id": "str",
@@ -53,7 +54,32 @@ DOMAIN_COLUMNS: dict[str, str] = {
     "n_failed": "int",
 }
 
-_DEFAULTS = {"str": "", "int": 0, "float": float("nan"), "bool": False}
+# LIDC stores: STORE/nodules.parquet, one row per grouped nodule of every series that converted (all nodules,
+# < 3 mm and unselected ones included). The first columns are pipeline.sources.lidc_nodules.TABLE_COLUMNS.
+NODULE_COLUMNS: dict[str, str] = {
+    "patient_id": "str",
+    "series_uid": "str",
+    "nodule_index": "int",  # index within the series (nodules sorted by z, y, x); the crop's case_id ends in n<k>
+    "centroid_mm": "list[float]",  # [x, y, z] LPS mm
+    "diameter_mm": "float",  # max over readers of the longest in-plane chord; NaN for < 3 mm point marks
+    "volume_mm3": "float",  # median over contouring readers; NaN for point marks
+    "n_readers": "int",
+    "n_readers_contoured": "int",
+    "reader_ids": "list[str]",
+    "reader_nodule_ids": "list[str]",
+    "malignancy": "list[int]",  # the readers' ratings 1-5, sorted
+    "malignancy_median": "float",
+    "label": "str?",  # benign (median rating <= 3) | malignant | None (unrated)
+    "is_small": "bool",  # every reader marked it as a < 3 mm point
+    "n_rois_outside_series": "int",
+    "selected": "bool",  # contoured by >= min_readers readers
+    "case_id": "str",  # the crop's catalog case ("" when not selected, or selected without a crop: see note)
+    "split": "str",  # the patient's split (train | val | test), as in the catalog
+    "fraction_outside": "float",  # share of the crop outside the scanned volume (NaN without a crop)
+    "note": "str",  # why a selected nodule has no crop, else ""
+}
+
+_DEFAULTS = {"str": "", "str?": None, "int": 0, "float": float("nan"), "bool": False}
 
 # Columns added after format 1 first shipped: a file without them still reads, with defaults.
 ADDED_COLUMNS = frozenset({"source_modality"})
@@ -84,6 +110,8 @@ def _coerce(s: pd.Series, kind: str, what: str) -> pd.Series:
     try:
         if kind == "str":
             return s.where(s.notna(), "").astype(str).astype(object)
+        if kind == "str?":
+            return pd.Series([None if v is None or _isnan(v) else str(v) for v in s], index=s.index, dtype=object)
         if kind == "int":
             return s.fillna(0).astype("int64")
         if kind == "float":

@@ -38,3 +38,27 @@ def assign_splits(df: pd.DataFrame, val_fraction: float, seed: int) -> pd.Series
             val_patients = {min(patients, key=u.get)}
         split[rows.index[rows["patient_id"].isin(val_patients)]] = "val"
     return split
+
+
+def patient_splits(patients, *, test_fraction: float, val_fraction: float, seed: int, domain: str) -> dict[str, str]:
+    """Patient id → "train" | "val" | "test", for sources with no fixed test set (LIDC-IDRI).
+
+    A patient is "test" when its seeded hash (salted "test") falls below ``test_fraction``; of the others, "val"
+    when a second hash (the one :func:`assign_splits` uses) falls below ``val_fraction``; the rest "train". With
+    three or more patients there is at least one test patient, and with three or more left at least one val
+    patient (the lowest hash), so small sample sets still test and validate. Deterministic, and adding patients
+    never moves an existing one, except for those minimums.
+    """
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    ids = sorted(set(patients))
+    u_test = {p: hash_unit(seed, domain, "test", p) for p in ids}
+    test = {p for p in ids if u_test[p] < test_fraction}
+    if not test and len(ids) >= 3 and test_fraction > 0:
+        test = {min(ids, key=u_test.get)}
+    rest = [p for p in ids if p not in test]
+    u_val = {p: hash_unit(seed, domain, p) for p in rest}
+    val = {p for p in rest if u_val[p] < val_fraction}
+    if not val and len(rest) >= 3 and val_fraction > 0:
+        val = {min(rest, key=u_val.get)}
+    return {p: "test" if p in test else "val" if p in val else "train" for p in ids}

@@ -175,25 +175,70 @@ def build_visceral(visceral_root, store, lung_labels, test_volumes, workers, sch
     _finish(result)
 
 
+@main.command("build-lidc")
+@click.argument("lidc_root", type=click.Path(exists=True, file_okay=False))
+@click.argument("store")
+@click.option("--min-readers", type=click.IntRange(min=1), default=3, show_default=True,
+              help="A nodule gets a crop when at least this many readers contoured it (>= 3 mm), as in LUNA16.")
+@click.option("--crop-mm", type=click.FloatRange(min=0, min_open=True), default=48.0, show_default=True,
+              help="Edge of the cubic crop centred on the nodule (mm).")
+@click.option("--crop-spacing", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Isotropic voxel size of the crop (mm).")
+@click.option("--test-fraction", type=click.FloatRange(min=0, max=1, max_open=True), default=None,
+              help="Share of patients in the test split (default 99/1149, the paper's 1,050/99 nodules).")
+@common_options
+def build_lidc(lidc_root, store, min_readers, crop_mm, crop_spacing, test_fraction, workers, scheduler, dtype,
+               chunks, codec, replan, no_progress) -> None:
+    """Build LIDC-IDRI (LIDC-IDRI-NNNN/<study>/<series>/*.dcm + reader XML) under LIDC_ROOT into STORE.
+
+    One case per nodule contoured by at least --min-readers readers: a crop of --crop-mm around it, z-scored
+    with its series' statistics, with the readers' consensus mask as label. STORE/nodules.parquet lists every
+    nodule (ratings, benign/malignant label, split). Series without reader XML are counted and skipped.
+    """
+    from .job_lidc import build_lidc as build
+    from .sources.lidc import LidcParams
+
+    kw = {"test_fraction": test_fraction} if test_fraction is not None else {}
+    try:
+        params = LidcParams(min_readers=min_readers, crop_mm=crop_mm, crop_spacing=crop_spacing, **kw)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if replan:
+        click.echo("--replan has no effect for LIDC: crops have a fixed spacing (--crop-spacing)")
+    cfg = _config(dtype, chunks, codec)
+    result = build(lidc_root, store, cfg, params, workers=workers, scheduler=scheduler,
+                   progress=not no_progress, log=click.echo)
+    _finish(result)
+
+
 @main.command()
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def info(store: str, as_json: bool) -> None:
-    """Per domain: volumes, failed, modality, channels, target spacing, median shape, store bytes."""
-    from .info import human_bytes, store_summary
+    """Per domain: volumes, failed, modality, channels, target spacing, median shape, store bytes; for an LIDC
+    store also the nodules per split (benign / malignant / unlabelled among the selected ones)."""
+    from .info import human_bytes, nodules_summary, store_summary
 
     try:
         table = store_summary(store)
     except FileNotFoundError as exc:
         raise click.UsageError(str(exc)) from None
+    nodules = nodules_summary(store)
     if as_json:
-        click.echo(json.dumps(table.to_dict("records"), indent=2))
+        records = table.to_dict("records")
+        for rec in records:
+            if rec["domain"] == "lidc" and nodules is not None:
+                rec["nodules"] = nodules.to_dict("records")
+        click.echo(json.dumps(records, indent=2))
         return
     shown = table.copy()
     shown["store_bytes"] = shown["store_bytes"].map(human_bytes)
     click.echo(shown.to_string(index=False))
     click.echo(f"total: {int(table['volumes'].sum())} volumes, {int(table['failed'].sum())} failed, "
                f"{human_bytes(table['store_bytes'].sum())}")
+    if nodules is not None:
+        click.echo("\nLIDC nodules (selected: contoured by enough readers to get a crop):")
+        click.echo(nodules.to_string(index=False))
 
 
 if __name__ == "__main__":

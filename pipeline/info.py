@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from catalog import load_catalog, load_domains
+from catalog import load_catalog, load_domains, load_nodules
 
 
 def store_summary(store: str) -> pd.DataFrame:
@@ -32,6 +32,27 @@ def store_summary(store: str) -> pd.DataFrame:
             "unannotated": int((ok["split"] == "unannotated").sum()),
             "spacing_flagged": int((ok["spacing_flag"] != "").sum()),
             "store_bytes": int(ok["stored_bytes"].sum()),
+        })
+    return pd.DataFrame(rows)
+
+
+def nodules_summary(store: str) -> pd.DataFrame | None:
+    """For a store with ``nodules.parquet`` (LIDC): one row per split (train, val, test, then a "total" row)
+    with all nodules, the < 3 mm ones, the selected ones, and among the selected ones the benign, malignant and
+    unlabelled (no reader rated it) counts and those with a crop. None when the store has no nodules table."""
+    nod = load_nodules(store, missing_ok=True)
+    if nod is None:
+        return None
+    rows = []
+    splits = [s for s in ("train", "val", "test") if s in set(nod["split"])]
+    splits += sorted(set(nod["split"]) - set(splits))
+    for name, sub in [(s, nod[nod["split"] == s]) for s in splits] + [("total", nod)]:
+        sel = sub[sub["selected"]]
+        rows.append({
+            "split": name or "(none)", "patients": int(sub["patient_id"].nunique()), "nodules": len(sub),
+            "small_lt_3mm": int(sub["is_small"].sum()), "selected": len(sel),
+            "benign": int((sel["label"] == "benign").sum()), "malignant": int((sel["label"] == "malignant").sum()),
+            "unlabelled": int(sel["label"].isna().sum()), "crops": int((sel["case_id"] != "").sum()),
         })
     return pd.DataFrame(rows)
 

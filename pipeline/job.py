@@ -235,7 +235,7 @@ def build(
 
     result.converted = sum(1 for r in rows if r["status"] == "ok") - result.skipped
     result.failed = [r for r in rows if r["status"] != "ok"]
-    result.catalog = _write_catalog(store, rows, specs, targets, cfg)
+    result.catalog = write_catalog(store, rows, specs, targets, cfg)
     result.elapsed_s = time.perf_counter() - t0
     return result
 
@@ -274,7 +274,10 @@ def _run_on_cluster(client, todo, targets, cfg, store, storage_options, bar, log
     return rows
 
 
-def _write_catalog(store, rows, specs, targets, cfg) -> pd.DataFrame:
+def write_catalog(store: str, rows: list[dict[str, Any]], specs: dict[str, DomainSpec],
+                  targets: dict[str, tuple[float, float, float]], cfg: PrepConfig) -> pd.DataFrame:
+    """Replace the catalog rows and domain rows of ``specs``' domains (other domains are kept); rows with an
+    empty split get one from :func:`catalog.assign_splits`. Returns the written catalog."""
     new = pd.DataFrame(rows)
     old = load_catalog(store, missing_ok=True)
     keep = old[~old["domain"].isin(list(specs))]
@@ -309,8 +312,78 @@ class _InProcess:
     """Stands in for a client when ``workers=0``."""
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, unit: str = "case", desc: str = "convert"):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="case", desc="convert", disable=not enabled or total == 0,
+    return tqdm(total=total, unit=unit, desc=desc, disable=not enabled or total == 0,
                 file=sys.stderr, dynamic_ncols=True)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work for :func:`run_tasks`: ``fn(*args)`` must be a picklable top-level function that
+    never raises for bad input (it returns its own failure record)."""
+
+    key: str
+    """Deterministic dask key (content-derived, e.g. source id + params hash)."""
+    fn: Callable[..., Any]
+    args: tuple
+    memory: int
+    """Estimated peak bytes, for the workers' MEM resource."""
+    on_crash: Callable[[str], Any]
+    """Called on the client with a message when the task itself could not run (worker killed for memory,
+    unpicklable result): returns the failure record that stands for its result."""
+
+
+def _single_threaded(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn`` with ITK and zarr pools set to one thread (one task per single-threaded worker process)."""
+    import SimpleITK as sitk
+    import zarr
+
+    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)
+    zarr.config.set({"threading.max_workers": 1})
+    return fn(*args)
+
+
+def run_tasks(tasks: list[Task], *, workers: int | None = None, scheduler: str | None = None,
+              progress: bool = True, log: Callable[[str], None] = print, unit: str = "case",
+              desc: str = "convert") -> list[Any]:
+    """Run independent tasks (in this process when ``workers=0``, else on a LocalCluster or the cluster at
+    ``scheduler``, memory-aware as :func:`build` is) with a progress bar. Results come back in task order."""
+    if not tasks:
+        return []
+    bar = _progress(len(tasks), progress, unit=unit, desc=desc)
+    results: list[Any] = [None] * len(tasks)
+    if workers == 0 and not scheduler:
+        for i, task in enumerate(tasks):
+            results[i] = _single_threaded(task.fn, *task.args)
+            bar.update(1)
+        bar.close()
+        return results
+    from distributed import as_completed
+
+    with dask_client(workers, scheduler) as client:
+        cap = _worker_memory(client)
+        if cap is None:
+            log("workers advertise no MEM resource: running without memory-aware limits "
+                "(start workers with `--resources MEM=<bytes>` to enable them)")
+        futures = {}
+        for i, task in enumerate(tasks):
+            kw = {}
+            if cap is not None:
+                if task.memory > cap:
+                    log(f"{task.key}: needs ~{task.memory / 2**30:.1f} GiB, more than a worker's "
+                        f"{cap / 2**30:.1f} GiB; it will run alone on a worker")
+                kw["resources"] = {MEM_RESOURCE: min(task.memory, cap)}
+            fut = client.submit(_single_threaded, task.fn, *task.args, key=task.key, retries=0, **kw)
+            futures[fut] = i
+        for fut in as_completed(futures):
+            i = futures[fut]
+            try:
+                results[i] = fut.result()
+            except Exception as exc:  # the worker died (killed for memory) or the task could not run
+                results[i] = tasks[i].on_crash(f"worker failed: {type(exc).__name__}: {exc}")
+            bar.update(1)
+            fut.release()
+    bar.close()
+    return results
