@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,17 +317,6 @@ def export_medicalnet(encoder: nn.Module, path: str | os.PathLike[str]) -> Path:
     The file loads with MedicalNet's code and MONAI's ``resnetNN(pretrained=...)`` (for the depths they know) and
     back with :func:`load_encoder_weights`. A crash mid-write leaves any previous file intact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"state_dict": encoder_state_for_export(encoder)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from .checkpoint import atomic_torch_save
+
+    return atomic_torch_save({"state_dict": encoder_state_for_export(encoder)}, path)

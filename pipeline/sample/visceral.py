@@ -94,7 +94,7 @@ def write_visceral_sample(out: Path, *, seed: int = 0, size: str = "tiny") -> li
     out = Path(out)
     written: list[Path] = []
     entries = []
-    for index, (name, annotations, fcsv, quirks) in enumerate(VOLUMES):
+    for index, (name, structures, fcsv, quirks) in enumerate(VOLUMES):
         patient, visit, modality, region = name.split("_")
         reg, t_range, inplane, slices, tiny = MODALITIES[modality]
         assert reg == region, name
@@ -116,7 +116,7 @@ def write_visceral_sample(out: Path, *, seed: int = 0, size: str = "tiny") -> li
         count = sum(1 for n, *_ in VOLUMES[:index] if n.split("_")[2] == modality)
         spacing = (inplane[count % len(inplane)], inplane[count % len(inplane)], slices[count % len(slices)])
         masks, files = [], []
-        for radlex, annotators in annotations.items():
+        for radlex, annotators in structures.items():
             mask = np.isin(canvas, STRUCTURES[radlex])
             if not mask.any():
                 raise RuntimeError(f"{name}: structure {radlex} is empty (internal phantom error)")
@@ -136,7 +136,7 @@ def write_visceral_sample(out: Path, *, seed: int = 0, size: str = "tiny") -> li
         entries.append({"volume": name, "patient": patient, "modality": modality, "region": region,
                         "image": f"Volumes/{name}.nii.gz", **record(single, "int16", done),
                         "masks": {f[len(name) + 1: -len(".nii.gz")]: f"Segmentations/{f}" for f in files},
-                        "lungs_annotated": all(r in annotations for r in LUNGS),
+                        "lungs_annotated": all(r in structures for r in LUNGS),
                         "fcsv": [f"Segmentations/{name}_{k}_{a}.fcsv" for k, a in fcsv]})
     manifest = {"seed": seed, "size": size, "volumes": entries,
                 "unannotated_lungs": [e["volume"] for e in entries if not e["lungs_annotated"]],
