@@ -15,8 +15,8 @@ import SimpleITK as sitk
 
 from . import geometry, intensity
 from .config import Case, DomainSpec, PrepConfig
-from .labels import CaseError, compose_label, label_summary, resample_label
-from .store import case_marker, open_root, sample_foreground, write_case
+from .labels import CaseError, compose_label, resample_label, summarize_label
+from .store import case_marker, open_root, write_case
 
 __all__ = ["CaseError", "compose_label", "convert_case", "convert_or_fail", "failed_row", "is_up_to_date"]
 
@@ -103,8 +103,8 @@ def convert_case(case: Case, spec: DomainSpec, target_spacing_zyx, cfg: PrepConf
         label_out = resample_label(label_img, spec, spacing_xyz, files)
         if label_out.shape != image_out.shape[1:]:
             raise CaseError(f"{files}: resampled label shape {label_out.shape} != image {image_out.shape[1:]}")
-        label_values, label_voxels = label_summary(label_out, spec.num_classes)
-        fg = sample_foreground(label_out, cfg.foreground_samples, seed=_seed(case))
+        label_values, label_voxels, fg = summarize_label(label_out, spec.num_classes, cfg.foreground_samples,
+                                                         seed=_seed(case))
 
     fg_voxels = int(sum(n for v, n in zip(label_values, label_voxels) if v != 0))
     row = {

@@ -112,17 +112,6 @@ def normalize_into(src: np.ndarray, out: np.ndarray, stats: ChannelStats) -> np.
     return out
 
 
-def label_counts(label: np.ndarray, n_values: int) -> np.ndarray:
-    """Voxels per label value 0..n_values-1 of an integer label array (values ≥ n_values are not counted).
-
-    Few classes: one equality pass per value (np.bincount casts the whole array to intp first).
-    """
-    if n_values <= 16:
-        counts = np.array([np.count_nonzero(label == v) for v in range(1, n_values)], np.int64)
-        return np.concatenate([[label.size - counts.sum() - np.count_nonzero(label >= n_values)], counts])
-    return _histogram(np.minimum(label, n_values), 0, n_values + 1)[:n_values]
-
-
 def normalize_(arr: np.ndarray, stats: ChannelStats) -> np.ndarray:
     """In place on a float32 array: clip to the channel's percentiles, then z-score. Returns ``arr``."""
     np.clip(arr, stats.p_lo, stats.p_hi, out=arr)

@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from . import geometry, intensity
+from . import geometry
 from .config import Case, DomainSpec
+from .store import foreground_rows
 
 
 class CaseError(ValueError):
@@ -80,8 +81,17 @@ def resample_label(label_img: sitk.Image, spec: DomainSpec, spacing_xyz, files: 
     return sitk.GetArrayFromImage(geometry.resample(label_img, spacing_xyz, "nearest"))
 
 
-def label_summary(label: np.ndarray, num_classes: int) -> tuple[list[int], list[int]]:
-    """(values present, voxels per present value) on the stored grid."""
-    counts = intensity.label_counts(label, num_classes)
+def summarize_label(label: np.ndarray, num_classes: int, per_class: int, seed: int
+                    ) -> tuple[list[int], list[int], np.ndarray]:
+    """(values present, voxels per present value, sampled foreground rows (class, z, y, x)) on the stored grid.
+
+    One pass finds the foreground voxels; counts and samples come from them (foreground is a small share of a
+    volume, so this beats counting every class over the whole array).
+    """
+    flat = label.reshape(-1)
+    nz = np.flatnonzero(flat)
+    classes = flat[nz]
+    counts = np.bincount(classes, minlength=num_classes).astype(np.int64)
+    counts[0] = flat.size - nz.size
     values = [int(v) for v in np.flatnonzero(counts)]
-    return values, [int(counts[v]) for v in values]
+    return values, [int(counts[v]) for v in values], foreground_rows(nz, classes, label.shape, per_class, seed)

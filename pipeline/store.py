@@ -114,18 +114,22 @@ def write_case(
 
 def sample_foreground(label: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     """Up to ``per_class`` random voxel coordinates of each non-zero class: (N, 4) int32 rows (class, z, y, x)."""
-    rng = np.random.default_rng(seed)
     flat = label.reshape(-1)
     nz = np.flatnonzero(flat)  # foreground is a small share: everything after this is cheap
+    return foreground_rows(nz, flat[nz], label.shape, per_class, seed)
+
+
+def foreground_rows(nz: np.ndarray, classes: np.ndarray, shape, per_class: int, seed: int) -> np.ndarray:
+    """Sample rows (class, z, y, x) from flat foreground indices ``nz`` and their ``classes``."""
     if nz.size == 0:
         return np.zeros((0, 4), np.int32)
-    classes = flat[nz]
+    rng = np.random.default_rng(seed)
     rows = []
     for c in np.unique(classes):
         idx = nz[classes == c]
         if idx.size > per_class:
             idx = np.sort(rng.choice(idx, size=per_class, replace=False))
-        zyx = np.stack(np.unravel_index(idx, label.shape), axis=1)
+        zyx = np.stack(np.unravel_index(idx, shape), axis=1)
         rows.append(np.concatenate([np.full((idx.size, 1), c), zyx], axis=1))
     return np.concatenate(rows).astype(np.int32)
 

@@ -62,12 +62,22 @@ def test_slab_helpers_equal_whole_array_numpy():
     from pipeline import intensity
 
     rng = np.random.default_rng(3)
-    lab = rng.integers(0, 4, size=(2_100_000,)).astype(np.uint8)  # > 2 slabs
-    assert intensity.label_counts(lab, 4).tolist() == np.bincount(lab, minlength=4).tolist()
-    many = rng.integers(0, 40, size=(3000,)).astype(np.uint8)
-    assert intensity.label_counts(many, 40).tolist() == np.bincount(many, minlength=40).tolist()
     src = rng.integers(-1100, 3000, size=(2_100_000,)).astype(np.int16)
     st = ChannelStats(p_lo=-1000.0, p_hi=2000.0, mean=100.0, std=400.0)
     out = intensity.normalize_into(src, np.empty(src.shape, np.float16), st)
     ref = ((np.clip(src.astype(np.float64), -1000, 2000) - 100) / 400).astype(np.float16)
     assert np.allclose(out.astype(np.float32), ref.astype(np.float32), atol=2e-3)
+
+
+def test_summarize_label_counts_and_samples_foreground():
+    from pipeline.labels import summarize_label
+
+    lab = np.zeros((30, 40, 50), np.uint8)
+    lab[5:10, 5:25, 5:25] = 1
+    lab[20:22, 10:12, 10:40] = 3
+    values, voxels, fg = summarize_label(lab, 4, per_class=100, seed=0)
+    assert values == [0, 1, 3] and voxels == [60000 - 2000 - 120, 2000, 120]
+    assert fg.shape == (200, 4) and sorted(set(fg[:, 0])) == [1, 3]
+    assert np.all(lab[fg[:, 1], fg[:, 2], fg[:, 3]] == fg[:, 0])  # every sampled voxel has its class
+    again = summarize_label(lab, 4, per_class=100, seed=0)[2]
+    assert np.array_equal(fg, again)
