@@ -196,30 +196,13 @@ def build(
 
         targets: dict[str, tuple[float, float, float]] = {}
         for name, spec in specs.items():
-            frozen = None if replan else domain_plan(root, name)
             hs = [h for (s, c), h in zip(all_cases, headers)
                   if s.name == name and c.has_label_source and not h.error]
             hs = hs or [h for (s, _), h in zip(all_cases, headers) if s.name == name and not h.error]
-            if target_spacing and name in target_spacing:
-                targets[name] = tuple(float(v) for v in target_spacing[name])
-                freeze_plan(root, name, {
-                    "target_spacing": list(targets[name]), "rule": "given", "n_cases": len(hs),
-                    "source_dataset": spec.source_dataset, "modality": spec.modality,
-                    "channel_names": list(spec.channel_names),
-                    "labels": {str(k): v for k, v in spec.labels.items()},
-                })
-            elif frozen:
-                targets[name] = tuple(frozen["target_spacing"])
-                log(f"{name}: using the frozen plan's target spacing {targets[name]} mm "
-                    f"(planned from {frozen['n_cases']} cases; --replan recomputes it)")
-            elif hs:
-                targets[name] = plan_target_spacing(hs, spacing_rule)
-                freeze_plan(root, name, {
-                    "target_spacing": list(targets[name]), "rule": spacing_rule, "n_cases": len(hs),
-                    "source_dataset": spec.source_dataset, "modality": spec.modality,
-                    "channel_names": list(spec.channel_names),
-                    "labels": {str(k): v for k, v in spec.labels.items()},
-                })
+            given = (target_spacing or {}).get(name)
+            target = plan_domain(root, spec, hs, rule=spacing_rule, given=given, replan=replan, log=log)
+            if target is not None:
+                targets[name] = target
         result.target_spacing = dict(targets)
 
         todo = []
@@ -252,6 +235,26 @@ def build(
     result.catalog = write_catalog(store, rows, specs, targets, cfg)
     result.elapsed_s = time.perf_counter() - t0
     return result
+
+
+def plan_domain(root, spec: DomainSpec, headers: list[CaseHeader], *, rule: str, given=None, replan: bool = False,
+                log: Callable[[str], None] = print) -> tuple[float, float, float] | None:
+    """A domain's target spacing (z, y, x) mm: ``given``, else the store's frozen plan (unless ``replan``), else
+    planned from ``headers`` by ``rule`` and frozen. None when there is nothing to plan from."""
+    frozen = None if replan or given is not None else domain_plan(root, spec.name)
+    if frozen:
+        log(f"{spec.name}: using the frozen plan's target spacing {tuple(frozen['target_spacing'])} mm "
+            f"(planned from {frozen['n_cases']} cases; --replan recomputes it)")
+        return tuple(frozen["target_spacing"])
+    if given is None and not headers:
+        return None
+    target = tuple(float(v) for v in given) if given is not None else plan_target_spacing(headers, rule)
+    freeze_plan(root, spec.name, {
+        "target_spacing": list(target), "rule": "given" if given is not None else rule, "n_cases": len(headers),
+        "source_dataset": spec.source_dataset, "modality": spec.modality,
+        "channel_names": list(spec.channel_names), "labels": {str(k): v for k, v in spec.labels.items()},
+    })
+    return target
 
 
 def _run_on_cluster(client, todo, targets, cfg, store, storage_options, bar, log) -> list[dict[str, Any]]:
