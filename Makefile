@@ -25,10 +25,17 @@ demo: venv
 	@echo "== 2. the eight 3DSeg-8 tasks -> zarr store + catalog (dask LocalCluster)"
 	$(BIN)/med3d-prep build-3dseg8 $(DEMO)/raw/msd $(DEMO)/store --no-progress
 	$(BIN)/med3d-prep info $(DEMO)/store
-	@echo "== 3. Med3D multi-branch pretraining of a ResNet-10 on the CPU (a few steps)"
+	@echo "== 3. the transfer datasets: LiTS (window -200..250 HU), LIDC-IDRI (nodule crops), VISCERAL (lungs)"
+	$(BIN)/med3d-prep build-lits $(DEMO)/raw/lits $(DEMO)/lits_store --no-progress
+	$(BIN)/med3d-prep build-lidc $(DEMO)/raw/lidc $(DEMO)/lidc_store --no-progress
+	$(BIN)/med3d-prep build-visceral $(DEMO)/raw/visceral $(DEMO)/visceral_store --no-progress
+	$(BIN)/med3d-prep info $(DEMO)/lidc_store
+	@echo "== 4. Med3D multi-branch pretraining of a ResNet-10 on the CPU (a few steps), keeping the LiTS"
+	@echo "      validation scans (MSD Task03_Liver holds them under other names) out of pretraining"
 	$(BIN)/med3d-train pretrain $(DEMO)/store --out $(DEMO)/runs/pretrain --depth 10 --steps 12 --batch 2 \
-		--patch 32 --device cpu --workers 0 --val-every 12 --ckpt-every 6
-	@echo "== 4. export the encoder in MedicalNet's format"
+		--patch 32 --device cpu --workers 0 --val-every 12 --ckpt-every 6 --exclude $(DEMO)/lits_store:val \
+		--no-progress
+	@echo "== 5. export the encoder in MedicalNet's format"
 	$(BIN)/med3d-train export $(DEMO)/runs/pretrain/checkpoint.pt --format medicalnet $(DEMO)/runs/resnet_10_med3d.pth
 	@echo "== done: store in $(DEMO)/store, run in $(DEMO)/runs/pretrain, weights $(DEMO)/runs/resnet_10_med3d.pth"
 

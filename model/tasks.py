@@ -209,6 +209,10 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
             raise PretrainError(f"cannot resume {ckpt_path}: the store's train cases differ from those the run "
                                 "started with (store rebuilt or --exclude changed)")
         classes = {d: int(index.num_classes[d]) for d in index.domains}
+        if env.is_main:
+            note = f"; {len(index.excluded)} of its scan(s) kept out by --exclude" if cfg.exclude else ""
+            log(f"training {cfg.encoder} on {len(index)} train cases in {len(index.domains)} domains "
+                f"({', '.join(f'{d}:{classes[d]} classes' for d in index.domains)}){note}")
 
         torch.manual_seed(cfg.seed)
         net = build_pretrain_net(cfg.encoder, classes)
