@@ -63,6 +63,8 @@ def is_up_to_date(root, case: Case, params_hash: str) -> dict[str, Any] | None:
     if not marker or marker.get("params_hash") != params_hash:
         return None
     recorded = {f["path"]: f for f in marker.get("sources", [])}
+    if set(recorded) != {str(p) for p in case_sources(case)}:  # a file added or dropped (e.g. the label)
+        return None
     for path in case_sources(case):
         rec = recorded.get(str(path))
         if rec is None or not os.path.exists(path):

@@ -172,7 +172,10 @@ def resample(
 ) -> sitk.Image:
     """Resample onto a grid with the same origin and direction and the given spacing (mm, x y z).
 
-    The grid keeps the first voxel centre and covers the same extent: size = round(size × spacing / new spacing).
+    The grid keeps the first voxel centre; size = round(size × spacing / new spacing). Its last voxel centres
+    can then lie beyond the source's last half voxel (when the new spacing is below half the old one, e.g. 5 mm
+    slices to 1 mm): those take the nearest source voxel, not ``default_value`` (a slab of 0 HU, water, at the
+    edge of every up-sampled CT). ``default_value`` is only used by transforms that leave the source.
     """
     old_spacing = img.GetSpacing()
     if np.allclose(old_spacing, spacing_xyz, rtol=0, atol=1e-6):
@@ -188,6 +191,7 @@ def resample(
         img.GetDirection(),
         float(default_value),
         img.GetPixelID() if pixel_type is None else pixel_type,
+        True,  # useNearestNeighborExtrapolator
     )
 
 

@@ -7,6 +7,7 @@ Slices are ordered by GDCM's series sorting (position along the slice normal), n
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def find_lidc_series(root: str | Path, *, modality: str | None = "CT") -> list[L
                 dicoms = sorted(series.glob("*.dcm"))
                 if not dicoms:
                     continue
-                tags = _header(dicoms[0], (STUDY_UID, SERIES_UID, MODALITY))
+                tags = _first_header(dicoms, (STUDY_UID, SERIES_UID, MODALITY))
                 if modality is not None and tags[MODALITY] not in ("", modality):
                     continue
                 refs.append(
@@ -121,6 +122,17 @@ def _find_xml(series_dir: Path) -> Path | None:
             if b"LidcReadMessage" in fh.read(4096):
                 return xml
     return None
+
+
+def _first_header(paths: list[Path], tags: tuple[str, ...]) -> dict[str, str]:
+    """Tags of the first readable file (all '' when none is): an unreadable file must not stop the scan of
+    every other series; converting the series then fails, naming the file (:func:`read_ct_series`)."""
+    for path in paths:
+        try:
+            return _header(path, tags)
+        except RuntimeError:
+            continue
+    return dict.fromkeys(tags, "")
 
 
 def _header(path: Path | str, tags: tuple[str, ...]) -> dict[str, str]:
@@ -150,6 +162,11 @@ def read_ct_series(dicom_dir: str | Path) -> tuple[sitk.Image, SliceIndex]:
             f"{folder}: holds {len(series_ids)} DICOM series ({', '.join(series_ids)}); expected exactly one"
         )
     files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series_ids[0]))
+    # GDCM silently leaves out files it cannot parse: a corrupt first or last slice would shorten the volume.
+    listed = {os.path.realpath(f) for f in files}
+    unread = sorted(str(p) for p in Path(folder).glob("*.dcm") if p.is_file() and os.path.realpath(p) not in listed)
+    if unread:
+        raise LidcSeriesError(f"{folder}: {len(unread)} unreadable DICOM file(s): {', '.join(unread[:5])}")
     if len(files) < 2:
         raise LidcSeriesError(f"{folder}: only {len(files)} slice(s); a volume needs at least 2")
     headers = [_header(f, (SOP_UID, IMAGE_POSITION, IMAGE_ORIENTATION)) for f in files]

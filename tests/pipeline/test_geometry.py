@@ -69,3 +69,16 @@ def test_median_spacing():
     assert geometry.median_spacing([(5, 0.7, 0.7), (1, 0.8, 0.8), (2.5, 0.6, 0.6)]) == (2.5, 0.7, 0.7)
     with pytest.raises(ValueError):
         geometry.median_spacing([])
+
+
+def test_upsampling_keeps_source_values_at_the_far_edge():
+    # 5 mm slices to 1.5 mm: the last new slice centre (148.5 mm) lies beyond the source's last half slice
+    # (147.5 mm); it must take the edge value, not a 0 HU (water) slab.
+    img = sitk.GetImageFromArray(np.full((30, 8, 8), -800, np.int16))
+    img.SetSpacing((1.0, 1.0, 5.0))
+    res = sitk.GetArrayFromImage(geometry.resample(img, (1.0, 1.0, 1.5), "linear", pixel_type=sitk.sitkFloat32))
+    assert res.shape == (100, 8, 8)
+    assert np.all(res == -800)
+    lab = sitk.GetImageFromArray(np.ones((30, 8, 8), np.uint8))
+    lab.SetSpacing((1.0, 1.0, 5.0))
+    assert np.all(sitk.GetArrayFromImage(geometry.resample(lab, (1.0, 1.0, 1.5), "nearest")) == 1)

@@ -14,7 +14,7 @@ from pipeline.job import estimate_memory, read_case_header
 from helpers import write_nifti
 
 _CHILD = textwrap.dedent("""
-    import json, resource, sys
+    import json, sys
     import numpy as np, SimpleITK as sitk, zarr
     from pipeline.config import Case, DomainSpec, PrepConfig
     from pipeline.convert import convert_case, case_params_hash
@@ -23,11 +23,14 @@ _CHILD = textwrap.dedent("""
     img, lab, store = sys.argv[1:4]
     spec = DomainSpec(name="ct", source_dataset="ct", modality="CT", channel_names=("CT",), labels={0: "bg", 1: "o"})
     case = Case(domain="ct", case_id="c", scan_id="s", patient_id="p", images=(img,), label=lab)
+    def hwm():  # this process's own peak RSS: ru_maxrss would start at the parent's (kept across exec)
+        with open("/proc/self/status") as fh:
+            return next(int(ln.split()[1]) * 1024 for ln in fh if ln.startswith("VmHWM:"))
     read_case_header(case)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = hwm()
     target = (1.5, 0.6, 0.6)
     convert_case(case, spec, target, PrepConfig(), store, case_params_hash(case, PrepConfig(), target, spec))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = hwm()
     print(json.dumps({"base": base, "peak": peak}))
 """)
 

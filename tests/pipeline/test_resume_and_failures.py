@@ -124,3 +124,20 @@ def test_info_prints_domains(real_dir, tmp_path):
     assert row["target_spacing_zyx_mm"] == "1×1×1" and row["store_bytes"] > 0
     res = runner.invoke(main, ["info", store])
     assert "hippocampus" in res.output and "total: 4 volumes, 0 failed" in res.output
+
+
+def test_case_that_lost_its_label_is_rebuilt(real_dir, tmp_path):
+    """Resume compares the whole set of sources: a case whose label was dropped from its source (dataset.json
+    edited) must not keep the stale label and a has_label row."""
+    import dataclasses
+
+    found, _ = scan_msd(real_dir / "msd")
+    store = str(tmp_path / "store")
+    build(found, store, PrepConfig(), workers=0, progress=False, log=lambda s: None)
+    (spec, cases), = found
+    cases = [dataclasses.replace(c, label=None, split_hint="test") if c.case_id == "hippocampus_004" else c
+             for c in cases]
+    res = build([(spec, cases)], store, PrepConfig(), workers=0, progress=False, log=lambda s: None)
+    assert res.converted == 1 and res.skipped == 3
+    row = load_catalog(store).set_index("case_id").loc["hippocampus_004"]
+    assert not row["has_label"] and row["source_label"] == ""

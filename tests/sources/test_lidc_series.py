@@ -103,3 +103,23 @@ def test_two_series_in_one_folder_raise(series_dir, tmp_path):
 def test_empty_folder_raises(tmp_path):
     with pytest.raises(LidcSeriesError, match="no DICOM series"):
         read_ct_series(tmp_path)
+
+
+def test_unreadable_edge_slice_is_named_not_dropped(series_dir, tmp_path):
+    # GDCM leaves unparsable files out of the series: a corrupt first slice must not silently shorten the volume
+    folder = tmp_path / "series"
+    shutil.copytree(series_dir, folder)
+    first = min(folder.glob("*.dcm"))
+    first.write_bytes(b"not a DICOM file")
+    with pytest.raises(LidcSeriesError, match="1 unreadable DICOM file") as info:
+        read_ct_series(folder)
+    assert str(first) in str(info.value)
+
+
+def test_scan_survives_an_unreadable_first_file(series_dir, tmp_path):
+    # the scan reads one header per series: a corrupt one must not stop the listing of every series
+    folder = tmp_path / "LIDC-IDRI-0001" / "study" / "series"
+    shutil.copytree(series_dir, folder)
+    min(folder.glob("*.dcm")).write_bytes(b"not a DICOM file")
+    (ref,) = find_lidc_series(tmp_path)
+    assert ref.series_uid == SERIES and ref.dicom_dir == folder
