@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,6 +52,12 @@ def dice_per_class(
     if num_classes is None:
         num_classes = int(max(pred.max().item(), target.max().item())) + 1 if pred.numel() else 1
     pred, target = pred.reshape(-1), target.reshape(-1)
+    # An out-of-range label would alias another (pred, target) cell of the flattened confusion matrix and
+    # silently change the Dice of an unrelated class.
+    for name, t in (("predicted labels", pred), ("labels", target)):
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
+            raise ValueError(f"{name} hold values in [{int(t.min())}, {int(t.max())}], outside the "
+                             f"{num_classes} classes [0, {num_classes - 1}]; pass the right num_classes")
     # One bincount over (pred, target) pairs gives the confusion matrix: intersections on its diagonal.
     conf = torch.bincount(pred * num_classes + target, minlength=num_classes * num_classes)
     conf = conf[: num_classes * num_classes].reshape(num_classes, num_classes).to(torch.float64)
@@ -98,9 +105,14 @@ class MetricsLogger:
     become TensorBoard tags ``kind/key/subkey``. ``nan``/``inf`` are written as ``null``. TensorBoard is used when
     ``torch.utils.tensorboard`` imports (the ``tensorboard`` package is installed) and ``tensorboard`` is true.
     A disabled logger (non-zero DDP ranks) writes nothing.
+
+    ``resume_step`` (a run resumed from the checkpoint of that step): records of later steps, written before an
+    interruption and about to be repeated, are removed from the file (and purged from TensorBoard), so every
+    step appears once.
     """
 
-    def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True,
+                 resume_step: int | None = None) -> None:
         self.path = Path(run_dir) / METRICS_FILE
         self.enabled = enabled
         self._file = None
@@ -108,6 +120,8 @@ class MetricsLogger:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            _drop_records_after(self.path, resume_step)
         self._file = self.path.open("a", encoding="utf-8")
         if tensorboard:
             try:
@@ -115,7 +129,8 @@ class MetricsLogger:
             except ImportError:  # tensorboard not installed: JSON lines only
                 SummaryWriter = None
             if SummaryWriter is not None:
-                self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+                kw = {} if resume_step is None else {"purge_step": int(resume_step) + 1}
+                self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), **kw)
 
     @property
     def tensorboard(self) -> bool:
@@ -145,6 +160,19 @@ class MetricsLogger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _drop_records_after(path: Path, step: int) -> None:
+    """Rewrite ``path`` (atomically) without the records whose step is greater than ``step``."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    keep = [line for line in lines if not line.strip() or int(json.loads(line).get("step", 0)) <= step]
+    if len(keep) == len(lines):
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(keep), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:

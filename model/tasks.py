@@ -117,7 +117,8 @@ def validate(net: Med3DPretrainNet, store: str, cases: Sequence[tuple[str, str]]
 
     Returns {"dice": {domain: mean over cases of the case's mean foreground Dice}, "dice_per_class": {domain:
     [mean Dice of each class over the cases where it is defined]}, "mean_dice": mean over domains, "cases":
-    {domain: n}}. Under DDP each rank takes every world_size-th case and the sums are all-reduced.
+    {domain: n}}. Under DDP each rank takes every world_size-th case (with rank 0's BN statistics) and the sums
+    are all-reduced.
     """
     from model.data import read_volume
 
@@ -128,6 +129,13 @@ def validate(net: Med3DPretrainNet, store: str, cases: Sequence[tuple[str, str]]
     sums = torch.zeros(len(domains), width, dtype=torch.float64)
     limit = cfg.val_max_cases
     chosen = [c for d in domains for c in [x for x in cases if x[0] == d][: limit or None]]
+    if env.distributed:
+        # DDP copies rank 0's BN running statistics to the other ranks at the start of a training forward, and
+        # then every rank updates its copy with its own batch: without this broadcast each rank would validate
+        # its share of the cases with a slightly different model than the one rank 0 checkpoints.
+        with torch.no_grad():
+            for buf in net.buffers():
+                dist.broadcast(buf, src=0)
     was_training = net.training
     net.eval()
     try:
@@ -164,8 +172,8 @@ def validate(net: Med3DPretrainNet, store: str, cases: Sequence[tuple[str, str]]
     return out
 
 
-def _checkpoint_for_resume(cfg: TrainConfig, path: Path, resume: bool, log: Callable[[str], None]
-                           ) -> dict[str, Any] | None:
+def _checkpoint_for_resume(cfg: TrainConfig, path: Path, resume: bool, log: Callable[[str], None],
+                           env: DistEnv = DistEnv()) -> dict[str, Any] | None:
     if not path.exists():
         if resume:
             log(f"--resume: no checkpoint in {path.parent} yet, starting a new run")
@@ -178,6 +186,13 @@ def _checkpoint_for_resume(cfg: TrainConfig, path: Path, resume: bool, log: Call
     if conflicts:
         raise PretrainError(f"cannot resume {path}: the configuration differs from the checkpoint's in "
                             + "; ".join(conflicts) + ". Resume with the same settings, or start a new --out")
+    # Patches depend on the rank and the effective batch on the number of ranks: another world size would
+    # train on other batches than the uninterrupted run.
+    saved_world = ckpt.get("world_size")
+    if saved_world is not None and int(saved_world) != env.world_size:
+        raise PretrainError(f"cannot resume {path}: it was written by a run of {int(saved_world)} process(es), "
+                            f"this one has {env.world_size}; resume with the same number of processes "
+                            "(torchrun --nproc-per-node), or start a new --out")
     return ckpt
 
 
@@ -193,12 +208,17 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
     from model.data import PatchConfig, StoreIndex, make_loader, parse_exclude
 
     env = DistEnv.from_environ()
-    device = resolve_device(cfg.device, env)
+    try:
+        device = resolve_device(cfg.device, env)
+    except ValueError as exc:  # CUDA asked for where there is none
+        raise PretrainError(str(exc)) from exc
+    except RuntimeError as exc:  # not a device name ("gpu")
+        raise PretrainError(f"--device {cfg.device!r} is not a device: {exc}; use cpu, cuda or cuda:N") from exc
     created_group = init_distributed(env, device)
     try:
         run_dir = Path(cfg.out)
         ckpt_path = run_dir / CHECKPOINT_NAME
-        ckpt = _checkpoint_for_resume(cfg, ckpt_path, resume, log)
+        ckpt = _checkpoint_for_resume(cfg, ckpt_path, resume, log, env)
         try:
             excluded = parse_exclude(cfg.exclude) if cfg.exclude else set()
             index = StoreIndex.from_store(cfg.store, split="train", exclude_scan_ids=excluded)
@@ -268,7 +288,9 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
                                 domain_sampling=cfg.domain_sampling, channel=cfg.channel, seed=cfg.seed)
         loader = make_loader(cfg.store, index, patch_cfg, start_step=start, num_steps=max(end - start, 0),
                              rank=env.rank, world_size=env.world_size, workers=cfg.workers)
-        with MetricsLogger(run_dir, enabled=env.is_main) as logger:
+        # A resumed run repeats the steps after its checkpoint: their records from before the interruption go.
+        resume_step = start if ckpt is not None else None
+        with MetricsLogger(run_dir, enabled=env.is_main, resume_step=resume_step) as logger:
             summary = run_loop(
                 stepper, loader, start_step=start, total_steps=cfg.steps, stop_after=stop_after,
                 ckpt_every=cfg.ckpt_every, save=save, val_every=cfg.val_every,

@@ -103,3 +103,12 @@ def test_export_medicalnet_format(run_dir: Path, tmp_path: Path):
 def test_cli_module_imports_without_torch():
     code = "import sys, model.cli; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2]).returncode == 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_bad_device_is_a_clean_error(tiny_store: str, tmp_path: Path):
+    for device, why in (("cuda", "has no CUDA device"), ("gpu", "gpu")):
+        res = CliRunner().invoke(main, ["pretrain", tiny_store, "--out", str(tmp_path / device), "--device", device,
+                                        "--steps", "1", "--workers", "0", "--no-progress"])
+        assert res.exit_code == 1 and isinstance(res.exception, SystemExit), (device, res.exception)
+        assert "Error:" in res.output and why in res.output

@@ -89,3 +89,17 @@ def test_tensorboard_mirror_when_installed(tmp_path, monkeypatch):
         log.log("val", 5, dice={"heart": 0.75, "liver": float("nan")}, domain="heart", mean_dice=0.75)
     assert scalars == [("val/dice/heart", 0.75, 5), ("val/mean_dice", 0.75, 5), ("closed", 0.0, 0)]
     assert not MetricsLogger(tmp_path / "b", tensorboard=False).tensorboard
+
+
+def test_dice_rejects_labels_outside_the_classes():
+    # Label 2 with 2 classes used to alias the (pred 1, target 0) cell: class 1 got Dice 0 instead of nan.
+    with pytest.raises(ValueError, match=r"labels hold values in \[0, 2\].*2 classes"):
+        dice_per_class(np.array([0, 0]), np.array([2, 0]), 2)
+    with pytest.raises(ValueError, match="labels hold values in"):
+        dice_per_class(np.array([1, 1]), np.array([1, -1]), 2)
+    logits = torch.zeros(1, 2, 2)
+    logits[0, 1] = 1.0
+    with pytest.raises(ValueError, match="labels hold values in"):  # was a silent Dice of 1.0 for class 1
+        dice_per_class(logits, torch.tensor([[1, 3]]))
+    with pytest.raises(ValueError, match="predicted labels hold values in"):
+        dice_per_class(np.array([0, 5]), np.array([0, 1]), 2)

@@ -107,3 +107,28 @@ def test_shortcut_a_subsamples_and_zero_pads() -> None:
     assert y.shape == (1, 5, 2, 2, 2)
     assert torch.equal(y[:, :2], x[:, :, ::2, ::2, ::2])
     assert torch.count_nonzero(y[:, 2:]) == 0
+
+
+@pytest.mark.parametrize("name", ["resnet10", "resnet18", "resnet50", "resnet101"])
+def test_conv_geometry_matches_medicalnet(name: str) -> None:
+    """Strides, dilations and paddings of every conv (key names and shapes alone would not see a wrong one):
+    stem 7³/2 pad 3 + max-pool 3³/2 pad 1; layer2 strided in its first block; layer3 dilation 2, layer4
+    dilation 4 in every block (the first included), padding = dilation; 1×1×1 convs unpadded."""
+    enc = meta_encoder(name)
+    assert (enc.conv1.kernel_size, enc.conv1.stride, enc.conv1.padding) == ((7,) * 3, (2,) * 3, (3,) * 3)
+    assert (enc.maxpool.kernel_size, enc.maxpool.stride, enc.maxpool.padding) == (3, 2, 1)
+    dilation = {"layer1": 1, "layer2": 1, "layer3": 2, "layer4": 4}
+    for key, conv in enc.named_modules():
+        if not isinstance(conv, torch.nn.Conv3d) or key == "conv1":
+            continue
+        layer, block = key.split(".")[:2]
+        strided = layer == "layer2" and block == "0"
+        if conv.kernel_size == (1, 1, 1):
+            assert (conv.padding, conv.dilation) == ((0,) * 3, (1,) * 3), key
+            # Bottlenecks stride their 3×3×3 conv, not the reducing 1×1×1; the downsample conv strides too.
+            want_stride = 2 if strided and "downsample" in key else 1
+        else:
+            d = dilation[layer]
+            assert (conv.kernel_size, conv.padding, conv.dilation) == ((3,) * 3, (d,) * 3, (d,) * 3), key
+            want_stride = 2 if strided and key.endswith(".conv1" if enc.out_channels == 512 else ".conv2") else 1
+        assert conv.stride == (want_stride,) * 3, key

@@ -258,3 +258,65 @@ def test_ddp_on_cpu_two_processes(tmp_path, fast_config):
         torch.testing.assert_close(r0[k], r1[k], rtol=0, atol=0, msg=k)  # gradients averaged: replicas agree
     assert ckpt["step"] == 3 and ckpt["world_size"] == 2
     assert [r["step"] for r in read_metrics(cfg.out, "train")] == [1, 2, 3]  # rank 0 alone logs
+
+
+def test_resume_refuses_another_world_size(tmp_path, fast_config, monkeypatch):
+    import model.tasks
+
+    cfg = fast_config(tmp_path / "run", steps=2)
+    pretrain(cfg, stop_after=1, progress=False)
+    assert load_checkpoint(Path(cfg.out) / "checkpoint.pt")["world_size"] == 1
+    # The same run resumed under a 2-process torchrun: rank 0 would draw other patches and average over 2.
+    monkeypatch.setattr(model.tasks.DistEnv, "from_environ", classmethod(lambda cls, environ=None: cls(0, 2, 0)))
+    monkeypatch.setattr(model.tasks, "init_distributed", lambda env, device: False)
+    with pytest.raises(PretrainError, match="written by a run of 1 process.*this one has 2"):
+        pretrain(cfg, resume=True, progress=False)
+    assert load_checkpoint(Path(cfg.out) / "checkpoint.pt")["step"] == 1
+
+
+def test_resume_after_a_crash_logs_each_step_once(tmp_path, fast_config, monkeypatch):
+    """A run killed between checkpoints repeats the steps after its last checkpoint on resume: metrics.jsonl
+    must hold them once, with the losses of the resumed (and uninterrupted) run."""
+    kw = dict(steps=5, ckpt_every=2, scheduler="constant", batch=1)
+    full = train_losses(pretrain(fast_config(tmp_path / "full", **kw), progress=False).run_dir)
+
+    cfg = fast_config(tmp_path / "crash", **kw)
+    calls = {"n": 0}
+    real_call = PretrainStepper.__call__
+
+    def dies_at_step_4(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("killed")
+        return real_call(self, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(PretrainStepper, "__call__", dies_at_step_4)
+        with pytest.raises(KeyboardInterrupt):
+            pretrain(cfg, progress=False)
+    assert load_checkpoint(Path(cfg.out) / "checkpoint.pt")["step"] == 2
+    assert [r["step"] for r in read_metrics(cfg.out, "train")] == [1, 2, 3]  # step 3 logged, not checkpointed
+    pretrain(cfg, resume=True, progress=False)
+    got = train_losses(Path(cfg.out))  # fails on a step logged twice
+    assert sorted(got) == list(range(1, 6))
+    for step in got:
+        assert abs(got[step] - full[step]) <= 1e-6, (step, got[step], full[step])
+
+
+@pytest.mark.slow
+def test_ddp_validation_uses_rank0_batchnorm_statistics(tmp_path, fast_config):
+    """Each rank updates its own BN running statistics after DDP's broadcast at a training forward; validation
+    (every rank takes a share of the cases) must evaluate the model rank 0 checkpoints, not per-rank variants."""
+    import torch.multiprocessing as mp
+
+    cfg = fast_config(tmp_path / "run", steps=2, patch=(16, 16, 16), batch=1, val_every=2, val_max_cases=2)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg.to_dict(), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    ckpt = load_checkpoint(Path(cfg.out) / "checkpoint.pt")
+    stats = [k for k in r0 if "running_" in k]
+    assert stats
+    for k in stats:  # validated at the last step: the evaluated statistics are rank 0's, which it saved
+        torch.testing.assert_close(r1[k], r0[k], rtol=0, atol=0, msg=k)
+        torch.testing.assert_close(ckpt["model"][k], r0[k], rtol=0, atol=0, msg=k)
+    assert [r["step"] for r in read_metrics(cfg.out, "val")] == [2]
