@@ -110,6 +110,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("data/bench"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="keep the stores")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds of all four runs, interleaved; medians shown")
     args = ap.parse_args()
 
     from pipeline.config import PrepConfig
@@ -126,12 +127,16 @@ def main() -> None:
     shape = read_case_header(cases[0]).size_zyx
     tmp = Path(tempfile.mkdtemp(prefix="med3d-bench-", dir=args.data))
     try:
-        floor_t = floor(cases, target, cfg, str(tmp / "floor"))
-        floor2 = floor_parallel(cases, target, cfg, str(tmp / "floor2-"), 2)
-        runs = {}
-        for w in (1, 2):
-            runs[w] = pipeline_run(found, str(tmp / f"store{w}"), cfg, w)
-        cat = runs[1][2].catalog
+        rounds = []  # per round: floor, floor in 2 procs, build 1 worker, build 2 workers (s per case)
+        peaks: dict[int, list[int]] = {}
+        for r in range(args.repeat):
+            row = [float(np.median(floor(cases, target, cfg, str(tmp / f"floor{r}")))),
+                   floor_parallel(cases, target, cfg, str(tmp / f"floor2-{r}-"), 2)]
+            for w in (1, 2):
+                elapsed, peaks[w], result = pipeline_run(found, str(tmp / f"store{w}-{r}"), cfg, w)
+                row.append(elapsed / len(cases))
+            rounds.append(row)
+        cat = result.catalog
         store_bytes = int(cat["stored_bytes"].sum())
         f32_bytes = int(sum(np.prod(s) * 4 + np.prod(s) for s in cat["shape"]))
     finally:
@@ -139,18 +144,25 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
     n = len(cases)
-    f = float(np.median(floor_t))
-    t1, t2 = runs[1][0] / n, runs[2][0] / n
+    med = np.median(np.asarray(rounds), axis=0)
+    lo, hi = np.min(rounds, axis=0), np.max(rounds, axis=0)
+    f, f2, t1, t2 = med
     print(f"\n{n} CT cases, source shape (z, y, x) {shape}, target spacing {target} mm, "
-          f"dtype {cfg.dtype}, chunks {cfg.chunks}, blosc {cfg.codec}:{cfg.clevel}; {os.cpu_count()} cores\n")
-    print("| run | per-case wall (s) | vs floor | speed-up vs 1 worker | peak RSS per worker (MiB) |")
+          f"dtype {cfg.dtype}, chunks {cfg.chunks}, blosc {cfg.codec}:{cfg.clevel}; {os.cpu_count()} cores; "
+          f"median of {args.repeat} interleaved rounds (min-max in brackets)\n")
+    print("| run | per-case wall (s) | vs floor | speed-up vs 1 process | peak RSS per worker (MiB) |")
     print("|---|---|---|---|---|")
-    print(f"| floor (read + resample + zarr write, 1 thread) | {f:.2f} | 1.00× | | |")
-    print(f"| floor in 2 processes at once (what this machine scales to) | {floor2:.2f} | {floor2 / f:.2f}× | "
-          f"{f / floor2:.2f}× | |")
-    for w, t in ((1, t1), (2, t2)):
-        peaks = ", ".join(f"{p / 2**20:.0f}" for p in runs[w][1])
-        print(f"| build-3dseg8, {w} worker{'s' if w > 1 else ''} | {t:.2f} | {t / f:.2f}× | {t1 / t:.2f}× | {peaks} |")
+    ratio = [r[0] / r[1] for r in rounds]
+    speed = [r[2] / r[3] for r in rounds]
+    vs_floor = [r[2] / r[0] for r in rounds]
+    print(f"| floor (read + resample + zarr write, 1 thread) | {f:.2f} [{lo[0]:.2f}-{hi[0]:.2f}] | 1.00× | | |")
+    print(f"| floor in 2 processes at once (this machine's own scaling) | {f2:.2f} [{lo[1]:.2f}-{hi[1]:.2f}] | "
+          f"{f2 / f:.2f}× | {np.median(ratio):.2f}× [{min(ratio):.2f}-{max(ratio):.2f}] | |")
+    print(f"| build-3dseg8, 1 worker | {t1:.2f} [{lo[2]:.2f}-{hi[2]:.2f}] | {np.median(vs_floor):.2f}× "
+          f"[{min(vs_floor):.2f}-{max(vs_floor):.2f}] | 1.00× | {', '.join(f'{p / 2**20:.0f}' for p in peaks[1])} |")
+    print(f"| build-3dseg8, 2 workers | {t2:.2f} [{lo[3]:.2f}-{hi[3]:.2f}] | {t2 / f:.2f}× | "
+          f"{np.median(speed):.2f}× [{min(speed):.2f}-{max(speed):.2f}] | "
+          f"{', '.join(f'{p / 2**20:.0f}' for p in peaks[2])} |")
     print(f"\nstore: {store_bytes / 2**20:.1f} MiB for image+label; the same arrays as float32 image + uint8 label: "
           f"{f32_bytes / 2**20:.1f} MiB ({store_bytes / f32_bytes:.2f}×)")
     print("per-case wall of build-3dseg8 = the whole job's wall time (headers, plan, convert, catalog) / cases; "

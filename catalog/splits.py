@@ -17,7 +17,7 @@ def assign_splits(df: pd.DataFrame, val_fraction: float, seed: int) -> pd.Series
 
     A row whose ``split`` is already set keeps it: a source fixed it ("test" for unlabelled or challenge test
     volumes, the VISCERAL test set, "unannotated"), or an earlier build of another domain assigned it. Of the
-    rows with an empty split, unlabelled ones become "test"; labelled ones become "val" when their patient's
+    rows with an empty split, failed ones keep no split, unlabelled ones become "test"; labelled ones become "val" when their patient's
     hash falls below ``val_fraction``, else "train".
 
     A domain with three or more labelled patients to assign always gets at least one val patient (the lowest
@@ -27,7 +27,11 @@ def assign_splits(df: pd.DataFrame, val_fraction: float, seed: int) -> pd.Series
     """
     given = df["split"].fillna("").astype(str)
     split = given.where(given.ne(""), "train").astype(object)
-    free = given.eq("")
+    # A failed case has no stored label, which would make it look like an unlabelled "test" case; it keeps
+    # whatever its source fixed (or no split) and takes no part in choosing val patients.
+    failed = df["status"].ne("ok") if "status" in df else pd.Series(False, index=df.index)
+    split[failed] = given[failed]
+    free = given.eq("") & ~failed
     unlabelled = free & ~df["has_label"].astype(bool)
     split[unlabelled] = "test"
     for domain, rows in df[free & ~unlabelled].groupby("domain"):

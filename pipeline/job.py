@@ -6,6 +6,7 @@ they become tasks with deterministic keys, memory-aware scheduling, resume and f
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -97,14 +98,24 @@ def plan_target_spacing(headers: list[CaseHeader], rule: str = "median") -> tupl
     raise ValueError(f"unknown spacing rule {rule!r} (median or mean)")
 
 
-def _task(case, spec, target, cfg, store, params_hash, storage_options):
-    """The dask task: one single-threaded conversion (ITK and zarr pools set to one thread per worker)."""
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """ITK, zarr and Blosc use one thread inside the block; their previous settings come back after it (so an
+    in-process run, ``--workers 0``, leaves the caller's thread settings alone)."""
+    import numcodecs.blosc
     import SimpleITK as sitk
     import zarr
 
+    itk = sitk.ProcessObject_GetGlobalDefaultNumberOfThreads()
+    blosc = numcodecs.blosc.use_threads
     sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)
-    zarr.config.set({"threading.max_workers": 1})
-    return convert_or_fail(case, spec, target, cfg, store, params_hash, storage_options)
+    numcodecs.blosc.use_threads = False
+    try:
+        with zarr.config.set({"threading.max_workers": 1}):
+            yield
+    finally:
+        sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(itk)
+        numcodecs.blosc.use_threads = blosc
 
 
 @contextlib.contextmanager
@@ -189,10 +200,11 @@ def build(
     result = BuildResult(store=store, catalog=pd.DataFrame())
     rows: list[dict[str, Any]] = []
 
-    runner = _InProcess() if workers == 0 and not scheduler else None
-    with (contextlib.nullcontext(runner) if runner else dask_client(workers, scheduler)) as client:
-        headers = client.gather(client.map(read_case_header, [c for _, c in all_cases], pure=False)) \
-            if runner is None else [read_case_header(c) for _, c in all_cases]
+    in_process = workers == 0 and not scheduler
+    with (contextlib.nullcontext(None) if in_process else dask_client(workers, scheduler)) as client:
+        cases_only = [c for _, c in all_cases]
+        headers = [read_case_header(c) for c in cases_only] if client is None \
+            else client.gather(client.map(read_case_header, cases_only, pure=False))
 
         targets: dict[str, tuple[float, float, float]] = {}
         for name, spec in specs.items():
@@ -205,30 +217,28 @@ def build(
                 targets[name] = target
         result.target_spacing = dict(targets)
 
-        todo = []
+        tasks = []
         for (spec, case), hdr in zip(all_cases, headers):
             if hdr.error or spec.name not in targets:
                 rows.append(failed_row(case, spec, "", hdr.error or "no readable case in its domain"))
                 continue
-            phash = case_params_hash(case, cfg, targets[spec.name], spec)
+            target = targets[spec.name]
+            phash = case_params_hash(case, cfg, target, spec)
             row = is_up_to_date(root, case, phash)
             if row is not None:
                 # A source may fix another split on a later scan (e.g. a VISCERAL test set drawn from more
                 # volumes) without the case's bytes changing: the hint of this scan wins.
                 rows.append({**row, "split": case.split_hint or ""})
                 result.skipped += 1
-            else:
-                todo.append((spec, case, hdr, phash))
-        log(f"{len(all_cases)} cases: {result.skipped} unchanged (skipped), {len(todo)} to convert")
-
-        bar = _progress(len(todo), progress)
-        if runner is not None:
-            for spec, case, _, phash in todo:
-                rows.append(_task(case, spec, targets[spec.name], cfg, store, phash, storage_options))
-                bar.update(1)
-        else:
-            rows.extend(_run_on_cluster(client, todo, targets, cfg, store, storage_options, bar, log))
-        bar.close()
+                continue
+            tasks.append(Task(
+                key=f"convert-{case.domain}-{case.case_id}-{phash}",
+                fn=convert_or_fail, args=(case, spec, target, cfg, store, phash, storage_options),
+                memory=estimate_memory(hdr, target),
+                on_crash=functools.partial(_crashed_row, case, spec, phash),
+            ))
+        log(f"{len(all_cases)} cases: {result.skipped} unchanged (skipped), {len(tasks)} to convert")
+        rows.extend(run_tasks(tasks, client=client, progress=progress, log=log))
 
     result.converted = sum(1 for r in rows if r["status"] == "ok") - result.skipped
     result.failed = [r for r in rows if r["status"] != "ok"]
@@ -257,38 +267,8 @@ def plan_domain(root, spec: DomainSpec, headers: list[CaseHeader], *, rule: str,
     return target
 
 
-def _run_on_cluster(client, todo, targets, cfg, store, storage_options, bar, log) -> list[dict[str, Any]]:
-    from distributed import as_completed
-
-    cap = _worker_memory(client)
-    if cap is None and todo:
-        log("workers advertise no MEM resource: running without memory-aware limits "
-            "(start workers with `--resources MEM=<bytes>` to enable them)")
-    futures = {}
-    for spec, case, hdr, phash in todo:
-        target = targets[spec.name]
-        kw = {}
-        if cap is not None:
-            need = estimate_memory(hdr, target)
-            if need > cap:
-                log(f"{case.store_path}: needs ~{need / 2**30:.1f} GiB, more than a worker's "
-                    f"{cap / 2**30:.1f} GiB; it will run alone on a worker")
-            kw["resources"] = {MEM_RESOURCE: min(need, cap)}
-        fut = client.submit(
-            _task, case, spec, target, cfg, store, phash, storage_options,
-            key=f"convert-{case.domain}-{case.case_id}-{phash}", retries=0, **kw,
-        )
-        futures[fut] = (spec, case, phash)
-    rows = []
-    for fut in as_completed(futures):
-        spec, case, phash = futures[fut]
-        try:
-            rows.append(fut.result())
-        except Exception as exc:  # the worker died (killed for memory) or the task could not run
-            rows.append(failed_row(case, spec, phash, f"{case.images[0]}: worker failed: {type(exc).__name__}: {exc}"))
-        bar.update(1)
-        fut.release()
-    return rows
+def _crashed_row(case: Case, spec: DomainSpec, phash: str, message: str) -> dict[str, Any]:
+    return failed_row(case, spec, phash, f"{case.images[0]}: {message}")
 
 
 def write_catalog(store: str, rows: list[dict[str, Any]], specs: dict[str, DomainSpec],
@@ -325,9 +305,6 @@ def write_catalog(store: str, rows: list[dict[str, Any]], specs: dict[str, Domai
     return cat
 
 
-class _InProcess:
-    """Stands in for a client when ``workers=0``."""
-
 
 def _progress(total: int, enabled: bool, unit: str = "case", desc: str = "convert"):
     from tqdm import tqdm
@@ -353,25 +330,28 @@ class Task:
 
 
 def _single_threaded(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run ``fn`` with ITK and zarr pools set to one thread (one task per single-threaded worker process)."""
-    import SimpleITK as sitk
-    import zarr
-
-    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)
-    zarr.config.set({"threading.max_workers": 1})
-    return fn(*args)
+    """Run ``fn(*args)`` with ITK, zarr and Blosc on one thread (the task body on a worker)."""
+    with single_threaded():
+        return fn(*args)
 
 
-def run_tasks(tasks: list[Task], *, workers: int | None = None, scheduler: str | None = None,
+def run_tasks(tasks: list[Task], *, client: Any = None, workers: int | None = None, scheduler: str | None = None,
               progress: bool = True, log: Callable[[str], None] = print, unit: str = "case",
               desc: str = "convert") -> list[Any]:
-    """Run independent tasks (in this process when ``workers=0``, else on a LocalCluster or the cluster at
-    ``scheduler``, memory-aware as :func:`build` is) with a progress bar. Results come back in task order."""
+    """Run independent tasks with a progress bar; results come back in task order.
+
+    On ``client`` when given; else in this process when ``workers=0``, else on a LocalCluster or the cluster at
+    ``scheduler``. On a cluster each task asks for its estimated memory as the workers' ``MEM`` resource, so a
+    worker runs only what fits (a task larger than any worker runs alone).
+    """
     if not tasks:
         return []
+    if client is None and not (workers == 0 and not scheduler):
+        with dask_client(workers, scheduler) as own:
+            return run_tasks(tasks, client=own, progress=progress, log=log, unit=unit, desc=desc)
     bar = _progress(len(tasks), progress, unit=unit, desc=desc)
     results: list[Any] = [None] * len(tasks)
-    if workers == 0 and not scheduler:
+    if client is None:
         for i, task in enumerate(tasks):
             results[i] = _single_threaded(task.fn, *task.args)
             bar.update(1)
@@ -379,28 +359,27 @@ def run_tasks(tasks: list[Task], *, workers: int | None = None, scheduler: str |
         return results
     from distributed import as_completed
 
-    with dask_client(workers, scheduler) as client:
-        cap = _worker_memory(client)
-        if cap is None:
-            log("workers advertise no MEM resource: running without memory-aware limits "
-                "(start workers with `--resources MEM=<bytes>` to enable them)")
-        futures = {}
-        for i, task in enumerate(tasks):
-            kw = {}
-            if cap is not None:
-                if task.memory > cap:
-                    log(f"{task.key}: needs ~{task.memory / 2**30:.1f} GiB, more than a worker's "
-                        f"{cap / 2**30:.1f} GiB; it will run alone on a worker")
-                kw["resources"] = {MEM_RESOURCE: min(task.memory, cap)}
-            fut = client.submit(_single_threaded, task.fn, *task.args, key=task.key, retries=0, **kw)
-            futures[fut] = i
-        for fut in as_completed(futures):
-            i = futures[fut]
-            try:
-                results[i] = fut.result()
-            except Exception as exc:  # the worker died (killed for memory) or the task could not run
-                results[i] = tasks[i].on_crash(f"worker failed: {type(exc).__name__}: {exc}")
-            bar.update(1)
-            fut.release()
+    cap = _worker_memory(client)
+    if cap is None:
+        log("workers advertise no MEM resource: running without memory-aware limits "
+            "(start workers with `--resources MEM=<bytes>` to enable them)")
+    futures = {}
+    for i, task in enumerate(tasks):
+        kw = {}
+        if cap is not None:
+            if task.memory > cap:
+                log(f"{task.key}: needs ~{task.memory / 2**30:.1f} GiB, more than a worker's "
+                    f"{cap / 2**30:.1f} GiB; it will run alone on a worker")
+            kw["resources"] = {MEM_RESOURCE: min(task.memory, cap)}
+        fut = client.submit(_single_threaded, task.fn, *task.args, key=task.key, retries=0, **kw)
+        futures[fut] = i
+    for fut in as_completed(futures):
+        i = futures[fut]
+        try:
+            results[i] = fut.result()
+        except Exception as exc:  # the worker died (killed for memory) or the task could not run
+            results[i] = tasks[i].on_crash(f"worker failed: {type(exc).__name__}: {exc}")
+        bar.update(1)
+        fut.release()
     bar.close()
     return results
