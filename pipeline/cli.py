@@ -15,7 +15,10 @@ def _config(dtype: str, chunks: str | None, codec: str | None, **extra):
 
     kw = {"dtype": dtype, **extra}
     if chunks:
-        kw["chunks"] = tuple(int(c) for c in chunks.split(","))
+        try:
+            kw["chunks"] = tuple(int(c) for c in chunks.split(","))
+        except ValueError:
+            raise click.UsageError(f"--chunks {chunks!r}: give one size (64) or three (Z,Y,X, e.g. 64,64,64)") from None
         if len(kw["chunks"]) == 1:
             kw["chunks"] = kw["chunks"] * 3
     if codec:

@@ -141,3 +141,11 @@ def test_case_that_lost_its_label_is_rebuilt(real_dir, tmp_path):
     assert res.converted == 1 and res.skipped == 3
     row = load_catalog(store).set_index("case_id").loc["hippocampus_004"]
     assert not row["has_label"] and row["source_label"] == ""
+
+
+def test_bad_chunks_option_is_a_usage_error(real_dir, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["build-3dseg8", str(real_dir / "msd"), str(tmp_path / "s"), "--chunks", "a,b"])
+    assert res.exit_code == 2 and "--chunks" in res.output and "Z,Y,X" in res.output
+    res = runner.invoke(main, ["build-3dseg8", str(real_dir / "msd"), str(tmp_path / "s"), "--chunks", "8,8"])
+    assert res.exit_code == 2 and "chunks must be three positive ints" in res.output
