@@ -26,7 +26,7 @@ import SimpleITK as sitk
 __all__ = ["write_lidc_sample", "SIZES"]
 
 NS = "http://www.nih.gov"
-SIZES: dict[str, tuple[int, int, int]] = {"tiny": (64, 64, 24), "small": (128, 128, 48)}  # (x, y, z) voxels
+SIZES: dict[str, tuple[int, int, int]] = {"tiny": (64, 64, 24), "small": (128, 128, 48), "bench": (512, 512, 120)}  # (x, y, z) voxels
 SLICE_MM = 2.5
 READER_IDS = ("540461523", "1428348137", "-750896469", "2103845659")
 _OTHER_CHARACTERISTICS = (("subtlety", 5), ("internalStructure", 1), ("calcification", 6), ("sphericity", 4),
@@ -65,7 +65,8 @@ def _uid(rng: np.random.Generator) -> str:
 def write_lidc_sample(out: str | Path, *, seed: int = 0, size: str = "tiny") -> list[Path]:
     """Write the miniature LIDC-IDRI under ``out``; returns the series folders, one per patient, in order.
 
-    ``size`` is "tiny" (64x64x24 voxels) or "small" (128x128x48); slices are 2.5 mm apart.
+    ``size`` is "tiny" (64x64x24 voxels), "small" (128x128x48) or "bench" (512x512x120, a real CT series's size);
+    slices are 2.5 mm apart.
     """
     if size not in SIZES:
         raise ValueError(f"unknown sample size {size!r}; choose one of {sorted(SIZES)}")
