@@ -50,7 +50,8 @@ from .. import intensity
 from ..config import Case, DomainSpec, PrepConfig
 from ..convert import failed_row, file_fingerprint, sha256_file
 from ..store import MARKER, case_marker, open_root, sample_foreground, write_case
-from .lidc_nodules import AIR_HU, Nodule, consensus_mask, group_marks, nodule_crop, nodules_table, reader_marks
+from .lidc_crop import nodule_crop
+from .lidc_nodules import AIR_HU, Nodule, consensus_mask, group_marks, nodules_table, reader_marks
 from .lidc_series import LidcSeriesError, LidcSeriesRef, read_ct_series
 from .lidc_xml import LidcXmlError, parse_lidc_xml
 

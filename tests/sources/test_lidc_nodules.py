@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from pipeline.sources.lidc_crop import nodule_crop
 from pipeline.sources.lidc_nodules import (
-    TABLE_COLUMNS, ReaderMark, consensus_mask, group_marks, malignancy_label, nodule_crop, nodules_table,
+    TABLE_COLUMNS, ReaderMark, consensus_mask, group_marks, malignancy_label, nodules_table,
     polygon_fill, reader_mask, reader_marks,
 )
 from pipeline.sources.lidc_series import SliceIndex, read_ct_series
