@@ -182,7 +182,7 @@ def read_case(case: Case, spec: DomainSpec) -> tuple[list[sitk.Image], sitk.Imag
             )
     if case.label:
         try:
-            (label_img,) = geometry.read_channels(case.label, case.spacing_override)
+            label_img = geometry.read_single(case.label, case.spacing_override)
         except ValueError as exc:
             raise CaseError(str(exc)) from None
         if not geometry.same_grid(ref, label_img):

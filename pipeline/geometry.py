@@ -142,6 +142,15 @@ def read_channels(path: str, spacing_override: tuple[float, float, float] | None
     return channels
 
 
+def read_single(path: str, spacing_override: tuple[float, float, float] | None = None, what: str = "label"
+                ) -> sitk.Image:
+    """Read a volume that must have exactly one channel (a label or mask file)."""
+    channels = read_channels(path, spacing_override)
+    if len(channels) != 1:
+        raise ValueError(f"{path}: a {what} must have one channel, this file has {len(channels)}")
+    return channels[0]
+
+
 def reorient(img: sitk.Image) -> sitk.Image:
     """Nearest canonical (LPS) orientation: axis permutation and flips only, no interpolation. An oblique
     volume keeps its residual rotation in the direction. An image already in LPS order is returned as is

@@ -67,8 +67,10 @@ _SLAB = 1 << 20
 def _histogram(arr: np.ndarray, lo_v: int, n_bins: int) -> np.ndarray:
     counts = np.zeros(n_bins, np.int64)
     flat = arr.reshape(-1)
+    # int32 holds every value of 8/16-bit data; wider integers (uint32, int64) need int64 before the offset
+    work = np.int32 if arr.dtype.itemsize <= 2 else np.int64
     for i in range(0, flat.size, _SLAB):
-        part = flat[i:i + _SLAB].astype(np.int32)
+        part = flat[i:i + _SLAB].astype(work)
         if lo_v:
             part -= lo_v
         counts += np.bincount(part, minlength=n_bins)

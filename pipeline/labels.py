@@ -29,7 +29,7 @@ def compose_label(case: Case, ref: sitk.Image) -> tuple[sitk.Image, int]:
         if not 0 < int(value) <= 255:
             raise CaseError(f"{path}: label value {value} outside 1..255")
         try:
-            (mask,) = geometry.read_channels(path, case.spacing_override)
+            mask = geometry.read_single(path, case.spacing_override, what="mask")
         except ValueError as exc:
             raise CaseError(str(exc)) from None
         if not geometry.same_grid(ref, mask):

@@ -106,6 +106,12 @@ def read_task(task_dir: Path) -> tuple[DomainSpec, list[Case]]:
             domain=domain, case_id=cid, scan_id=scan_id_for(task, cid), patient_id=cid,
             images=(image,), label=None, split_hint="test",
         ))
+    seen: dict[str, int] = {}
+    for c in cases:
+        seen[c.case_id] = seen.get(c.case_id, 0) + 1
+    dup = sorted(k for k, n in seen.items() if n > 1)
+    if dup:
+        raise ValueError(f"{meta_path}: cases listed more than once: {', '.join(dup[:5])}; remove the duplicates")
     return spec, cases
 
 

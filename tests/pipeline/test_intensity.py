@@ -81,3 +81,10 @@ def test_summarize_label_counts_and_samples_foreground():
     assert np.all(lab[fg[:, 1], fg[:, 2], fg[:, 3]] == fg[:, 0])  # every sampled voxel has its class
     again = summarize_label(lab, 4, per_class=100, seed=0)[2]
     assert np.array_equal(fg, again)
+
+
+def test_wide_integer_volumes_get_exact_statistics():
+    rng = np.random.default_rng(5)
+    arr = (rng.integers(0, 1000, size=5000) + 3_000_000_000).astype(np.uint32)  # beyond int32
+    st = channel_stats(arr, (0.5, 99.5))
+    assert st.p_lo == pytest.approx(np.percentile(arr, 0.5)) and st.p_hi == pytest.approx(np.percentile(arr, 99.5))

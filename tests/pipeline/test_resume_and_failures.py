@@ -149,3 +149,28 @@ def test_bad_chunks_option_is_a_usage_error(real_dir, tmp_path):
     assert res.exit_code == 2 and "--chunks" in res.output and "Z,Y,X" in res.output
     res = runner.invoke(main, ["build-3dseg8", str(real_dir / "msd"), str(tmp_path / "s"), "--chunks", "8,8"])
     assert res.exit_code == 2 and "chunks must be three positive ints" in res.output
+
+
+def test_multichannel_label_is_a_failed_row_naming_the_label(real_dir, tmp_path):
+    import SimpleITK as sitk
+
+    task = tmp_path / "msd" / "Task04_Hippocampus"
+    shutil.copytree(real_dir / "msd" / "Task04_Hippocampus", task)
+    lab = sitk.ReadImage(str(task / "labelsTr" / "hippocampus_004.nii.gz"))
+    sitk.WriteImage(sitk.JoinSeries([lab, lab]), str(task / "labelsTr" / "hippocampus_004.nii.gz"))
+    found, _ = scan_msd(tmp_path / "msd")
+    res = build(found, str(tmp_path / "s"), PrepConfig(), workers=0, progress=False, log=lambda s: None)
+    (row,) = res.failed
+    assert row["case_id"] == "hippocampus_004"
+    assert "labelsTr/hippocampus_004.nii.gz: a label must have one channel, this file has 2" in row["error"]
+
+
+def test_duplicate_cases_in_dataset_json_are_refused_before_converting(real_dir, tmp_path):
+    task = tmp_path / "msd" / "Task04_Hippocampus"
+    shutil.copytree(real_dir / "msd" / "Task04_Hippocampus", task)
+    meta = json.loads((task / "dataset.json").read_text())
+    meta["training"].append(meta["training"][0])
+    (task / "dataset.json").write_text(json.dumps(meta))
+    res = CliRunner().invoke(main, ["build-3dseg8", str(tmp_path / "msd"), str(tmp_path / "s"), "--workers", "0"])
+    assert res.exit_code == 2 and "listed more than once: hippocampus_001" in res.output
+    assert not (tmp_path / "s").exists()
