@@ -146,16 +146,8 @@ def convert_case(case: Case, spec: DomainSpec, target_spacing_zyx, cfg: PrepConf
         "extra": _jsonable_extra(case.extra),
     }
     root = open_root(store, storage_options=storage_options)
-    # The marker carries the finished row so a re-run can skip the case without recomputing anything; the
-    # stored byte count is known only after writing, so the row is completed in a second attrs update.
-    row["stored_bytes"] = write_case(
-        root, case.store_path, image_out, label_out, fg, attrs, cfg,
-        marker={"params_hash": params_hash, "sources": sources, "row": None},
-    )
-    grp = root[case.store_path]
-    marker = dict(grp.attrs["med3d_complete"])
-    marker["row"] = row
-    grp.attrs["med3d_complete"] = marker
+    write_case(root, case.store_path, image_out, label_out, fg, attrs, cfg,
+               marker={"params_hash": params_hash, "sources": sources}, row=row)
     return row
 
 

@@ -75,8 +75,11 @@ def write_case(
     attrs: dict[str, Any],
     cfg: PrepConfig,
     marker: dict[str, Any],
+    row: dict[str, Any] | None = None,
 ) -> int:
     """Write one case, replacing whatever was there, marker last. Returns the stored bytes of its arrays.
+
+    ``row`` (the case's catalog row) gets ``stored_bytes`` and is kept in the marker.
 
     image: (C, Z, Y, X) in ``cfg.dtype``; label: (Z, Y, X) uint8/int16 or None; foreground: (N, 4) int32.
     """
@@ -105,8 +108,13 @@ def write_case(
     )
     if foreground.size:
         fg[...] = foreground.astype(np.int32)
-    grp.attrs.update(attrs)
     done = dict(marker)
+    if row is not None:
+        # The finished catalog row rides in the marker, so a re-run can skip the case without recomputing it;
+        # its stored byte count is known only now.
+        row["stored_bytes"] = int(stored)
+        done["row"] = row
+    grp.attrs.update(attrs)
     done["written_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     grp.attrs[MARKER] = done
     return int(stored)

@@ -354,13 +354,8 @@ def _write_crop(root, ref: LidcSeriesRef, nod: Nodule, rec: dict[str, Any], mask
         "params_hash": params_hash, "lidc_params": params.to_dict(),
     }
     cz = dataclasses.replace(cfg, chunks=tuple(min(c, n) for c in cfg.chunks))  # one 48³ chunk, not a 64³ one
-    stored = write_case(root, store_path, data, label, fg, attrs, cz,
-                        marker={"params_hash": params_hash, "sources": attrs["sources"], "row": None})
-    row["stored_bytes"] = stored
-    grp = root[store_path]
-    done = dict(grp.attrs[MARKER])
-    done["row"] = row
-    grp.attrs[MARKER] = done
+    write_case(root, store_path, data, label, fg, attrs, cz,
+               marker={"params_hash": params_hash, "sources": attrs["sources"]}, row=row)
     return row, float(info["fraction_outside"])
 
 
