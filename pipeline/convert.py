@@ -193,8 +193,8 @@ def normalize_channels(channels: list[sitk.Image], spacing_xyz, cfg: PrepConfig,
                        case: Case) -> tuple[np.ndarray, list[intensity.ChannelStats], sitk.Image]:
     """Reorient, take statistics on the source voxels, resample, clip + z-score each channel.
 
-    Returns the (C, Z, Y, X) array in ``cfg.dtype``, per-channel statistics (source units) and the resampled
-    grid of channel 0 (origin/direction for the attrs).
+    Returns the (C, Z, Y, X) array in ``cfg.dtype``, per-channel statistics (source units) and the reoriented
+    channel 0, whose origin and direction the resampled grid keeps (for the attrs).
     """
     stats: list[intensity.ChannelStats] = []
     out, grid = None, None
@@ -212,12 +212,12 @@ def normalize_channels(channels: list[sitk.Image], spacing_xyz, cfg: PrepConfig,
         except ValueError as exc:
             raise CaseError(f"{case.images[min(c, len(case.images) - 1)]}: channel {c}: {exc}") from None
         stats.append(st)
-        res = geometry.resample(ch, spacing_xyz, cfg.image_interpolation, pixel_type=sitk.sitkFloat32)
-        view = sitk.GetArrayViewFromImage(res)
         if out is None:
-            out = np.empty((len(channels), *view.shape), dtype=cfg.dtype)
-            grid = res
-        intensity.normalize_into(view, out[c], st)
+            nx, ny, nz = geometry.target_size(ch.GetSize(), ch.GetSpacing(), spacing_xyz)
+            out = np.empty((len(channels), nz, ny, nx), dtype=cfg.dtype)
+            grid = ch  # the resampled grid keeps the reoriented image's origin and direction
+        for z0, z1, slab in geometry.resample_slabs(ch, spacing_xyz, cfg.image_interpolation):
+            intensity.normalize_into(sitk.GetArrayViewFromImage(slab), out[c, z0:z1], st)
     return out, stats, grid
 
 

@@ -204,6 +204,40 @@ def resample(
     )
 
 
+def resample_slabs(
+    img: sitk.Image,
+    spacing_xyz: tuple[float, float, float],
+    interpolation: str,
+    *,
+    pixel_type: int = sitk.sitkFloat32,
+    slab_bytes: int = 8 << 20,
+):
+    """:func:`resample`, produced as consecutive z-slabs: yields (z0, z1, slab image of z1 - z0 slices).
+
+    Yields images, not array views: a SimpleITK array view does not keep its image alive, so the caller takes
+    ``sitk.GetArrayViewFromImage(slab)`` while it holds the slab.
+
+    Each slab is resampled on its own output grid (the full grid's origin moved z0 slices along the direction),
+    so the whole float32 output never exists at once: a 512×512×120 CT needs an 8 MiB buffer instead of 128 MiB,
+    which the allocator reuses instead of mapping fresh pages for every case. Values equal :func:`resample`'s.
+    """
+    old_spacing = img.GetSpacing()
+    if np.allclose(old_spacing, spacing_xyz, rtol=0, atol=1e-6):
+        full = img if img.GetPixelID() == pixel_type else sitk.Cast(img, pixel_type)
+        yield 0, full.GetSize()[2], full
+        return
+    nx, ny, nz = target_size(img.GetSize(), old_spacing, spacing_xyz)
+    step = max(1, slab_bytes // (nx * ny * 4))
+    d = np.asarray(img.GetDirection(), float).reshape(3, 3)
+    origin = np.asarray(img.GetOrigin(), float)
+    spacing = tuple(float(s) for s in spacing_xyz)
+    for z0 in range(0, nz, step):
+        z1 = min(nz, z0 + step)
+        slab_origin = origin + d @ np.array([0.0, 0.0, z0 * spacing[2]])
+        yield z0, z1, sitk.Resample(img, (nx, ny, z1 - z0), sitk.Transform(), _INTERP[interpolation],
+                                    tuple(slab_origin), spacing, img.GetDirection(), 0.0, pixel_type, True)
+
+
 def same_grid(a: sitk.Image, b: sitk.Image, tol_mm: float = 1e-3) -> bool:
     """Whether two images share size, spacing, origin and direction (within tolerance)."""
     return (
