@@ -84,6 +84,16 @@ def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike[str]) ->
     return atomic_torch_save(data, path)
 
 
+def _read_umask() -> int:
+    # Reading the umask means setting it; done once at import, before any worker threads write files.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` to a temporary file in the target folder, fsync, then ``os.replace``: readers see the old
     file or the new one, never a torn one. The file gets the usual permissions (umask), not mkstemp's 0600."""
@@ -95,9 +105,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
