@@ -12,11 +12,13 @@ CATALOG_FILE = "catalog.parquet"
 DOMAINS_FILE = "domains.parquet"
 
 
-def _join(store: str, name: str) -> str:
-    return store.rstrip("/") + "/" + name
+def store_join(store: str, *parts: str) -> str:
+    """A path inside a store, for local paths and fsspec URLs alike."""
+    return "/".join([str(store).rstrip("/"), *parts])
 
 
-def _is_local(store: str) -> bool:
+def is_local(store: str) -> bool:
+    """Whether a store path is on the local file system (a plain path or a file:// URL)."""
     return "://" not in store or store.startswith("file://")
 
 
@@ -25,7 +27,7 @@ def write_parquet_atomic(df: pd.DataFrame, path: str) -> None:
 
     Locally: a temporary file in the same folder, then os.replace. On object stores a single PUT is atomic.
     """
-    if not _is_local(path):
+    if not is_local(path):
         df.to_parquet(path, index=False)
         return
     path = path.removeprefix("file://")
@@ -43,7 +45,7 @@ def write_parquet_atomic(df: pd.DataFrame, path: str) -> None:
 
 
 def _exists(path: str) -> bool:
-    if _is_local(path):
+    if is_local(path):
         return os.path.exists(path.removeprefix("file://"))
     import fsspec
 
@@ -70,13 +72,13 @@ def save_catalog(store: str, df: pd.DataFrame) -> pd.DataFrame:
     if len(dup):
         raise ValueError(f"catalog: duplicate cases {dup[['domain', 'case_id']].values.tolist()[:5]}")
     df = df.sort_values(["domain", "case_id"]).reset_index(drop=True)
-    _write_if_changed(df, _join(store, CATALOG_FILE), CATALOG_COLUMNS)
+    _write_if_changed(df, store_join(store, CATALOG_FILE), CATALOG_COLUMNS)
     return df
 
 
 def load_catalog(store: str, *, missing_ok: bool = False) -> pd.DataFrame:
     """The store's catalog, schema-checked. ``missing_ok`` returns an empty catalog for a new store."""
-    path = _join(str(store), CATALOG_FILE)
+    path = store_join(str(store), CATALOG_FILE)
     if not _exists(path):
         if missing_ok:
             return conform(pd.DataFrame(), CATALOG_COLUMNS, "catalog", fill_missing=True)
@@ -88,12 +90,12 @@ def load_catalog(store: str, *, missing_ok: bool = False) -> pd.DataFrame:
 
 def save_domains(store: str, df: pd.DataFrame) -> pd.DataFrame:
     df = conform(df, DOMAIN_COLUMNS, "domains", fill_missing=True).sort_values("domain").reset_index(drop=True)
-    _write_if_changed(df, _join(store, DOMAINS_FILE), DOMAIN_COLUMNS)
+    _write_if_changed(df, store_join(store, DOMAINS_FILE), DOMAIN_COLUMNS)
     return df
 
 
 def load_domains(store: str) -> pd.DataFrame:
-    path = _join(str(store), DOMAINS_FILE)
+    path = store_join(str(store), DOMAINS_FILE)
     if not _exists(path):
         raise FileNotFoundError(f"{path}: no domains table; is {store} a med3d store?")
     return conform(pd.read_parquet(path), DOMAIN_COLUMNS, path, fill_missing=False)
@@ -101,7 +103,7 @@ def load_domains(store: str) -> pd.DataFrame:
 
 def extra_table_path(store: str, name: str) -> str:
     """Path of an extra per-store table (e.g. ``nodules`` for LIDC stores)."""
-    return _join(str(store), f"{name}.parquet")
+    return store_join(str(store), f"{name}.parquet")
 
 
 NODULES_TABLE = "nodules"

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .store_index import SPLITS, CaseEntry, StoreIndex, _join, _node_meta, parse_exclude
+from catalog.io import store_join
+
+from .store_index import SPLITS, CaseEntry, StoreIndex, _node_meta, parse_exclude
 from .zarr_read import ChunkedArrayReader
 
 __all__ = ["SPLITS", "CaseEntry", "PatchConfig", "PatchSpec", "PretrainStream", "StoreIndex", "domain_for_step",
@@ -200,8 +202,8 @@ class PretrainStream(IterableDataset):
     def _open(self, store_path: str) -> tuple[ChunkedArrayReader, ChunkedArrayReader]:
         readers = self._readers.get(store_path)
         if readers is None:
-            readers = (ChunkedArrayReader(_join(self.store, store_path, "image")),
-                       ChunkedArrayReader(_join(self.store, store_path, "label")))
+            readers = (ChunkedArrayReader(store_join(self.store, store_path, "image")),
+                       ChunkedArrayReader(store_join(self.store, store_path, "label")))
             self._readers[store_path] = readers
         return readers
 
@@ -256,12 +258,12 @@ def read_volume(store: str | os.PathLike[str], store_path: str,
     """A whole stored case for validation: image channel as float32 (Z, Y, X) z-scored units, and the label
     uint8 (Z, Y, X) (int16 if stored so), or None for an unlabelled case."""
     store = os.fspath(store)
-    img = ChunkedArrayReader(_join(store, store_path, "image"))
+    img = ChunkedArrayReader(store_join(store, store_path, "image"))
     if not 0 <= channel < img.shape[0]:
         raise ValueError(f"{store}/{store_path}: channel {channel} out of range (it has {img.shape[0]})")
     raw = img.read((channel, 0, 0, 0), (channel + 1, *img.shape[1:]))[0]
     image = torch.from_numpy(raw).to(torch.float32).numpy()
     label = None
     if _node_meta(store, store_path, "label") is not None:
-        label = ChunkedArrayReader(_join(store, store_path, "label")).read_all()
+        label = ChunkedArrayReader(store_join(store, store_path, "label")).read_all()
     return image, label

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from catalog import load_catalog, load_domains, scan_ids as catalog_scan_ids, select
+from catalog.io import is_local, store_join
 from pipeline.store import MARKER  # a case counts only once its group attrs hold the completion marker
 
 from .zarr_read import ChunkedArrayReader
@@ -109,7 +110,7 @@ class StoreIndex:
         """(N, 4) int32 rows (class, z, y, x) of the case's stored foreground voxels; read on first use."""
         fg = self._fg_cache.get(case.store_path)
         if fg is None:
-            fg = ChunkedArrayReader(_join(self.store, case.store_path, "foreground")).read_all()
+            fg = ChunkedArrayReader(store_join(self.store, case.store_path, "foreground")).read_all()
             self._fg_cache[case.store_path] = fg
         return fg
 
@@ -141,26 +142,18 @@ def parse_exclude(specs: str | Iterable[str]) -> set[str]:
     return out
 
 
-def _join(store: str, *parts: str) -> str:
-    return "/".join([store.rstrip("/"), *parts])
-
-
-def _is_local(store: str) -> bool:
-    return "://" not in store or store.startswith("file://")
-
-
 def _node_meta(store: str, *parts: str) -> dict[str, Any] | None:
     """A group's or array's zarr.json (attributes under "attributes"), or None when it does not exist."""
-    if _is_local(store):
+    if is_local(store):
         try:
-            with open(_join(store.removeprefix("file://"), *parts, "zarr.json"), "rb") as fh:
+            with open(store_join(store.removeprefix("file://"), *parts, "zarr.json"), "rb") as fh:
                 return json.load(fh)
         except (OSError, ValueError):
             return None
     import zarr
 
     try:
-        return {"attributes": dict(zarr.open(_join(store, *parts), mode="r").attrs)}
+        return {"attributes": dict(zarr.open(store_join(store, *parts), mode="r").attrs)}
     except (KeyError, FileNotFoundError, ValueError):
         return None
 

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from . import geometry, intensity
 from .config import Case, DomainSpec, PrepConfig
 from .labels import CaseError, compose_label, resample_label, summarize_label
-from .store import case_marker, open_root, write_case
+from .store import case_marker, case_seed, jsonable, open_root, write_case
 
 __all__ = ["CaseError", "compose_label", "convert_case", "convert_or_fail", "failed_row", "is_up_to_date"]
 
@@ -106,7 +106,7 @@ def convert_case(case: Case, spec: DomainSpec, target_spacing_zyx, cfg: PrepConf
         if label_out.shape != image_out.shape[1:]:
             raise CaseError(f"{files}: resampled label shape {label_out.shape} != image {image_out.shape[1:]}")
         label_values, label_voxels, fg = summarize_label(label_out, spec.num_classes, cfg.foreground_samples,
-                                                         seed=_seed(case))
+                                                         seed=case_seed(case.store_path))
 
     fg_voxels = int(sum(n for v, n in zip(label_values, label_voxels) if v != 0))
     row = {
@@ -143,7 +143,7 @@ def convert_case(case: Case, spec: DomainSpec, target_spacing_zyx, cfg: PrepConf
         "label_parts": [[path, int(v)] for path, v in case.label_parts],
         "label_overlap_voxels": overlap_voxels,
         "params_hash": params_hash,
-        "extra": _jsonable_extra(case.extra),
+        "extra": jsonable(case.extra),
     }
     root = open_root(store, storage_options=storage_options)
     write_case(root, case.store_path, image_out, label_out, fg, attrs, cfg,
@@ -247,19 +247,3 @@ def convert_or_fail(case: Case, spec: DomainSpec, target_spacing_zyx, cfg: PrepC
     except Exception as exc:  # an unexpected bug must not take the other cases down
         tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
         return failed_row(case, spec, params_hash, f"{case.images[0]}: unexpected error: {tb}")
-
-
-def _seed(case: Case) -> int:
-    return int.from_bytes(hashlib.sha256(case.store_path.encode()).digest()[:4], "little")
-
-
-def _jsonable_extra(extra: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in extra.items():
-        if isinstance(v, (str, int, float, bool)) or v is None:
-            out[k] = v
-        elif isinstance(v, (list, tuple)):
-            out[k] = [x if isinstance(x, (str, int, float, bool)) else str(x) for x in v]
-        else:
-            out[k] = str(v)
-    return out

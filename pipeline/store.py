@@ -17,6 +17,8 @@ so readers ignore cases without it and a re-run rewrites them.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import math
 from typing import Any
 
 import numpy as np
@@ -118,6 +120,29 @@ def write_case(
     done["written_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     grp.attrs[MARKER] = done
     return int(stored)
+
+
+def case_seed(store_path: str) -> int:
+    """A stable seed per case (its foreground samples are the same on every machine and re-run)."""
+    return int.from_bytes(hashlib.sha256(store_path.encode()).digest()[:4], "little")
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON types for zarr attrs: numpy scalars to Python, NaN to None, tuples/arrays to lists, anything
+    else that is not a string or None to its string form."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return None if math.isnan(value) else float(value)
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
 
 
 def sample_foreground(label: np.ndarray, per_class: int, seed: int) -> np.ndarray:

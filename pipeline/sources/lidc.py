@@ -40,7 +40,6 @@ import math
 import os
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,7 +48,7 @@ import SimpleITK as sitk
 from .. import intensity
 from ..config import Case, DomainSpec, PrepConfig
 from ..convert import failed_row, file_fingerprint, sha256_file
-from ..store import MARKER, case_marker, open_root, sample_foreground, write_case
+from ..store import MARKER, case_marker, case_seed, jsonable, open_root, sample_foreground, write_case
 from .lidc_crop import nodule_crop
 from .lidc_nodules import AIR_HU, Nodule, consensus_mask, group_marks, nodules_table, reader_marks
 from .lidc_series import LidcSeriesError, LidcSeriesRef, read_ct_series
@@ -255,7 +254,7 @@ def convert_series(ref: LidcSeriesRef, params: LidcParams, cfg: PrepConfig, stor
                                            params_hash)
                 rec.update(case_id=row["case_id"], fraction_outside=outside)
                 result.rows.append(row)
-        result.nodules.append(_jsonable(rec))
+        result.nodules.append(jsonable(rec))
 
     case_ids = [r["case_id"] for r in result.rows]
     for stale in set(old.get("case_ids", [])) - set(case_ids):  # crops of an earlier selection
@@ -302,8 +301,7 @@ def _write_crop(root, ref: LidcSeriesRef, nod: Nodule, rec: dict[str, Any], mask
     crop, label, info = nodule_crop(image, mask, nod.centroid_mm, params.crop_mm, params.crop_spacing)
     data = intensity.normalize_(crop, stats).astype(cfg.dtype)[None]
     n = params.size
-    seed = int.from_bytes(hashlib.sha256(store_path.encode()).digest()[:4], "little")
-    fg = sample_foreground(label, cfg.foreground_samples, seed=seed)
+    fg = sample_foreground(label, cfg.foreground_samples, seed=case_seed(store_path))
     fg_voxels = int(np.count_nonzero(label))
     voxel_mm3 = params.crop_spacing ** 3
     src_voxel_mm3 = float(np.prod(image.GetSpacing()))
@@ -347,7 +345,7 @@ def _write_crop(root, ref: LidcSeriesRef, nod: Nodule, rec: dict[str, Any], mask
         "labels": {"1": "nodule"},
         "label_rule": f"voxels marked by >= {params.consensus_fraction:g} of the readers who marked the nodule; "
                       "nearest neighbour onto the crop grid",
-        "nodule": _jsonable(nodule),
+        "nodule": jsonable(nodule),
         "malignancy_label": rec["label"],
         "padded": bool(info["padded"]), "fraction_outside": float(info["fraction_outside"]),
         "crop": {"size_mm": params.crop_mm, "spacing_mm": params.crop_spacing, "n_clamped": info["n_clamped"]},
@@ -357,20 +355,3 @@ def _write_crop(root, ref: LidcSeriesRef, nod: Nodule, rec: dict[str, Any], mask
     write_case(root, store_path, data, label, fg, attrs, cz,
                marker={"params_hash": params_hash, "sources": attrs["sources"]}, row=row)
     return row, float(info["fraction_outside"])
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types (zarr attrs): numpy scalars to Python, NaN to None, tuples/arrays to lists."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return None if math.isnan(value) else float(value)
-    if isinstance(value, Path):
-        return str(value)
-    return value

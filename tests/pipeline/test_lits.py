@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from catalog import load_catalog, load_domains
 from pipeline.cli import main
+from pipeline.sample import write_lits_sample
 from pipeline.geometry import Header, to_original_grid
 from pipeline.sources.lits import has_usable_spacing, read_spacing_csv, scan_lits
 
@@ -231,9 +232,8 @@ def test_missing_segmentation_is_a_failed_row(lits_root, tmp_path):
 
 
 def test_lits_sample_volume_without_spacing_is_flagged(tmp_path):
-    sample = pytest.importorskip("pipeline.sample.lits")
     root = tmp_path / "lits"
-    sample.write_lits_sample(root, seed=0)
+    write_lits_sample(root, seed=0)
     manifest = json.loads((root / "SAMPLE.json").read_text())["lits"]
     store = str(tmp_path / "store")
     res = CliRunner().invoke(main, ["build-lits", str(root), store, "--workers", "0", "--no-progress"])

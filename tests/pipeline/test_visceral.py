@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 from catalog import assign_splits, load_catalog
 from pipeline.cli import main
+from pipeline.sample import write_visceral_sample
 from pipeline.sources.visceral import MODALITIES, choose_test_patients, n_test_volumes, scan_visceral
 
 from helpers import source_label_stats, stored_label_stats
@@ -233,9 +234,8 @@ def test_label_parts_overlap_rule(tmp_path):
 
 
 def test_visceral_sample_has_every_modality_in_test(tmp_path):
-    sample = pytest.importorskip("pipeline.sample.visceral")
     root = tmp_path / "visceral"
-    sample.write_visceral_sample(root, seed=0)
+    write_visceral_sample(root, seed=0)
     manifest = json.loads((root / "SAMPLE.json").read_text())["visceral"]
     store = str(tmp_path / "store")
     res = CliRunner().invoke(main, ["build-visceral", str(root), store, "--workers", "0", "--no-progress"])
