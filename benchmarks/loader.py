@@ -145,7 +145,7 @@ def with_blosc_threads(fn: Callable, n: int) -> Callable:
 
 
 def direct_fn(store: str):
-    from model.zarr_read import ChunkedArrayReader
+    from model.data.zarr_read import ChunkedArrayReader
 
     readers, buf = {}, np.empty((1, *PATCH), np.float16)
 
@@ -163,7 +163,7 @@ def decode_floor_fn(store: str, positions):
 
     import numcodecs
 
-    from model.zarr_read import ChunkedArrayReader
+    from model.data.zarr_read import ChunkedArrayReader
 
     chunks = ChunkedArrayReader(f"{store}/{positions[0][0].store_path}/image").chunks[1:]
 
@@ -342,7 +342,7 @@ def main() -> None:
 
         fns = {"decode floor: Blosc decode of the overlapped chunks, bytes in memory":
                decode_floor_fn(store, positions),
-               "direct chunk reader (model.zarr_read), 1 Blosc thread": direct_fn(store),
+               "direct chunk reader (model.data.zarr_read), 1 Blosc thread": direct_fn(store),
                "direct chunk reader, 2 Blosc threads": with_blosc_threads(direct_fn(store), 2),
                "zarr-python 3.1 slicing (its default thread pool)": zarr_fn(store)}
         every = {}

@@ -4,10 +4,10 @@
                                [--device cpu|cuda] [--precision fp32,bf16] [--store STORE --e2e-steps 20]
 
 Model throughput uses synthetic tensors (random image, random labels) and the real training step
-(``model.train.PretrainStepper``: Adam, cross-entropy, autocast and channels_last_3d as in training), so data
+(``model.training.loop.PretrainStepper``: Adam, cross-entropy, autocast and channels_last_3d as in training), so data
 loading is excluded. Defaults: CPU, depths 10/18/34/50 at 64³, batch 2, fp32. With CUDA available the default
 is every depth in fp32 and bf16 at 128³, and the table names the GPU (``torch.cuda.get_device_name()``).
-``--store`` adds an end-to-end row: ``model.tasks.pretrain`` on a real store (loader workers, patch reads,
+``--store`` adds an end-to-end row: ``model.training.pretrain.pretrain`` on a real store (loader workers, patch reads,
 logging), patches/s and data-wait from its metrics.jsonl.
 
 Prints a markdown table.
@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from model.config import TrainConfig  # noqa: E402
-from model.tasks import build_pretrain_net  # noqa: E402
-from model.train import PretrainStepper, make_optimizer, make_scheduler  # noqa: E402
+from model.training.config import TrainConfig  # noqa: E402
+from model.training.pretrain import build_pretrain_net  # noqa: E402
+from model.training.loop import PretrainStepper, make_optimizer, make_scheduler  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -64,8 +64,8 @@ def model_throughput(encoder: str, patch: tuple[int, int, int], batch: int, devi
 def end_to_end(store: str, encoder: str, patch: tuple[int, int, int], batch: int, device: torch.device,
                steps: int, workers: int) -> dict[str, float]:
     """pretrain() on a store: median patches/s, data-wait and step time over the steps after the first two."""
-    from model.metrics import read_metrics
-    from model.tasks import pretrain
+    from model.evaluation.metrics import read_metrics
+    from model.training.pretrain import pretrain
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(store=store, out=tmp, encoder=encoder, patch=patch, batch=batch, steps=steps,

@@ -19,7 +19,7 @@ __all__ = ["main"]
 
 
 class EncoderChoice(click.Choice):
-    """Choices read from ``model.resnet.ENCODERS`` when first needed (that import pulls in torch).
+    """Choices read from ``model.nets.resnet.ENCODERS`` when first needed (that import pulls in torch).
 
     ``kind="depth"``: the depths of plain ResNets (``10``, ``50``, ...); ``kind="name"``: every registry name.
     """
@@ -30,7 +30,7 @@ class EncoderChoice(click.Choice):
 
     @property
     def choices(self) -> tuple[str, ...]:  # type: ignore[override]
-        from model.resnet import ENCODERS
+        from model.nets.resnet import ENCODERS
 
         if self.kind == "name":
             return tuple(ENCODERS)
@@ -104,11 +104,11 @@ def pretrain(ctx: click.Context, store: str, out: str, **opts: Any) -> None:
     Writes RUN_DIR/config.json, checkpoint.pt (every --ckpt-every steps and at the end) and metrics.jsonl.
     Under torchrun every process trains on its own patches of the same domain.
     """
-    from model.config import TrainConfig
-    from model.tasks import CONFIG_FILE, PretrainError
-    from model.tasks import pretrain as run_pretrain
-    from model.train import DistEnv
-    from model.weights import WeightsMismatchError
+    from model.training.config import TrainConfig
+    from model.training.pretrain import CONFIG_FILE, PretrainError
+    from model.training.pretrain import pretrain as run_pretrain
+    from model.training.loop import DistEnv
+    from model.nets.weights import WeightsMismatchError
 
     progress = opts.pop("progress")
     resume = opts.pop("resume")
@@ -149,8 +149,8 @@ def pretrain(ctx: click.Context, store: str, out: str, **opts: Any) -> None:
               help="medicalnet: {'state_dict': {'module.*'}}, loadable by MedicalNet and MONAI.")
 def export(checkpoint: str, out: str, fmt: str) -> None:
     """Write the encoder of CHECKPOINT (a run's checkpoint.pt, or its RUN_DIR) to OUT, heads dropped."""
-    from model.tasks import load_pretrained_encoder
-    from model.weights import WeightsMismatchError, export_medicalnet
+    from model.training.pretrain import load_pretrained_encoder
+    from model.nets.weights import WeightsMismatchError, export_medicalnet
 
     path = Path(checkpoint)
     if path.is_dir():

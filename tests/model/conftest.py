@@ -93,7 +93,7 @@ def other_store(tmp_path_factory: pytest.TempPathFactory, tiny_store: str) -> st
 def fast_config(tiny_store: str):
     """Factory of TrainConfigs small enough for CPU tests: resnet10, 24³ patches, batch 2, no DataLoader workers,
     no validation, on ``tiny_store``. Call it as ``fast_config(out, **changes)``."""
-    from model.config import TrainConfig
+    from model.training.config import TrainConfig
 
     def make(out, **changes):
         kw = dict(store=tiny_store, out=str(out), encoder="resnet10", patch=(24, 24, 24), batch=2, steps=4,

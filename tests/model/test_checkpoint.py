@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from model.config import RUNTIME_FIELDS, TrainConfig, config_conflicts
+from model.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from model.training.config import RUNTIME_FIELDS, TrainConfig, config_conflicts
 
 
 def _payload(step: int = 3) -> dict:

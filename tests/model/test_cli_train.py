@@ -12,9 +12,9 @@ import torch
 from click.testing import CliRunner
 
 from model.cli import main
-from model.metrics import read_metrics
-from model.resnet import create_encoder
-from model.weights import load_encoder_weights
+from model.evaluation.metrics import read_metrics
+from model.nets.resnet import create_encoder
+from model.nets.weights import load_encoder_weights
 
 FAST = ["--depth", "10", "--batch", "1", "--patch", "24", "--device", "cpu", "--workers", "0", "--no-progress"]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.heads import ClassifierHead, LungDecoder, Med3DPretrainNet, MultiBranchHead
-from model.resnet import create_encoder
+from model.nets.heads import ClassifierHead, LungDecoder, Med3DPretrainNet, MultiBranchHead
+from model.nets.resnet import create_encoder
 
 
 @pytest.fixture()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.metrics import METRICS_FILE, MetricsLogger, dice_per_class, mean_foreground_dice, read_metrics
+from model.evaluation.metrics import METRICS_FILE, MetricsLogger, dice_per_class, mean_foreground_dice, read_metrics
 
 
 def test_dice_per_class_exact_values():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.resnet import ENCODERS, ResNet3D, ShortcutA, create_encoder
+from model.nets.resnet import ENCODERS, ResNet3D, ShortcutA, create_encoder
 
 KEYS_JSON = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "medicalnet_checkpoint_keys.json"
 DEPTHS = ["resnet_10", "resnet_18", "resnet_34", "resnet_50", "resnet_101", "resnet_152", "resnet_200"]

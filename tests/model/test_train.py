@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import load_checkpoint
+from model.training.checkpoint import load_checkpoint
 from model.data import PatchConfig, StoreIndex, make_loader
-from model.metrics import read_metrics
-from model.tasks import PretrainError, build_pretrain_net, pretrain, sliding_window_probs, tile_starts, validate
-from model.train import DistEnv, PretrainStepper, make_optimizer, make_scheduler, segmentation_loss, soft_dice_loss
+from model.evaluation.metrics import read_metrics
+from model.training.pretrain import PretrainError, build_pretrain_net, pretrain, sliding_window_probs, tile_starts, validate
+from model.training.loop import DistEnv, PretrainStepper, make_optimizer, make_scheduler, segmentation_loss, soft_dice_loss
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +233,7 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> N
     os.environ.update({"WORLD_SIZE": str(world), "RANK": str(rank), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
-    from model.config import TrainConfig
+    from model.training.config import TrainConfig
 
     result = pretrain(TrainConfig.from_dict(cfg_dict), progress=False, log=lambda s: None)
     torch.save({k: v.clone() for k, v in result.net.state_dict().items()}, Path(out) / f"rank{rank}.pt")
@@ -261,14 +261,14 @@ def test_ddp_on_cpu_two_processes(tmp_path, fast_config):
 
 
 def test_resume_refuses_another_world_size(tmp_path, fast_config, monkeypatch):
-    import model.tasks
+    import model.training.pretrain
 
     cfg = fast_config(tmp_path / "run", steps=2)
     pretrain(cfg, stop_after=1, progress=False)
     assert load_checkpoint(Path(cfg.out) / "checkpoint.pt")["world_size"] == 1
     # The same run resumed under a 2-process torchrun: rank 0 would draw other patches and average over 2.
-    monkeypatch.setattr(model.tasks.DistEnv, "from_environ", classmethod(lambda cls, environ=None: cls(0, 2, 0)))
-    monkeypatch.setattr(model.tasks, "init_distributed", lambda env, device: False)
+    monkeypatch.setattr(model.training.pretrain.DistEnv, "from_environ", classmethod(lambda cls, environ=None: cls(0, 2, 0)))
+    monkeypatch.setattr(model.training.pretrain, "init_distributed", lambda env, device: False)
     with pytest.raises(PretrainError, match="written by a run of 1 process.*this one has 2"):
         pretrain(cfg, resume=True, progress=False)
     assert load_checkpoint(Path(cfg.out) / "checkpoint.pt")["step"] == 1

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.heads import Med3DPretrainNet, MultiBranchHead
-from model.resnet import ResNet3D, create_encoder
-from model.weights import (
+from model.nets.heads import Med3DPretrainNet, MultiBranchHead
+from model.nets.resnet import ResNet3D, create_encoder
+from model.nets.weights import (
     LoadReport,
     WeightsMismatchError,
     detect_depth,

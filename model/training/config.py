@@ -41,7 +41,7 @@ class TrainConfig:
     out: str
     """Run folder: ``config.json``, ``checkpoint.pt``, ``metrics.jsonl`` (and TensorBoard events)."""
     encoder: str = "resnet10"
-    """Registry name in ``model.resnet.ENCODERS`` (``--depth 50`` means ``resnet50``)."""
+    """Registry name in ``model.nets.resnet.ENCODERS`` (``--depth 50`` means ``resnet50``)."""
     steps: int = 1000
     batch: int = 2
     """Patches per step and rank."""

@@ -1,6 +1,6 @@
 """The training loop: one optimiser step per batch, gradient sync under DDP, checkpoints, metrics, progress.
 
-Everything here is independent of where batches come from: the recipe (``model.tasks``) builds the network,
+Everything here is independent of where batches come from: the recipe (``model.training.pretrain``) builds the network,
 the loader and the callbacks that write checkpoints and validate; :func:`run_loop` drives them.
 
 Multi-GPU and unused branches
@@ -37,7 +37,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import TrainConfig
+from model.training.config import TrainConfig
 
 __all__ = [
     "DistEnv",
@@ -149,7 +149,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.
 
 
 class PretrainStepper:
-    """One optimiser step of a :class:`~model.heads.Med3DPretrainNet` on a one-domain batch.
+    """One optimiser step of a :class:`~model.nets.heads.Med3DPretrainNet` on a one-domain batch.
 
     Handles autocast (bf16), channels_last_3d, ``torch.compile`` of the encoder, and, under DDP, the split
     described in the module docstring: DDP around the encoder, a manual all-reduce for the active branch.

@@ -1,5 +1,5 @@
 """Patch streaming from a Med3D store: deterministic sampling, datasets, loader factory (the case index is in
-model.store_index).
+model.data.store_index).
 
 Every batch is a pure function of ``(seed, step, rank)``: the domain of a step comes from a hash of
 ``(seed, step)`` (the same on every DDP rank, so all ranks train the same branch), and each patch of the batch

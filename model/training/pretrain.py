@@ -1,10 +1,10 @@
 """Training recipes. ``pretrain``: Med3D multi-domain pretraining on a store (one branch per domain).
 
 The recipe assembles the pieces (store index and loader from ``model.data``, encoder and head, optimiser,
-schedule, checkpoints, metrics, validation) and hands them to :func:`model.train.run_loop`.
+schedule, checkpoints, metrics, validation) and hands them to :func:`model.training.loop.run_loop`.
 
->>> from model.config import TrainConfig
->>> from model.tasks import pretrain
+>>> from model.training.config import TrainConfig
+>>> from model.training.pretrain import pretrain
 >>> result = pretrain(TrainConfig(store="data/store", out="runs/r10", encoder="resnet10", steps=2000))
 """
 
@@ -20,12 +20,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from model.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from model.config import TrainConfig, config_conflicts
-from model.heads import Med3DPretrainNet, MultiBranchHead
-from model.metrics import MetricsLogger, dice_per_class
-from model.resnet import create_encoder
-from model.train import DistEnv, PretrainStepper, init_distributed, make_optimizer, make_scheduler, \
+from model.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from model.training.config import TrainConfig, config_conflicts
+from model.nets.heads import Med3DPretrainNet, MultiBranchHead
+from model.evaluation.metrics import MetricsLogger, dice_per_class
+from model.nets.resnet import create_encoder
+from model.training.loop import DistEnv, PretrainStepper, init_distributed, make_optimizer, make_scheduler, \
     resolve_device, run_loop
 
 __all__ = ["PretrainError", "PretrainResult", "build_pretrain_net", "load_pretrained_encoder", "pretrain",
@@ -240,7 +240,7 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
         if ckpt is not None:
             net.load_state_dict(ckpt["model"])
         elif cfg.init != "scratch":
-            from model.weights import load_encoder_weights
+            from model.nets.weights import load_encoder_weights
 
             report = load_encoder_weights(net.encoder, cfg.init)
             init_report = report.to_dict()
@@ -306,7 +306,7 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
 
 def load_pretrained_encoder(checkpoint: str | Path) -> tuple[nn.Module, Any]:
     """The encoder of one of our checkpoints (architecture from its config) and the load report."""
-    from model.weights import load_encoder_weights
+    from model.nets.weights import load_encoder_weights
 
     ckpt = load_checkpoint(checkpoint)
     name = ckpt.get("encoder") or TrainConfig.from_dict(ckpt["config"]).encoder

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from model.resnet import ENCODERS, ResNet3D, create_encoder
+from model.nets.resnet import ENCODERS, ResNet3D, create_encoder
 
 __all__ = [
     "LoadReport",
@@ -317,6 +317,6 @@ def export_medicalnet(encoder: nn.Module, path: str | os.PathLike[str]) -> Path:
     The file loads with MedicalNet's code and MONAI's ``resnetNN(pretrained=...)`` (for the depths they know) and
     back with :func:`load_encoder_weights`. A crash mid-write leaves any previous file intact.
     """
-    from .checkpoint import atomic_torch_save
+    from model.training.checkpoint import atomic_torch_save
 
     return atomic_torch_save({"state_dict": encoder_state_for_export(encoder)}, path)

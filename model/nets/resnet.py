@@ -8,11 +8,11 @@ without their ``module.`` prefix), so a checkpoint's state dict maps one to one 
   stride 1, so the features stay at stride 8 for dense prediction;
 - shortcut type B (1×1×1 conv + BN, keys ``downsample.0`` / ``downsample.1``) for 10/50/101/152/200; type A
   (stride subsampling + zero channel padding, no parameters) for 18/34. Loading weights of one type into the
-  other fails on the ``downsample`` keys, which is what ``model.weights`` reports.
+  other fails on the ``downsample`` keys, which is what ``model.nets.weights`` reports.
 
 ``preact_resnet200`` is the pre-activation ResNet-200 mentioned by the paper. It has no MedicalNet release; its
 block layout (``bn1`` on the block input, downsample on the raw input, no final norm) follows the pre-activation
-3D ResNets trained on Kinetics, whose checkpoints then load with ``model.weights.load_encoder_weights``.
+3D ResNets trained on Kinetics, whose checkpoints then load with ``model.nets.weights.load_encoder_weights``.
 
 Build encoders through :func:`create_encoder`; :data:`ENCODERS` lists the names (CLI choices come from it).
 """

@@ -1,0 +1,2 @@
+"""Evaluation: metrics (Dice, the LiTS surface set, classification), whole-volume inference, evaluate, predict,
+compare."""

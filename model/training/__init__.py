@@ -1,0 +1,1 @@
+"""Training: frozen run configs, atomic checkpoints, the step loop, and the recipes (pretrain, finetune)."""
