@@ -29,8 +29,8 @@ from catalog.io import store_join
 from .store_index import SPLITS, CaseEntry, StoreIndex, _node_meta, parse_exclude
 from .zarr_read import ChunkedArrayReader
 
-__all__ = ["SPLITS", "CaseEntry", "PatchConfig", "PatchSpec", "PretrainStream", "StoreIndex", "domain_for_step",
-           "make_loader", "parse_exclude", "read_volume", "sample_patch_spec"]
+__all__ = ["SPLITS", "CaseEntry", "PatchConfig", "PatchSpec", "PretrainStream", "StepStream", "StoreIndex",
+           "domain_for_step", "make_loader", "parse_exclude", "read_volume", "sample_patch_spec", "stream_loader"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,33 +139,31 @@ def sample_patch_spec(seed: int, step: int, rank: int, item: int, cases: Sequenc
     return PatchSpec(ci, start, channel, False)
 
 
-class PretrainStream(IterableDataset):
-    """Batches for multi-branch pretraining, one per step, each from one domain.
+class StepStream(IterableDataset):
+    """Base of the training streams: one batch per step, :meth:`batch` a pure function of ``step`` (and the
+    stream's seed and rank).
 
     Worker w of W yields steps ``start_step + w, start_step + w + W, ...``; a DataLoader with
-    ``batch_size=None`` interleaves workers round-robin, so it yields steps in order whatever W is. Each item:
-    ``image`` float32 (B, 1, Z, Y, X), ``label`` int64 (B, Z, Y, X), ``domain`` str, ``step`` int, ``cases``
-    list of store paths. Chunk readers are opened lazily inside each worker; whole volumes are never loaded.
+    ``batch_size=None`` interleaves workers round-robin, so it yields steps in order whatever W is. Chunk
+    readers are opened lazily inside each worker and cached per store path; whole volumes are never loaded.
     """
 
-    def __init__(self, store: str | os.PathLike[str], index: StoreIndex, cfg: PatchConfig, start_step: int = 0,
-                 num_steps: int | None = None, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, store: str | os.PathLike[str], start_step: int = 0, num_steps: int | None = None,
+                 rank: int = 0, world_size: int = 1) -> None:
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if start_step < 0 or (num_steps is not None and num_steps < 0):
             raise ValueError(f"start_step and num_steps must be >= 0, got {start_step}, {num_steps}")
         self.store = os.fspath(store)
-        self.index, self.cfg = index, cfg
         self.start_step, self.num_steps = int(start_step), num_steps
         self.rank, self.world_size = int(rank), int(world_size)
-        self._weights = index.weights(cfg.domain_sampling)
-        self._readers: dict[str, tuple[ChunkedArrayReader, ChunkedArrayReader]] = {}
+        self._readers: dict[str, tuple[ChunkedArrayReader, ChunkedArrayReader | None]] = {}
         self._scratch: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
 
     def __len__(self) -> int:
         if self.num_steps is None:
-            raise TypeError("an endless PretrainStream (num_steps=None) has no length")
+            raise TypeError(f"an endless {type(self).__name__} (num_steps=None) has no length")
         return self.num_steps
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -176,6 +174,42 @@ class PretrainStream(IterableDataset):
         while end is None or step < end:
             yield self.batch(step)
             step += n
+
+    def batch(self, step: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _open(self, store_path: str, label: bool = True) -> tuple[ChunkedArrayReader, ChunkedArrayReader | None]:
+        readers = self._readers.get(store_path)
+        if readers is None:
+            readers = (ChunkedArrayReader(store_join(self.store, store_path, "image")),
+                       ChunkedArrayReader(store_join(self.store, store_path, "label")) if label else None)
+            self._readers[store_path] = readers
+        return readers
+
+    def _buffer(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        key = (np.dtype(dtype).str, tuple(shape))
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = np.empty(shape, dtype)
+        return buf
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Readers and scratch buffers are per process: a worker starts with none.
+        return {**self.__dict__, "_readers": {}, "_scratch": {}}
+
+
+class PretrainStream(StepStream):
+    """Batches for multi-branch pretraining, one per step, each from one domain (see :class:`StepStream`).
+
+    Each item: ``image`` float32 (B, 1, Z, Y, X), ``label`` int64 (B, Z, Y, X), ``domain`` str, ``step`` int,
+    ``cases`` list of store paths.
+    """
+
+    def __init__(self, store: str | os.PathLike[str], index: StoreIndex, cfg: PatchConfig, start_step: int = 0,
+                 num_steps: int | None = None, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(store, start_step, num_steps, rank, world_size)
+        self.index, self.cfg = index, cfg
+        self._weights = index.weights(cfg.domain_sampling)
 
     def batch(self, step: int) -> dict[str, Any]:
         """The batch of ``step`` for this rank (pure: the same on every call)."""
@@ -198,25 +232,6 @@ class PretrainStream(IterableDataset):
             label[item].copy_(torch.from_numpy(lab))
             paths.append(case.store_path)
         return {"image": image, "label": label, "domain": domain, "step": int(step), "cases": paths}
-
-    def _open(self, store_path: str) -> tuple[ChunkedArrayReader, ChunkedArrayReader]:
-        readers = self._readers.get(store_path)
-        if readers is None:
-            readers = (ChunkedArrayReader(store_join(self.store, store_path, "image")),
-                       ChunkedArrayReader(store_join(self.store, store_path, "label")))
-            self._readers[store_path] = readers
-        return readers
-
-    def _buffer(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-        key = (np.dtype(dtype).str, tuple(shape))
-        buf = self._scratch.get(key)
-        if buf is None:
-            buf = self._scratch[key] = np.empty(shape, dtype)
-        return buf
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Readers and scratch buffers are per process: a worker starts with none.
-        return {**self.__dict__, "_readers": {}, "_scratch": {}}
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -244,9 +259,15 @@ def make_loader(store: str | os.PathLike[str], index: StoreIndex, cfg: PatchConf
     Persistent workers when ``workers > 0``, pinned memory when CUDA is available, ``prefetch_factor``
     (2..4) batches in flight per worker.
     """
+    return stream_loader(PretrainStream(store, index, cfg, start_step, num_steps, rank, world_size), workers,
+                         prefetch_factor)
+
+
+def stream_loader(ds: StepStream, workers: int = 2, prefetch_factor: int = 2) -> DataLoader:
+    """A DataLoader yielding ``ds``'s batches in step order (``batch_size=None``): persistent workers with one
+    Blosc thread each when ``workers > 0``, pinned memory when CUDA is available."""
     if not 2 <= prefetch_factor <= 4:
         raise ValueError(f"prefetch_factor must be in 2..4, got {prefetch_factor}")
-    ds = PretrainStream(store, index, cfg, start_step, num_steps, rank, world_size)
     kw: dict[str, Any] = {}
     if workers > 0:
         kw = {"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": _worker_init}

@@ -141,15 +141,16 @@ class TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def config_conflicts(saved: TrainConfig, new: TrainConfig) -> list[str]:
-    """Fields in which ``new`` differs from ``saved`` in a way that would change the weights of a resumed run.
+def config_conflicts(saved: Any, new: Any, runtime: frozenset[str] = RUNTIME_FIELDS) -> list[str]:
+    """Fields in which ``new`` differs from ``saved`` (two configs of one dataclass, e.g. :class:`TrainConfig`)
+    in a way that would change the weights of a resumed run; fields in ``runtime`` may differ.
 
     ``steps`` may grow only with the constant schedule: poly and cosine rates depend on the total.
     """
     out = []
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(saved):
         a, b = getattr(saved, f.name), getattr(new, f.name)
-        if f.name in RUNTIME_FIELDS or a == b:
+        if f.name in runtime or a == b:
             continue
         if f.name == "steps" and saved.scheduler == "constant" and b >= a:
             continue

@@ -21,15 +21,16 @@ import torch.distributed as dist
 from torch import nn
 
 from model.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from model.training.config import TrainConfig, config_conflicts
+from model.training.config import RUNTIME_FIELDS, TrainConfig, config_conflicts
 from model.nets.heads import Med3DPretrainNet, MultiBranchHead
+from model.evaluation.inference import sliding_window_probs
 from model.evaluation.metrics import MetricsLogger, dice_per_class
 from model.nets.resnet import create_encoder
 from model.training.loop import DistEnv, PretrainStepper, init_distributed, make_optimizer, make_scheduler, \
     resolve_device, run_loop
 
 __all__ = ["PretrainError", "PretrainResult", "build_pretrain_net", "load_pretrained_encoder", "pretrain",
-           "sliding_window_probs", "tile_starts", "validate"]
+           "validate"]
 
 CONFIG_FILE = "config.json"
 
@@ -54,48 +55,6 @@ def build_pretrain_net(encoder: str, classes: Mapping[str, int]) -> Med3DPretrai
     """Encoder ``encoder`` (1 input channel) + one 1×1×1 branch per domain of ``classes`` (domain -> classes)."""
     enc = create_encoder(encoder, in_chans=1)
     return Med3DPretrainNet(enc, MultiBranchHead(enc.out_channels, dict(classes)))
-
-
-def tile_starts(size: int, patch: int, overlap: float) -> list[int]:
-    """Start offsets of tiles of length ``patch`` covering ``[0, size)`` with at least ``overlap`` (fraction of
-    ``patch``) between neighbours; first tile at 0, last ending at ``size``. ``[0]`` when ``size <= patch``."""
-    if size <= patch:
-        return [0]
-    stride = max(1, int(patch * (1 - overlap)))
-    n = math.ceil((size - patch) / stride) + 1
-    return sorted({round(i * (size - patch) / (n - 1)) for i in range(n)})
-
-
-@torch.no_grad()
-def sliding_window_probs(net: Med3DPretrainNet, image: torch.Tensor, domain: str, patch: Sequence[int], *,
-                         overlap: float = 0.25, batch: int = 2, device: torch.device | str = "cpu",
-                         amp: bool = False) -> torch.Tensor:
-    """Softmax probabilities of a whole volume by tiled inference at patch size.
-
-    image (Z, Y, X) float32 -> probabilities (classes, Z, Y, X) float32 on the CPU. Volumes smaller than the
-    patch are zero-padded (zero is the mean of a z-scored volume); overlapping tiles are averaged uniformly.
-    The network must be in eval mode.
-    """
-    device = torch.device(device)
-    size = tuple(int(s) for s in image.shape)
-    padded = tuple(max(s, p) for s, p in zip(size, patch))
-    vol = torch.zeros(padded, dtype=torch.float32)
-    vol[: size[0], : size[1], : size[2]] = image
-    n_classes = net.head.classes[domain]
-    acc = torch.zeros((n_classes, *padded), dtype=torch.float32)
-    hits = torch.zeros(padded, dtype=torch.float32)
-    boxes = [(z, y, x) for z in tile_starts(padded[0], patch[0], overlap)
-             for y in tile_starts(padded[1], patch[1], overlap) for x in tile_starts(padded[2], patch[2], overlap)]
-    for i in range(0, len(boxes), batch):
-        group = boxes[i: i + batch]
-        x = torch.stack([vol[z: z + patch[0], y: y + patch[1], w: w + patch[2]] for z, y, w in group])[:, None]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = net(x.to(device), domain)
-        probs = logits.float().softmax(dim=1).cpu()
-        for (z, y, w), p in zip(group, probs):
-            acc[:, z: z + patch[0], y: y + patch[1], w: w + patch[2]] += p
-            hits[z: z + patch[0], y: y + patch[1], w: w + patch[2]] += 1
-    return (acc / hits)[:, : size[0], : size[1], : size[2]]
 
 
 def _val_cases(store: str, classes: Mapping[str, int], excluded: set[str],
@@ -141,7 +100,8 @@ def validate(net: Med3DPretrainNet, store: str, cases: Sequence[tuple[str, str]]
     try:
         for domain, path in chosen[env.rank:: env.world_size]:
             image, label = read_volume(store, path, channel=0)
-            probs = sliding_window_probs(net, torch.from_numpy(image), domain, cfg.patch, overlap=cfg.val_overlap,
+            probs = sliding_window_probs(lambda x, d=domain: net(x, d), torch.from_numpy(image), cfg.patch,
+                                         classes[domain], overlap=cfg.val_overlap,
                                          batch=cfg.batch, device=device, amp=amp)
             n = classes[domain]
             dice = dice_per_class(probs[None], torch.from_numpy(label.astype("int64"))[None], n)
@@ -172,25 +132,28 @@ def validate(net: Med3DPretrainNet, store: str, cases: Sequence[tuple[str, str]]
     return out
 
 
-def _checkpoint_for_resume(cfg: TrainConfig, path: Path, resume: bool, log: Callable[[str], None],
-                           env: DistEnv = DistEnv()) -> dict[str, Any] | None:
+def checkpoint_for_resume(cfg: Any, path: Path, resume: bool, log: Callable[[str], None],
+                          env: DistEnv = DistEnv(), *, runtime: frozenset[str] = RUNTIME_FIELDS,
+                          error: type[ValueError] = PretrainError) -> dict[str, Any] | None:
+    """The checkpoint to resume from (None for a new run), after checking it fits ``cfg`` (a TrainConfig or
+    FinetuneConfig; fields in ``runtime`` may differ) and this job's world size. Raises ``error`` otherwise."""
     if not path.exists():
         if resume:
             log(f"--resume: no checkpoint in {path.parent} yet, starting a new run")
         return None
     if not resume:
-        raise PretrainError(f"{path} exists: pass --resume to continue that run, or choose another --out "
+        raise error(f"{path} exists: pass --resume to continue that run, or choose another --out "
                             "(nothing was overwritten)")
     ckpt = load_checkpoint(path)
-    conflicts = config_conflicts(TrainConfig.from_dict(ckpt["config"]), cfg)
+    conflicts = config_conflicts(type(cfg).from_dict(ckpt["config"]), cfg, runtime)
     if conflicts:
-        raise PretrainError(f"cannot resume {path}: the configuration differs from the checkpoint's in "
+        raise error(f"cannot resume {path}: the configuration differs from the checkpoint's in "
                             + "; ".join(conflicts) + ". Resume with the same settings, or start a new --out")
     # Patches depend on the rank and the effective batch on the number of ranks: another world size would
     # train on other batches than the uninterrupted run.
     saved_world = ckpt.get("world_size")
     if saved_world is not None and int(saved_world) != env.world_size:
-        raise PretrainError(f"cannot resume {path}: it was written by a run of {int(saved_world)} process(es), "
+        raise error(f"cannot resume {path}: it was written by a run of {int(saved_world)} process(es), "
                             f"this one has {env.world_size}; resume with the same number of processes "
                             "(torchrun --nproc-per-node), or start a new --out")
     return ckpt
@@ -218,7 +181,7 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
     try:
         run_dir = Path(cfg.out)
         ckpt_path = run_dir / CHECKPOINT_NAME
-        ckpt = _checkpoint_for_resume(cfg, ckpt_path, resume, log, env)
+        ckpt = checkpoint_for_resume(cfg, ckpt_path, resume, log, env)
         try:
             excluded = parse_exclude(cfg.exclude) if cfg.exclude else set()
             index = StoreIndex.from_store(cfg.store, split="train", exclude_scan_ids=excluded)

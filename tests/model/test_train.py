@@ -14,7 +14,8 @@ import torch
 from model.training.checkpoint import load_checkpoint
 from model.data import PatchConfig, StoreIndex, make_loader
 from model.evaluation.metrics import read_metrics
-from model.training.pretrain import PretrainError, build_pretrain_net, pretrain, sliding_window_probs, tile_starts, validate
+from model.evaluation.inference import sliding_window_probs, tile_starts
+from model.training.pretrain import PretrainError, build_pretrain_net, pretrain, validate
 from model.training.loop import DistEnv, PretrainStepper, make_optimizer, make_scheduler, segmentation_loss, soft_dice_loss
 
 
@@ -189,13 +190,21 @@ def test_sliding_window_matches_single_pass_and_validates(tiny_store, fast_confi
     torch.manual_seed(0)
     net = build_pretrain_net("resnet10", {"alpha": 2, "beta": 3}).eval()
     image = torch.randn(20, 22, 18)
-    whole = sliding_window_probs(net, image, "beta", (24, 24, 24))
+    whole = sliding_window_probs(lambda x: net(x, "beta"), image, (24, 24, 24), 3)
     padded = torch.zeros(1, 1, 24, 24, 24)
     padded[0, 0, :20, :22, :18] = image
     with torch.no_grad():
         ref = net(padded, "beta").softmax(1)[0, :, :20, :22, :18]
     torch.testing.assert_close(whole, ref, rtol=1e-5, atol=1e-6)
-    tiled = sliding_window_probs(net, torch.randn(40, 30, 26), "alpha", (24, 24, 24), overlap=0.5, batch=3)
+    tiled = sliding_window_probs(lambda x: net(x, "alpha"), torch.randn(40, 30, 26), (24, 24, 24), 2, overlap=0.5,
+                                 batch=3)
+    # a box gives the same probabilities as the whole volume wherever the box's tiles see the same context
+    vol = torch.randn(30, 30, 30)
+    boxed = sliding_window_probs(lambda x: net(x, "alpha"), vol, (24, 24, 24), 2, box=((3, 4, 5), (27, 28, 29)))
+    assert boxed.shape == (2, 24, 24, 24)
+    with torch.no_grad():
+        ref_box = net(vol[3:27, 4:28, 5:29][None, None], "alpha").softmax(1)[0]
+    torch.testing.assert_close(boxed, ref_box, rtol=1e-5, atol=1e-6)
     assert tiled.shape == (2, 40, 30, 26)
     torch.testing.assert_close(tiled.sum(0), torch.ones(40, 30, 26))
 

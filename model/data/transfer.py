@@ -1,0 +1,280 @@
+"""Training streams of the transfer tasks, on the same rules as pretraining (:mod:`model.data.patches`): each
+batch is a pure function of ``(seed, step, rank)``, so ``--resume`` draws exactly what the uninterrupted run
+would have drawn, and chunk readers open lazily inside DataLoader workers.
+
+- :class:`RoiPatchStream` (liver ``fine``): patches inside the liver's bounding box grown by a random margin.
+- :class:`CoarseStream` (liver ``coarse``): whole volumes at a fixed low resolution, from a cache computed once
+  per run (:func:`build_coarse_cache`), so no step decodes a full-resolution CT.
+- :class:`NoduleStream` (nodule): the LIDC store's 48 mm crops with their benign/malignant label, random flips.
+- lung uses :class:`~model.data.patches.PretrainStream` on the one-domain VISCERAL store.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from catalog import load_catalog, load_domains, load_nodules
+from catalog.io import store_join
+
+from .patches import StepStream, _empty, read_volume
+from .store_index import CaseEntry, StoreIndex
+from .zarr_read import ChunkedArrayReader
+
+__all__ = ["CoarseStream", "NoduleStream", "RoiPatchStream", "TaskData", "build_coarse_cache", "foreground_box",
+           "nodule_labels", "resize_image", "resize_mask", "task_data"]
+
+NODULE_CLASSES = {"benign": 0, "malignant": 1}
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """The cases of one split of a transfer store (one domain), with what the recipes need to know of it."""
+
+    store: str
+    domain: str
+    split: str
+    cases: tuple[CaseEntry, ...]
+    num_classes: int
+    spacing: tuple[float, float, float]
+    """Stored grid spacing (z, y, x) mm of the domain."""
+
+    @property
+    def scan_ids(self) -> tuple[str, ...]:
+        return tuple(sorted({c.scan_id for c in self.cases}))
+
+
+def task_data(store: str | os.PathLike[str], split: str) -> TaskData:
+    """The complete, labelled ok cases of ``split`` in a one-domain transfer store (LiTS, VISCERAL or LIDC)."""
+    store = os.fspath(store)
+    index = StoreIndex.from_store(store, split=split)
+    if len(index.domains) != 1:
+        raise ValueError(f"{store}: a transfer store holds one domain, this one has {', '.join(index.domains)}; "
+                         "give the store built by build-lits, build-visceral or build-lidc")
+    domain = index.domains[0]
+    doms = load_domains(store).set_index("domain")
+    spacing = tuple(float(s) for s in doms.loc[domain, "target_spacing"])
+    return TaskData(store, domain, split, index.cases[domain], index.num_classes[domain], spacing)  # type: ignore
+
+
+def _rng(seed: int, step: int, rank: int, item: int) -> np.random.Generator:
+    return np.random.default_rng([seed, step, rank, item])
+
+
+# ---------------------------------------------------------------------------------------------- liver, fine
+def foreground_box(label: np.ndarray) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """Bounding box (lo, hi exclusive), (z, y, x) voxels, of ``label > 0``; None when there is none."""
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hit = np.flatnonzero(np.any(label > 0, axis=other))
+        if hit.size == 0:
+            return None
+        box.append((int(hit[0]), int(hit[-1]) + 1))
+    return tuple(b[0] for b in box), tuple(b[1] for b in box)  # type: ignore[return-value]
+
+
+def liver_boxes(data: TaskData, progress: Callable[[int], None] | None = None) -> dict[str, list[list[int]]]:
+    """Every case's liver box from its stored label: {store_path: [lo, hi]}; cases without liver are left out."""
+    out = {}
+    for case in data.cases:
+        lab = ChunkedArrayReader(store_join(data.store, case.store_path, "label")).read_all()
+        box = foreground_box(lab)
+        if box is not None:
+            out[case.store_path] = [list(box[0]), list(box[1])]
+        if progress is not None:
+            progress(1)
+    if not out:
+        raise ValueError(f"{data.store}: no {data.split} case has a liver label (value > 0)")
+    return out
+
+
+def roi_patch_start(box: tuple[Sequence[int], Sequence[int]], margin: Sequence[int], shape: Sequence[int],
+                    patch: Sequence[int], rng: np.random.Generator) -> tuple[int, int, int]:
+    """A patch start (z, y, x) inside the box grown by ``margin`` voxels per side (clipped to the volume); a
+    grown box smaller than the patch lies anywhere inside the patch. Drawn uniformly with ``rng``."""
+    start = []
+    for lo, hi, m, s, p in zip(box[0], box[1], margin, shape, patch):
+        a, b = max(0, lo - m), min(s, hi + m)
+        first, last = (a, b - p) if b - a >= p else (b - p, a)
+        start.append(int(rng.integers(first, last + 1)))
+    return tuple(start)  # type: ignore[return-value]
+
+
+class RoiPatchStream(StepStream):
+    """Liver ``fine`` batches: ``image`` float32 (B, 1, *patch), ``label`` int64 (B, *patch) with 1 = liver
+    (LiTS liver and tumour), 0 elsewhere; patches drawn inside each case's liver box grown by a margin drawn
+    from ``margin_mm`` (per axis, in mm, converted with ``spacing``)."""
+
+    def __init__(self, store: str, cases: Sequence[CaseEntry], boxes: dict[str, list[list[int]]], *,
+                 patch: Sequence[int], batch: int, margin_mm: tuple[float, float], spacing: Sequence[float],
+                 seed: int, task: str = "liver", start_step: int = 0, num_steps: int | None = None,
+                 rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(store, start_step, num_steps, rank, world_size)
+        self.cases = [c for c in cases if c.store_path in boxes]
+        self.boxes = boxes
+        self.patch, self.batch_size, self.seed, self.task = tuple(patch), int(batch), int(seed), task
+        self.margin_mm, self.spacing = margin_mm, tuple(float(s) for s in spacing)
+
+    def batch(self, step: int) -> dict[str, Any]:
+        image = _empty((self.batch_size, 1, *self.patch), torch.float32)
+        label = _empty((self.batch_size, *self.patch), torch.int64)
+        paths = []
+        for item in range(self.batch_size):
+            rng = _rng(self.seed, step, self.rank, item)
+            case = self.cases[int(rng.integers(len(self.cases)))]
+            margin = [int(round(rng.uniform(*self.margin_mm) / s)) for s in self.spacing]
+            start = roi_patch_start(self.boxes[case.store_path], margin, case.shape, self.patch, rng)
+            stop = [a + p for a, p in zip(start, self.patch)]
+            img_r, lab_r = self._open(case.store_path)
+            buf = img_r.read((0, *start), (1, *stop), pad=0.0, out=self._buffer(img_r.dtype, (1, *self.patch)))
+            image[item].copy_(torch.from_numpy(buf))
+            lab = lab_r.read(start, stop, pad=0, out=self._buffer(lab_r.dtype, self.patch))
+            label[item].copy_(torch.from_numpy(lab > 0))
+            paths.append(case.store_path)
+        return {"image": image, "label": label, "domain": self.task, "step": int(step), "cases": paths}
+
+
+# -------------------------------------------------------------------------------------------- liver, coarse
+def resize_image(image: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """(Z, Y, X) float -> (*shape) float32, trilinear (align_corners=False), antialiased by area averaging
+    first where an axis shrinks by 2× or more (trilinear alone would sample every n-th voxel)."""
+    x = image.to(torch.float32)[None, None]
+    factors = [max(1, int(s // t)) for s, t in zip(x.shape[-3:], shape)]
+    if max(factors) > 1:
+        x = F.avg_pool3d(x, kernel_size=factors, stride=factors, ceil_mode=True, count_include_pad=False)
+    return F.interpolate(x, size=tuple(int(s) for s in shape), mode="trilinear", align_corners=False)[0, 0]
+
+
+def resize_mask(mask: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """A binary (Z, Y, X) mask resized like :func:`resize_image`, thresholded at 0.5 -> bool."""
+    return resize_image((mask > 0).to(torch.float32), shape) >= 0.5
+
+
+COARSE_MANIFEST = "manifest.json"
+
+
+def build_coarse_cache(data: TaskData, shape: Sequence[int], folder: str | os.PathLike[str],
+                       progress: Callable[[int], None] | None = None) -> Path:
+    """Write every case of ``data`` at the coarse resolution: ``folder/<case_id>.npz`` holding ``image``
+    (float16, *shape) and ``label`` (uint8, 1 = liver), plus a manifest (shape, cases, their params hashes).
+
+    Computed once per run (one full decode per case); an existing cache with the same manifest is kept.
+    """
+    folder = Path(folder)
+    rows = load_catalog(data.store).set_index("store_path")
+    manifest = {"shape": [int(s) for s in shape], "store": data.store,
+                "cases": {c.store_path: str(rows.loc[c.store_path, "params_hash"]) for c in data.cases}}
+    path = folder / COARSE_MANIFEST
+    if path.is_file() and json.loads(path.read_text()) == manifest:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for case in data.cases:
+        image, label = read_volume(data.store, case.store_path)
+        small = resize_image(torch.from_numpy(image), shape).to(torch.float16).numpy()
+        lab = resize_mask(torch.from_numpy(label), shape).numpy().astype(np.uint8)
+        tmp = folder / f".{_cache_name(case.store_path)}.tmp.npz"
+        np.savez(tmp, image=small, label=lab)
+        os.replace(tmp, folder / f"{_cache_name(case.store_path)}.npz")
+        if progress is not None:
+            progress(1)
+    tmp = folder / f".{COARSE_MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, path)
+    return folder
+
+
+def _cache_name(store_path: str) -> str:
+    return store_path.replace("/", "__")
+
+
+class CoarseStream(StepStream):
+    """Liver ``coarse`` batches from the cache: ``image`` (B, 1, *shape) float32, ``label`` (B, *shape) int64,
+    whole volumes drawn uniformly; a random flip of the left-right axis with probability 1/2."""
+
+    def __init__(self, cache: str | os.PathLike[str], cases: Sequence[CaseEntry], *, batch: int, seed: int,
+                 task: str = "liver", start_step: int = 0, num_steps: int | None = None, rank: int = 0,
+                 world_size: int = 1) -> None:
+        super().__init__(os.fspath(cache), start_step, num_steps, rank, world_size)
+        self.cases = list(cases)
+        self.batch_size, self.seed, self.task = int(batch), int(seed), task
+        self.shape = tuple(json.loads((Path(cache) / COARSE_MANIFEST).read_text())["shape"])
+
+    def batch(self, step: int) -> dict[str, Any]:
+        image = _empty((self.batch_size, 1, *self.shape), torch.float32)
+        label = _empty((self.batch_size, *self.shape), torch.int64)
+        paths = []
+        for item in range(self.batch_size):
+            rng = _rng(self.seed, step, self.rank, item)
+            case = self.cases[int(rng.integers(len(self.cases)))]
+            with np.load(Path(self.store) / f"{_cache_name(case.store_path)}.npz") as z:
+                img, lab = z["image"], z["label"]
+            if rng.random() < 0.5:  # x is the left-right axis in the LPS store
+                img, lab = img[..., ::-1], lab[..., ::-1]
+            image[item, 0].copy_(torch.from_numpy(np.ascontiguousarray(img)))
+            label[item].copy_(torch.from_numpy(np.ascontiguousarray(lab)))
+            paths.append(case.store_path)
+        return {"image": image, "label": label, "domain": self.task, "step": int(step), "cases": paths}
+
+
+# ----------------------------------------------------------------------------------------------------- nodule
+def nodule_labels(store: str, cases: Sequence[CaseEntry]) -> dict[str, int]:
+    """{store_path: 0 benign | 1 malignant} of the crops in ``cases``, from ``STORE/nodules.parquet``; crops
+    whose nodule has no rating are left out."""
+    nod = load_nodules(store, missing_ok=True)
+    if nod is None:
+        raise ValueError(f"{store}: no nodules.parquet; build the LIDC store with `med3d-prep build-lidc`")
+    by_case = {r.case_id: r.label for r in nod.itertuples(index=False) if r.case_id}
+    out = {}
+    for c in cases:
+        label = by_case.get(c.store_path.split("/", 1)[1])
+        if label in NODULE_CLASSES:
+            out[c.store_path] = NODULE_CLASSES[label]
+    return out
+
+
+class NoduleStream(StepStream):
+    """Nodule batches: ``image`` float32 (B, 1, *crop), ``label`` int64 (B,) (0 benign, 1 malignant); crops
+    drawn uniformly, each flipped along every axis with probability 1/2. Crops of another size than ``crop``
+    are centre-cropped or padded with 0 (the series mean)."""
+
+    def __init__(self, store: str, cases: Sequence[CaseEntry], labels: dict[str, int], *, crop: Sequence[int],
+                 batch: int, seed: int, start_step: int = 0, num_steps: int | None = None, rank: int = 0,
+                 world_size: int = 1) -> None:
+        super().__init__(store, start_step, num_steps, rank, world_size)
+        self.cases = [c for c in cases if c.store_path in labels]
+        if not self.cases:
+            raise ValueError(f"{store}: no rated nodule crop to train on")
+        self.labels, self.crop = labels, tuple(int(c) for c in crop)
+        self.batch_size, self.seed = int(batch), int(seed)
+
+    def read_crop(self, case: CaseEntry) -> np.ndarray:
+        """The crop of ``case`` at size ``crop`` (centred), float32 (1, *crop)."""
+        start = [(s - c) // 2 for s, c in zip(case.shape, self.crop)]
+        stop = [a + c for a, c in zip(start, self.crop)]
+        img_r, _ = self._open(case.store_path, label=False)
+        buf = img_r.read((0, *start), (1, *stop), pad=0.0, out=self._buffer(img_r.dtype, (1, *self.crop)))
+        return torch.from_numpy(buf).to(torch.float32).numpy()
+
+    def batch(self, step: int) -> dict[str, Any]:
+        image = _empty((self.batch_size, 1, *self.crop), torch.float32)
+        label = _empty((self.batch_size,), torch.int64)
+        paths = []
+        for item in range(self.batch_size):
+            rng = _rng(self.seed, step, self.rank, item)
+            case = self.cases[int(rng.integers(len(self.cases)))]
+            crop = self.read_crop(case)
+            flips = [a + 1 for a in range(3) if rng.random() < 0.5]
+            if flips:
+                crop = np.flip(crop, axis=flips)
+            image[item].copy_(torch.from_numpy(np.ascontiguousarray(crop)))
+            label[item] = self.labels[case.store_path]
+            paths.append(case.store_path)
+        return {"image": image, "label": label, "domain": "nodule", "step": int(step), "cases": paths}

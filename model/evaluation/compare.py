@@ -1,0 +1,249 @@
+"""The paper's comparison table (task x depth x initialisation -> metric) from finished fine-tuning runs.
+
+Run folder contract (written by the fine-tuning recipes and ``med3d-train evaluate``):
+
+- ``RUN/finetune.json`` (required; marks a fine-tuning run): ``{"task": "liver" | "lung" | "nodule",
+  "encoder": "resnet10" | "resnet50" | ..., "init": "scratch" | PATH, "init_kind": "scratch" | "kinetics" |
+  "medicalnet" | "med3d", "metric": "dice" | "accuracy", ...}``.
+- ``RUN/metrics.jsonl`` (``RUN/<last stage>/metrics.jsonl`` when finetune.json lists ``stages`` other than
+  ``main``, as the liver's ``coarse``, ``fine``): JSON lines ``{"kind": "train" | "val", "step": int, ...}``; ``"val"`` rows carry the
+  task's main metric under ``"metric"`` (a fraction in [0, 1], higher is better; ``null`` when undefined) and
+  ``"split"``. When val rows of several splits exist, the ``"val"`` split makes the curve.
+- ``RUN/eval/<split>/summary.json``: ``{"task", "split": "test" | "val", "metric_name", "metric": float, ...}``;
+  the ``test`` summary is used when present, else ``val``.
+
+Metrics are fractions and shown as percent with 2 decimals, as the paper does. "Steps to reach" a cell is the
+first step at which the run's val metric is >= the last val metric of the row's scratch run (the from-scratch
+run's final quality): how much sooner a pretrained encoder gets there.
+
+>>> runs = collect_runs(["runs/lung_r10_scratch", "runs/lung_r10_med3d"])
+>>> compare_table(runs)          # index (task, depth), columns scratch / Kinetics / MedicalNet / Med3D (ours)
+>>> write_compare(runs, "runs/compare")      # compare.md, compare.csv
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["INIT_KINDS", "PAPER_REFERENCE", "collect_runs", "compare_cells", "compare_table", "write_compare"]
+
+INIT_KINDS: dict[str, str] = {"scratch": "scratch", "kinetics": "Kinetics", "medicalnet": "MedicalNet",
+                              "med3d": "Med3D (ours)"}
+"""``init_kind`` -> column name of the table, in column order."""
+
+PAPER_REFERENCE = """\
+Reference figures (from scratch -> Med3D, MedicalNet README; the paper's splits and full datasets):
+
+| task | metric | depth | scratch | Med3D |
+| --- | --- | --- | --- | --- |
+| lung segmentation (VISCERAL) | Dice | 10 | 71.30 | 87.16 |
+| lung segmentation (VISCERAL) | Dice | 50 | 71.75 | 93.31 |
+| nodule classification (LIDC-IDRI) | accuracy | 10 | 79.80 | 86.87 |
+| nodule classification (LIDC-IDRI) | accuracy | 50 | 84.85 | 89.90 |
+
+LiTS liver segmentation: Dice 94.6 (paper abstract; ResNet-152 encoder in a 3D DenseASPP).
+"""
+
+_RUN_COLUMNS = ["run", "task", "encoder", "depth", "init_kind", "metric_name", "metric", "split", "final_step",
+                "curve", "note", "mtime"]
+
+
+def _read_json(path: Path, folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{folder}: cannot read {path.name}: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{folder}: {path.name} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _depth(encoder: str, folder: Path) -> int:
+    found = re.findall(r"\d+", encoder)
+    if not found:
+        raise ValueError(f"{folder}: encoder {encoder!r} in finetune.json names no depth (expected e.g. 'resnet50')")
+    return int(found[-1])
+
+
+def _read_curve(path: Path, folder: Path) -> tuple[list[tuple[int, float]], int | None]:
+    """(step, val metric) pairs sorted by step, and the last step of any record (None without records)."""
+    if not path.exists():
+        return [], None
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{folder}: metrics.jsonl line {n} is not JSON: {e}") from e
+    final = max((int(r["step"]) for r in rows if "step" in r), default=None)
+    val = [r for r in rows if r.get("kind") == "val" and r.get("metric") is not None and "step" in r]
+    if len({r.get("split") for r in val}) > 1:
+        val = [r for r in val if r.get("split") == "val"]
+    points = {int(r["step"]): float(r["metric"]) for r in val if math.isfinite(float(r["metric"]))}
+    return sorted(points.items()), final
+
+
+def _read_run(folder: Path) -> dict[str, Any]:
+    spec_path = folder / "finetune.json"
+    if not spec_path.is_file():
+        raise ValueError(f"{folder} is not a fine-tuning run: it has no finetune.json (pass the folder given to "
+                         f"`med3d-train finetune --out`)")
+    spec = _read_json(spec_path, folder)
+    missing = [k for k in ("task", "encoder", "init_kind", "metric") if k not in spec]
+    if missing:
+        raise ValueError(f"{folder}: finetune.json lacks {', '.join(missing)}")
+    if spec["init_kind"] not in INIT_KINDS:
+        raise ValueError(f"{folder}: init_kind {spec['init_kind']!r} is not one of {', '.join(INIT_KINDS)}")
+    # A run of several stages (liver: coarse, fine) is measured by its last stage's curve.
+    stages = [s for s in spec.get("stages", []) if s != "main"]
+    metrics_path = folder / stages[-1] / "metrics.jsonl" if stages else folder / "metrics.jsonl"
+    curve, final_step = _read_curve(metrics_path, folder)
+    notes, metric, split, metric_name = [], math.nan, None, str(spec["metric"])
+    files = [spec_path, metrics_path]
+    for candidate in ("test", "val"):
+        summary_path = folder / "eval" / candidate / "summary.json"
+        if summary_path.is_file():
+            summary = _read_json(summary_path, folder)
+            value = summary.get("metric")
+            metric = math.nan if value is None else float(value)
+            split = str(summary.get("split", candidate))
+            metric_name = str(summary.get("metric_name", metric_name))
+            files.append(summary_path)
+            if value is None:
+                notes.append(f"eval/{candidate}/summary.json has no metric")
+            break
+    else:
+        notes.append("no evaluation yet (run `med3d-train evaluate RUN STORE --split test`)")
+    if not curve:
+        notes.append("no val metric in metrics.jsonl")
+    return {"run": str(folder), "task": str(spec["task"]), "encoder": str(spec["encoder"]),
+            "depth": _depth(str(spec["encoder"]), folder), "init_kind": spec["init_kind"], "metric_name": metric_name,
+            "metric": metric, "split": split, "final_step": final_step, "curve": curve, "note": "; ".join(notes),
+            "mtime": max(f.stat().st_mtime for f in files if f.exists())}
+
+
+def collect_runs(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """One row per fine-tuning run folder (see the module docstring for the folder contract).
+
+    Columns: ``run`` (folder), ``task``, ``encoder``, ``depth`` (int, from the encoder name), ``init_kind``,
+    ``metric_name``, ``metric`` (fraction from the eval summary; NaN without one), ``split`` (of that summary;
+    NaN without one), ``final_step`` (last step logged, Int64, NA without metrics), ``curve`` (list of
+    (step, val metric)), ``note`` (why a value is missing, "" when nothing is), ``mtime`` (Unix seconds, newest
+    of the run's files).
+
+    Raises ValueError naming the folder when it is not a fine-tuning run or its files are malformed.
+    """
+    rows = [_read_run(Path(p)) for p in paths]
+    df = pd.DataFrame(rows, columns=_RUN_COLUMNS)
+    df["depth"] = df["depth"].astype("int64")
+    df["metric"] = df["metric"].astype("float64")
+    df["final_step"] = df["final_step"].astype("Int64")
+    return df
+
+
+def _steps_to_reach(curve: Sequence[tuple[int, float]], target: float | None) -> int | None:
+    if target is None:
+        return None
+    return next((int(step) for step, value in curve if value >= target), None)
+
+
+def compare_cells(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per filled cell of the table (task, depth, init_kind), sorted by task, depth and column order.
+
+    Columns: ``task``, ``depth``, ``init_kind``, ``column`` (display name), ``metric_name``, ``metric``
+    (fraction), ``split``, ``steps_to_reach`` (Int64; NA when never reached or without a scratch run),
+    ``scratch_target`` (the scratch run's last val metric; NaN without one), ``final_step``, ``run``, ``n_runs``
+    (runs that shared the cell). When several runs share a cell the last-modified one is kept, with a warning.
+    """
+    kept = []
+    for (task, depth, kind), group in runs.groupby(["task", "depth", "init_kind"], sort=False):
+        group = group.sort_values("mtime", kind="stable")
+        if len(group) > 1:
+            warnings.warn(f"{len(group)} runs for {task} / depth {depth} / {kind}: using the last modified, "
+                          f"{group['run'].iloc[-1]} (ignoring {', '.join(group['run'].iloc[:-1])})", stacklevel=2)
+        kept.append(group.iloc[-1].to_dict() | {"n_runs": len(group)})
+    order = list(INIT_KINDS)
+    cells = []
+    for run in kept:
+        scratch = next((r for r in kept if r["task"] == run["task"] and r["depth"] == run["depth"]
+                        and r["init_kind"] == "scratch"), None)
+        target = scratch["curve"][-1][1] if scratch is not None and scratch["curve"] else None
+        cells.append({"task": run["task"], "depth": int(run["depth"]), "init_kind": run["init_kind"],
+                      "column": INIT_KINDS[run["init_kind"]], "metric_name": run["metric_name"],
+                      "metric": run["metric"], "split": run["split"],
+                      "steps_to_reach": _steps_to_reach(run["curve"], target),
+                      "scratch_target": math.nan if target is None else target, "final_step": run["final_step"],
+                      "run": run["run"], "n_runs": run["n_runs"]})
+    columns = ["task", "depth", "init_kind", "column", "metric_name", "metric", "split", "steps_to_reach",
+               "scratch_target", "final_step", "run", "n_runs"]
+    df = pd.DataFrame(cells, columns=columns)
+    df["order"] = df["init_kind"].map(order.index)
+    df = df.sort_values(["task", "depth", "order"], kind="stable").drop(columns="order").reset_index(drop=True)
+    df["depth"] = df["depth"].astype("int64")
+    df["metric"] = df["metric"].astype("float64")
+    df["scratch_target"] = df["scratch_target"].astype("float64")
+    for col in ("steps_to_reach", "final_step"):
+        df[col] = df[col].astype("Int64")
+    return df
+
+
+def _format_cell(metric: float, steps: Any) -> str:
+    value = "n/a" if pd.isna(metric) else f"{100 * metric:.2f}"
+    return f"{value} (step {'-' if pd.isna(steps) else int(steps)})"
+
+
+def compare_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The paper's table from :func:`collect_runs` output: index (task, depth), columns "scratch", "Kinetics",
+    "MedicalNet", "Med3D (ours)"; each cell "87.16 (step 300)": the metric in percent (2 decimals; "n/a" before
+    evaluation) and the steps to reach the scratch run's final val metric ("-" if never or without a scratch
+    run); "" where no run exists."""
+    return _table(compare_cells(runs))
+
+
+def _table(cells: pd.DataFrame) -> pd.DataFrame:
+    index = pd.MultiIndex.from_frame(cells[["task", "depth"]].drop_duplicates(), names=["task", "depth"])
+    table = pd.DataFrame("", index=index, columns=list(INIT_KINDS.values()))
+    for row in cells.itertuples(index=False):
+        table.loc[(row.task, row.depth), row.column] = _format_cell(row.metric, row.steps_to_reach)
+    return table
+
+
+def _markdown(table: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFrame) -> str:
+    header = ["task", "depth", "metric", *table.columns]
+    lines = ["# Transfer comparison", "", "| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header)
+             + " |"]
+    for (task, depth), row in table.iterrows():
+        names = cells.loc[(cells["task"] == task) & (cells["depth"] == depth), "metric_name"].unique()
+        lines.append("| " + " | ".join([str(task), f"ResNet-{depth}", "/".join(names), *row.tolist()]) + " |")
+    splits = sorted({str(s) for s in cells["split"].dropna()})
+    lines += ["", f"Metric in percent on the {'/'.join(splits) or 'evaluation'} split; in brackets, the first step "
+              "at which the run's val metric reached the scratch run's final val metric (\"-\": never, or no "
+              "scratch run)."]
+    notes = [f"- {r.run}: {r.note}" for r in runs.itertuples(index=False) if r.note]
+    duplicates = [f"- {c.task} / ResNet-{c.depth} / {c.column}: {c.n_runs} runs, kept {c.run} (last modified)"
+                  for c in cells.itertuples(index=False) if c.n_runs > 1]
+    if notes or duplicates:
+        lines += ["", "Notes:", "", *notes, *duplicates]
+    return "\n".join(lines + ["", PAPER_REFERENCE])
+
+
+def write_compare(runs: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``OUT_DIR/compare.md`` (the table, notes and the paper's reference figures) and
+    ``OUT_DIR/compare.csv`` (:func:`compare_cells`: one row per cell, numeric metric and steps). ``runs`` is
+    :func:`collect_runs` output. Returns (md_path, csv_path)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = compare_cells(runs)
+    table = _table(cells)
+    md_path, csv_path = out / "compare.md", out / "compare.csv"
+    md_path.write_text(_markdown(table, cells, runs))
+    cells.to_csv(csv_path, index=False)
+    return md_path, csv_path

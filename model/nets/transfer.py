@@ -1,0 +1,101 @@
+"""The transfer networks of Med3D: one encoder with the head of each target task.
+
+============== ============================================================== =====================
+task           head                                                            output
+============== ============================================================== =====================
+liver_coarse   1×1×1 conv to 2 classes, trilinear upsampling to the input      (N, 2, D, H, W)
+liver_fine     3D DenseASPP (:class:`~model.nets.aspp.DenseASPP3D`)             (N, 2, D, H, W)
+lung           :class:`~model.nets.heads.LungDecoder` + 1×1×1 conv             (N, classes, D, H, W)
+nodule         global average pooling + linear (:class:`ClassifierHead`)      (N, 2)
+============== ============================================================== =====================
+
+State dict keys are ``encoder.*`` (MedicalNet names) and ``head.*``: a fine-tuned run loads into another run's
+``--init`` exactly like a pretraining checkpoint (the encoder is taken, the head dropped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.nets.aspp import DenseASPP3D
+from model.nets.heads import ClassifierHead, LungDecoder
+from model.nets.resnet import ResNet3D, create_encoder
+
+__all__ = ["HEADS", "PointwiseHead", "TransferNet", "build_transfer_net"]
+
+
+class PointwiseHead(nn.Module):
+    """A 1×1×1 conv to ``num_classes`` on the stride-8 features, upsampled trilinearly to ``out_size``."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, num_classes, kernel_size=1)
+
+    def forward(self, features: torch.Tensor, out_size: Sequence[int] | None = None) -> torch.Tensor:
+        logits = self.conv(features)
+        if out_size is not None and tuple(logits.shape[-3:]) != tuple(int(s) for s in out_size):
+            logits = F.interpolate(logits, size=tuple(int(s) for s in out_size), mode="trilinear",
+                                   align_corners=False)
+        return logits
+
+
+class TransferNet(nn.Module):
+    """Encoder + task head. ``segmentation`` nets return logits at the input size, classifiers (N, classes)."""
+
+    def __init__(self, encoder: ResNet3D, head: nn.Module, *, task: str, segmentation: bool) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.task = task
+        self.segmentation = segmentation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, D, H, W) -> (N, classes, D, H, W) for segmentation, (N, classes) for classification."""
+        features = self.encoder(x)
+        if self.segmentation:
+            return self.head(features, x.shape[-3:])
+        return self.head(features)
+
+
+def _pointwise(c: int, n: int, opts: Mapping[str, Any]) -> nn.Module:
+    return PointwiseHead(c, n)
+
+
+def _aspp(c: int, n: int, opts: Mapping[str, Any]) -> nn.Module:
+    return DenseASPP3D(c, n, rates=tuple(opts.get("aspp_rates", (3, 6, 12, 18, 24))))
+
+
+def _lung(c: int, n: int, opts: Mapping[str, Any]) -> nn.Module:
+    return LungDecoder(c, n, widths=tuple(opts.get("decoder_widths", (256, 128, 64))))
+
+
+def _classifier(c: int, n: int, opts: Mapping[str, Any]) -> nn.Module:
+    return ClassifierHead(c, n)
+
+
+HEADS: dict[str, tuple[Any, bool]] = {
+    "liver_coarse": (_pointwise, True),
+    "liver_fine": (_aspp, True),
+    "lung": (_lung, True),
+    "nodule": (_classifier, False),
+}
+"""Network kind -> (head builder ``(in_channels, classes, options) -> nn.Module``, is segmentation)."""
+
+
+def build_transfer_net(kind: str, encoder: str, num_classes: int, options: Mapping[str, Any] | None = None
+                       ) -> TransferNet:
+    """The network of ``kind`` (a key of :data:`HEADS`) on a fresh ``encoder`` (registry name, 1 input channel).
+
+    ``options``: ``aspp_rates`` (liver_fine), ``decoder_widths`` (lung).
+    """
+    if kind not in HEADS:
+        raise ValueError(f"unknown transfer network {kind!r}; one of {', '.join(HEADS)}")
+    build, seg = HEADS[kind]
+    enc = create_encoder(encoder, in_chans=1)
+    return TransferNet(enc, build(enc.out_channels, int(num_classes), dict(options or {})), task=kind,
+                       segmentation=seg)

@@ -1,0 +1,294 @@
+"""Transfer recipes: ``finetune liver | lung | nodule`` (Med3D § 3.3), on the pretraining machinery (checkpoints,
+exact resume, metrics log, AMP, DDP).
+
+A run folder::
+
+    RUN/finetune.json         task, encoder, init and its kind, metric, stages, preprocessing recipe of the store
+    RUN/config.json, checkpoint.pt, metrics.jsonl          lung and nodule: the one stage
+    RUN/coarse/..., RUN/fine/...                            liver: one folder per stage (same files)
+    RUN/eval/<split>/...                                    written by ``med3d-train evaluate``
+
+>>> from model.training.finetune import finetune
+>>> finetune("liver", "data/lits_store", "runs/liver", init="runs/pretrain", steps=2000)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from model.evaluation.metrics import MetricsLogger
+from model.nets.transfer import TransferNet, build_transfer_net
+from model.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from model.training.finetune_config import FINETUNE_RUNTIME_FIELDS, STAGES, FinetuneConfig
+from model.training.finetune_data import stage_loader, stage_validator
+from model.training.finetune_step import FinetuneStepper
+from model.training.loop import DistEnv, init_distributed, make_optimizer, make_scheduler, resolve_device, run_loop
+from model.training.pretrain import CONFIG_FILE, checkpoint_for_resume
+
+__all__ = ["RUN_FILE", "FinetuneError", "StageResult", "finetune", "finetune_stage", "init_record", "load_stage",
+           "read_run", "resolve_init"]
+
+RUN_FILE = "finetune.json"
+METRIC = {"liver": "dice", "lung": "dice", "nodule": "accuracy"}
+
+
+class FinetuneError(ValueError):
+    """A fine-tuning run cannot start as asked; the message says what to do."""
+
+
+@dataclass
+class StageResult:
+    net: TransferNet
+    step: int
+    run_dir: Path
+    checkpoint: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_init(init: str) -> Path | None:
+    """``scratch`` -> None; a run folder -> its checkpoint (a liver run: the fine stage's, else the coarse one's);
+    a file -> itself. Raises FileNotFoundError naming what is missing."""
+    if init == "scratch":
+        return None
+    path = Path(init)
+    if path.is_dir():
+        for rel in (CHECKPOINT_NAME, f"fine/{CHECKPOINT_NAME}", f"coarse/{CHECKPOINT_NAME}"):
+            if (path / rel).is_file():
+                return path / rel
+        raise FileNotFoundError(f"--init {init}: a folder without {CHECKPOINT_NAME}; give a run folder, a checkpoint "
+                                "or a MedicalNet/Kinetics .pth")
+    if not path.is_file():
+        raise FileNotFoundError(f"--init {init}: no such file or folder (or 'scratch')")
+    return path
+
+
+def init_record(init: str) -> dict[str, Any]:
+    """What an ``--init`` brings besides weights: its encoder name (None when unknown), the scans it was trained
+    on (None when the file does not say: MedicalNet, Kinetics), and its kind (scratch, med3d, medicalnet,
+    kinetics, state_dict)."""
+    path = resolve_init(init)
+    if path is None:
+        return {"kind": "scratch", "encoder": None, "scan_ids": [], "path": None}
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and obj.get("format") == "med3d-train":
+        ids = set(obj.get("scan_ids") or []) | set(obj.get("init_scan_ids") or [])
+        return {"kind": "med3d", "encoder": obj.get("encoder"), "scan_ids": sorted(ids), "path": str(path)}
+    from model.nets.weights import _unwrap, detect_depth
+
+    fmt, state = _unwrap(obj)
+    try:
+        encoder = detect_depth(state)
+    except ValueError:
+        encoder = None
+    return {"kind": fmt, "encoder": encoder, "scan_ids": None, "path": str(path)}
+
+
+def _check_leakage(record: dict[str, Any], eval_ids: set[str], init: str, split: str,
+                   log: Callable[[str], None]) -> None:
+    if record["kind"] == "scratch":
+        return
+    if record["scan_ids"] is None:
+        log(f"warning: --init {init} ({record['kind']} weights) does not record which scans it was trained on; "
+            f"whether it saw the {split} scans this run is measured on cannot be checked")
+        return
+    seen = sorted(eval_ids & set(record["scan_ids"]))
+    if seen:
+        raise FinetuneError(
+            f"--init {init} was trained on {len(seen)} scan(s) of the {split} split this task is measured on: "
+            f"{', '.join(seen[:10])}{' ...' if len(seen) > 10 else ''}. Pretrain with --exclude STORE:{split} "
+            "(e.g. --exclude data/lits_store:val) or choose another --init")
+
+
+def _device(cfg: FinetuneConfig, env: DistEnv) -> torch.device:
+    try:
+        return resolve_device(cfg.device, env)
+    except ValueError as exc:
+        raise FinetuneError(str(exc)) from exc
+    except RuntimeError as exc:
+        raise FinetuneError(f"--device {cfg.device!r} is not a device: {exc}; use cpu, cuda or cuda:N") from exc
+
+
+def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int | None = None,
+                   progress: bool = True, log: Callable[[str], None] = print,
+                   preprocessing: dict[str, Any] | None = None) -> StageResult:
+    """Train one stage as ``cfg`` says; writes ``cfg.out``/{config.json, checkpoint.pt, metrics.jsonl}.
+
+    ``resume`` continues ``cfg.out/checkpoint.pt`` exactly; without it an existing checkpoint raises
+    :class:`FinetuneError`. ``stop_after`` ends after that many steps with a checkpoint (a preemption).
+    """
+    from model.data.transfer import task_data
+    from model.nets.weights import load_encoder_weights
+
+    env = DistEnv.from_environ()
+    device = _device(cfg, env)
+    created_group = init_distributed(env, device)
+    try:
+        run_dir = Path(cfg.out)
+        ckpt_path = run_dir / CHECKPOINT_NAME
+        ckpt = checkpoint_for_resume(cfg, ckpt_path, resume, log, env, runtime=FINETUNE_RUNTIME_FIELDS,
+                                     error=FinetuneError)
+        try:
+            train = task_data(cfg.store, "train")
+            evaluation = task_data(cfg.store, cfg.eval_split)
+        except (ValueError, FileNotFoundError) as exc:
+            raise FinetuneError(str(exc)) from exc
+        record = init_record(cfg.init)
+        if ckpt is None and env.is_main:
+            _check_leakage(record, set(evaluation.scan_ids), cfg.init, cfg.eval_split, log)
+        classes = 2 if cfg.task in ("liver", "nodule") else train.num_classes
+        torch.manual_seed(cfg.seed)
+        net = build_transfer_net(cfg.kind, cfg.encoder, classes, {"aspp_rates": cfg.aspp_rates,
+                                                                  "decoder_widths": cfg.decoder_widths})
+        init_report = None
+        if ckpt is not None:
+            net.load_state_dict(ckpt["model"])
+            init_report = ckpt.get("init_report")
+        elif record["path"] is not None:
+            report = load_encoder_weights(net.encoder, record["path"])
+            init_report = report.to_dict()
+            if env.is_main:
+                log(str(report))
+        amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
+        net.to(device)
+        opt_cfg = cfg.replace(lr=cfg.effective_lr)
+        optimizer = make_optimizer(net.parameters(), opt_cfg)
+        scheduler = make_scheduler(optimizer, opt_cfg)
+        start, summary = 0, {}
+        if ckpt is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            set_rng_state(ckpt["rng"])
+            start = int(ckpt["step"])
+            summary = dict(ckpt.get("metrics") or {})
+            if env.is_main:
+                log(f"resuming {ckpt_path} at step {start} of {cfg.steps}")
+        elif env.is_main:
+            log(f"fine-tuning {cfg.encoder} for {cfg.task}"
+                f"{'' if cfg.stage == 'main' else f' ({cfg.stage} stage)'} on {len(train.cases)} train cases of "
+                f"{cfg.store}, init {record['kind']}, lr {cfg.effective_lr:g}, {cfg.steps} steps")
+        end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+        loader, augment = stage_loader(cfg, train, run_dir, start=start, steps=max(end - start, 0), env=env,
+                                       progress=progress and env.is_main)
+        stepper = FinetuneStepper(net, optimizer, scheduler, loss=cfg.loss, device=device, amp=amp,
+                                  compile=cfg.compile, env=env, augment=augment, start_step=start)
+        train_ids = list(train.scan_ids)
+        if env.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.write_json(run_dir / CONFIG_FILE)
+
+        def save(step: int) -> None:
+            if env.is_main:
+                save_checkpoint({
+                    "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "step": step, "config": cfg.to_dict(), "rng": rng_state(),
+                    "encoder": cfg.encoder, "task": cfg.task, "stage": cfg.stage, "kind": cfg.kind,
+                    "num_classes": classes, "scan_ids": train_ids, "init_scan_ids": record["scan_ids"] or [],
+                    "init_kind": record["kind"], "init_report": init_report, "metrics": summary,
+                    "preprocessing": preprocessing or {}, "world_size": env.world_size,
+                }, ckpt_path)
+
+        validator = stage_validator(cfg, evaluation, run_dir, device=device, amp=amp) \
+            if cfg.val_every > 0 and env.is_main else None
+
+        def run_validation(step: int) -> dict[str, Any]:
+            return validator(net) if validator is not None else {}
+
+        with MetricsLogger(run_dir, enabled=env.is_main, resume_step=start if ckpt is not None else None) as logger:
+            summary = run_loop(stepper, loader, start_step=start, total_steps=cfg.steps, stop_after=stop_after,
+                               ckpt_every=cfg.ckpt_every, save=save, val_every=cfg.val_every,
+                               validate=run_validation if cfg.val_every > 0 else None, logger=logger,
+                               summary=summary, progress=progress, log_every=cfg.log_every)
+        return StageResult(net=net, step=max(end, start), run_dir=run_dir, checkpoint=ckpt_path, summary=summary)
+    finally:
+        if created_group:
+            dist.destroy_process_group()
+
+
+def finetune(task: str, store: str, out: str, *, stage: str = "both", resume: bool = False,
+             stop_after: int | None = None, progress: bool = True, log: Callable[[str], None] = print,
+             **options: Any) -> list[StageResult]:
+    """Run the transfer recipe of ``task`` on ``store`` into the run folder ``out``.
+
+    ``stage``: ``both`` (liver: coarse then fine; lung and nodule: their one stage), ``coarse`` or ``fine``.
+    ``options`` are :class:`FinetuneConfig` fields (``init``, ``encoder``, ``steps``, ``lr``...); without
+    ``encoder`` the encoder of the ``init`` weights is used (ResNet-10 from scratch).
+    """
+    from catalog import load_catalog, select
+    from pipeline.preprocess import recipe_from_store
+
+    stages = STAGES.get(task)
+    if stages is None:
+        raise FinetuneError(f"unknown task {task!r}: liver, lung or nodule")
+    if stage == "both":
+        chosen = stages
+    elif stage in stages:
+        chosen = (stage,)
+    else:
+        raise FinetuneError(f"task {task} has stages {', '.join(stages)} (or both), got {stage!r}")
+    init = str(options.get("init", "scratch"))
+    record = init_record(init)
+    if options.get("encoder") is None:
+        options["encoder"] = record["encoder"] or "resnet10"
+    root = Path(out)
+    rows = select(load_catalog(store), split="train", labelled=True)
+    if rows.empty:
+        raise FinetuneError(f"{store}: no ok, labelled train case; check it with `med3d-prep info {store}`")
+    preprocessing = recipe_from_store(store, str(rows["store_path"].iloc[0]))
+    results = []
+    for name in chosen:
+        stage_dir = root if name == "main" else root / name
+        cfg = FinetuneConfig(task=task, store=str(store), out=str(stage_dir), stage=name, **options)
+        if DistEnv.from_environ().is_main:
+            _write_run_file(root, cfg, record, stages, preprocessing)
+        results.append(finetune_stage(cfg, resume=resume, stop_after=stop_after, progress=progress, log=log,
+                                      preprocessing=preprocessing))
+    return results
+
+
+def _write_run_file(root: Path, cfg: FinetuneConfig, record: dict[str, Any], stages: tuple[str, ...],
+                    preprocessing: dict[str, Any]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    data = {"task": cfg.task, "encoder": cfg.encoder, "init": cfg.init, "init_kind": record["kind"],
+            "metric": METRIC[cfg.task], "stages": list(stages), "store": cfg.store, "eval_split": cfg.eval_split,
+            "preprocessing": preprocessing}
+    path = root / RUN_FILE
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if (old.get("task"), old.get("encoder"), old.get("init")) != (cfg.task, cfg.encoder, cfg.init):
+            raise FinetuneError(f"{root} holds a {old.get('task')} run ({old.get('encoder')}, init "
+                                f"{old.get('init')}); choose another --out")
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def read_run(run: str | Path) -> dict[str, Any]:
+    """``RUN/finetune.json``; a clear error for a folder that is not a fine-tuning run."""
+    path = Path(run) / RUN_FILE
+    if not path.is_file():
+        raise FinetuneError(f"{run} is not a fine-tuning run (no {RUN_FILE}); run `med3d-train finetune` first")
+    return json.loads(path.read_text())
+
+
+def load_stage(run: str | Path, stage: str, device: torch.device | str = "cpu") -> tuple[TransferNet,
+                                                                                           FinetuneConfig]:
+    """The trained network of one stage of a run (eval mode, on ``device``) and its config."""
+    folder = Path(run) if stage == "main" else Path(run) / stage
+    ckpt = load_checkpoint(folder / CHECKPOINT_NAME)
+    cfg = FinetuneConfig.from_dict(ckpt["config"])
+    net = build_transfer_net(cfg.kind, cfg.encoder, int(ckpt["num_classes"]),
+                             {"aspp_rates": cfg.aspp_rates, "decoder_widths": cfg.decoder_widths})
+    net.load_state_dict(ckpt["model"])
+    if int(ckpt["step"]) < cfg.steps:
+        print(f"note: {folder} stopped at step {ckpt['step']} of {cfg.steps} (resume it with --resume)")
+    return net.to(device).eval(), cfg
+
+
+def _isnan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)

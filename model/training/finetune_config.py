@@ -1,0 +1,163 @@
+"""Frozen configuration of a fine-tuning run (one task, one stage), stored in ``RUN/config.json`` and in every
+checkpoint, like :class:`~model.training.config.TrainConfig` for pretraining.
+
+The paper's recipes (DESIGN.md § 1) are the defaults: Adam, learning rate 1e-3 from pretrained weights and 1e-2
+from scratch (``lr=None`` picks by ``init``); the liver task in two stages (``coarse``: the whole volume resized
+to ``coarse_shape``; ``fine``: patches inside the liver ROI, DenseASPP head, rotation + translation augmentation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FINETUNE_RUNTIME_FIELDS", "STAGES", "TASKS", "FinetuneConfig", "paper_lr"]
+
+TASKS = ("liver", "lung", "nodule")
+STAGES = {"liver": ("coarse", "fine"), "lung": ("main",), "nodule": ("main",)}
+EVAL_SPLIT = {"liver": "val", "lung": "test", "nodule": "test"}
+"""Where each task is measured: LiTS test labels are not public, so the liver transfer is measured on the
+store's patient-level ``val`` split; VISCERAL and LIDC have labelled test splits."""
+
+FINETUNE_RUNTIME_FIELDS = frozenset(
+    {"store", "out", "device", "workers", "val_every", "val_max_cases", "ckpt_every", "compile", "amp", "log_every",
+     "overlap"}
+)
+
+
+def paper_lr(init: str) -> float:
+    """Med3D's transfer learning rate: 1e-2 when training from scratch, 1e-3 from pretrained weights."""
+    return 1e-2 if init == "scratch" else 1e-3
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig:
+    """One stage of one transfer task. Sizes are voxels (z, y, x) of the store grid unless they say mm."""
+
+    task: str
+    """``liver`` (LiTS store), ``lung`` (VISCERAL store) or ``nodule`` (LIDC store)."""
+    store: str
+    out: str
+    """This stage's run folder (``RUN`` for lung and nodule, ``RUN/coarse`` and ``RUN/fine`` for liver)."""
+    stage: str = "main"
+    """``main`` (lung, nodule); ``coarse`` or ``fine`` (liver)."""
+    encoder: str = "resnet10"
+    init: str = "scratch"
+    """``scratch``, one of our runs or checkpoints, a MedicalNet or a Kinetics ``.pth``."""
+    steps: int = 1000
+    batch: int = 2
+    patch: tuple[int, int, int] = (64, 64, 64)
+    """Patch size for ``lung`` and liver ``fine``; nodule crops are used whole and coarse volumes are resized."""
+    coarse_shape: tuple[int, int, int] = (64, 128, 128)
+    """Liver ``coarse``: the whole volume is resized to this shape (z, y, x) for training and inference."""
+    roi_margin_mm: tuple[float, float] = (5.0, 25.0)
+    """Liver ``fine``: the liver box grows by a margin drawn uniformly from this range (mm, per side and axis)
+    in training; inference uses the middle of the range around stage 1's mask."""
+    aspp_rates: tuple[int, ...] = (2, 4, 6, 8, 12)
+    """Liver ``fine``: DenseASPP dilation rates on the stride-8 features (DenseASPP's 2D 3, 6, 12, 18, 24 would
+    mostly read padding on the 8-16 voxel feature grids of 3D patches)."""
+    decoder_widths: tuple[int, ...] = (256, 128, 64)
+    """Lung: channels of the decoder's three upsampling groups."""
+    rotate_deg: float = 15.0
+    """Augmentation (liver ``fine``, lung): random rotation about each axis within ±rotate_deg (0 disables)."""
+    translate: float = 0.1
+    """Augmentation: random translation up to this fraction of the patch size per axis (0 disables)."""
+    lr: float | None = None
+    """None: :func:`paper_lr` of ``init``."""
+    optimizer: str = "adam"
+    momentum: float = 0.99
+    weight_decay: float = 0.0
+    scheduler: str = "poly"
+    loss: str = "ce"
+    """Segmentation: ``ce`` or ``ce+dice``; nodule classification always uses cross-entropy."""
+    fg_fraction: float = 1 / 3
+    seed: int = 0
+    val_every: int = 0
+    val_max_cases: int = 0
+    overlap: float = 0.25
+    """Sliding-window overlap (fraction of the patch) at validation and inference."""
+    ckpt_every: int = 500
+    log_every: int = 10
+    device: str | None = None
+    amp: bool | None = None
+    compile: bool = False
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.stage not in STAGES[self.task]:
+            raise ValueError(f"task {self.task!r} has stages {', '.join(STAGES[self.task])}, got {self.stage!r}")
+        for name in ("patch", "coarse_shape"):
+            v = tuple(int(p) for p in getattr(self, name))
+            if len(v) != 3 or min(v) < 8:
+                raise ValueError(f"{name} must be three sizes (z, y, x) of at least 8 voxels, got {v!r}")
+            object.__setattr__(self, name, v)
+        for name in ("aspp_rates", "decoder_widths"):
+            v = tuple(int(p) for p in getattr(self, name))
+            if not v or min(v) < 1:
+                raise ValueError(f"{name} must be one or more positive ints, got {v!r}")
+            object.__setattr__(self, name, v)
+        lo, hi = (float(m) for m in self.roi_margin_mm)
+        if not 0 <= lo <= hi:
+            raise ValueError(f"roi_margin_mm must be (lo, hi) with 0 <= lo <= hi, got {self.roi_margin_mm!r}")
+        object.__setattr__(self, "roi_margin_mm", (lo, hi))
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
+        if self.scheduler not in ("poly", "cosine", "constant"):
+            raise ValueError(f"scheduler must be poly, cosine or constant, got {self.scheduler!r}")
+        if self.loss not in ("ce", "ce+dice"):
+            raise ValueError(f"loss must be ce or ce+dice, got {self.loss!r}")
+        for name in ("steps", "batch", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("val_every", "val_max_cases", "ckpt_every", "workers"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.fg_fraction <= 1 or not 0 <= self.overlap < 1:
+            raise ValueError("fg_fraction must be in [0, 1] and overlap in [0, 1)")
+        if self.rotate_deg < 0 or not 0 <= self.translate < 1:
+            raise ValueError("rotate_deg must be >= 0 and translate in [0, 1)")
+
+    @property
+    def kind(self) -> str:
+        """The network kind of :data:`model.nets.transfer.HEADS` this stage trains."""
+        return f"liver_{self.stage}" if self.task == "liver" else self.task
+
+    @property
+    def effective_lr(self) -> float:
+        return self.lr if self.lr is not None else paper_lr(self.init)
+
+    @property
+    def eval_split(self) -> str:
+        return EVAL_SPLIT[self.task]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown FinetuneConfig fields {unknown}; was it written by another med3d version?")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> FinetuneConfig:
+        return dataclasses.replace(self, **changes)
+
+    def write_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def read_json(cls, path: str | Path) -> FinetuneConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))

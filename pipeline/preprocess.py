@@ -1,0 +1,88 @@
+"""A new raw scan -> the arrays a trained network expects: the same steps, in the same code, as the build
+(reorientation to LPS, CT air clamp, percentile clip or CT window, resampling to the domain's target spacing,
+z-score, the store's dtype), driven by a *recipe* recorded from the store a network was trained on.
+
+>>> recipe = recipe_from_store("data/lits_store", "lits/volume-3")
+>>> image, attrs = preprocess_scan("new_ct.nii.gz", recipe)
+>>> label_stored = segment(image)                           # (Z, Y, X) on the stored grid
+>>> sitk.WriteImage(to_original_grid(label_stored, attrs), "new_ct_mask.nii.gz")   # the input's own geometry
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from catalog.io import store_join
+
+from . import geometry
+from .config import Case, PrepConfig
+from .convert import normalize_channels
+from .labels import CaseError
+
+__all__ = ["preprocess_scan", "recipe_from_store"]
+
+
+def _zarr_json(store: str, *parts: str) -> dict[str, Any]:
+    with open(store_join(store, *parts, "zarr.json"), "rb") as fh:
+        return json.load(fh)
+
+
+def recipe_from_store(store: str | os.PathLike[str], store_path: str) -> dict[str, Any]:
+    """The preprocessing of ``store``'s domain as JSON-able dict, read from one built case (``store_path``,
+    "<domain>/<case_id>") and its domain's frozen plan: target spacing (z, y, x) mm, modality, percentiles or CT
+    window, air clamp, image dtype."""
+    store = os.fspath(store)
+    domain = store_path.split("/", 1)[0]
+    plan = _zarr_json(store, domain)["attributes"]["plan"]
+    attrs = _zarr_json(store, store_path)["attributes"]
+    norm = attrs["normalization"]
+    dtype = _zarr_json(store, store_path, "image")["data_type"]
+    return {
+        "domain": domain,
+        "target_spacing": [float(s) for s in plan["target_spacing"]],
+        "modality": plan.get("modality", attrs.get("modality")),
+        "percentiles": list(norm["percentiles"]),
+        "ct_window": list(norm["ct_window"]) if norm.get("ct_window") else None,
+        "air_hu": norm.get("air_hu") if norm.get("air_hu") is not None else -1024.0,
+        "dtype": str(dtype),
+        "image_interpolation": norm.get("image_interpolation", "linear"),
+    }
+
+
+def preprocess_scan(path: str | os.PathLike[str], recipe: dict[str, Any], *, modality: str | None = None
+                    ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a one-channel scan and preprocess it as ``recipe`` says.
+
+    Returns the image (Z, Y, X) float32 on the stored grid (values rounded through the store's dtype, as
+    training saw them) and attrs like a stored case's (``spacing``, ``origin``, ``direction``, ``original``) for
+    :func:`pipeline.geometry.to_original_grid`. ``modality`` ("CT" or "MR") is needed when the recipe's domain
+    mixes modalities (VISCERAL: "CT/MR"): it decides the CT air clamp. Raises ``ValueError`` naming the file.
+    """
+    path = os.fspath(path)
+    mod = modality or recipe["modality"]
+    if mod not in ("CT", "MR"):
+        raise ValueError(f"{path}: the network was trained on a {recipe['modality']} domain; say which modality "
+                         "this scan is (--modality CT or MR)")
+    channels = geometry.read_channels(path)
+    if len(channels) != 1:
+        raise ValueError(f"{path}: {len(channels)} channels; the network takes one-channel scans")
+    ref = channels[0]
+    original = {"size_xyz": list(ref.GetSize()), "spacing_xyz": list(ref.GetSpacing()),
+                "origin": list(ref.GetOrigin()), "direction": list(ref.GetDirection())}
+    cfg = PrepConfig(dtype=recipe["dtype"], clip_percentiles=tuple(recipe["percentiles"]),
+                     air_hu=float(recipe["air_hu"]),
+                     ct_window=tuple(recipe["ct_window"]) if recipe.get("ct_window") else None,
+                     image_interpolation=recipe.get("image_interpolation", "linear"))
+    case = Case(domain=recipe["domain"], case_id="predict", scan_id="predict", patient_id="predict",
+                images=(path,))
+    try:
+        image, _, grid = normalize_channels(channels, geometry.zyx_to_xyz(recipe["target_spacing"]), cfg,
+                                            mod == "CT", case)
+    except CaseError as exc:
+        raise ValueError(str(exc)) from None
+    attrs = {"spacing": list(recipe["target_spacing"]), "origin": list(grid.GetOrigin()),
+             "direction": list(grid.GetDirection()), "original": original}
+    return image[0].astype(np.float32), attrs
