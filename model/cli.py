@@ -59,7 +59,7 @@ class PatchSize(click.ParamType):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 def main() -> None:
-    """Med3D training: multi-domain pretraining on a med3d store, weight export."""
+    """Med3D training: multi-domain pretraining, transfer (finetune, evaluate, predict, compare), export."""
 
 
 # CLI option name -> TrainConfig field, where they differ.
@@ -163,6 +163,15 @@ def export(checkpoint: str, out: str, fmt: str) -> None:
     written = export_medicalnet(encoder, out)
     click.echo(f"wrote {encoder.name} encoder ({fmt} format) to {written}")
 
+
+def _add_transfer_commands() -> None:
+    from model.cli_transfer import compare, evaluate, finetune, predict
+
+    for command in (finetune, evaluate, predict, compare):
+        main.add_command(command)
+
+
+_add_transfer_commands()
 
 if __name__ == "__main__":
     main()

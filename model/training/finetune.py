@@ -15,7 +15,6 @@ A run folder::
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,7 +123,7 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
     ``resume`` continues ``cfg.out/checkpoint.pt`` exactly; without it an existing checkpoint raises
     :class:`FinetuneError`. ``stop_after`` ends after that many steps with a checkpoint (a preemption).
     """
-    from model.data.transfer import task_data
+    from model.data.transfer import TaskData, task_data
     from model.nets.weights import load_encoder_weights
 
     env = DistEnv.from_environ()
@@ -137,11 +136,16 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
                                      error=FinetuneError)
         try:
             train = task_data(cfg.store, "train")
-            evaluation = task_data(cfg.store, cfg.eval_split)
         except (ValueError, FileNotFoundError) as exc:
             raise FinetuneError(str(exc)) from exc
+        try:
+            evaluation: TaskData | None = task_data(cfg.store, cfg.eval_split)
+        except ValueError as exc:
+            evaluation = None
+            if env.is_main:
+                log(f"note: no {cfg.eval_split} split to measure on ({exc}); training without validation")
         record = init_record(cfg.init)
-        if ckpt is None and env.is_main:
+        if ckpt is None and env.is_main and evaluation is not None:
             _check_leakage(record, set(evaluation.scan_ids), cfg.init, cfg.eval_split, log)
         classes = 2 if cfg.task in ("liver", "nodule") else train.num_classes
         torch.manual_seed(cfg.seed)
@@ -196,7 +200,7 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
                 }, ckpt_path)
 
         validator = stage_validator(cfg, evaluation, run_dir, device=device, amp=amp) \
-            if cfg.val_every > 0 and env.is_main else None
+            if cfg.val_every > 0 and env.is_main and evaluation is not None else None
 
         def run_validation(step: int) -> dict[str, Any]:
             return validator(net) if validator is not None else {}
@@ -204,7 +208,8 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
         with MetricsLogger(run_dir, enabled=env.is_main, resume_step=start if ckpt is not None else None) as logger:
             summary = run_loop(stepper, loader, start_step=start, total_steps=cfg.steps, stop_after=stop_after,
                                ckpt_every=cfg.ckpt_every, save=save, val_every=cfg.val_every,
-                               validate=run_validation if cfg.val_every > 0 else None, logger=logger,
+                               validate=run_validation if validator is not None or not env.is_main else None,
+                               logger=logger,
                                summary=summary, progress=progress, log_every=cfg.log_every)
         return StageResult(net=net, step=max(end, start), run_dir=run_dir, checkpoint=ckpt_path, summary=summary)
     finally:
@@ -289,6 +294,3 @@ def load_stage(run: str | Path, stage: str, device: torch.device | str = "cpu") 
         print(f"note: {folder} stopped at step {ckpt['step']} of {cfg.steps} (resume it with --resume)")
     return net.to(device).eval(), cfg
 
-
-def _isnan(v: Any) -> bool:
-    return isinstance(v, float) and math.isnan(v)

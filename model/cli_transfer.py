@@ -1,0 +1,167 @@
+"""``med3d-train finetune | evaluate | predict | compare``: the transfer commands (thin: parse, call the API).
+
+    med3d-train finetune liver  LITS_STORE     --out RUN --init scratch|RUN_OR_CKPT|medicalnet.pth|kinetics.pth
+    med3d-train finetune lung   VISCERAL_STORE --out RUN --init ...
+    med3d-train finetune nodule LIDC_STORE     --out RUN --init ...
+    med3d-train evaluate RUN STORE [--split val|test]
+    med3d-train predict  RUN scan.nii.gz [more...] --out DIR
+    med3d-train compare  RUN [RUN ...] [--out DIR]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from model.cli import EncoderChoice, PatchSize
+
+__all__ = ["compare", "evaluate", "finetune", "predict"]
+
+
+def _ints(value: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give comma-separated integers", param_hint=name) from None
+
+
+@click.command()
+@click.argument("task", type=click.Choice(["liver", "lung", "nodule"]))
+@click.argument("store")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--init", default="scratch", show_default=True,
+              help="scratch, a run folder or checkpoint of ours, or a MedicalNet / Kinetics .pth.")
+@click.option("--depth", type=EncoderChoice("depth"), default=None,
+              help="ResNet depth. Default: the --init weights' depth (10 from scratch).")
+@click.option("--stage", type=click.Choice(["both", "coarse", "fine"]), default="both", show_default=True,
+              help="Liver: train the coarse stage, the fine stage, or both in turn.")
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True, help="Steps per stage.")
+@click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--patch", type=PatchSize(), default="64", show_default=True,
+              help="Patch (lung, liver fine): 64 or z,y,x.")
+@click.option("--coarse-shape", default="64,128,128", show_default=True,
+              help="Liver coarse stage: whole volumes resized to z,y,x.")
+@click.option("--aspp-rates", default="2,4,6,8,12", show_default=True, help="Liver fine: DenseASPP dilation rates.")
+@click.option("--roi-margin", default="5,25", show_default=True, help="Liver fine: random ROI margin lo,hi (mm).")
+@click.option("--rotate", "rotate_deg", type=float, default=15.0, show_default=True,
+              help="Augmentation: max rotation (degrees) about each axis; 0 disables.")
+@click.option("--translate", type=float, default=0.1, show_default=True,
+              help="Augmentation: max translation, fraction of the patch; 0 disables.")
+@click.option("--lr", type=float, default=None, help="Default: the paper's 1e-3 from pretrained weights, 1e-2 from "
+              "scratch.")
+@click.option("--loss", type=click.Choice(["ce", "ce+dice"]), default="ce", show_default=True)
+@click.option("--val-every", type=click.IntRange(min=0), default=200, show_default=True)
+@click.option("--val-max-cases", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--ckpt-every", type=click.IntRange(min=0), default=200, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, cuda:N. Default: CUDA when available.")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--amp/--no-amp", default=None, help="bf16 autocast. Default: on for CUDA, off for CPU.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the network.")
+@click.option("--resume", is_flag=True, help="Continue the run's checkpoints exactly.")
+@click.option("--progress/--no-progress", default=True)
+def finetune(task: str, store: str, out: str, **opts: Any) -> None:
+    """Fine-tune an encoder for TASK on STORE (liver: LiTS store, lung: VISCERAL, nodule: LIDC).
+
+    Writes OUT/finetune.json and, per stage, config.json, checkpoint.pt and metrics.jsonl (liver: OUT/coarse,
+    OUT/fine). Measure it with `med3d-train evaluate OUT STORE`.
+    """
+    from model.nets.weights import WeightsMismatchError
+    from model.training.finetune import FinetuneError
+    from model.training.finetune import finetune as run_finetune
+
+    depth = opts.pop("depth")
+    kw = dict(opts)
+    kw["compile"] = kw.pop("compile_")
+    progress, resume, stage = kw.pop("progress"), kw.pop("resume"), kw.pop("stage")
+    kw["encoder"] = f"resnet{depth}" if depth else None
+    kw["coarse_shape"] = _ints(kw["coarse_shape"], "--coarse-shape")
+    kw["aspp_rates"] = _ints(kw["aspp_rates"], "--aspp-rates")
+    try:
+        kw["roi_margin_mm"] = tuple(float(v) for v in kw.pop("roi_margin").split(","))
+    except ValueError:
+        raise click.BadParameter("give lo,hi in mm", param_hint="--roi-margin") from None
+    if task != "liver" and stage != "both":
+        raise click.UsageError(f"--stage is for the liver task; {task} has one stage")
+    try:
+        results = run_finetune(task, store, out, stage=stage, resume=resume, progress=progress, log=click.echo, **kw)
+    except (FinetuneError, WeightsMismatchError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except ValueError as exc:  # a FinetuneConfig field out of range
+        raise click.UsageError(str(exc)) from exc
+    for r in results:
+        val = r.summary.get("val") or {}
+        note = f"; val {val.get('split')} metric {val['metric']:.4f}" if val.get("metric") is not None else ""
+        click.echo(f"{r.run_dir}: {r.step} steps, checkpoint {r.checkpoint}{note}")
+
+
+@click.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.argument("store")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None,
+              help="Default: the task's (liver: val, since LiTS test labels are not public; lung, nodule: test).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--amp/--no-amp", default=False, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the first N cases only.")
+@click.option("--progress/--no-progress", default=True)
+def evaluate(run: str, store: str, split: str | None, device: str, amp: bool, limit: int | None,
+             progress: bool) -> None:
+    """Measure RUN on a split of STORE; writes RUN/eval/<split>/{cases.csv, summary.json, pred/}."""
+    from model.evaluation.evaluate import evaluate as run_evaluate
+
+    try:
+        summary = run_evaluate(run, store, split=split, device=device, amp=amp, limit=limit, progress=progress,
+                               log=click.echo)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    rows = [(k, v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    click.echo(f"| {summary['task']} on {summary['split']} | value |\n|---|---:|")
+    for k, v in rows:
+        click.echo(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    if "confusion" in summary:
+        (tn, fp), (fn, tp) = summary["confusion"]
+        click.echo(f"confusion (rows truth benign/malignant): [[{tn}, {fp}], [{fn}, {tp}]]")
+
+
+@click.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.argument("scans", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Folder for the masks.")
+@click.option("--modality", type=click.Choice(["CT", "MR"]), default=None,
+              help="Needed for runs trained on a mixed CT/MR store (VISCERAL).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--amp/--no-amp", default=False, show_default=True)
+def predict(run: str, scans: tuple[str, ...], out: str, modality: str | None, device: str, amp: bool) -> None:
+    """Segment raw SCANS (NIfTI) with RUN; one mask per scan in OUT, in that scan's own geometry."""
+    from model.evaluation.predict import predict as run_predict
+
+    try:
+        run_predict(run, scans, out, modality=modality, device=device, amp=amp, log=click.echo)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "-o", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for compare.md and compare.csv.")
+def compare(runs: tuple[str, ...], out: str) -> None:
+    """The paper's table from finished RUNS: task x depth rows, scratch / Kinetics / MedicalNet / Med3D columns."""
+    from model.evaluation.compare import collect_runs, compare_table, write_compare
+
+    try:
+        df = collect_runs(runs)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(compare_table(df).to_markdown() if _has_tabulate() else compare_table(df).to_string())
+    md, csv = write_compare(df, out)
+    click.echo(f"wrote {md} and {csv}")
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
