@@ -37,7 +37,19 @@ demo: venv
 		--no-progress
 	@echo "== 5. export the encoder in MedicalNet's format"
 	$(BIN)/med3d-train export $(DEMO)/runs/pretrain/checkpoint.pt --format medicalnet $(DEMO)/runs/resnet_10_med3d.pth
-	@echo "== done: store in $(DEMO)/store, run in $(DEMO)/runs/pretrain, weights $(DEMO)/runs/resnet_10_med3d.pth"
+	@echo "== 6. transfer: the two-stage LiTS liver recipe (coarse whole-volume + fine ROI with DenseASPP) from the"
+	@echo "      demo's pretrained encoder (finetune refuses an encoder that saw the LiTS val scans)"
+	$(BIN)/med3d-train finetune liver $(DEMO)/lits_store --out $(DEMO)/runs/liver --init $(DEMO)/runs/pretrain \
+		--steps 12 --batch 2 --patch 16,32,32 --coarse-shape 16,32,32 --aspp-rates 1,2,3 --device cpu \
+		--workers 0 --val-every 6 --ckpt-every 6 --no-progress
+	@echo "== 7. evaluate on the LiTS val split: LiTS metrics on each source file's own grid, predictions written"
+	$(BIN)/med3d-train evaluate $(DEMO)/runs/liver $(DEMO)/lits_store --split val --no-progress
+	@echo "== 8. predict a raw LiTS test volume: its mask in the volume's own geometry (a LiTS submission file)"
+	$(BIN)/med3d-train predict $(DEMO)/runs/liver $(DEMO)/raw/lits/test-volume-0.nii --out $(DEMO)/predictions
+	$(BIN)/med3d-train compare $(DEMO)/runs/liver --out $(DEMO)/runs
+	@echo "== done: store in $(DEMO)/store, pretraining run $(DEMO)/runs/pretrain (weights"
+	@echo "   $(DEMO)/runs/resnet_10_med3d.pth), liver run $(DEMO)/runs/liver (metrics in eval/val/), masks in"
+	@echo "   $(DEMO)/predictions. A dozen CPU steps on miniature data: the Dice shows the machinery, not the paper."
 
 test: venv
 	$(PY) -m pytest -q

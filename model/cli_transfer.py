@@ -92,7 +92,8 @@ def finetune(task: str, store: str, out: str, **opts: Any) -> None:
         raise click.UsageError(str(exc)) from exc
     for r in results:
         val = r.summary.get("val") or {}
-        note = f"; val {val.get('split')} metric {val['metric']:.4f}" if val.get("metric") is not None else ""
+        what = "accuracy" if task == "nodule" else "Dice"
+        note = f"; {what} on {val.get('split')} {val['metric']:.4f}" if val.get("metric") is not None else ""
         click.echo(f"{r.run_dir}: {r.step} steps, checkpoint {r.checkpoint}{note}")
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RUNTIME_FIELDS", "TrainConfig", "config_conflicts"]
+__all__ = ["RUNTIME_FIELDS", "JsonConfig", "TrainConfig", "config_conflicts"]
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("poly", "cosine", "constant")
@@ -28,8 +28,41 @@ RUNTIME_FIELDS = frozenset(
 """Fields that do not change what the weights become (on one device): a resumed run may change them."""
 
 
+class JsonConfig:
+    """JSON round trip of a frozen config dataclass (lists come back as tuples, validated by the class)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def write_json(self, path: str | Path) -> None:
+        """Write the config as indented JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def read_json(cls, path: str | Path) -> Any:
+        return cls.from_dict(json.loads(Path(path).read_text()))  # type: ignore[attr-defined]
+
+
+def _known_fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with list values of tuple-typed fields as tuples; unknown keys raise ``ValueError`` naming them."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; was it written by another med3d version?")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """Everything a pretraining run needs, as plain values (JSON round-trip via :meth:`to_dict`/:meth:`from_dict`).
 
     Sizes are voxels in (z, y, x) order; ``steps`` counts optimiser steps (one batch of ``batch`` patches per
@@ -107,38 +140,10 @@ class TrainConfig:
         if not 0 <= self.val_overlap < 1:
             raise ValueError(f"val_overlap must be in [0, 1), got {self.val_overlap}")
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples become lists)."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else v
-        return out
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; was it written by another med3d version?")
-        kw = dict(d)
-        for key in ("patch", "exclude"):
-            if key in kw and kw[key] is not None:
-                kw[key] = tuple(kw[key])
-        return cls(**kw)
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with ``changes`` applied (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-    def write_json(self, path: str | Path) -> None:
-        """Write the config as indented JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-
-    @classmethod
-    def read_json(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls(**_known_fields(cls, d))
 
 
 def config_conflicts(saved: Any, new: Any, runtime: frozenset[str] = RUNTIME_FIELDS) -> list[str]:

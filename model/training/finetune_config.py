@@ -8,11 +8,10 @@ to ``coarse_shape``; ``fine``: patches inside the liver ROI, DenseASPP head, rot
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from model.training.config import JsonConfig, _known_fields
 
 __all__ = ["FINETUNE_RUNTIME_FIELDS", "STAGES", "TASKS", "FinetuneConfig", "paper_lr"]
 
@@ -34,7 +33,7 @@ def paper_lr(init: str) -> float:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FinetuneConfig:
+class FinetuneConfig(JsonConfig):
     """One stage of one transfer task. Sizes are voxels (z, y, x) of the store grid unless they say mm."""
 
     task: str
@@ -137,27 +136,7 @@ class FinetuneConfig:
     def eval_split(self) -> str:
         return EVAL_SPLIT[self.task]
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else v
-        return out
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown FinetuneConfig fields {unknown}; was it written by another med3d version?")
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> FinetuneConfig:
-        return dataclasses.replace(self, **changes)
-
-    def write_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-
-    @classmethod
-    def read_json(cls, path: str | Path) -> FinetuneConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        return cls(**_known_fields(cls, d))
