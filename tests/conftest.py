@@ -6,11 +6,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL = ROOT.parent / "shared" / "data" / "real"
+DATA = ROOT / "tests" / "data"
+REAL = DATA / "real"
+"""Small real scans in their datasets' own layouts (MSD, LIDC-IDRI, an abdominal CT); provenance and licences in
+tests/data/real/README.md."""
 
 
 @pytest.fixture(scope="session")
 def real_dir() -> Path:
     if not REAL.is_dir():
-        pytest.skip(f"real data not found at {REAL} (expected ../shared/data/real beside the project)")
+        pytest.skip(f"real data not found at {REAL} (it ships with the repository: restore tests/data/real, "
+                    f"see tests/data/real/README.md)")
     return REAL

@@ -28,6 +28,9 @@ import torch
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_NAME",
+    "CheckpointError",
+    "load_latest_checkpoint",
+    "previous_path",
     "REQUIRED_KEYS",
     "load_checkpoint",
     "rng_state",
@@ -39,6 +42,16 @@ CHECKPOINT_FORMAT = "med3d-train"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "step", "config", "rng")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used (truncated, corrupt, foreign); the message names the file."""
+
+
+def previous_path(path: str | os.PathLike[str]) -> Path:
+    """Where the checkpoint before ``path`` is kept: ``checkpoint.pt`` -> ``checkpoint.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
 def rng_state() -> dict[str, Any]:
@@ -75,13 +88,20 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     np.random.set_state(("MT19937", key, npst["pos"], npst["has_gauss"], npst["cached_gaussian"]))
 
 
-def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike[str], *, keep_previous: bool = True
+                    ) -> Path:
     """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, fsync, then ``os.replace``.
 
-    A crash mid-write leaves the previous checkpoint intact. The format tag is added. Returns the path.
+    A crash mid-write leaves the previous checkpoint intact. With ``keep_previous`` the checkpoint it replaces
+    is kept as :func:`previous_path` (the last two survive), so a checkpoint damaged after it was written (a
+    truncated copy, a bad disk) still leaves one to resume from. The format tag is added. Returns the path.
     """
     data = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **payload}
-    return atomic_torch_save(data, path)
+    path = Path(path)
+    if not keep_previous or not path.exists():
+        return atomic_torch_save(data, path)
+    # Rotate only once the new file is complete: a crash between the two renames leaves the previous one.
+    return atomic_torch_save(data, path, before_replace=lambda: os.replace(path, previous_path(path)))
 
 
 def _read_umask() -> int:
@@ -94,9 +114,10 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str], before_replace: Any = None) -> Path:
     """``torch.save`` to a temporary file in the target folder, fsync, then ``os.replace``: readers see the old
-    file or the new one, never a torn one. The file gets the usual permissions (umask), not mkstemp's 0600."""
+    file or the new one, never a torn one. The file gets the usual permissions (umask), not mkstemp's 0600.
+    ``before_replace()`` runs once the temporary file is complete, just before it takes ``path``'s place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -106,6 +127,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -132,10 +155,16 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    data = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError... for damaged files
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {first}); resume falls back to "
+            f"{previous_path(path).name} when it exists, or start a new run") from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         what = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
-        raise ValueError(
+        raise CheckpointError(
             f"{path} is not a med3d-train checkpoint (top level: {what}); encoder weights from MedicalNet or "
             "Kinetics go to `--init PATH`"
         )
@@ -144,5 +173,27 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
                          f"{CHECKPOINT_VERSION}: upgrade med3d")
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
-        raise ValueError(f"{path}: checkpoint lacks {missing}; it was cut short or written by another tool")
+        raise CheckpointError(f"{path}: checkpoint lacks {missing}; it was cut short or written by another tool")
+    return data
+
+
+def load_latest_checkpoint(path: str | os.PathLike[str], log: Any = print,
+                           map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The checkpoint at ``path`` or, when that one is missing or unusable, the previous one kept beside it
+    (saying so through ``log``); None when neither exists. Raises :class:`CheckpointError` when the only
+    checkpoint there is damaged, naming it."""
+    path = Path(path)
+    prev = previous_path(path)
+    try:
+        return load_checkpoint(path, map_location)
+    except FileNotFoundError:
+        if not prev.is_file():
+            return None
+        log(f"{path.name} is missing in {path.parent} (a crash between two writes); resuming from {prev.name}")
+    except CheckpointError as exc:
+        if not prev.is_file():
+            raise
+        log(f"warning: {exc}; falling back to the previous checkpoint {prev}")
+    data = load_checkpoint(prev, map_location)
+    log(f"resuming from the previous checkpoint {prev} (step {int(data['step'])})")
     return data

@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from model.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from model.training.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, load_latest_checkpoint, previous_path,
+                                       rng_state, save_checkpoint, set_rng_state)
 from model.training.config import RUNTIME_FIELDS, TrainConfig, config_conflicts
 from model.nets.heads import Med3DPretrainNet, MultiBranchHead
 from model.evaluation.inference import sliding_window_probs
@@ -137,14 +138,18 @@ def checkpoint_for_resume(cfg: Any, path: Path, resume: bool, log: Callable[[str
                           error: type[ValueError] = PretrainError) -> dict[str, Any] | None:
     """The checkpoint to resume from (None for a new run), after checking it fits ``cfg`` (a TrainConfig or
     FinetuneConfig; fields in ``runtime`` may differ) and this job's world size. Raises ``error`` otherwise."""
-    if not path.exists():
-        if resume:
-            log(f"--resume: no checkpoint in {path.parent} yet, starting a new run")
-        return None
     if not resume:
-        raise error(f"{path} exists: pass --resume to continue that run, or choose another --out "
-                            "(nothing was overwritten)")
-    ckpt = load_checkpoint(path)
+        if path.exists() or previous_path(path).exists():
+            raise error(f"{path} exists: pass --resume to continue that run, or choose another --out "
+                        "(nothing was overwritten)")
+        return None
+    try:
+        ckpt = load_latest_checkpoint(path, log)
+    except CheckpointError as exc:
+        raise error(str(exc)) from None
+    if ckpt is None:
+        log(f"--resume: no checkpoint in {path.parent} yet, starting a new run")
+        return None
     conflicts = config_conflicts(type(cfg).from_dict(ckpt["config"]), cfg, runtime)
     if conflicts:
         raise error(f"cannot resume {path}: the configuration differs from the checkpoint's in "

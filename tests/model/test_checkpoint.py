@@ -114,3 +114,49 @@ def test_config_conflicts_name_what_would_change_the_weights():
     assert config_conflicts(a, a.replace(steps=20)) == ["steps: checkpoint 10, now 20"]
     constant = a.replace(scheduler="constant")
     assert config_conflicts(constant, constant.replace(steps=20)) == []
+
+
+def test_the_last_two_checkpoints_are_kept(tmp_path):
+    from model.training.checkpoint import previous_path
+
+    path = tmp_path / "checkpoint.pt"
+    for step in (1, 2, 3):
+        save_checkpoint(_payload(step=step), path)
+    assert load_checkpoint(path)["step"] == 3
+    assert previous_path(path).name == "checkpoint.prev.pt" and load_checkpoint(previous_path(path))["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_a_damaged_checkpoint_is_a_clear_error_naming_it(tmp_path, damage):
+    from model.training.checkpoint import CheckpointError
+
+    path = save_checkpoint(_payload(step=1), tmp_path / "checkpoint.pt")
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00junk" * 100, "empty": b""}[damage])
+    with pytest.raises(CheckpointError, match=rf"checkpoint {path} is truncated or corrupt"):
+        load_checkpoint(path)
+
+
+def test_resume_falls_back_to_the_previous_checkpoint_and_says_so(tmp_path, fast_config):
+    from model.evaluation.metrics import read_metrics
+    from model.training.pretrain import PretrainError, pretrain
+
+    full = pretrain(fast_config(tmp_path / "full", steps=4, ckpt_every=1), progress=False, log=lambda s: None)
+    cfg = fast_config(tmp_path / "cut", steps=4, ckpt_every=1)
+    pretrain(cfg, stop_after=3, progress=False, log=lambda s: None)
+    ckpt = tmp_path / "cut" / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])  # an interrupted copy of the run folder
+    logs: list[str] = []
+    resumed = pretrain(cfg, resume=True, progress=False, log=logs.append)
+    assert any("falling back to the previous checkpoint" in line and str(ckpt) in line for line in logs)
+    assert any("step 2" in line for line in logs)
+    assert resumed.step == 4
+    losses = [r["loss"] for r in read_metrics(tmp_path / "cut", "train")]
+    assert losses == [r["loss"] for r in read_metrics(full.run_dir, "train")]
+    # with no previous checkpoint to fall back to, the error names the damaged file
+    solo = fast_config(tmp_path / "solo", steps=2)
+    pretrain(solo, stop_after=1, progress=False, log=lambda s: None)
+    (tmp_path / "solo" / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(PretrainError, match=r"solo/checkpoint.pt is truncated or corrupt"):
+        pretrain(solo, resume=True, progress=False, log=lambda s: None)

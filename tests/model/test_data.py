@@ -280,7 +280,7 @@ def test_incomplete_cases_are_skipped_and_unlabelled_volumes_have_no_label(store
     assert image.shape == (20, 20, 20) and image.dtype == np.float32 and label is None
 
 
-REAL_MSD = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real" / "msd"
+REAL_MSD = Path(__file__).resolve().parents[1] / "data" / "real" / "msd"
 
 
 def test_real_hippocampus_patches(tmp_path) -> None:

@@ -11,14 +11,14 @@ import torch
 
 from model.nets.resnet import ENCODERS, ResNet3D, ShortcutA, create_encoder
 
-KEYS_JSON = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "medicalnet_checkpoint_keys.json"
+KEYS_JSON = Path(__file__).resolve().parents[1] / "data" / "medicalnet_checkpoint_keys.json"
 DEPTHS = ["resnet_10", "resnet_18", "resnet_34", "resnet_50", "resnet_101", "resnet_152", "resnet_200"]
 
 
 @pytest.fixture(scope="module")
 def medicalnet_keys() -> dict:
     if not KEYS_JSON.is_file():
-        pytest.skip(f"MedicalNet key list not found at {KEYS_JSON} (it lives in the shared data folder)")
+        pytest.skip(f"MedicalNet key list not found at {KEYS_JSON} (it ships with the tests: tests/data/README.md)")
     return json.loads(KEYS_JSON.read_text())
 
 

@@ -19,13 +19,13 @@ from model.nets.weights import (
     load_encoder_weights,
 )
 
-KEYS_JSON = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "medicalnet_checkpoint_keys.json"
+KEYS_JSON = Path(__file__).resolve().parents[1] / "data" / "medicalnet_checkpoint_keys.json"
 
 
 @pytest.fixture(scope="module")
 def medicalnet_keys() -> dict:
     if not KEYS_JSON.is_file():
-        pytest.skip(f"MedicalNet key list not found at {KEYS_JSON} (it lives in the shared data folder)")
+        pytest.skip(f"MedicalNet key list not found at {KEYS_JSON} (it ships with the tests: tests/data/README.md)")
     return json.loads(KEYS_JSON.read_text())
 
 

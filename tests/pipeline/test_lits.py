@@ -1,4 +1,4 @@
-"""build-lits on a LiTS layout made from the real abdominal CT (../shared/data/real/ct), and on the LiTS sample.
+"""build-lits on a LiTS layout made from the real abdominal CT (tests/data/real/ct), and on the LiTS sample.
 
 Layout: volume-0 is the real CT (3 mm, RAS-stored) with liver → 1 and spleen → 2 (a stand-in for tumour, to
 exercise both values); volume-1 holds the same voxels with the header stripped (identity direction, 1 mm, zero

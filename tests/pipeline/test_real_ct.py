@@ -1,4 +1,4 @@
-"""The real abdominal CT (../shared/data/real/ct) built as a CT domain at another spacing than its own 3 mm."""
+"""The real abdominal CT (tests/data/real/ct) built as a CT domain at another spacing than its own 3 mm."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""build-3dseg8 on the real MSD Task04_Hippocampus cases (../shared/data/real/msd)."""
+"""build-3dseg8 on the real MSD Task04_Hippocampus cases (tests/data/real/msd)."""
 from __future__ import annotations
 
 import json

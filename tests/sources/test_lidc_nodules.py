@@ -15,7 +15,7 @@ from pipeline.sources.lidc_nodules import (
 from pipeline.sources.lidc_series import SliceIndex, read_ct_series
 from pipeline.sources.lidc_xml import LidcRead, ReaderNodule, ReadingSession, Roi, parse_lidc_xml
 
-LIDC = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real" / "lidc"
+LIDC = Path(__file__).resolve().parents[1] / "data" / "real" / "lidc"
 SERIES_DIR = (LIDC / "LIDC-IDRI-0001" / "1.3.6.1.4.1.14519.5.2.1.6279.6001.298806137288633453246975630178"
               / "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192")
 

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.sources.lidc_xml import LidcXmlError, parse_lidc_xml, parse_lidc_xml_bytes
 
-LIDC = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real" / "lidc"
+LIDC = Path(__file__).resolve().parents[1] / "data" / "real" / "lidc"
 STUDY = "1.3.6.1.4.1.14519.5.2.1.6279.6001.298806137288633453246975630178"
 SERIES = "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192"
 
