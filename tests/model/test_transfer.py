@@ -220,3 +220,42 @@ def test_cli_finetune_evaluate_predict_compare(stores, tmp_path):
     assert (tmp_path / "cmp" / "compare.md").is_file() and "lung" in res.output
     res = runner.invoke(main, ["evaluate", str(tmp_path), stores["lung"]])
     assert res.exit_code != 0 and "not a fine-tuning run" in res.output
+
+
+def _ddp_finetune_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
+    import os
+
+    os.environ.update({"WORLD_SIZE": str(world), "RANK": str(rank), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    from model.training.finetune import finetune_stage
+    from model.training.finetune_config import FinetuneConfig
+
+    result = finetune_stage(FinetuneConfig.from_dict(cfg_dict), progress=False, log=lambda s: None)
+    torch.save({k: v.clone() for k, v in result.net.state_dict().items()}, Path(out) / f"rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_finetune_ddp_on_cpu_two_processes(stores, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from model.training.finetune_config import FinetuneConfig
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = FinetuneConfig(task="lung", store=stores["lung"], out=str(tmp_path / "run"),
+                         **{**TINY, "steps": 3, "val_every": 3, "batch": 1})
+    mp.spawn(_ddp_finetune_worker, args=(2, port, cfg.to_dict(), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for k in r0:
+        if "running_" in k or k.endswith("num_batches_tracked"):
+            continue  # BN statistics are per rank
+        torch.testing.assert_close(r0[k], r1[k], rtol=0, atol=0, msg=k)  # averaged gradients: replicas agree
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt["step"] == 3 and ckpt["world_size"] == 2
+    assert [r["step"] for r in read_metrics(tmp_path / "run", "train")] == [1, 2, 3]
+    assert [r["split"] for r in read_metrics(tmp_path / "run", "val")] == ["test"]
