@@ -47,9 +47,12 @@ demo: venv
 	@echo "== 8. predict a raw LiTS test volume: its mask in the volume's own geometry (a LiTS submission file)"
 	$(BIN)/med3d-train predict $(DEMO)/runs/liver $(DEMO)/raw/lits/test-volume-0.nii --out $(DEMO)/predictions
 	$(BIN)/med3d-train compare $(DEMO)/runs/liver --out $(DEMO)/runs
+	@echo "== 9. the report: what the stores hold and how training went, a static page (open it in a browser)"
+	$(BIN)/med3d-prep report $(DEMO)/store $(DEMO)/report --runs $(DEMO)/runs/pretrain $(DEMO)/runs/liver
 	@echo "== done: store in $(DEMO)/store, pretraining run $(DEMO)/runs/pretrain (weights"
 	@echo "   $(DEMO)/runs/resnet_10_med3d.pth), liver run $(DEMO)/runs/liver (metrics in eval/val/), masks in"
 	@echo "   $(DEMO)/predictions. A dozen CPU steps on miniature data: the Dice shows the machinery, not the paper."
+	@echo "   Open $(DEMO)/report/index.html in a browser."
 
 test: venv
 	$(PY) -m pytest -q
@@ -57,6 +60,7 @@ test: venv
 bench: venv
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/prep.py
+	$(PY) benchmarks/checks.py
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/train.py
 

@@ -3,8 +3,9 @@
     python benchmarks/loader.py [--store PATH] [--n 50] [--workdir DIR] [--keep]
 
 Without ``--store`` it writes three CT-like phantoms of about 256×320×320 voxels (int16 HU: body, lungs, liver
-with a tumour, spine, smooth texture, 12 HU noise, -2048 padding outside a circular field of view) as .nii.gz
-and .nii, and builds a store from the .nii.gz files with ``pipeline.job.build`` and the default PrepConfig.
+with a tumour, spine, smooth texture, white scanner noise of 20 HU in soft tissue and up to 35 HU in air as in
+the bench sample CTs, -2048 padding outside a circular field of view) as .nii.gz and .nii, and builds a store
+from the .nii.gz files with ``pipeline.job.build`` and the default PrepConfig.
 Then, on the same seeded random 128³ patch positions:
 
 1. per-patch latency (median / p90 / CPU ms, one channel, float16): the decode floor (Blosc decode of the
@@ -13,8 +14,11 @@ Then, on the same seeded random 128³ patch positions:
    is what nibabel does). NIfTI rows are raw HU: they skip the normalization the store
    already holds, so they are lower bounds for a NIfTI-based loader.
 2. loader throughput (patches/s) of ``model.data.make_loader`` with 0, 1 and 2 workers, batch 2 of 128³.
-3. chunk shape and codec: the store's arrays rewritten with ``pipeline.store.write_case`` under other chunk
-   shapes / Blosc codecs, with their stored bytes, chunk files, read latency and 2-worker loader throughput.
+3. Blosc codecs (:data:`CODECS`: codec, level, byte or bit shuffle): encode and decode ms per 64³ chunk and
+   compressed size on the z-scored float16 chunks of full-size bench CTs (``med3d-prep sample --size bench``:
+   512×512×120 with realistic noise; built once from ``--bench-data`` or read from ``--bench-store``), and the
+   random patch read / 2-worker loader throughput on the store above rewritten with each codec by
+   ``pipeline.store.write_case``; then chunk shapes with the default codec (bytes, chunk files, reads).
 
 Files are freshly written, so reads come from a warm page cache: the figures are CPU costs, not disk costs.
 Methods are interleaved patch by patch and CPU time is reported beside wall time, so that other processes on a
@@ -38,8 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PATCH = (128, 128, 128)
 SHAPES = [(256, 320, 320), (240, 320, 304), (272, 304, 320)]
-VARIANTS = [((64, 64, 64), "lz4hc"), ((32, 32, 32), "lz4hc"), ((64, 128, 128), "lz4hc"),
-            ((64, 64, 64), "lz4"), ((64, 64, 64), "zstd"), ((32, 32, 32), "zstd")]
+#: Blosc candidates (codec, level, shuffle) compared on noisy CT: encode / decode per chunk, size, patch reads.
+CODECS = [("lz4hc", 5, "byte"), ("lz4hc", 1, "byte"), ("lz4", 5, "byte"), ("lz4", 5, "bit"),
+          ("zstd", 1, "byte"), ("zstd", 3, "bit"), ("blosclz", 5, "byte")]
+#: Chunk shapes compared with the default codec.
+CHUNK_SHAPES = [(64, 64, 64), (32, 32, 32), (64, 128, 128)]
 
 
 def phantom(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -65,10 +72,14 @@ def phantom(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndar
     hu[liver] = 60.0
     hu[tumour] = 30.0
     hu[np.broadcast_to(((y - 0.55) / 0.08) ** 2 + (x / 0.08) ** 2 < 1, shape)] = 400.0
+    # Scanner noise as in the bench sample CTs (pipeline.sample.phantom.CT_NOISE_SD): 20 HU in soft tissue,
+    # 25 in bone, 30 in lung, 35 in the air around the body; white Gaussian, the hardest case for a codec.
+    sd = np.select([hu < -900, hu < -500, hu > 300], [35.0, 30.0, 25.0], 20.0).astype(np.float32)
     coarse = torch.from_numpy(rng.standard_normal((1, 1, Z // 16, Y // 16, X // 16)).astype(np.float32))
     texture = torch.nn.functional.interpolate(coarse, size=shape, mode="trilinear")[0, 0].numpy()
     hu += np.where(hu > -900, 20.0 * texture, 0.0)
-    hu += rng.normal(0.0, 12.0, shape).astype(np.float32)
+    hu += rng.standard_normal(shape, dtype=np.float32) * sd
+    np.maximum(hu, -1024.0, out=hu)  # scanners clip at -1024 HU
     hu[np.broadcast_to(y ** 2 + x ** 2 > 1.0, shape)] = -2048.0  # outside the scanner's field of view
     label = liver.astype(np.uint8)
     label[tumour] = 2
@@ -264,22 +275,99 @@ def item_cost(store: str, index, n_batches: int) -> tuple[float, float]:
     return (time.perf_counter() - t) / n * 1e3, (time.process_time() - c) / n * 1e3
 
 
-def rewrite(src: str, index, out: str, chunks, codec: str):
-    """The store's cases rewritten with another chunk shape / codec by the pipeline's writer."""
+def rewrite(src: str, index, out: str, chunks, codec: tuple[str, int, str]):
+    """The store's cases rewritten with another chunk shape / codec (name, level, shuffle) by the pipeline's
+    writer."""
     import zarr
 
     from model.data import StoreIndex
     from pipeline.config import PrepConfig
     from pipeline.store import open_root, write_case
 
-    cfg = PrepConfig(chunks=chunks, codec=codec)
-    root = open_root(out)
-    for cs in index.cases.values():
-        for c in cs:
-            grp = zarr.open_group(f"{src}/{c.store_path}", mode="r")
-            write_case(root, c.store_path, grp["image"][...], grp["label"][...], grp["foreground"][...],
-                       {}, cfg, marker={"benchmark": True})
+    import pipeline.store
+    from zarr.codecs import BloscCodec
+
+    cname, clevel, shuffle = codec
+    cfg = PrepConfig(chunks=chunks, codec=cname, clevel=clevel)
+    # The store writes byte shuffle; other shuffles are written by swapping its compressor for this call.
+    own = pipeline.store.compressor
+    pipeline.store.compressor = lambda cfg: BloscCodec(
+        cname=cname, clevel=clevel, shuffle={"byte": "shuffle", "bit": "bitshuffle"}[shuffle])
+    try:
+        root = open_root(out)
+        for cs in index.cases.values():
+            for c in cs:
+                grp = zarr.open_group(f"{src}/{c.store_path}", mode="r")
+                write_case(root, c.store_path, grp["image"][...], grp["label"][...], grp["foreground"][...],
+                           {}, cfg, marker={"benchmark": True})
+    finally:
+        pipeline.store.compressor = own
     return StoreIndex(store=out, split=index.split, cases=index.cases, num_classes=index.num_classes)
+
+
+def bench_ct_chunks(bench_store: str | None, data: Path, work: Path, n_cases: int, chunk=(64, 64, 64)):
+    """64³ chunks of z-scored float16 CT from the bench sample (512×512×120 with realistic scanner noise), as
+    the store holds them: edge chunks padded with the fill value 0. From ``bench_store`` when given (a store of
+    those CTs, e.g. ``prep.py --keep``), else the first ``n_cases`` bench cases are built into ``work``."""
+    import zarr
+
+    from pipeline.config import PrepConfig
+    from pipeline.job import build
+    from pipeline.sources.msd import scan_msd
+
+    if bench_store is None:
+        if not (data / "msd" / "Task03_Liver" / "dataset.json").exists():
+            from pipeline.sample.msd import write_msd_sample
+
+            print(f"writing 8 full-size CT cases to {data / 'msd'} (once)...", flush=True)
+            write_msd_sample(data / "msd", seed=0, size="bench", tasks=["Task03_Liver"])
+        found, _ = scan_msd(data / "msd", ["Task03_Liver"])
+        spec, cases = found[0]
+        bench_store = str(work / "bench_ct_store")
+        res = build([(spec, [c for c in cases if c.label][:n_cases])], bench_store, PrepConfig(val_fraction=0.0),
+                    workers=0, progress=False, log=lambda s: None)
+        if not res.ok:
+            raise SystemExit(res.summary())
+    root = zarr.open_group(bench_store, mode="r")
+    paths = sorted(f"{d}/{c}" for d in root.group_keys() for c in root[d].group_keys())[:n_cases]
+    chunks = []
+    for path in paths:
+        image = root[path]["image"][0]
+        image = np.pad(image, [(0, -n % c) for n, c in zip(image.shape, chunk)])
+        for z, y, x in np.ndindex(*(n // c for n, c in zip(image.shape, chunk))):
+            chunks.append(np.ascontiguousarray(image[z * chunk[0]:(z + 1) * chunk[0], y * chunk[1]:(y + 1) * chunk[1],
+                                                     x * chunk[2]:(x + 1) * chunk[2]]))
+    return paths, chunks
+
+
+def codec_costs(chunks: list[np.ndarray], codecs, decodes: int = 5) -> dict[tuple, tuple[float, float, float]]:
+    """(median encode ms, median decode ms, compressed / raw bytes) per codec over ``chunks``, one Blosc thread,
+    codecs interleaved chunk by chunk (so load from other processes hits them alike): one encode and
+    ``decodes`` decodes of each chunk."""
+    import numcodecs
+    import numcodecs.blosc
+
+    numcodecs.blosc.use_threads = False  # as in a dask worker thread or a DataLoader worker
+    shuffles = {"byte": numcodecs.Blosc.SHUFFLE, "bit": numcodecs.Blosc.BITSHUFFLE}
+    blosc = {c: numcodecs.Blosc(cname=c[0], clevel=c[1], shuffle=shuffles[c[2]]) for c in codecs}
+    enc: dict[tuple, list[float]] = {c: [] for c in codecs}
+    dec: dict[tuple, list[float]] = {c: [] for c in codecs}
+    blobs: dict[tuple, list[bytes]] = {c: [] for c in codecs}
+    for chunk in chunks:
+        for c, codec in blosc.items():
+            t = time.perf_counter()
+            blobs[c].append(codec.encode(chunk))
+            enc[c].append(time.perf_counter() - t)
+    buf = np.empty(chunks[0].size, chunks[0].dtype)
+    for _ in range(decodes):
+        for i in range(len(chunks)):
+            for c, codec in blosc.items():
+                t = time.perf_counter()
+                codec.decode(blobs[c][i], out=buf)
+                dec[c].append(time.perf_counter() - t)
+    raw = sum(c.nbytes for c in chunks)
+    return {c: (float(np.median(enc[c]) * 1e3), float(np.median(dec[c]) * 1e3),
+                sum(map(len, blobs[c])) / raw) for c in codecs}
 
 
 def image_bytes(store: str, index) -> tuple[int, int]:
@@ -300,6 +388,12 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, help="where to write phantoms and stores (default: a temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--cases", type=int, default=3, help="with --store: use this many of its largest cases")
+    ap.add_argument("--bench-store", help="codec table: a store built from the bench CTs (default: build "
+                    "--bench-cases of them from --bench-data)")
+    ap.add_argument("--bench-data", type=Path, default=Path("data/bench"),
+                    help="where `med3d-prep sample --size bench` CTs are (written there once if missing)")
+    ap.add_argument("--bench-cases", type=int, default=2, help="bench CT cases whose chunks the codecs encode")
+    ap.add_argument("--codecs-only", action="store_true", help="print only the codec and chunk-shape tables")
     args = ap.parse_args()
 
     import numcodecs.blosc
@@ -355,34 +449,70 @@ def main() -> None:
             print("NIfTI sources not found: their rows are skipped")
         if not _has("nibabel"):
             print("nibabel is not installed: the numpy memmap row reads .nii the way nibabel does")
-        print("| read one 128³ patch (float16 / int16 HU) | median ms | p90 ms | median CPU ms |\n|---|---|---|---|")
-        for name, (med, p90, cpu) in measure(fns, positions, every).items():
-            n = len(positions[::every.get(name, 1)])
-            print(f"| {name}{f' ({n} patches)' if n < len(positions) else ''} | {med:.2f} | {p90:.2f} | {cpu:.2f} |")
+        if not args.codecs_only:
+            print("| read one 128³ patch (float16 / int16 HU) | median ms | p90 ms | median CPU ms |\n"
+                  "|---|---|---|---|")
+            for name, (med, p90, cpu) in measure(fns, positions, every).items():
+                n = len(positions[::every.get(name, 1)])
+                print(f"| {name}{f' ({n} patches)' if n < len(positions) else ''} | {med:.2f} | {p90:.2f} "
+                      f"| {cpu:.2f} |")
 
-        print(f"\n| DataLoader (make_loader, batch 2 of 128³, fg 1/3), load average {os.getloadavg()[0]:.1f} "
-              "| patches/s |\n|---|---|")
-        for w in (0, 1, 2):
-            print(f"| {w} worker{'s' if w != 1 else ''} | {loader_rate(store, index, w, args.n):.1f} |", flush=True)
-        wall, cpu = item_cost(store, index, args.n)
-        print(f"\none PretrainStream item in-process (image + label, float32 + int64): {wall:.2f} ms wall, "
-              f"{cpu:.2f} ms CPU per patch")
+            print(f"\n| DataLoader (make_loader, batch 2 of 128³, fg 1/3), load average {os.getloadavg()[0]:.1f} "
+                  "| patches/s |\n|---|---|")
+            for w in (0, 1, 2):
+                print(f"| {w} worker{'s' if w != 1 else ''} | {loader_rate(store, index, w, args.n):.1f} |",
+                      flush=True)
+            wall, cpu = item_cost(store, index, args.n)
+            print(f"\none PretrainStream item in-process (image + label, float32 + int64): {wall:.2f} ms wall, "
+                  f"{cpu:.2f} ms CPU per patch")
+
+        from pipeline.config import PrepConfig
+
+        default = PrepConfig()
+        default_codec = (default.codec, default.clevel, "byte")
+        codecs = CODECS if default_codec in CODECS else [default_codec, *CODECS]
+        print(f"\ncodecs: encoding the chunks of {args.bench_cases} bench CT case(s)...", flush=True)
+        paths, chunks = bench_ct_chunks(args.bench_store, args.bench_data, work, args.bench_cases)
+        costs = codec_costs(chunks, codecs)
+        per_case = len(chunks) / len(paths)
 
         raw = sum(int(np.prod(c.shape)) * 2 for cs in index.cases.values() for c in cs)
         variants = {}
-        for chunks, codec in VARIANTS:
-            vstore = str(work / f"store_{codec}_{'x'.join(map(str, chunks))}")
-            variants[(chunks, codec)] = (vstore, rewrite(store, index, vstore, chunks, codec))
+        for chunk_shape, codec in [((64, 64, 64), c) for c in codecs] + \
+                [(s, default_codec) for s in CHUNK_SHAPES if s != (64, 64, 64)]:
+            vstore = str(work / f"store_{'_'.join(map(str, codec))}_{'x'.join(map(str, chunk_shape))}")
+            variants[(chunk_shape, codec)] = (vstore, rewrite(store, index, vstore, chunk_shape, codec))
         direct = measure({k: direct_fn(v[0]) for k, v in variants.items()}, positions)
         via_zarr = measure({k: zarr_fn(v[0]) for k, v in variants.items()}, positions[: max(2, args.n // 2)])
-        print("\n| chunks (z, y, x) | Blosc | image MiB | vs float16 | chunk files | direct median / p90 / CPU ms "
-              "| zarr median ms | loader 2 workers, patches/s |\n|---|---|---|---|---|---|---|---|")
-        for (chunks, codec), (vstore, vindex) in variants.items():
+        rates = {k: loader_rate(v[0], v[1], 2, args.n) for k, v in variants.items()}
+
+        print(f"\nBlosc codecs on z-scored float16 64³ chunks of noisy CT ({len(chunks)} chunks of {len(paths)} "
+              f"bench case(s), {', '.join(p.rsplit('/', 1)[-1] for p in paths)}; one Blosc thread; medians of "
+              f"{len(chunks)} encodes and {5 * len(chunks)} decodes). Patch reads: the store above rewritten with "
+              f"each codec, chunks 64³. Load average {os.getloadavg()[0]:.1f}.\n")
+        print("| Blosc (codec:level shuffle) | encode ms / chunk | encode s / bench case | decode ms / chunk "
+              "| size vs float16 | patch read direct median / p90 / CPU ms | zarr median ms "
+              "| loader 2 workers, patches/s |\n|---|---|---|---|---|---|---|---|")
+        for codec in codecs:
+            e, d, ratio = costs[codec]
+            med, p90, cpu = direct[((64, 64, 64), codec)]
+            mark = " (default)" if codec == default_codec else ""
+            print(f"| {codec[0]}:{codec[1]} {codec[2]}{mark} | {e:.2f} | {e * per_case / 1e3:.2f} | {d:.3f} | "
+                  f"{ratio:.3f} | {med:.2f} / {p90:.2f} / {cpu:.2f} | {via_zarr[((64, 64, 64), codec)][0]:.2f} "
+                  f"| {rates[((64, 64, 64), codec)]:.1f} |", flush=True)
+
+        print(f"\nChunk shapes with the default codec ({default.codec}:{default.clevel} byte shuffle), "
+              "on the store above:\n")
+        print("| chunks (z, y, x) | image MiB | vs float16 | chunk files | direct median / p90 / CPU ms "
+              "| zarr median ms | loader 2 workers, patches/s |\n|---|---|---|---|---|---|---|")
+        for (chunk_shape, codec), (vstore, vindex) in variants.items():
+            if codec != default_codec:
+                continue
             nbytes, files = image_bytes(vstore, vindex)
-            med, p90, cpu = direct[(chunks, codec)]
-            rate = loader_rate(vstore, vindex, 2, args.n)
-            print(f"| {chunks} | {codec}:3 shuffle | {nbytes / 2**20:.1f} | {nbytes / raw:.2f} | {files} | "
-                  f"{med:.2f} / {p90:.2f} / {cpu:.2f} | {via_zarr[(chunks, codec)][0]:.2f} | {rate:.1f} |", flush=True)
+            med, p90, cpu = direct[(chunk_shape, codec)]
+            print(f"| {chunk_shape} | {nbytes / 2**20:.1f} | {nbytes / raw:.2f} | {files} | "
+                  f"{med:.2f} / {p90:.2f} / {cpu:.2f} | {via_zarr[(chunk_shape, codec)][0]:.2f} "
+                  f"| {rates[(chunk_shape, codec)]:.1f} |", flush=True)
         print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     finally:
         if not args.keep and args.workdir is None:

@@ -2,59 +2,22 @@
 
 torch is imported inside the commands, so ``med3d-train --help`` answers at once.
 
-    med3d-train pretrain STORE --out RUN_DIR [--depth 10] [--steps N] [--batch B] [--patch 64|32,128,128] ...
+    med3d-train pretrain STORE [STORE ...] --out RUN_DIR [--depth 10] [--steps N] [--batch B]
+        [--patch 64|32,128,128] ...
     med3d-train export RUN_DIR/checkpoint.pt --format medicalnet OUT.pth
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
+from model.cli_types import EncoderChoice, PatchSize
+
 __all__ = ["main"]
-
-
-class EncoderChoice(click.Choice):
-    """Choices read from ``model.nets.resnet.ENCODERS`` when first needed (that import pulls in torch).
-
-    ``kind="depth"``: the depths of plain ResNets (``10``, ``50``, ...); ``kind="name"``: every registry name.
-    """
-
-    def __init__(self, kind: str) -> None:  # no super().__init__: ``choices`` is computed, not stored
-        self.kind = kind
-        self.case_sensitive = True
-
-    @property
-    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
-        from model.nets.resnet import ENCODERS
-
-        if self.kind == "name":
-            return tuple(ENCODERS)
-        depths = [m.group(1) for n in ENCODERS if (m := re.fullmatch(r"resnet(\d+)", n))]
-        return tuple(sorted(depths, key=int))
-
-
-class PatchSize(click.ParamType):
-    """``64`` -> (64, 64, 64); ``32,128,128`` -> (32, 128, 128) in (z, y, x) voxels."""
-
-    name = "patch"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int, int]:
-        if isinstance(value, tuple):
-            return value
-        try:
-            sizes = [int(v) for v in str(value).replace("x", ",").split(",")]
-        except ValueError:
-            self.fail(f"{value!r} is not a size: give one int (64) or three (32,128,128)", param, ctx)
-        if len(sizes) == 1:
-            sizes *= 3
-        if len(sizes) != 3 or min(sizes) < 8:
-            self.fail(f"{value!r}: give one size or three (z,y,x), each at least 8", param, ctx)
-        return tuple(sizes)  # type: ignore[return-value]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -67,7 +30,7 @@ _FIELD = {"depth": "encoder", "encoder_name": "encoder", "optimizer_name": "opti
 
 
 @main.command()
-@click.argument("store")
+@click.argument("stores", nargs=-1, required=True, metavar="STORE [STORE ...]")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Run folder.")
 @click.option("--depth", type=EncoderChoice("depth"), default="10", help="ResNet depth (encoder resnet<depth>).")
 @click.option("--encoder", "encoder_name", type=EncoderChoice("name"), default=None,
@@ -98,8 +61,11 @@ _FIELD = {"depth": "encoder", "encoder_name": "encoder", "optimizer_name": "opti
 @click.option("--init", default="scratch", help="scratch, or encoder weights: MedicalNet/Kinetics .pth or ours.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.pass_context
-def pretrain(ctx: click.Context, store: str, out: str, **opts: Any) -> None:
-    """Med3D multi-branch pretraining on STORE (train split; Dice on the val split).
+def pretrain(ctx: click.Context, stores: tuple[str, ...], out: str, **opts: Any) -> None:
+    """Med3D multi-branch pretraining on the domains of one or more STOREs (train split; Dice on the val split).
+
+    Domain names must be unique across the stores; a scan that several stores hold (same scan id) is trained
+    once, from the first store given.
 
     Writes RUN_DIR/config.json, checkpoint.pt (every --ckpt-every steps and at the end) and metrics.jsonl.
     Under torchrun every process trains on its own patches of the same domain.
@@ -124,9 +90,9 @@ def pretrain(ctx: click.Context, store: str, out: str, **opts: Any) -> None:
     try:
         if resume and saved.is_file():
             # The run's own config, changed only where the user said so: defaults must not silently differ.
-            cfg = TrainConfig.read_json(saved).replace(store=store, out=out, **{k: values[k] for k in given})
+            cfg = TrainConfig.read_json(saved).replace(store=stores, out=out, **{k: values[k] for k in given})
         else:
-            cfg = TrainConfig(store=store, out=out, **values)
+            cfg = TrainConfig(store=stores, out=out, **values)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     try:
@@ -165,9 +131,9 @@ def export(checkpoint: str, out: str, fmt: str) -> None:
 
 
 def _add_transfer_commands() -> None:
-    from model.cli_transfer import compare, evaluate, finetune, predict
+    from model.cli_transfer import compare, evaluate, finetune, plot, predict
 
-    for command in (finetune, evaluate, predict, compare):
+    for command in (finetune, evaluate, predict, compare, plot):
         main.add_command(command)
 
 

@@ -6,6 +6,7 @@
     med3d-train evaluate RUN STORE [--split val|test]
     med3d-train predict  RUN scan.nii.gz [more...] --out DIR
     med3d-train compare  RUN [RUN ...] [--out DIR]
+    med3d-train plot     RUN [RUN ...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Any
 
 import click
 
-from model.cli import EncoderChoice, PatchSize
+from model.cli_types import EncoderChoice, PatchSize
 
-__all__ = ["compare", "evaluate", "finetune", "predict"]
+__all__ = ["compare", "evaluate", "finetune", "plot", "predict"]
 
 
 def _ints(value: str, name: str) -> tuple[int, ...]:
@@ -158,6 +159,22 @@ def compare(runs: tuple[str, ...], out: str) -> None:
     click.echo(compare_table(df).to_markdown() if _has_tabulate() else compare_table(df).to_string())
     md, csv = write_compare(df, out)
     click.echo(f"wrote {md} and {csv}")
+
+
+@click.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "-o", default=None, type=click.Path(file_okay=False),
+              help="Folder for loss.png, val.png, throughput.png. Default: the first run folder.")
+def plot(runs: tuple[str, ...], out: str | None) -> None:
+    """Loss, validation (Dice / metric) and throughput curves of RUNS (pretrain or finetune folders) as PNG."""
+    from model.evaluation.plot import plot_runs
+
+    try:
+        paths = plot_runs(runs, out)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for path in paths.values():
+        click.echo(str(path))
 
 
 def _has_tabulate() -> bool:

@@ -10,10 +10,12 @@ import click
 EXIT_FAILED_CASES = 3
 
 
-def _config(dtype: str, chunks: str | None, codec: str | None, **extra):
+def _config(dtype: str, chunks: str | None, codec: str | None, max_voxels: int | None = None, **extra):
     from .config import PrepConfig
 
     kw = {"dtype": dtype, **extra}
+    if max_voxels is not None:
+        kw["max_voxels"] = max_voxels
     if chunks:
         try:
             kw["chunks"] = tuple(int(c) for c in chunks.split(","))
@@ -39,6 +41,23 @@ def _finish(result) -> None:
         sys.exit(EXIT_FAILED_CASES)
 
 
+class _VoxelCount(click.ParamType):
+    """A positive voxel count, written as an integer or in scientific notation (2e9)."""
+
+    name = "voxels"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            n = float(str(value).replace("_", "").replace(",", ""))
+        except ValueError:
+            self.fail(f"{value!r} is not a voxel count (e.g. 2e9 or 2000000000)", param, ctx)
+        if not (n >= 1 and n == int(n)):
+            self.fail(f"{value!r} must be a positive whole number of voxels", param, ctx)
+        return int(n)
+
+
 _common = [
     click.option("--workers", type=int, default=None, help="Worker processes of the local cluster (default: one "
                  "per core; 0 runs in this process without dask)."),
@@ -48,6 +67,9 @@ _common = [
     click.option("--chunks", default=None, metavar="Z,Y,X", help="Chunk shape (default 64,64,64)."),
     click.option("--codec", type=click.Choice(["zstd", "lz4", "lz4hc", "blosclz", "zlib"]), default=None),
     click.option("--replan", is_flag=True, help="Recompute target spacings instead of using the frozen plan."),
+    click.option("--max-voxels", type=_VoxelCount(), default=None, metavar="N",
+                 help="Largest input volume (voxels × channels) to read, e.g. 2e9 (the default); a header "
+                      "announcing more is refused as damaged before any read."),
     click.option("--no-progress", is_flag=True, help="No progress bar."),
 ]
 
@@ -83,7 +105,8 @@ def sample(out: Path, seed: int, size: str, only: str) -> None:
 @click.argument("store")
 @click.option("--tasks", default=None, help="Comma-separated subset, e.g. Task04_Hippocampus,Task09_Spleen.")
 @common_options
-def build_3dseg8(msd_root, store, tasks, workers, scheduler, dtype, chunks, codec, replan, no_progress) -> None:
+def build_3dseg8(msd_root, store, tasks, workers, scheduler, dtype, chunks, codec, replan, no_progress,
+                 max_voxels) -> None:
     """Build the eight 3DSeg-8 MSD tasks found under MSD_ROOT into STORE."""
     from .job import build
     from .sources.msd import scan_msd
@@ -97,7 +120,7 @@ def build_3dseg8(msd_root, store, tasks, workers, scheduler, dtype, chunks, code
     if not found:
         raise click.UsageError(f"no 3DSeg-8 task folder under {msd_root}")
     click.echo("building: " + ", ".join(f"{spec.source_dataset} ({len(c)} cases)" for spec, c in found))
-    cfg = _config(dtype, chunks, codec)
+    cfg = _config(dtype, chunks, codec, max_voxels)
     result = build(found, store, cfg, workers=workers, scheduler=scheduler, replan=replan,
                    progress=not no_progress, log=click.echo)
     result.missing = missing
@@ -124,7 +147,7 @@ def _window(text: str) -> tuple[float, float]:
               help="CT window in HU (clip before the z-score, instead of the 0.5/99.5 percentiles).")
 @common_options
 def build_lits(lits_root, store, spacing_csv, window, workers, scheduler, dtype, chunks, codec, replan,
-               no_progress) -> None:
+               no_progress, max_voxels) -> None:
     """Build LiTS (volume-N.nii + segmentation-N.nii, test-volume-N.nii) under LITS_ROOT into STORE.
 
     Target spacing: the training volumes' mean. Headers without usable spacing (LiTS 28-47) get the mean of
@@ -142,7 +165,7 @@ def build_lits(lits_root, store, spacing_csv, window, workers, scheduler, dtype,
         click.echo(note)
     n_test = sum(1 for c in cases if c.split_hint == "test")
     click.echo(f"building: LiTS ({len(cases) - n_test} training, {n_test} test volumes)")
-    cfg = _config(dtype, chunks, codec, ct_window=_window(window))
+    cfg = _config(dtype, chunks, codec, max_voxels, ct_window=_window(window))
     result = build([(spec, cases)], store, cfg, workers=workers, scheduler=scheduler, spacing_rule="mean",
                    replan=replan, progress=not no_progress, log=click.echo)
     _finish(result)
@@ -157,7 +180,7 @@ def build_lits(lits_root, store, spacing_csv, window, workers, scheduler, dtype,
               help="Size of the fixed test split (paper: 8 of 80; scaled down for small sets).")
 @common_options
 def build_visceral(visceral_root, store, lung_labels, test_volumes, workers, scheduler, dtype, chunks, codec,
-                   replan, no_progress) -> None:
+                   replan, no_progress, max_voxels) -> None:
     """Build VISCERAL Anatomy volumes (all four modalities) with lung labels under VISCERAL_ROOT into STORE.
 
     Volumes without masks of both lungs are stored unlabelled in split "unannotated".
@@ -165,7 +188,7 @@ def build_visceral(visceral_root, store, lung_labels, test_volumes, workers, sch
     from .job import build
     from .sources.visceral import scan_visceral
 
-    cfg = _config(dtype, chunks, codec)
+    cfg = _config(dtype, chunks, codec, max_voxels)
     try:
         spec, cases, notes = scan_visceral(visceral_root, lung_labels=lung_labels, n_test=test_volumes,
                                            seed=cfg.split_seed)
@@ -191,7 +214,7 @@ def build_visceral(visceral_root, store, lung_labels, test_volumes, workers, sch
               help="Share of patients in the test split (default 99/1149, the paper's 1,050/99 nodules).")
 @common_options
 def build_lidc(lidc_root, store, min_readers, crop_mm, crop_spacing, test_fraction, workers, scheduler, dtype,
-               chunks, codec, replan, no_progress) -> None:
+               chunks, codec, replan, no_progress, max_voxels) -> None:
     """Build LIDC-IDRI (LIDC-IDRI-NNNN/<study>/<series>/*.dcm + reader XML) under LIDC_ROOT into STORE.
 
     One case per nodule contoured by at least --min-readers readers: a crop of --crop-mm around it, z-scored
@@ -208,10 +231,21 @@ def build_lidc(lidc_root, store, min_readers, crop_mm, crop_spacing, test_fracti
         raise click.UsageError(str(exc)) from None
     if replan:
         click.echo("--replan has no effect for LIDC: crops have a fixed spacing (--crop-spacing)")
-    cfg = _config(dtype, chunks, codec)
+    cfg = _config(dtype, chunks, codec, max_voxels)
     result = build(lidc_root, store, cfg, params, workers=workers, scheduler=scheduler,
                    progress=not no_progress, log=click.echo)
     _finish(result)
+
+
+def _add_source_commands() -> None:
+    """build-msd, build-nnunet, build-totalseg (pipeline/cli_sources.py), with the common options."""
+    from .cli_sources import SOURCE_COMMANDS
+
+    for name, callback in SOURCE_COMMANDS.items():
+        main.command(name)(common_options(callback))
+
+
+_add_source_commands()
 
 
 @main.command()
@@ -242,6 +276,37 @@ def info(store: str, as_json: bool) -> None:
     if nodules is not None:
         click.echo("\nLIDC nodules (selected: contoured by enough readers to get a crop):")
         click.echo(nodules.to_string(index=False))
+
+
+@main.command()
+@click.argument("store")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.argument("more_runs", nargs=-1, metavar="", type=click.Path(exists=True, file_okay=False))
+@click.option("--runs", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Run folders whose loss / Dice / throughput curves the page includes: --runs RUN [RUN ...].")
+@click.option("--montage-cases", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Cases per domain drawn (seeded) for the mid-slice montages.")
+@click.option("--nodule-cases", type=click.IntRange(min=0), default=12, show_default=True,
+              help="LIDC stores: nodule crops shown with their ratings.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the montage samples.")
+@click.option("--dpi", type=click.IntRange(min=30, max=300), default=90, show_default=True)
+def report(store, out_dir, more_runs, runs, montage_cases, nodule_cases, seed, dpi) -> None:
+    """A static HTML report of STORE in OUT_DIR (index.html + PNG figures; open it in any browser).
+
+    Per domain: original spacings against the target, original and resampled shapes, intensities before
+    normalization, label voxel fractions, a montage of a few cases as stored with their labels, the failed
+    cases; LIDC nodule crops with their ratings; with --runs, the runs' training curves.
+    """
+    from .report import build_report
+
+    if more_runs and not runs:
+        raise click.UsageError(f"unexpected argument {more_runs[0]!r}: run folders go after --runs")
+    try:
+        result = build_report(store, out_dir, runs=[*runs, *more_runs], montage_cases=montage_cases,
+                              nodule_cases=nodule_cases, seed=seed, dpi=dpi, log=click.echo)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {result.index} ({len(result.figures)} figures, {result.seconds:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from .integrity import DEFAULT_MAX_VOXELS
 
 FORMAT_VERSION = 1
 
@@ -26,11 +29,12 @@ class PrepConfig:
     chunks: tuple[int, int, int] = (64, 64, 64)
     """Chunk shape (z, y, x) of every array; an image chunk holds one channel."""
     codec: str = "lz4hc"
-    clevel: int = 5
-    """Blosc codec (byte shuffle). LZ4HC decodes a 64³ float16 chunk of CT in ~0.06 ms against zstd's ~0.33 ms
-    (a random 128³ patch touches 27 chunks: ~1.6 ms vs ~9 ms) for a slightly larger store (0.54 vs 0.47 of the
-    raw float16 bytes) and slower writes; the store is written once and read millions of times. Measured by
-    benchmarks/loader.py and benchmarks/prep.py (README)."""
+    clevel: int = 1
+    """Blosc codec and level (byte shuffle), chosen on z-scored float16 64³ chunks of noisy CT (the bench CTs,
+    16-23 HU of scanner noise in soft tissue): LZ4HC level 1 encodes a chunk in ~1.3 ms against level 5's ~20 ms
+    (~0.2 s against ~3 s per 512×512×120 case, whose whole conversion is ~2 s) and decodes it in ~0.22 ms (level
+    5: ~0.19; lz4 with bit shuffle ~0.33; zstd 0.6-0.9 ms) into 0.47 of the raw float16 bytes (level 5: 0.44).
+    Measured by benchmarks/loader.py (README, docs/DECISIONS.md)."""
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
     air_hu: float = -1024.0
     """CT only: values below this (scanner padding outside the field of view: -2048, -3024) clamp to it
@@ -43,6 +47,9 @@ class PrepConfig:
     """Foreground voxel coordinates stored per class, for foreground-centred patch sampling."""
     val_fraction: float = 0.1
     split_seed: int = 0
+    max_voxels: int = DEFAULT_MAX_VOXELS
+    """Largest input volume (voxels × channels) the build reads; a header announcing more is refused before any
+    read (a damaged header would otherwise make the reader try to allocate it). 2·10⁹: 5× a 512×512×1500 CT."""
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -60,13 +67,17 @@ class PrepConfig:
             raise ValueError("label_interpolation must be 'nearest'")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if int(self.max_voxels) < 1:
+            raise ValueError(f"max_voxels must be a positive voxel count, got {self.max_voxels}")
+        object.__setattr__(self, "max_voxels", int(self.max_voxels))
         object.__setattr__(self, "chunks", tuple(int(c) for c in self.chunks))
         object.__setattr__(self, "clip_percentiles", tuple(float(p) for p in self.clip_percentiles))
         if self.ct_window is not None:
             object.__setattr__(self, "ct_window", tuple(float(w) for w in self.ct_window))
 
     # Splits are assigned over the whole catalog, not per case: they do not change a case's bytes.
-    _NOT_HASHED = frozenset({"val_fraction", "split_seed"})
+    # Nor does the voxel limit: it decides whether a case is read at all, not what is written for it.
+    _NOT_HASHED = frozenset({"val_fraction", "split_seed", "max_voxels"})
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -122,6 +133,23 @@ class DomainSpec:
         return self.modality == "CT"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def unsafe_case_id(name: str) -> str | None:
+    """Why ``name`` cannot name a folder of the store (a case id or domain), or None when it can: it must be one
+    path component, so no case is written outside its domain's folder (``../x``) or over another."""
+    if not name or not name.strip():
+        return "is empty"
+    if name in (".", ".."):
+        return f"is {name!r}, which would escape the store folder"
+    if "/" in name or "\\" in name:
+        return "contains a path separator, which would escape the store folder"
+    if _CONTROL.search(name):
+        return "contains control characters"
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Case:
     """One volume to convert: where its files are and who it is.
@@ -154,6 +182,12 @@ class Case:
     extra: dict[str, Any] = field(default_factory=dict)
     """Free metadata stored in the case attrs. Known keys reach catalog columns: ``spacing_flag`` (why the
     spacing is not the header's), ``source_modality`` (the dataset's own modality name, e.g. VISCERAL CTce)."""
+
+    def __post_init__(self) -> None:
+        for what, name in (("domain", self.domain), ("case id", self.case_id)):
+            problem = unsafe_case_id(name)
+            if problem:
+                raise ValueError(f"{what} {name!r} {problem} (from {self.images[0] if self.images else '?'})")
 
     @property
     def store_path(self) -> str:

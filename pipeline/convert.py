@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from . import geometry, intensity
+from . import geometry, integrity, intensity
 from .config import Case, DomainSpec, PrepConfig
 from .labels import CaseError, compose_label, resample_label, summarize_label
 from .store import case_marker, case_seed, jsonable, open_root, write_case
 
-__all__ = ["CaseError", "compose_label", "convert_case", "convert_or_fail", "failed_row", "is_up_to_date"]
+__all__ = ["CaseError", "check_case_headers", "compose_label", "convert_case", "convert_or_fail", "failed_row",
+           "is_up_to_date"]
 
 
 def file_fingerprint(path: str) -> dict[str, Any]:
@@ -38,6 +39,27 @@ def case_sources(case: Case) -> list[str]:
     """Every file a case is built from (images, then the label file or every label mask): hashed, recorded,
     and compared on resume."""
     return [*case.images, *case.label_files]
+
+
+def check_case_headers(case: Case, max_voxels: int | None = integrity.DEFAULT_MAX_VOXELS) -> None:
+    """Header-only checks of every file of a case, before any voxel is read (planning and conversion).
+
+    Raises CaseError naming the file: missing or empty, not NIfTI, truncated (file size or gzip trailer against
+    the header's data length), 2D or 5D, more than ``max_voxels`` voxels × channels, spacing zero, negative or
+    NaN (unless the case overrides the spacing), direction cosines that are not orthonormal.
+    """
+    for path in case_sources(case):
+        try:
+            integrity.check_file(path, max_voxels=max_voxels,
+                                 check_header_spacing=case.spacing_override is None)
+            hdr = geometry.read_header(path)
+            integrity.check_voxel_count(path, hdr.n_voxels * hdr.n_channels, max_voxels,
+                                        f" ({hdr.n_channels} channel(s) of {' × '.join(map(str, hdr.size))})")
+            if case.spacing_override is None:
+                integrity.check_spacing(path, hdr.spacing)
+            integrity.check_direction(path, hdr.direction)
+        except (ValueError, OSError) as exc:  # OSError: a file that cannot be opened (permissions, I/O error)
+            raise CaseError(str(exc)) from None
 
 
 def case_params_hash(case: Case, cfg: PrepConfig, target_spacing_zyx, spec: DomainSpec) -> str:
@@ -78,10 +100,9 @@ def is_up_to_date(root, case: Case, params_hash: str) -> dict[str, Any] | None:
 def convert_case(case: Case, spec: DomainSpec, target_spacing_zyx, cfg: PrepConfig, store: str,
                  params_hash: str, storage_options: dict | None = None) -> dict[str, Any]:
     """Convert one case and write it to the store. Returns its catalog row; raises CaseError on bad input."""
+    check_case_headers(case, cfg.max_voxels)  # before hashing or reading a voxel
     sources = []
     for path in case_sources(case):
-        if not os.path.exists(path):
-            raise CaseError(f"{path}: file not found")
         sources.append({**file_fingerprint(path), "sha256": sha256_file(path)})
     channels, label_img, overlap_voxels = read_case(case, spec)
 
@@ -211,6 +232,11 @@ def normalize_channels(channels: list[sitk.Image], spacing_xyz, cfg: PrepConfig,
                                          cfg.ct_window if is_ct else None, air_frac)
         except ValueError as exc:
             raise CaseError(f"{case.images[min(c, len(case.images) - 1)]}: channel {c}: {exc}") from None
+        try:
+            integrity.check_contrast(case.images[min(c, len(case.images) - 1)], sitk.GetArrayViewFromImage(ch),
+                                     st.p_lo, st.p_hi, st.std)
+        except ValueError as exc:
+            raise CaseError(f"{exc}" if len(channels) == 1 else f"{exc} (channel {c})") from None
         stats.append(st)
         if out is None:
             nx, ny, nz = geometry.target_size(ch.GetSize(), ch.GetSpacing(), spacing_xyz)

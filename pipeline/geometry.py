@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from . import integrity
+
 CANONICAL = "LPS"
 
 
@@ -66,6 +68,8 @@ def read_header(path: str) -> Header:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
+        if integrity.is_nifti(path):  # say what is wrong with a damaged file, not only that ITK failed
+            integrity.diagnose_nifti(str(path))
         raise ValueError(f"{path}: cannot read the image header ({_first_line(exc)})") from None
     dim = reader.GetDimension()
     size = reader.GetSize()
@@ -80,10 +84,16 @@ def read_header(path: str) -> Header:
         raise ValueError(f"{path}: expected a 3D or 4D image, got {dim}D")
     pixel = sitk.GetPixelIDValueAsString(reader.GetPixelID())
     ctype = sitk.GetPixelIDValueAsString(reader.GetPixelID()).replace("vector of ", "")
+    spacing = [float(s) for s in spacing[:3]]
+    if integrity.is_nifti(path):
+        # ITK reads a pixdim of 0, NaN or < 0 as a plausible 1 mm (or flips the axis): report what the header
+        # says, so that callers see an unusable spacing (LiTS: has_usable_spacing; others: a failed case).
+        pixdim = integrity.read_nifti_info(path).pixdim
+        spacing = [p if not (np.isfinite(p) and p > 0) else s for s, p in zip(spacing, pixdim)]
     return Header(
         path=str(path),
         size=tuple(int(s) for s in size[:3]),
-        spacing=tuple(float(s) for s in spacing[:3]),
+        spacing=tuple(spacing),
         origin=tuple(float(o) for o in origin[:3]),
         direction=tuple(float(d) for d in direction[:3, :3].ravel()),
         n_channels=n_channels,
@@ -117,10 +127,15 @@ def read_channels(path: str, spacing_override: tuple[float, float, float] | None
     and vector images are split first.
     """
     _require_file(path)
+    channels = _read_nifti_channels(str(path)) if integrity.is_nifti(path) else None
+    if channels is not None:
+        return _override_spacing(channels, spacing_override)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise ValueError(f"{path}: cannot read the image ({_first_line(exc)})") from None
+    if img.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        integrity.check_finite(str(path), sitk.GetArrayViewFromImage(img))  # MetaImage, NRRD keep NaN
     if img.GetDimension() == 4:
         sx, sy, sz, nc = img.GetSize()
         channels = []
@@ -136,9 +151,61 @@ def read_channels(path: str, spacing_override: tuple[float, float, float] | None
         channels = [img]
     else:
         raise ValueError(f"{path}: expected a 3D or 4D image, got {img.GetDimension()}D")
+    return _override_spacing(channels, spacing_override)
+
+
+def _override_spacing(channels: list[sitk.Image], spacing_override) -> list[sitk.Image]:
     if spacing_override is not None:
         for ch in channels:
             ch.SetSpacing(tuple(float(s) for s in spacing_override))
+    return channels
+
+
+_SITK_TYPES = {
+    np.dtype(np.uint8): sitk.sitkUInt8, np.dtype(np.int8): sitk.sitkInt8, np.dtype(np.uint16): sitk.sitkUInt16,
+    np.dtype(np.int16): sitk.sitkInt16, np.dtype(np.uint32): sitk.sitkUInt32, np.dtype(np.int32): sitk.sitkInt32,
+    np.dtype(np.uint64): sitk.sitkUInt64, np.dtype(np.int64): sitk.sitkInt64,
+    np.dtype(np.float32): sitk.sitkFloat32, np.dtype(np.float64): sitk.sitkFloat64,
+}
+
+
+def _read_nifti_channels(path: str) -> list[sitk.Image] | None:
+    """A NIfTI file's channels from one verified decompression (:func:`integrity.read_nifti_voxels`: CRC-32 and
+    length checked, NaN/Inf counted), with ITK's geometry from its header: the voxels ITK would read, without
+    ITK decompressing the file a second time.
+
+    Returns None where only ITK's own read gives ITK's values (scaled data, vector or RGB pixels, a pixel type
+    or size ITK reports differently); the file is then fully verified by a separate pass first.
+    """
+    info = integrity.read_nifti_info(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        integrity.diagnose_nifti(path)
+        raise ValueError(f"{path}: cannot read the image header ({_first_line(exc)})") from None
+    dim, size = reader.GetDimension(), reader.GetSize()
+    plain = (
+        not info.scaled and dim in (3, 4) and reader.GetNumberOfComponents() == 1
+        and _SITK_TYPES.get(info.dtype.newbyteorder("=")) == reader.GetPixelID()
+        and int(np.prod(size)) == info.n_voxels
+    )
+    if not plain:
+        integrity.verify_nifti_file(info)
+        return None
+    data = integrity.read_nifti_voxels(info).reshape(size, order="F")
+    integrity.check_finite(path, data)
+    spacing, origin = reader.GetSpacing()[:3], reader.GetOrigin()[:3]
+    direction = np.asarray(reader.GetDirection()).reshape(dim, dim)[:3, :3].ravel()
+    volumes = [data] if dim == 3 else [data[..., c] for c in range(size[3])]
+    channels = []
+    for vol in volumes:
+        img = sitk.GetImageFromArray(vol.T)  # (x, y, z) Fortran order is (z, y, x) C order: no copy before ITK's
+        img.SetSpacing(spacing)
+        img.SetOrigin(origin)
+        img.SetDirection(tuple(float(d) for d in direction))
+        channels.append(img)
     return channels
 
 

@@ -21,11 +21,15 @@ from catalog import assign_splits, load_catalog, load_domains, save_catalog, sav
 
 from . import geometry
 from .config import Case, DomainSpec, PrepConfig
-from .convert import case_params_hash, convert_or_fail, failed_row, is_up_to_date
+from .convert import case_params_hash, check_case_headers, convert_or_fail, failed_row, is_up_to_date
 from .store import domain_plan, freeze_plan, open_root
 
 MEM_RESOURCE = "MEM"
 _BASE_OVERHEAD = 150 * 2**20
+WORKER_DEATH_RETRIES = 1
+"""How often a case whose worker process died (SIGKILL, OOM killer, the nanny's memory limit) is started again
+on another worker before it becomes a failed row; the local cluster's ``distributed.scheduler.allowed-failures``.
+Dask's default, 3, lets one case that does not fit in memory kill four workers in a row."""
 
 
 @dataclass
@@ -66,9 +70,12 @@ class BuildResult:
         return "\n".join(lines)
 
 
-def read_case_header(case: Case) -> CaseHeader:
-    """Header-only geometry of a case in canonical (z, y, x) axes; errors are returned, not raised."""
+def read_case_header(case: Case, max_voxels: int | None = None) -> CaseHeader:
+    """Header-only geometry of a case in canonical (z, y, x) axes; errors are returned, not raised. A case whose
+    files fail the header checks (``convert.check_case_headers``) gets its error here, before any voxel read,
+    and does not enter the plan."""
     try:
+        check_case_headers(case, max_voxels)
         hdr = geometry.read_header(case.images[0])
         if case.spacing_override is not None:
             hdr = geometry.Header(**{**vars(hdr), "spacing": tuple(float(s) for s in case.spacing_override)})
@@ -139,13 +146,17 @@ def local_cluster(workers: int | None = None, memory_per_worker: int | None = No
     also freezes glibc's mmap threshold at 128 KiB, so every chunk buffer and slab temporary of a conversion is a
     fresh mmap with page faults: a 512×512×120 CT case took 2.5 s instead of 1.9 s. Our tasks hold no data
     between them, so we leave glibc's adaptive defaults in place.
+
+    A worker process that dies (killed for memory) is restarted by its nanny; the case it was converting runs
+    once more elsewhere, then becomes a failed row (:data:`WORKER_DEATH_RETRIES`).
     """
     import dask
     from distributed import LocalCluster
 
     n = workers or os.cpu_count() or 1
     mem = memory_per_worker or int(_total_memory() * 0.85 / n)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                          "distributed.scheduler.allowed-failures": WORKER_DEATH_RETRIES}):
         return LocalCluster(
             n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
             memory_limit=mem, resources={MEM_RESOURCE: mem}, host="127.0.0.1",
@@ -201,16 +212,39 @@ def build(
     rows: list[dict[str, Any]] = []
 
     in_process = workers == 0 and not scheduler
-    with (contextlib.nullcontext(None) if in_process else dask_client(workers, scheduler)) as client:
-        cases_only = [c for _, c in all_cases]
-        headers = [read_case_header(c) for c in cases_only] if client is None \
-            else client.gather(client.map(read_case_header, cases_only, pure=False))
+    # A re-run costs what finding the unchanged cases costs. In a domain whose plan is frozen and kept (no
+    # --replan, no given spacing) the target spacing is known, so each case is checked against its completion
+    # marker first: an unchanged case needs no header read and no worker. Headers are read, and a cluster
+    # started, only for the cases that remain (in a domain planned now: all of its cases).
+    frozen: dict[str, tuple[float, float, float]] = {}
+    for name in specs:
+        plan = None if replan or name in (target_spacing or {}) else domain_plan(root, name)
+        if plan:
+            frozen[name] = tuple(plan["target_spacing"])
+    pending = []
+    for spec, case in all_cases:
+        if spec.name in frozen:
+            row = is_up_to_date(root, case, case_params_hash(case, cfg, frozen[spec.name], spec))
+            if row is not None:
+                # A source may fix another split on a later scan (e.g. a VISCERAL test set drawn from more
+                # volumes) without the case's bytes changing: the hint of this scan wins.
+                rows.append({**row, "split": case.split_hint or ""})
+                result.skipped += 1
+                continue
+        pending.append((spec, case))
+
+    cluster = not in_process and bool(pending)
+    with (dask_client(workers, scheduler) if cluster else contextlib.nullcontext(None)) as client:
+        cases_only = [c for _, c in pending]
+        read_header = functools.partial(read_case_header, max_voxels=cfg.max_voxels)
+        headers = [read_header(c) for c in cases_only] if client is None \
+            else client.gather(client.map(read_header, cases_only, pure=False))
 
         targets: dict[str, tuple[float, float, float]] = {}
         for name, spec in specs.items():
-            hs = [h for (s, c), h in zip(all_cases, headers)
+            hs = [h for (s, c), h in zip(pending, headers)
                   if s.name == name and c.has_label_source and not h.error]
-            hs = hs or [h for (s, _), h in zip(all_cases, headers) if s.name == name and not h.error]
+            hs = hs or [h for (s, _), h in zip(pending, headers) if s.name == name and not h.error]
             given = (target_spacing or {}).get(name)
             target = plan_domain(root, spec, hs, rule=spacing_rule, given=given, replan=replan, log=log)
             if target is not None:
@@ -218,16 +252,14 @@ def build(
         result.target_spacing = dict(targets)
 
         tasks = []
-        for (spec, case), hdr in zip(all_cases, headers):
+        for (spec, case), hdr in zip(pending, headers):
             if hdr.error or spec.name not in targets:
                 rows.append(failed_row(case, spec, "", hdr.error or "no readable case in its domain"))
                 continue
             target = targets[spec.name]
             phash = case_params_hash(case, cfg, target, spec)
-            row = is_up_to_date(root, case, phash)
+            row = None if spec.name in frozen else is_up_to_date(root, case, phash)  # e.g. --replan, same plan
             if row is not None:
-                # A source may fix another split on a later scan (e.g. a VISCERAL test set drawn from more
-                # volumes) without the case's bytes changing: the hint of this scan wins.
                 rows.append({**row, "split": case.split_hint or ""})
                 result.skipped += 1
                 continue
@@ -238,7 +270,8 @@ def build(
                 on_crash=functools.partial(_crashed_row, case, spec, phash),
             ))
         log(f"{len(all_cases)} cases: {result.skipped} unchanged (skipped), {len(tasks)} to convert")
-        rows.extend(run_tasks(tasks, client=client, progress=progress, log=log))
+        rows.extend(run_tasks(tasks, client=client, workers=0 if in_process else workers, progress=progress,
+                              log=log))
 
     result.converted = sum(1 for r in rows if r["status"] == "ok") - result.skipped
     result.failed = [r for r in rows if r["status"] != "ok"]
@@ -325,7 +358,7 @@ class Task:
     memory: int
     """Estimated peak bytes, for the workers' MEM resource."""
     on_crash: Callable[[str], Any]
-    """Called on the client with a message when the task itself could not run (worker killed for memory,
+    """Called on the client with a message when the task itself could not run (its worker died on each try, an
     unpicklable result): returns the failure record that stands for its result."""
 
 
@@ -338,11 +371,17 @@ def _single_threaded(fn: Callable[..., Any], *args: Any) -> Any:
 def run_tasks(tasks: list[Task], *, client: Any = None, workers: int | None = None, scheduler: str | None = None,
               progress: bool = True, log: Callable[[str], None] = print, unit: str = "case",
               desc: str = "convert") -> list[Any]:
-    """Run independent tasks with a progress bar; results come back in task order.
+    """Run independent tasks with a progress bar; results come back in task order, exactly one per task.
 
     On ``client`` when given; else in this process when ``workers=0``, else on a LocalCluster or the cluster at
     ``scheduler``. On a cluster each task asks for its estimated memory as the workers' ``MEM`` resource, so a
     worker runs only what fits (a task larger than any worker runs alone).
+
+    Worker deaths: only as many tasks are handed to the cluster as it has worker threads, so a worker holds
+    just the tasks it runs. When a worker process dies, dask marks every task the worker held as suspicious and
+    runs it again elsewhere; with tasks queued on the worker, cases that merely waited there would share the
+    blame. A task whose worker died more often than the scheduler's ``allowed-failures`` (the local cluster:
+    :data:`WORKER_DEATH_RETRIES`) gets ``on_crash`` with a message saying so; the other tasks carry on.
     """
     if not tasks:
         return []
@@ -357,29 +396,55 @@ def run_tasks(tasks: list[Task], *, client: Any = None, workers: int | None = No
             bar.update(1)
         bar.close()
         return results
-    from distributed import as_completed
+    from distributed import KilledWorker, as_completed
 
     cap = _worker_memory(client)
     if cap is None:
         log("workers advertise no MEM resource: running without memory-aware limits "
             "(start workers with `--resources MEM=<bytes>` to enable them)")
-    futures = {}
-    for i, task in enumerate(tasks):
-        kw = {}
-        if cap is not None:
-            if task.memory > cap:
-                log(f"{task.key}: needs ~{task.memory / 2**30:.1f} GiB, more than a worker's "
-                    f"{cap / 2**30:.1f} GiB; it will run alone on a worker")
-            kw["resources"] = {MEM_RESOURCE: min(task.memory, cap)}
-        fut = client.submit(_single_threaded, task.fn, *task.args, key=task.key, retries=0, **kw)
-        futures[fut] = i
-    for fut in as_completed(futures):
-        i = futures[fut]
+
+    todo = list(range(len(tasks) - 1, -1, -1))  # a stack: the first task on top
+    futures: dict[Any, int] = {}
+    done = as_completed()
+
+    def submit_more() -> None:
+        # The thread count is read again each time: the nanny restarts a killed worker, clusters scale.
+        slots = max(1, sum(client.nthreads().values()))
+        while todo and len(futures) < slots:
+            i = todo.pop()
+            task = tasks[i]
+            kw = {}
+            if cap is not None:
+                if task.memory > cap:
+                    log(f"{task.key}: needs ~{task.memory / 2**30:.1f} GiB, more than a worker's "
+                        f"{cap / 2**30:.1f} GiB; it will run alone on a worker")
+                kw["resources"] = {MEM_RESOURCE: min(task.memory, cap)}
+            fut = client.submit(_single_threaded, task.fn, *task.args, key=task.key, retries=0, **kw)
+            futures[fut] = i
+            done.add(fut)
+
+    submit_more()
+    for fut in done:
+        i = futures.pop(fut)
         try:
             results[i] = fut.result()
-        except Exception as exc:  # the worker died (killed for memory) or the task could not run
-            results[i] = tasks[i].on_crash(f"worker failed: {type(exc).__name__}: {exc}")
+        except KilledWorker as exc:
+            results[i] = tasks[i].on_crash(_worker_died(exc, tasks[i], cap, unit))
+        except Exception as exc:  # the task could not run or its result not come back (unpicklable)
+            results[i] = tasks[i].on_crash(f"could not run on the cluster: {type(exc).__name__}: {exc}")
         bar.update(1)
         fut.release()
+        submit_more()
     bar.close()
     return results
+
+
+def _worker_died(exc: Exception, task: Task, cap: int | None, unit: str) -> str:
+    """The failed row's message for a task whose worker process died (``KilledWorker``) on each try."""
+    tries = int(getattr(exc, "allowed_failures", WORKER_DEATH_RETRIES)) + 1
+    need = f"~{task.memory / 2**30:.1f} GiB estimated"
+    if cap is not None:
+        need += f", a worker has {cap / 2**30:.1f} GiB"
+    return (f"the worker process died while converting this {unit} ({tries} tries on different workers; "
+            f"killed? out of memory? {need}). Nothing of it counts in the store; re-run the build to try it "
+            f"again, with fewer --workers (more memory each) if it ran out of memory")

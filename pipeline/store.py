@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -51,7 +53,22 @@ def open_root(store: str, mode: str = "a", storage_options: dict | None = None) 
 
 
 def case_marker(root: zarr.Group, store_path: str) -> dict[str, Any] | None:
-    """The completion marker of a case, or None when the case is absent or was never finished."""
+    """The completion marker of a case, or None when the case is absent or was never finished.
+
+    In a local store the group's ``zarr.json`` is read directly (~0.05 ms; through zarr-python's async machinery
+    ~1.5 ms, which made a re-run of a thousand unchanged cases cost seconds); other stores go through zarr.
+    """
+    local = _local_folder(root)
+    if local is not None:
+        try:
+            with open(os.path.join(local, store_path, "zarr.json"), "rb") as fh:
+                meta = json.load(fh)
+        except (OSError, ValueError):  # absent, or a torn zarr.json from a crash mid-write: incomplete
+            return None
+        if not isinstance(meta, dict) or meta.get("node_type") != "group":
+            return None
+        attrs = meta.get("attributes")
+        return attrs.get(MARKER) if isinstance(attrs, dict) else None
     try:
         grp = root[store_path]
     except KeyError:
@@ -62,6 +79,16 @@ def case_marker(root: zarr.Group, store_path: str) -> dict[str, Any] | None:
         return grp.attrs.get(MARKER)
     except Exception:  # a torn zarr.json from a crash mid-write: treat as incomplete
         return None
+
+
+def _local_folder(root: zarr.Group) -> str | None:
+    """The folder of a group's store when it is a local zarr v3 folder, else None."""
+    from zarr.storage import LocalStore
+
+    store = root.store
+    if not isinstance(store, LocalStore) or root.metadata.zarr_format != 3:
+        return None
+    return os.path.join(str(store.root), root.path) if root.path else str(store.root)
 
 
 def compressor(cfg: PrepConfig) -> BloscCodec:

@@ -158,7 +158,7 @@ class StepStream(IterableDataset):
         self.store = os.fspath(store)
         self.start_step, self.num_steps = int(start_step), num_steps
         self.rank, self.world_size = int(rank), int(world_size)
-        self._readers: dict[str, tuple[ChunkedArrayReader, ChunkedArrayReader | None]] = {}
+        self._readers: dict[tuple[str, str], tuple[ChunkedArrayReader, ChunkedArrayReader | None]] = {}
         self._scratch: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -178,12 +178,16 @@ class StepStream(IterableDataset):
     def batch(self, step: int) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _open(self, store_path: str, label: bool = True) -> tuple[ChunkedArrayReader, ChunkedArrayReader | None]:
-        readers = self._readers.get(store_path)
+    def _open(self, store_path: str, label: bool = True, store: str = ""
+              ) -> tuple[ChunkedArrayReader, ChunkedArrayReader | None]:
+        """The case's image (and label) readers, opened on first use; ``store`` "" means the stream's store."""
+        key = (store, store_path)
+        readers = self._readers.get(key)
         if readers is None:
-            readers = (ChunkedArrayReader(store_join(self.store, store_path, "image")),
-                       ChunkedArrayReader(store_join(self.store, store_path, "label")) if label else None)
-            self._readers[store_path] = readers
+            root = store or self.store
+            readers = (ChunkedArrayReader(store_join(root, store_path, "image")),
+                       ChunkedArrayReader(store_join(root, store_path, "label")) if label else None)
+            self._readers[key] = readers
         return readers
 
     def _buffer(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
@@ -202,7 +206,8 @@ class PretrainStream(StepStream):
     """Batches for multi-branch pretraining, one per step, each from one domain (see :class:`StepStream`).
 
     Each item: ``image`` float32 (B, 1, Z, Y, X), ``label`` int64 (B, Z, Y, X), ``domain`` str, ``step`` int,
-    ``cases`` list of store paths.
+    ``cases`` list of store paths. Cases of a multi-store index are read from their own store (``CaseEntry.store``),
+    the others from ``store``.
     """
 
     def __init__(self, store: str | os.PathLike[str], index: StoreIndex, cfg: PatchConfig, start_step: int = 0,
@@ -222,7 +227,7 @@ class PretrainStream(StepStream):
         for item in range(cfg.batch):
             spec = sample_patch_spec(cfg.seed, step, self.rank, item, cases, self.index.foreground, cfg)
             case = cases[spec.case]
-            img_r, lab_r = self._open(case.store_path)
+            img_r, lab_r = self._open(case.store_path, store=case.store)
             stop = [s + p for s, p in zip(spec.start, cfg.patch)]
             # Read in the stored dtype, then cast with torch: numpy's float16 -> float32 cast is ~30x slower.
             buf = img_r.read((spec.channel, *spec.start), (spec.channel + 1, *stop), pad=cfg.pad_value,

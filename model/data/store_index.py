@@ -2,9 +2,14 @@
 
 >>> index = StoreIndex.from_store("data/store", split="train", exclude_scan_ids=parse_exclude("data/lits:val"))
 >>> index.domains, len(index), index.num_classes["liver"]
+
+Several stores (``StoreIndex.from_stores(["data/store", "data/nnunet_store"])``) form one index: domain names must
+be unique across them, and a scan that two stores hold under one scan id (MSD ``liver_7`` and LiTS ``volume-7``
+are both ``lits:7``) belongs to the first store that holds it, in whatever split it has there.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -33,6 +38,9 @@ class CaseEntry:
     shape: tuple[int, int, int]
     """Stored (Z, Y, X) in voxels."""
     n_channels: int
+    store: str = ""
+    """The store holding the case, set when the index spans several stores; "" means the store of the index
+    (or of the stream reading it), so a single-store index can be pointed at a copy of its store."""
 
 
 @dataclass(frozen=True)
@@ -45,45 +53,75 @@ class StoreIndex:
     num_classes: dict[str, int]
     excluded: tuple[str, ...] = ()
     """Scan ids of the split that were left out (``exclude_scan_ids`` that matched a case)."""
-    _fg_cache: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    stores: tuple[str, ...] = ()
+    """Every store the index reads, in the order given (the first is :attr:`store`); () means :attr:`store`."""
+    duplicates: tuple[str, ...] = ()
+    """Scan ids left out of a later store because an earlier store holds the same scan (:meth:`from_stores`)."""
+    _fg_cache: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.stores:
+            object.__setattr__(self, "stores", (self.store,))
 
     @classmethod
     def from_store(cls, store: str | os.PathLike[str], split: str = "train",
                    exclude_scan_ids: Iterable[str] = frozenset()) -> "StoreIndex":
         """The ok, labelled, complete cases of ``split``, minus those whose scan id is in ``exclude_scan_ids``."""
         store = os.fspath(store)
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        part = _StorePart.read(store, split, frozenset(exclude_scan_ids))
+        if not part.cases:
+            raise ValueError(part.empty_message())
+        return cls(store=store, split=split, cases=part.cases, num_classes=part.num_classes,
+                   excluded=part.excluded)
+
+    @classmethod
+    def from_stores(cls, stores: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], split: str = "train",
+                    exclude_scan_ids: Iterable[str] = frozenset()) -> "StoreIndex":
+        """One index over several stores (one store: exactly :meth:`from_store`).
+
+        Domain names must be unique across the stores (a clash raises ValueError naming both stores). A scan id
+        that several stores hold belongs to the first of them that holds it (any split, ok rows): later stores'
+        copies are left out and listed in :attr:`duplicates`, so a scan is trained on once and a scan validated
+        in one store is not trained on from another. A store with no case in ``split`` adds nothing; no case in
+        any store raises ValueError.
+        """
+        paths = [os.fspath(stores)] if isinstance(stores, (str, os.PathLike)) else [os.fspath(s) for s in stores]
+        if not paths:
+            raise ValueError("no store given")
+        if len(paths) == 1:
+            return cls.from_store(paths[0], split, exclude_scan_ids)
+        repeated = sorted({p for p in paths if paths.count(p) > 1})
+        if repeated:
+            raise ValueError(f"store {repeated[0]} given twice")
         exclude = frozenset(exclude_scan_ids)
-        rows = select(load_catalog(store), split=split, labelled=True)
-        dropped = rows[rows["scan_id"].isin(exclude)]
-        rows = rows[~rows["scan_id"].isin(exclude)]
-        incomplete = [p for p in rows["store_path"] if not _case_complete(store, p)]
-        if incomplete:
-            warnings.warn(f"{store}: {len(incomplete)} catalogued case(s) lack the completion marker and are "
-                          f"skipped (a build in progress or a crash): {incomplete[:5]}", stacklevel=2)
-            rows = rows[~rows["store_path"].isin(incomplete)]
-        if rows.empty:
-            raise ValueError(
-                f"{store}: no case to train on in split {split!r} (ok, labelled, complete cases; "
-                f"{len(dropped)} excluded by scan id, {len(incomplete)} incomplete). Check the store with "
-                f"`med3d-prep info {store}` and the --exclude options."
-            )
-        cases: dict[str, list[CaseEntry]] = {}
-        for r in rows.itertuples(index=False):
-            if len(r.shape) != 3:
-                raise ValueError(f"{store}: catalog row {r.store_path} has shape {r.shape}, expected (Z, Y, X)")
-            cases.setdefault(r.domain, []).append(
-                CaseEntry(r.store_path, r.scan_id, tuple(int(s) for s in r.shape), int(r.n_channels)))
-        doms = load_domains(store).set_index("domain")
-        missing = sorted(set(cases) - set(doms.index))
-        if missing:
-            raise ValueError(f"{store}: domains {missing} are in the catalog but not in domains.parquet")
+        parts = [_StorePart.read(p, split, exclude) for p in paths]
+        owner: dict[str, str] = {}
+        for part in parts:
+            for domain in part.all_domains:
+                if domain in owner:
+                    raise ValueError(f"domain {domain!r} is in both {owner[domain]} and {part.store}: domain names "
+                                     "must be unique across the stores; rebuild one of them under another name "
+                                     "(build-nnunet/build-totalseg --domain)")
+                owner[domain] = part.store
+        cases: dict[str, tuple[CaseEntry, ...]] = {}
+        num_classes: dict[str, int] = {}
+        seen: set[str] = set()
+        duplicates: set[str] = set()
+        for part in parts:
+            for domain, entries in part.cases.items():
+                kept = tuple(dataclasses.replace(c, store=part.store) for c in entries if c.scan_id not in seen)
+                duplicates |= {c.scan_id for c in entries if c.scan_id in seen}
+                if kept:
+                    cases[domain] = kept
+                    num_classes[domain] = part.num_classes[domain]
+            seen |= part.held_scan_ids
+        if not cases:
+            raise ValueError("; ".join(p.empty_message() for p in parts))
         return cls(
-            store=store, split=split,
-            cases={d: tuple(sorted(cs, key=lambda c: c.store_path)) for d, cs in sorted(cases.items())},
-            num_classes={d: int(doms.loc[d, "num_classes"]) for d in sorted(cases)},
-            excluded=tuple(sorted(set(dropped["scan_id"]))),
+            store=paths[0], split=split, cases=dict(sorted(cases.items())),
+            num_classes=dict(sorted(num_classes.items())),
+            excluded=tuple(sorted({s for p in parts for s in p.excluded})), stores=tuple(paths),
+            duplicates=tuple(sorted(duplicates)),
         )
 
     @property
@@ -106,21 +144,82 @@ class StoreIndex:
             return tuple(1.0 for _ in self.domains)
         raise ValueError(f"domain sampling must be 'size' or 'uniform', got {mode!r}")
 
+    def store_of(self, case: CaseEntry) -> str:
+        """The store holding ``case``."""
+        return case.store or self.store
+
     def foreground(self, case: CaseEntry) -> np.ndarray:
         """(N, 4) int32 rows (class, z, y, x) of the case's stored foreground voxels; read on first use."""
-        fg = self._fg_cache.get(case.store_path)
+        key = (case.store, case.store_path)
+        fg = self._fg_cache.get(key)
         if fg is None:
-            fg = ChunkedArrayReader(store_join(self.store, case.store_path, "foreground")).read_all()
-            self._fg_cache[case.store_path] = fg
+            fg = ChunkedArrayReader(store_join(self.store_of(case), case.store_path, "foreground")).read_all()
+            self._fg_cache[key] = fg
         return fg
 
     def to_record(self) -> dict[str, Any]:
-        """JSON-able summary for checkpoints: which store, split and cases the run saw."""
+        """JSON-able summary for checkpoints: which stores, split and cases the run saw (a case of a multi-store
+        index as ``STORE/<domain>/<case_id>``)."""
         return {
-            "store": self.store, "split": self.split, "excluded_scan_ids": list(self.excluded),
+            "store": self.store, "stores": list(self.stores), "split": self.split,
+            "excluded_scan_ids": list(self.excluded), "duplicate_scan_ids": list(self.duplicates),
             "scan_ids": list(self.scan_ids), "num_classes": dict(self.num_classes),
-            "cases": {d: [c.store_path for c in cs] for d, cs in self.cases.items()},
+            "cases": {d: [store_join(c.store, c.store_path) if c.store else c.store_path for c in cs]
+                      for d, cs in self.cases.items()},
         }
+
+
+@dataclass(frozen=True)
+class _StorePart:
+    """What one store contributes to an index: its trainable cases of a split, per domain."""
+
+    store: str
+    split: str
+    cases: dict[str, tuple[CaseEntry, ...]]
+    num_classes: dict[str, int]
+    all_domains: tuple[str, ...]
+    """Every domain of the store's domains table (for the uniqueness check across stores)."""
+    held_scan_ids: frozenset[str]
+    """Scan ids of every ok case of the store, any split (a later store's copy of one of them is dropped)."""
+    excluded: tuple[str, ...]
+    incomplete: int
+
+    @classmethod
+    def read(cls, store: str, split: str, exclude: frozenset[str]) -> "_StorePart":
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        catalog = load_catalog(store)
+        rows = select(catalog, split=split, labelled=True)
+        dropped = rows[rows["scan_id"].isin(exclude)]
+        rows = rows[~rows["scan_id"].isin(exclude)]
+        incomplete = [p for p in rows["store_path"] if not _case_complete(store, p)]
+        if incomplete:
+            warnings.warn(f"{store}: {len(incomplete)} catalogued case(s) lack the completion marker and are "
+                          f"skipped (a build in progress or a crash): {incomplete[:5]}", stacklevel=3)
+            rows = rows[~rows["store_path"].isin(incomplete)]
+        cases: dict[str, list[CaseEntry]] = {}
+        for r in rows.itertuples(index=False):
+            if len(r.shape) != 3:
+                raise ValueError(f"{store}: catalog row {r.store_path} has shape {r.shape}, expected (Z, Y, X)")
+            cases.setdefault(r.domain, []).append(
+                CaseEntry(r.store_path, r.scan_id, tuple(int(s) for s in r.shape), int(r.n_channels)))
+        doms = load_domains(store).set_index("domain")
+        missing = sorted(set(cases) - set(doms.index))
+        if missing:
+            raise ValueError(f"{store}: domains {missing} are in the catalog but not in domains.parquet")
+        return cls(
+            store=store, split=split,
+            cases={d: tuple(sorted(cs, key=lambda c: c.store_path)) for d, cs in sorted(cases.items())},
+            num_classes={d: int(doms.loc[d, "num_classes"]) for d in sorted(cases)},
+            all_domains=tuple(sorted(set(doms.index) | set(catalog["domain"]))),
+            held_scan_ids=frozenset(catalog_scan_ids(select(catalog))),
+            excluded=tuple(sorted(set(dropped["scan_id"]))), incomplete=len(incomplete),
+        )
+
+    def empty_message(self) -> str:
+        return (f"{self.store}: no case to train on in split {self.split!r} (ok, labelled, complete cases; "
+                f"{len(self.excluded)} excluded by scan id, {self.incomplete} incomplete). Check the store with "
+                f"`med3d-prep info {self.store}` and the --exclude options.")
 
 
 def parse_exclude(specs: str | Iterable[str]) -> set[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,10 @@ class TrainConfig(JsonConfig):
     rank and step, all from one domain).
     """
 
-    store: str
-    """Path or URL of the zarr store built by ``med3d-prep``."""
+    store: tuple[str, ...]
+    """Paths or URLs of the zarr stores built by ``med3d-prep``; their domains are trained together (names
+    unique across the stores). A single string (configs and checkpoints written before several stores were
+    possible) means one store."""
     out: str
     """Run folder: ``config.json``, ``checkpoint.pt``, ``metrics.jsonl`` (and TensorBoard events)."""
     encoder: str = "resnet10"
@@ -125,6 +128,13 @@ class TrainConfig(JsonConfig):
             raise ValueError(f"patch must be three sizes (z, y, x) of at least 8 voxels, got {self.patch!r}")
         object.__setattr__(self, "patch", patch)
         object.__setattr__(self, "exclude", tuple(str(e) for e in self.exclude))
+        stores = (self.store,) if isinstance(self.store, (str, os.PathLike)) else tuple(self.store)
+        stores = tuple(os.fspath(s) for s in stores)
+        if not stores or not all(stores):
+            raise ValueError(f"store: give at least one store path, got {self.store!r}")
+        if len(set(stores)) != len(stores):
+            raise ValueError(f"store: a store is given twice in {list(stores)}")
+        object.__setattr__(self, "store", stores)
         for name in ("steps", "batch"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -6,6 +6,7 @@ schedule, checkpoints, metrics, validation) and hands them to :func:`model.train
 >>> from model.training.config import TrainConfig
 >>> from model.training.pretrain import pretrain
 >>> result = pretrain(TrainConfig(store="data/store", out="runs/r10", encoder="resnet10", steps=2000))
+>>> result = pretrain(TrainConfig(store=("data/store", "data/kits_store"), out="runs/r10x", steps=2000))
 """
 
 from __future__ import annotations
@@ -58,22 +59,24 @@ def build_pretrain_net(encoder: str, classes: Mapping[str, int]) -> Med3DPretrai
     return Med3DPretrainNet(enc, MultiBranchHead(enc.out_channels, dict(classes)))
 
 
-def _val_cases(store: str, classes: Mapping[str, int], excluded: set[str],
-               log: Callable[[str], None]) -> list[tuple[str, str]]:
-    """(domain, store_path) of the complete, labelled val cases of the trained domains, excluded scans left out."""
+def _val_cases(stores: Sequence[str], classes: Mapping[str, int], excluded: set[str],
+               log: Callable[[str], None]) -> list[tuple[str, str, str]]:
+    """(domain, store_path, store) of the complete, labelled val cases of the trained domains, excluded scans
+    left out (and, over several stores, a scan's copies in later stores: :meth:`StoreIndex.from_stores`)."""
     from model.data import StoreIndex
 
     try:
-        index = StoreIndex.from_store(store, split="val", exclude_scan_ids=excluded)
+        index = StoreIndex.from_stores(stores, split="val", exclude_scan_ids=excluded)
     except ValueError as exc:  # a store built with val_fraction=0 has no val split: train without validation
         log(f"no validation: {exc}")
         return []
-    return [(d, c.store_path) for d in index.domains if d in classes for c in index.cases[d]]
+    return [(d, c.store_path, index.store_of(c)) for d in index.domains if d in classes for c in index.cases[d]]
 
 
-def validate(net: Med3DPretrainNet, store: str, cases: Sequence[tuple[str, str]], cfg: TrainConfig, *,
-             device: torch.device, amp: bool, env: DistEnv = DistEnv()) -> dict[str, Any]:
-    """Dice per domain on whole val volumes (sliding window at ``cfg.patch``).
+def validate(net: Med3DPretrainNet, store: str, cases: Sequence[tuple[str, str] | tuple[str, str, str]],
+             cfg: TrainConfig, *, device: torch.device, amp: bool, env: DistEnv = DistEnv()) -> dict[str, Any]:
+    """Dice per domain on whole val volumes (sliding window at ``cfg.patch``). ``cases``: (domain, store_path)
+    read from ``store``, or (domain, store_path, case_store) read from their own store.
 
     Returns {"dice": {domain: mean over cases of the case's mean foreground Dice}, "dice_per_class": {domain:
     [mean Dice of each class over the cases where it is defined]}, "mean_dice": mean over domains, "cases":
@@ -83,12 +86,12 @@ def validate(net: Med3DPretrainNet, store: str, cases: Sequence[tuple[str, str]]
     from model.data import read_volume
 
     classes = net.head.classes
-    domains = sorted({d for d, _ in cases})
+    domains = sorted({c[0] for c in cases})
     # Per domain: [sum of case fg Dice, cases, per-class Dice sums..., per-class counts...]
     width = 2 + 2 * max(classes.values())
     sums = torch.zeros(len(domains), width, dtype=torch.float64)
     limit = cfg.val_max_cases
-    chosen = [c for d in domains for c in [x for x in cases if x[0] == d][: limit or None]]
+    chosen = [tuple(c) for d in domains for c in [x for x in cases if x[0] == d][: limit or None]]
     if env.distributed:
         # DDP copies rank 0's BN running statistics to the other ranks at the start of a training forward, and
         # then every rank updates its copy with its own batch: without this broadcast each rank would validate
@@ -99,8 +102,8 @@ def validate(net: Med3DPretrainNet, store: str, cases: Sequence[tuple[str, str]]
     was_training = net.training
     net.eval()
     try:
-        for domain, path in chosen[env.rank:: env.world_size]:
-            image, label = read_volume(store, path, channel=0)
+        for domain, path, *own in chosen[env.rank:: env.world_size]:
+            image, label = read_volume(own[0] if own else store, path, channel=0)
             probs = sliding_window_probs(lambda x, d=domain: net(x, d), torch.from_numpy(image), cfg.patch,
                                          classes[domain], overlap=cfg.val_overlap,
                                          batch=cfg.batch, device=device, amp=amp)
@@ -189,7 +192,7 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
         ckpt = checkpoint_for_resume(cfg, ckpt_path, resume, log, env)
         try:
             excluded = parse_exclude(cfg.exclude) if cfg.exclude else set()
-            index = StoreIndex.from_store(cfg.store, split="train", exclude_scan_ids=excluded)
+            index = StoreIndex.from_stores(cfg.store, split="train", exclude_scan_ids=excluded)
         except (ValueError, FileNotFoundError) as exc:  # no catalog, empty split, bad --exclude spec
             raise PretrainError(str(exc)) from exc
         scan_ids = list(index.scan_ids)
@@ -199,8 +202,13 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
         classes = {d: int(index.num_classes[d]) for d in index.domains}
         if env.is_main:
             note = f"; {len(index.excluded)} of its scan(s) kept out by --exclude" if cfg.exclude else ""
-            log(f"training {cfg.encoder} on {len(index)} train cases in {len(index.domains)} domains "
+            where = f" of {len(index.stores)} stores" if len(index.stores) > 1 else ""
+            log(f"training {cfg.encoder} on {len(index)} train cases in {len(index.domains)} domains{where} "
                 f"({', '.join(f'{d}:{classes[d]} classes' for d in index.domains)}){note}")
+            if index.duplicates:
+                log(f"{len(index.duplicates)} scan(s) are in more than one store under the same scan id; each is "
+                    f"trained once, from the first store that holds it: {', '.join(index.duplicates[:5])}"
+                    f"{'...' if len(index.duplicates) > 5 else ''}")
 
         torch.manual_seed(cfg.seed)
         net = build_pretrain_net(cfg.encoder, classes)
@@ -242,19 +250,20 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
                 "model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "step": step, "config": cfg.to_dict(), "rng": rng_state(), "encoder": cfg.encoder,
                 "domains": list(classes), "classes": classes, "scan_ids": scan_ids, "excluded": sorted(excluded),
-                "excluded_in_store": list(index.excluded), "index": index.to_record(),
+                "excluded_in_store": list(index.excluded), "duplicate_scan_ids": list(index.duplicates),
+                "index": index.to_record(),
                 "metrics": summary, "init_report": init_report, "world_size": env.world_size,
             }, ckpt_path)
 
         val_cases = _val_cases(cfg.store, classes, excluded, log) if cfg.val_every > 0 else []
 
         def run_validation(step: int) -> dict[str, Any]:
-            return validate(net, cfg.store, val_cases, cfg, device=device, amp=amp, env=env)
+            return validate(net, index.store, val_cases, cfg, device=device, amp=amp, env=env)
 
         end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
         patch_cfg = PatchConfig(patch=cfg.patch, batch=cfg.batch, fg_fraction=cfg.fg_fraction,
                                 domain_sampling=cfg.domain_sampling, channel=cfg.channel, seed=cfg.seed)
-        loader = make_loader(cfg.store, index, patch_cfg, start_step=start, num_steps=max(end - start, 0),
+        loader = make_loader(index.store, index, patch_cfg, start_step=start, num_steps=max(end - start, 0),
                              rank=env.rank, world_size=env.world_size, workers=cfg.workers)
         # A resumed run repeats the steps after its checkpoint: their records from before the interruption go.
         resume_step = start if ckpt is not None else None

@@ -214,7 +214,7 @@ def synthesize(folder: str, seed: int, index: int, size: str = "tiny") -> CaseDa
         spacing = (pick[order[slot]], pick[order[slot]], dz)
         canvas = torso(grid, rng, liver_tumour=2 in task.label_of.values() and task.number != 7,
                        pancreas_tumour=task.number == 7)
-        hu = ct_image(canvas, rng, contrast=True)
+        hu = ct_image(canvas, rng, contrast=True, realistic=size == "bench")  # bench: real scanner noise
         quirks.append(f"metal:{add_metal(hu, rng, int(rng.integers(3, 9)))}")
         for q in quirks:
             if q.startswith("pad:"):
@@ -271,7 +271,9 @@ def write_msd_sample(out: Path, *, seed: int = 0, size: str = "tiny",
     """Write the 3DSeg-8 MSD task folders under `out` and return the written files (SAMPLE.json last).
 
     size "tiny": 4-6 training cases per task, each axis 14-48 voxels. size "bench": 8 training cases; CT tasks
-    are 512 x 512 x 120 at 0.70-0.80 mm x 2.5 mm; tasks default to ["Task03_Liver"]. Deterministic in `seed`.
+    are 512 x 512 x 120 at 0.70-0.80 mm x 2.5 mm with realistic scanner noise (Gaussian, 16-23 HU in soft
+    tissue, more in fat, lung and air: ``ct_image(realistic=True)``); tasks default to ["Task03_Liver"].
+    Deterministic in `seed`.
     """
     if size not in ("tiny", "bench"):
         raise ValueError(f"size must be 'tiny' or 'bench', got {size!r}")

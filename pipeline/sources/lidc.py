@@ -223,7 +223,7 @@ def convert_series(ref: LidcSeriesRef, params: LidcParams, cfg: PrepConfig, stor
         return result
     sources = _sources(ref)
     try:
-        image, index = read_ct_series(ref.dicom_dir)
+        image, index = read_ct_series(ref.dicom_dir, cfg.max_voxels)
     except RuntimeError as exc:  # SimpleITK/GDCM: unreadable file
         raise LidcSeriesError(f"{ref.dicom_dir}: unreadable DICOM series: {str(exc).strip().splitlines()[-1]}")
     read = parse_lidc_xml(ref.xml_path)

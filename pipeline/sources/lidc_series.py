@@ -143,7 +143,7 @@ def _header(path: Path | str, tags: tuple[str, ...]) -> dict[str, str]:
     return {t: reader.GetMetaData(t).strip() if reader.HasMetaDataKey(t) else "" for t in tags}
 
 
-def read_ct_series(dicom_dir: str | Path) -> tuple[sitk.Image, SliceIndex]:
+def read_ct_series(dicom_dir: str | Path, max_voxels: int | None = None) -> tuple[sitk.Image, SliceIndex]:
     """Read the one DICOM series in ``dicom_dir`` as a HU volume and its per-slice index.
 
     Slices are ordered by GDCM (position along the slice normal). The image keeps the scanner's geometry and
@@ -151,7 +151,8 @@ def read_ct_series(dicom_dir: str | Path) -> tuple[sitk.Image, SliceIndex]:
     RescaleSlope/Intercept. Integer data is returned as int16. The z spacing is set to the median slice gap.
 
     Raises LidcSeriesError naming the folder when it holds no series or several, or when slice gaps deviate
-    from the median gap by more than 10% (a missing slice), or when slices share a position.
+    from the median gap by more than 10% (a missing slice), or when slices share a position, or when slices ×
+    rows × columns exceed ``max_voxels`` (checked from the headers, before any pixel is read).
     """
     folder = str(dicom_dir)
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
@@ -170,6 +171,16 @@ def read_ct_series(dicom_dir: str | Path) -> tuple[sitk.Image, SliceIndex]:
     if len(files) < 2:
         raise LidcSeriesError(f"{folder}: only {len(files)} slice(s); a volume needs at least 2")
     headers = [_header(f, (SOP_UID, IMAGE_POSITION, IMAGE_ORIENTATION)) for f in files]
+    if max_voxels is not None:
+        rows_cols = _header(files[0], ("0028|0010", "0028|0011"))
+        try:
+            n_voxels = len(files) * int(rows_cols["0028|0010"]) * int(rows_cols["0028|0011"])
+        except ValueError:
+            raise LidcSeriesError(f"{files[0]}: no usable Rows/Columns in the DICOM header") from None
+        if n_voxels > max_voxels:
+            raise LidcSeriesError(f"{folder}: {len(files)} slices of {rows_cols['0028|0010']} × "
+                                  f"{rows_cols['0028|0011']} = {n_voxels:,} voxels, more than --max-voxels "
+                                  f"{max_voxels:,}")
     positions = np.array([_floats(h[IMAGE_POSITION], 3, f) for h, f in zip(headers, files)])
     orientation = _floats(headers[0][IMAGE_ORIENTATION], 6, files[0])
     normal = np.cross(orientation[:3], orientation[3:])

@@ -7,10 +7,11 @@ real folders hold macOS ``._`` junk files: we list cases from dataset.json, neve
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
-from ..config import Case, DomainSpec
+from ..config import Case, DomainSpec, unsafe_case_id
 
 # The eight MSD tasks of 3DSeg-8 (Lung and Colon are not part of it) and their domain names in the store.
 TASKS_3DSEG8: dict[str, str] = {
@@ -63,12 +64,38 @@ def _case_id(path: str) -> str:
     return name
 
 
-def _resolve(task_dir: Path, rel: str) -> str:
-    return str((task_dir / rel.removeprefix("./")).resolve())
+def _checked_case_id(image: str, meta_path: Path, where: str) -> str:
+    cid = _case_id(image)
+    problem = unsafe_case_id(cid)
+    if problem:
+        raise ValueError(f"{meta_path}: {where}: the case id {cid!r} taken from its file name {problem}; "
+                         "rename the file")
+    return cid
 
 
-def read_task(task_dir: Path) -> tuple[DomainSpec, list[Case]]:
-    """Read one task folder's dataset.json into its domain spec and cases (training and test)."""
+def _resolve(task_dir: Path, rel: object, meta_path: Path, where: str) -> str:
+    """An entry's file inside the task folder. The check is lexical (``..`` components), so an ``imagesTr``
+    that is a symlink to another disk still works, while an entry naming a file outside the folder is refused."""
+    if not isinstance(rel, str) or not rel.strip():
+        raise ValueError(f"{meta_path}: {where}: expected a relative file path like ./imagesTr/x.nii.gz, "
+                         f"got {rel!r}")
+    inside = os.path.normpath(rel.removeprefix("./"))
+    if os.path.isabs(inside) or inside == ".." or inside.startswith(".." + os.sep):
+        raise ValueError(f"{meta_path}: {where}: {rel!r} points outside the task folder {task_dir}; "
+                         "dataset.json paths must stay inside it")
+    return str((task_dir / inside).resolve())
+
+
+def _entries(meta: dict, key: str, meta_path: Path) -> list:
+    entries = meta.get(key, [])
+    if not isinstance(entries, list):
+        raise ValueError(f"{meta_path}: {key!r} must be a list of cases, got {type(entries).__name__}")
+    return entries
+
+
+def read_task(task_dir: Path, domain: str | None = None) -> tuple[DomainSpec, list[Case]]:
+    """Read one task folder's dataset.json into its domain spec and cases (training and test). ``domain`` names
+    the store domain (default: the 3DSeg-8 name, else the folder name in lower case)."""
     task = task_dir.name
     meta_path = task_dir / "dataset.json"
     if not meta_path.exists():
@@ -77,12 +104,17 @@ def read_task(task_dir: Path) -> tuple[DomainSpec, list[Case]]:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{meta_path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
     for key in ("modality", "labels", "training"):
         if key not in meta:
             raise ValueError(f"{meta_path}: no {key!r} entry; is this an MSD dataset.json?")
-    modality_names = [meta["modality"][k] for k in sorted(meta["modality"], key=int)]
+    for key in ("modality", "labels"):
+        if not isinstance(meta[key], dict) or not all(str(k).lstrip("-").isdigit() for k in meta[key]):
+            raise ValueError(f"{meta_path}: {key!r} must map integer ids to names, got {meta[key]!r}")
+    modality_names = [str(meta["modality"][k]) for k in sorted(meta["modality"], key=int)]
     is_ct = any(m.strip().upper() == "CT" for m in modality_names)
-    domain = TASKS_3DSEG8.get(task) or re.sub(r"[^a-z0-9]+", "_", task.lower()).strip("_")
+    domain = domain or TASKS_3DSEG8.get(task) or re.sub(r"[^a-z0-9]+", "_", task.lower()).strip("_")
     spec = DomainSpec(
         name=domain,
         source_dataset=task,
@@ -91,17 +123,22 @@ def read_task(task_dir: Path) -> tuple[DomainSpec, list[Case]]:
         labels={int(k): str(v) for k, v in meta["labels"].items()},
     )
     cases = []
-    for entry in meta["training"]:
-        image = _resolve(task_dir, entry["image"])
-        cid = _case_id(image)
+    for i, entry in enumerate(_entries(meta, "training", meta_path)):
+        where = f"training entry {i}"
+        if not isinstance(entry, dict) or "image" not in entry:
+            raise ValueError(f"{meta_path}: {where}: expected {{\"image\": ..., \"label\": ...}}, got {entry!r}")
+        image = _resolve(task_dir, entry["image"], meta_path, where)
+        cid = _checked_case_id(image, meta_path, where)
+        label = _resolve(task_dir, entry["label"], meta_path, where) if entry.get("label") else None
         cases.append(Case(
             domain=domain, case_id=cid, scan_id=scan_id_for(task, cid), patient_id=cid,
-            images=(image,), label=_resolve(task_dir, entry["label"]) if entry.get("label") else None,
+            images=(image,), label=label,
         ))
-    for entry in meta.get("test", []):
-        rel = entry["image"] if isinstance(entry, dict) else entry
-        image = _resolve(task_dir, rel)
-        cid = _case_id(image)
+    for i, entry in enumerate(_entries(meta, "test", meta_path)):
+        where = f"test entry {i}"
+        rel = entry.get("image") if isinstance(entry, dict) else entry
+        image = _resolve(task_dir, rel, meta_path, where)
+        cid = _checked_case_id(image, meta_path, where)
         cases.append(Case(
             domain=domain, case_id=cid, scan_id=scan_id_for(task, cid), patient_id=cid,
             images=(image,), label=None, split_hint="test",

@@ -34,7 +34,9 @@ def run_dir(tiny_store: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_pretrain_writes_config_checkpoint_and_metrics(run_dir: Path):
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
+    # the checkpoint before the last is kept beside it (a damaged last one still leaves one to resume from)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt", "config.json",
+                                                         "metrics.jsonl"]
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["encoder"], config["patch"], config["loss"], config["optimizer"]) == \
         ("resnet10", [24, 24, 24], "ce+dice", "sgd")
@@ -112,3 +114,11 @@ def test_bad_device_is_a_clean_error(tiny_store: str, tmp_path: Path):
                                         "--steps", "1", "--workers", "0", "--no-progress"])
         assert res.exit_code == 1 and isinstance(res.exception, SystemExit), (device, res.exception)
         assert "Error:" in res.output and why in res.output
+
+
+def test_python_dash_m_model_cli_runs_for_torchrun():
+    """`torchrun -m model.cli pretrain ...` runs the module as __main__: its imports must not be circular."""
+    out = subprocess.run([sys.executable, "-m", "model.cli", "--help"], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert all(cmd in out.stdout for cmd in ("pretrain", "finetune", "evaluate", "predict", "compare", "export"))

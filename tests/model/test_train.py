@@ -48,7 +48,7 @@ def train_losses(run_dir: Path) -> dict[int, float]:
 
 def test_pretrain_lowers_loss_on_fixed_batch_of_every_domain(tmp_path, fast_config, fixed_batches):
     cfg = fast_config(tmp_path / "run", steps=20, scheduler="constant")
-    index = StoreIndex.from_store(cfg.store, split="train")
+    index = StoreIndex.from_stores(cfg.store, split="train")
     torch.manual_seed(cfg.seed)
     before_net = build_pretrain_net(cfg.encoder, index.num_classes)  # the run's initial weights (same seed)
     before = eval_losses(before_net, fixed_batches, train_mode=True)
@@ -141,7 +141,7 @@ def test_checkpoint_records_scans_and_excludes_other_store(tmp_path, fast_config
     cfg = fast_config(tmp_path / "run", steps=1, exclude=(f"{other_store}:train", other_store))
     result = pretrain(cfg, progress=False)
     ckpt = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
-    train = set(select(load_catalog(cfg.store), split="train")["scan_id"])
+    train = set(select(load_catalog(cfg.store[0]), split="train")["scan_id"])
     other = set(load_catalog(other_store)["scan_id"])
     assert len(other) == 2 and other <= train
     assert set(ckpt["scan_ids"]) == train - other

@@ -1,0 +1,70 @@
+"""Domain names of the store, shared by the sources that take any dataset (build-msd, build-nnunet,
+build-totalseg): how a dataset folder becomes a name, and the checks that keep two datasets out of one domain.
+
+A domain name is a store folder and a key of the trainer's branches, so it is plain: ``[a-z0-9_]+``, starting
+with a letter or digit.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from ..config import DomainSpec
+
+DOMAIN_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+
+
+def check_domain_name(name: str, where: str) -> str:
+    """``name`` when it is a valid domain name; ValueError naming ``where`` it came from otherwise."""
+    if not DOMAIN_NAME.match(name or ""):
+        raise ValueError(f"{where}: domain name {name!r} is not lower-case [a-z0-9_] (starting with a letter or "
+                         "digit); give one with --domain")
+    return name
+
+
+def snake_case(name: str) -> str:
+    """``HepaticVessel`` → ``hepatic_vessel``, ``KiTS2023`` → ``ki_ts2023``: CamelCase words split, then lower
+    case; anything outside [a-z0-9] becomes ``_``."""
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name)
+    return re.sub(r"[^a-z0-9]+", "_", words.lower()).strip("_")
+
+
+def plain_name(name: str) -> str:
+    """``KiTS2023`` → ``kits2023``: lower case, anything outside [a-z0-9] becomes ``_`` (no word splitting)."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def check_unique_domains(specs: Iterable[tuple[DomainSpec, object]]) -> None:
+    """Refuse two datasets of one build that would share a domain (their cases would overwrite each other)."""
+    seen: dict[str, str] = {}
+    for spec, _ in specs:
+        if spec.name in seen:
+            raise ValueError(f"{seen[spec.name]} and {spec.source_dataset} would both become domain {spec.name!r}; "
+                             "build them into different stores")
+        seen[spec.name] = spec.source_dataset
+
+
+def check_store_domains(store: str, specs: Iterable[DomainSpec]) -> None:
+    """Refuse to build a domain that ``store`` already holds from another dataset (the build would replace that
+    domain's cases and catalog rows with this dataset's) or with other labels. Rebuilding the same dataset with
+    the same labels is a resume."""
+    from catalog import load_domains
+
+    try:
+        built = load_domains(store).set_index("domain")
+    except FileNotFoundError:
+        return
+    for spec in specs:
+        if spec.name not in built.index:
+            continue
+        other = built.loc[spec.name, "source_dataset"]
+        if other != spec.source_dataset:
+            raise ValueError(f"{store} already holds domain {spec.name!r} built from {other}; {spec.source_dataset} "
+                             "would replace it. Choose another name with --domain, or another store")
+        # A case's params hash covers its label values and mask files, not which mask paints which value: a
+        # new class order (or renamed labels) would leave the built cases in place with the old meaning.
+        old = [str(n) for n in built.loc[spec.name, "labels"]]
+        new = [spec.labels.get(i, "") for i in range(spec.num_classes)]
+        if old != new:
+            raise ValueError(f"{store}: domain {spec.name!r} was built with labels {old}, this build has {new}; "
+                             "build into another store (or another --domain)")
