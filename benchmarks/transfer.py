@@ -23,7 +23,8 @@
    window are the library's, on a liver spanning 60 % of each in-plane axis and 60 % of the slices.
 4. **CUDA** (when available): fine-tuning steps/s per task network (synthetic tensors, the real
    ``FinetuneStepper``: Adam, augmentation, channels_last_3d) and liver inference time on the same CT, bf16 and
-   fp32, with the card's name.
+   fp32, with the card's name; then section 2's data-wait table again with the networks on CUDA (bf16), where
+   steps are short enough for the loader to matter.
 
 Prints markdown tables. Everything is written under ``--out`` (default: a temporary folder, removed at the end).
 """
@@ -369,16 +370,19 @@ def section_transfer(work: Path, stores: dict[str, Any], quick: bool) -> list[st
 
 
 # ---------------------------------------------------------------------------------------------- 2. data wait
-def section_data_wait(work: Path, stores: dict[str, Any], quick: bool) -> None:
+def section_data_wait(work: Path, stores: dict[str, Any], quick: bool, device: str = "cpu",
+                      title: str = "## 2. Fine-tune data wait (CPU, 2 loader workers)") -> None:
     import torch
 
     from model.evaluation.metrics import read_metrics
     from model.training.finetune import finetune
 
     warmup, measured = (3, 8) if quick else (4, 16)
+    if device != "cpu":
+        warmup, measured = 10, 50  # GPU steps are short: more of them
     steps = warmup + measured
-    print("## 2. Fine-tune data wait (CPU, 2 loader workers)\n")
-    print(f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads, load average "
+    print(f"{title}\n")
+    print(f"device {device}; {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, load average "
           f"{os.getloadavg()[0]:.1f} at the start; {measured} steps measured after {warmup} warm-up steps; "
           "patch 64³ (liver coarse: whole volumes at 64×128×128), batch 2, ResNet-10 from scratch, no "
           "validation. Share = mean data wait / (mean data wait + mean step).\n", flush=True)
@@ -387,10 +391,10 @@ def section_data_wait(work: Path, stores: dict[str, Any], quick: bool) -> None:
         if task == "nodule" and stores.get("nodule_skip"):
             continue
         store = stores[{"liver": "lits", "lung": "visceral", "nodule": "lidc"}[task]]
-        run = work / "runs_wait" / task
+        run = work / f"runs_wait_{device.replace(':', '')}" / task
         shutil.rmtree(run, ignore_errors=True)
         opts = {"steps": steps, "batch": 2, "patch": (64, 64, 64), "val_every": 0, "ckpt_every": 0, "workers": 2,
-                "device": "cpu", "seed": 0, "log_every": 1000}
+                "device": device, "seed": 0, "log_every": 1000}
         with Timer() as t:
             finetune(task, store, str(run), progress=False, log=quiet, **opts)
         for stage in (("coarse", "fine") if task == "liver" else ("main",)):
@@ -714,6 +718,7 @@ def main() -> None:
     work = args.out or Path(tempfile.mkdtemp(prefix="med3d-transfer-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
+    wait_stores: dict[str, Any] | None = None
     print(f"# Transfer benchmark{' (--quick)' if args.quick else ''}\n")
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}\n", flush=True)
     try:
@@ -739,6 +744,12 @@ def main() -> None:
         if 4 in sections:
             if torch.cuda.is_available() or args.gpu_dry_run:
                 section_cuda(work, stores, dry_run=not torch.cuda.is_available())
+                if torch.cuda.is_available():  # the loader against GPU-speed steps (bf16 autocast, the default)
+                    try:
+                        section_data_wait(work, wait_stores or stores, args.quick, device="cuda",
+                                          title="### Fine-tune data wait on CUDA (2 loader workers)")
+                    except Exception as exc:  # noqa: BLE001 - report and go on
+                        print(f"data wait on CUDA failed: {type(exc).__name__}: {exc}\n")
             else:
                 print("## 4. CUDA\n\nNo CUDA device (torch.cuda.is_available() is False): skipped.\n")
     finally:
