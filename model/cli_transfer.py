@@ -132,14 +132,26 @@ def evaluate(run: str, store: str, split: str | None, device: str, amp: bool, li
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Folder for the masks.")
 @click.option("--modality", type=click.Choice(["CT", "MR"]), default=None,
               help="Needed for runs trained on a mixed CT/MR store (VISCERAL).")
+@click.option("--spacing", default=None, metavar="X,Y,Z",
+              help="Spacing (mm, file axis order) for scans whose header has none (e.g. LiTS 28-47).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--amp/--no-amp", default=False, show_default=True)
-def predict(run: str, scans: tuple[str, ...], out: str, modality: str | None, device: str, amp: bool) -> None:
+def predict(run: str, scans: tuple[str, ...], out: str, modality: str | None, spacing: str | None, device: str,
+            amp: bool) -> None:
     """Segment raw SCANS (NIfTI) with RUN; one mask per scan in OUT, in that scan's own geometry."""
     from model.evaluation.predict import predict as run_predict
 
+    spacing_xyz = None
+    if spacing is not None:
+        try:
+            spacing_xyz = tuple(float(v) for v in spacing.split(","))
+        except ValueError:
+            raise click.BadParameter("give three spacings in mm, e.g. 0.7,0.7,2.5", param_hint="--spacing") from None
+        if len(spacing_xyz) != 3 or min(spacing_xyz) <= 0:
+            raise click.BadParameter("give three positive spacings in mm, e.g. 0.7,0.7,2.5", param_hint="--spacing")
     try:
-        run_predict(run, scans, out, modality=modality, device=device, amp=amp, log=click.echo)
+        run_predict(run, scans, out, modality=modality, spacing_xyz=spacing_xyz, device=device, amp=amp,
+                    log=click.echo)
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
 

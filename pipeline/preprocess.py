@@ -25,6 +25,16 @@ from .labels import CaseError
 __all__ = ["preprocess_scan", "recipe_from_store"]
 
 
+def _usable_spacing(header: geometry.Header, modality: str) -> bool:
+    """Zero / NaN / negative spacing never is; for CT, neither is exactly 1 mm isotropic with an axis-aligned
+    direction (an identity NIfTI affine: no spacing was written). An MR at 1 mm isotropic is plausible."""
+    sp = np.asarray(header.spacing, dtype=float)
+    if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        return False
+    d = np.abs(np.asarray(header.direction, dtype=float).reshape(3, 3))
+    return not (modality == "CT" and np.allclose(sp, 1.0, atol=1e-6) and np.allclose(d, np.eye(3), atol=1e-6))
+
+
 def _zarr_json(store: str, *parts: str) -> dict[str, Any]:
     with open(store_join(store, *parts, "zarr.json"), "rb") as fh:
         return json.load(fh)
@@ -52,26 +62,36 @@ def recipe_from_store(store: str | os.PathLike[str], store_path: str) -> dict[st
     }
 
 
-def preprocess_scan(path: str | os.PathLike[str], recipe: dict[str, Any], *, modality: str | None = None
-                    ) -> tuple[np.ndarray, dict[str, Any]]:
+def preprocess_scan(path: str | os.PathLike[str], recipe: dict[str, Any], *, modality: str | None = None,
+                    spacing_xyz: tuple[float, float, float] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a one-channel scan and preprocess it as ``recipe`` says.
 
     Returns the image (Z, Y, X) float32 on the stored grid (values rounded through the store's dtype, as
     training saw them) and attrs like a stored case's (``spacing``, ``origin``, ``direction``, ``original``) for
     :func:`pipeline.geometry.to_original_grid`. ``modality`` ("CT" or "MR") is needed when the recipe's domain
-    mixes modalities (VISCERAL: "CT/MR"): it decides the CT air clamp. Raises ``ValueError`` naming the file.
+    mixes modalities (VISCERAL: "CT/MR"): it decides the CT air clamp. ``spacing_xyz`` (mm, file axis order)
+    replaces the header's spacing; a header without usable spacing (zero, NaN, or a CT with the 1 × 1 × 1 mm
+    identity affine of LiTS 28-47) is refused unless it is given, since the scan would be resampled at the wrong
+    size. Raises ``ValueError`` naming the file.
     """
     path = os.fspath(path)
     mod = modality or recipe["modality"]
     if mod not in ("CT", "MR"):
         raise ValueError(f"{path}: the network was trained on a {recipe['modality']} domain; say which modality "
                          "this scan is (--modality CT or MR)")
-    channels = geometry.read_channels(path)
+    header = geometry.read_header(path)
+    if spacing_xyz is None and not _usable_spacing(header, mod):
+        raise ValueError(f"{path}: the header's spacing {tuple(header.spacing)} mm cannot be trusted (zero, NaN, or "
+                         "the 1 x 1 x 1 mm identity affine that LiTS 28-47 carry); give the scan's spacing with "
+                         "--spacing X,Y,Z (mm)")
+    channels = geometry.read_channels(path, spacing_xyz)
     if len(channels) != 1:
         raise ValueError(f"{path}: {len(channels)} channels; the network takes one-channel scans")
     ref = channels[0]
     original = {"size_xyz": list(ref.GetSize()), "spacing_xyz": list(ref.GetSpacing()),
                 "origin": list(ref.GetOrigin()), "direction": list(ref.GetDirection())}
+    if spacing_xyz is not None:  # the mask goes back with the file's own header spacing
+        original["header_spacing_xyz"] = list(header.spacing)
     cfg = PrepConfig(dtype=recipe["dtype"], clip_percentiles=tuple(recipe["percentiles"]),
                      air_hu=float(recipe["air_hu"]),
                      ct_window=tuple(recipe["ct_window"]) if recipe.get("ct_window") else None,

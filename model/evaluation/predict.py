@@ -31,12 +31,13 @@ def mask_name(scan: str | Path) -> str:
 
 
 def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, segmenter: Segmenter | None = None,
-            modality: str | None = None, device: str | torch.device = "cpu", amp: bool = False,
-            log: Callable[[str], None] = print) -> list[Path]:
+            modality: str | None = None, spacing_xyz: tuple[float, float, float] | None = None,
+            device: str | torch.device = "cpu", amp: bool = False, log: Callable[[str], None] = print) -> list[Path]:
     """Segment every scan of ``scans`` with ``run`` and write one mask per scan into ``out``; returns the paths.
 
     ``segmenter`` replaces the run's networks (an oracle in tests). ``modality`` (CT or MR) is needed for runs
-    trained on a mixed-modality store (VISCERAL).
+    trained on a mixed-modality store (VISCERAL). ``spacing_xyz`` (mm) replaces the headers' spacing, for scans
+    whose header has none (the masks keep the files' own header).
     """
     from model.evaluation.evaluate import segmenter_for_run
     from model.training.finetune import read_run
@@ -52,7 +53,7 @@ def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, se
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for scan in scans:
-        image, attrs = preprocess_scan(scan, recipe, modality=modality)
+        image, attrs = preprocess_scan(scan, recipe, modality=modality, spacing_xyz=spacing_xyz)
         label = seg(image)
         if label.shape != image.shape:
             raise ValueError(f"{scan}: the segmenter returned {label.shape} for an image of {image.shape}")

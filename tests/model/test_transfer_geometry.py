@@ -124,3 +124,26 @@ def test_predict_lands_on_the_real_liver_whatever_the_input_orientation(real_lit
     assert mask.GetSize() == ct.GetSize() and mask.GetDirection() == ct.GetDirection()
     np.testing.assert_allclose(mask.GetOrigin(), ct.GetOrigin(), atol=1e-4)
     assert _dice(sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(liver)) > 0.97
+
+
+def test_predict_refuses_a_ct_without_usable_spacing_unless_given(real_lits, tmp_path):
+    """The LiTS 28-47 header (identity affine, 1 x 1 x 1 mm) is not a spacing: predicting with it would resample
+    the scan at the wrong size. Given --spacing, the mask lands on the liver and keeps the file's own header."""
+    ct = sitk.Image(real_lits["ct"])
+    true_spacing = ct.GetSpacing()
+    ct.SetSpacing((1.0, 1.0, 1.0))
+    ct.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, 1))
+    scan = tmp_path / "volume-30.nii"
+    sitk.WriteImage(ct, str(scan))
+    with pytest.raises(ValueError, match="cannot be trusted.*--spacing"):
+        predict(real_lits["run"], [scan], tmp_path / "out", segmenter=Oracle(real_lits["store"]), log=lambda s: None)
+    # the oracle knows the stored case's physical grid, which needs the real direction too
+    ct2 = sitk.Image(real_lits["ct"])
+    ct2.SetSpacing((1.0, 1.0, 1.0))
+    scan2 = tmp_path / "volume-31.nii"
+    sitk.WriteImage(ct2, str(scan2))
+    [path] = predict(real_lits["run"], [scan2], tmp_path / "out", segmenter=Oracle(real_lits["store"]),
+                     spacing_xyz=true_spacing, log=lambda s: None)
+    mask = sitk.ReadImage(str(path))
+    assert mask.GetSpacing() == (1.0, 1.0, 1.0)  # the file's own header back
+    assert _dice(sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(real_lits["liver"])) > 0.97
