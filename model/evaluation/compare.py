@@ -150,7 +150,9 @@ def collect_runs(paths: Sequence[str | Path]) -> pd.DataFrame:
 
 
 def _steps_to_reach(curve: Sequence[tuple[int, float]], target: float | None) -> int | None:
-    if target is None:
+    # A scratch run that ended at 0 (or learned nothing measurable) sets no target worth reaching: every run
+    # would "reach" it at its first validation.
+    if target is None or not target > 0:
         return None
     return next((int(step) for step, value in curve if value >= target), None)
 
