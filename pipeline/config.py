@@ -31,10 +31,10 @@ class PrepConfig:
     codec: str = "lz4hc"
     clevel: int = 1
     """Blosc codec and level (byte shuffle), chosen on z-scored float16 64³ chunks of noisy CT (the bench CTs,
-    16-23 HU of scanner noise in soft tissue): LZ4HC level 1 encodes a chunk in ~1.3 ms against level 5's ~20 ms
-    (~0.2 s against ~3 s per 512×512×120 case, whose whole conversion is ~2 s) and decodes it in ~0.22 ms (level
-    5: ~0.19; lz4 with bit shuffle ~0.33; zstd 0.6-0.9 ms) into 0.47 of the raw float16 bytes (level 5: 0.44).
-    Measured by benchmarks/loader.py (README, docs/DECISIONS.md)."""
+    16-23 HU of scanner noise in soft tissue): LZ4HC level 1 encodes a chunk in ~1.2 ms against level 5's ~15 ms
+    (0.17 s against 2.2 s per 512×512×120 case, whose conversion otherwise takes ~3 s) and decodes it in ~0.21 ms
+    (level 5 ~0.17, the fastest of the cheap encoders: lz4 ~0.26, lz4 + bit shuffle ~0.31, zstd 0.55-0.76) into
+    0.47 of the raw float16 bytes (level 5: 0.44). Measured by benchmarks/loader.py (docs/DECISIONS.md, README)."""
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
     air_hu: float = -1024.0
     """CT only: values below this (scanner padding outside the field of view: -2048, -3024) clamp to it

@@ -81,14 +81,14 @@ def case_marker(root: zarr.Group, store_path: str) -> dict[str, Any] | None:
         return None
 
 
-def _local_folder(root: zarr.Group) -> str | None:
-    """The folder of a group's store when it is a local zarr v3 folder, else None."""
+def _local_folder(node: zarr.Group | zarr.Array) -> str | None:
+    """The folder of a group or array when its store is a local zarr v3 folder, else None."""
     from zarr.storage import LocalStore
 
-    store = root.store
-    if not isinstance(store, LocalStore) or root.metadata.zarr_format != 3:
+    store = node.store
+    if not isinstance(store, LocalStore) or node.metadata.zarr_format != 3:
         return None
-    return os.path.join(str(store.root), root.path) if root.path else str(store.root)
+    return os.path.join(str(store.root), node.path) if node.path else str(store.root)
 
 
 def compressor(cfg: PrepConfig) -> BloscCodec:
@@ -120,7 +120,7 @@ def write_case(
         "image", shape=image.shape, chunks=(1, cz, cy, cx), dtype=image.dtype,
         compressors=compressor(cfg), fill_value=0,
     )
-    img[...] = image
+    fill_array(img, image)
     stored = img.nbytes_stored()
     if label is not None:
         if label.shape != image.shape[1:]:
@@ -129,7 +129,7 @@ def write_case(
             "label", shape=label.shape, chunks=(cz, cy, cx), dtype=label.dtype,
             compressors=compressor(cfg), fill_value=0,
         )
-        lab[...] = label
+        fill_array(lab, label)
         stored += lab.nbytes_stored()
     fg = grp.create_array(
         "foreground", shape=foreground.shape, chunks=(max(1, foreground.shape[0]), 4), dtype="int32",
@@ -147,6 +147,68 @@ def write_case(
     done["written_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     grp.attrs[MARKER] = done
     return int(stored)
+
+
+def fill_array(arr: zarr.Array, data: np.ndarray) -> None:
+    """Write ``data`` into ``arr``, a new and empty array (as :func:`write_case` creates them).
+
+    In a local store whose array is bytes (little endian) + Blosc with fill value 0, each chunk is Blosc-encoded
+    exactly as zarr-python encodes it (the array's codec, level, shuffle, block size and type size; edge chunks
+    padded with the fill value) and written straight to its file; chunks holding only the fill value get no
+    file, as with zarr. zarr-python's own write costs ~2 ms of async machinery per chunk: on a 512×512×120 CT
+    case ~0.4 s of its ~3 s conversion (0.2 s for the label alone, mostly empty chunks). Anything else is
+    written through zarr-python.
+    """
+    numeric = np.dtype(data.dtype).kind in "fiub" and np.dtype(data.dtype).itemsize in (1, 2, 4, 8)
+    codec = None if data.shape != arr.shape or not numeric or arr.metadata.fill_value != 0 else _blosc_of(arr)
+    folder = _local_folder(arr) if codec is not None else None
+    if folder is None:
+        arr[...] = data
+        return
+    data = np.asarray(data, dtype=arr.dtype.newbyteorder("<"))
+    # A chunk holds only the fill value when its bits are all zero but for floats' sign (-0.0 == 0): tested on the
+    # bits, since numpy's float16 arithmetic is slow.
+    bits = data.view(f"<u{data.itemsize}")
+    keep = ~np.array(1 << (8 * data.itemsize - 1) if data.dtype.kind == "f" else 0, bits.dtype)
+    chunks = arr.chunks
+    pad = np.zeros(chunks, data.dtype)
+    made: set[str] = set()
+    for index in np.ndindex(*(-(-n // c) for n, c in zip(data.shape, chunks))):
+        box = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, chunks, data.shape))
+        if not np.bitwise_or.reduce(bits[box], axis=None) & keep:  # zarr writes no such chunk either
+            continue
+        block = data[box]
+        if block.shape != chunks:
+            pad.fill(0)
+            pad[tuple(slice(0, b) for b in block.shape)] = block
+            block = pad
+        key = os.path.join(folder, *arr.metadata.encode_chunk_key(index).split("/"))
+        parent = os.path.dirname(key)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
+        with open(key, "wb") as fh:
+            fh.write(codec.encode(np.ascontiguousarray(block)))
+
+
+def _blosc_of(arr: zarr.Array):
+    """The numcodecs Blosc that encodes ``arr``'s chunks as zarr-python does, or None when its codec chain is
+    not exactly bytes (little endian) + Blosc."""
+    import numcodecs
+    from zarr.codecs import BytesCodec
+
+    codecs = arr.metadata.codecs
+    if len(codecs) != 2 or not isinstance(codecs[0], BytesCodec) or not isinstance(codecs[1], BloscCodec):
+        return None
+    if arr.dtype.itemsize > 1 and getattr(codecs[0].endian, "value", codecs[0].endian) != "little":
+        return None
+    blosc = codecs[1]
+    shuffle = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
+               "bitshuffle": numcodecs.Blosc.BITSHUFFLE}[getattr(blosc.shuffle, "value", blosc.shuffle)]
+    if blosc.typesize != arr.dtype.itemsize:
+        return None
+    return numcodecs.Blosc(cname=getattr(blosc.cname, "value", blosc.cname), clevel=blosc.clevel,
+                           shuffle=shuffle, blocksize=blosc.blocksize)
 
 
 def case_seed(store_path: str) -> int:

@@ -59,3 +59,47 @@ def test_any_blosc_shuffle_reads_identically_through_the_direct_reader(tmp_path,
                                  compressors=BloscCodec(cname=cname, clevel=clevel, shuffle=shuffle))
         arr[...] = data
         _check_reads(str(tmp_path / "s" / name), data)
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("cname,clevel,shuffle", [("lz4hc", 1, "shuffle"), ("lz4", 5, "bitshuffle"),
+                                                  ("zstd", 3, "noshuffle")])
+def test_direct_chunk_writes_are_the_bytes_zarr_writes(tmp_path, cname, clevel, shuffle) -> None:
+    """write_case writes chunk files itself (zarr's async write costs ~2 ms a chunk): the same files, byte for
+    byte, as zarr-python's own write, including padded edge chunks and the chunks it leaves out (all fill)."""
+    from pipeline.store import fill_array
+
+    image, label = _noisy_ct(seed=2)
+    image[:, :16] = 0
+    image[0, 20, 5, 5] = -0.0  # equal to the fill value, not all-zero bits
+    for name, data, chunks in (("image", image, (1, 16, 32, 32)), ("label", label, (16, 32, 32))):
+        written = {}
+        for how in ("zarr", "direct"):
+            group = zarr.open_group(str(tmp_path / how), mode="a", zarr_format=3)
+            arr = group.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype, fill_value=0,
+                                     compressors=BloscCodec(cname=cname, clevel=clevel, shuffle=shuffle))
+            if how == "zarr":
+                arr[...] = data
+            else:
+                fill_array(arr, data)
+            written[how] = _files(tmp_path / how / name)
+            np.testing.assert_array_equal(zarr.open_array(str(tmp_path / how / name), mode="r")[...], data)
+        assert written["direct"] == written["zarr"]
+        assert any(k.startswith("c/") for k in written["zarr"])
+        n_chunks = int(np.prod([-(-n // c) for n, c in zip(data.shape, chunks)]))
+        assert len(written["zarr"]) - 1 < n_chunks  # chunks of zeros are not written
+
+
+def test_other_fill_values_and_codecs_go_through_zarr(tmp_path) -> None:
+    from pipeline.store import fill_array
+
+    data = np.arange(20 * 21 * 22, dtype=np.float32).reshape(20, 21, 22)
+    group = zarr.open_group(str(tmp_path), mode="w", zarr_format=3)
+    for name, kw in (("fill", {"fill_value": 3.0}), ("zstd", {"compressors": zarr.codecs.ZstdCodec(level=1)})):
+        arr = group.create_array(name, shape=data.shape, chunks=(8, 8, 8), dtype=data.dtype,
+                                 **{"fill_value": 0, **kw})
+        fill_array(arr, data)
+        np.testing.assert_array_equal(zarr.open_array(str(tmp_path / name), mode="r")[...], data)
