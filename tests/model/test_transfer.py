@@ -259,3 +259,46 @@ def test_finetune_ddp_on_cpu_two_processes(stores, tmp_path):
     assert ckpt["step"] == 3 and ckpt["world_size"] == 2
     assert [r["step"] for r in read_metrics(tmp_path / "run", "train")] == [1, 2, 3]
     assert [r["split"] for r in read_metrics(tmp_path / "run", "val")] == ["test"]
+
+
+@pytest.mark.slow
+def test_finetune_killed_with_sigkill_resumes_to_the_uninterrupted_result(stores, tmp_path):
+    """A real kill (SIGKILL, as the OOM killer or a preempted node does) between checkpoints: `--resume` repeats
+    the steps after the last checkpoint and ends with the losses and weights of the uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["finetune", "lung", stores["lung"], "--steps", "8", "--ckpt-every", "2", "--patch", "16,24,24",
+            "--workers", "0", "--device", "cpu", "--val-every", "0", "--no-progress"]
+    cmd = [sys.executable, "-m", "model.cli"]
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([*cmd, *args, "--out", str(tmp_path / "whole")], cwd=root, env=env, check=True,
+                   capture_output=True, timeout=600)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, *args, "--out", str(run)], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        steps = [r["step"] for r in read_metrics(run, "train")] if (run / "metrics.jsonl").is_file() else []
+        if steps and max(steps) >= 3:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = load_checkpoint(run / "checkpoint.pt")["step"]
+    assert 2 <= killed_at < 8
+    # the resume runs like the other two (a fresh process, one thread), so float reductions match bit for bit
+    subprocess.run([*cmd, *args, "--out", str(run), "--resume"], cwd=root, env=env, check=True,
+                   capture_output=True, timeout=600)
+    a = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "whole", "train")}
+    rows = read_metrics(run, "train")
+    assert [r["step"] for r in rows] == list(range(1, 9))  # every step once, after the repeat
+    assert {r["step"]: r["loss"] for r in rows} == a
+    wa = load_checkpoint(tmp_path / "whole" / "checkpoint.pt")["model"]
+    wb = load_checkpoint(run / "checkpoint.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
