@@ -58,7 +58,7 @@ test: venv
 	$(PY) -m pytest -q
 
 bench: venv
-	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m pip install -q -e '.[bench]' $(TORCH)  # pinned: nnunetv2's deps would otherwise pull a CUDA torch
 	$(PY) benchmarks/prep.py
 	$(PY) benchmarks/checks.py
 	$(PY) benchmarks/loader.py

@@ -26,13 +26,11 @@ __all__ = ["preprocess_scan", "recipe_from_store"]
 
 
 def _usable_spacing(header: geometry.Header, modality: str) -> bool:
-    """Zero / NaN / negative spacing never is; for CT, neither is exactly 1 mm isotropic with an axis-aligned
-    direction (an identity NIfTI affine: no spacing was written). An MR at 1 mm isotropic is plausible."""
-    sp = np.asarray(header.spacing, dtype=float)
-    if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        return False
-    d = np.abs(np.asarray(header.direction, dtype=float).reshape(3, 3))
-    return not (modality == "CT" and np.allclose(sp, 1.0, atol=1e-6) and np.allclose(d, np.eye(3), atol=1e-6))
+    """The build's rule (:func:`pipeline.sources.lits.has_usable_spacing`), except that an MR at exactly 1 mm
+    isotropic is plausible; only a CT with the identity affine is taken for a header without spacing."""
+    from .sources.lits import has_usable_spacing, identity_unit_spacing
+
+    return has_usable_spacing(header) or (modality != "CT" and identity_unit_spacing(header))
 
 
 def _zarr_json(store: str, *parts: str) -> dict[str, Any]:

@@ -13,7 +13,6 @@ Output in ``RUN/eval/<split>/``: ``cases.csv``, ``summary.json``, ``pred/``.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ import SimpleITK as sitk
 import torch
 
 from model.evaluation.inference import LiverSegmenter, PatchSegmenter, Segmenter
+from model.evaluation.metrics import _json_safe
 
 __all__ = ["evaluate", "ground_truth", "segmenter_for_run"]
 
@@ -85,18 +85,6 @@ def _pred_name(case_id: str, task: str, labelled: bool) -> str:
     if task == "liver" and not labelled and m:
         return f"test-segmentation-{m.group(1)}.nii"
     return f"{case_id}.nii.gz"
-
-
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, (np.integer, np.floating)):
-        return _json_safe(v.item())
-    return v
 
 
 def evaluate(run: str | Path, store: str, *, split: str | None = None, segmenter: Segmenter | None = None,

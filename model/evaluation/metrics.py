@@ -95,6 +95,8 @@ def _json_safe(v: Any) -> Any:
         return {str(k): _json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_json_safe(x) for x in v]
+    if isinstance(v, (np.integer, np.floating)):
+        return _json_safe(v.item())
     return v
 
 

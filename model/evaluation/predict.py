@@ -8,6 +8,7 @@ scan's own grid (:func:`pipeline.geometry.to_original_grid`), whatever its orien
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -61,7 +62,7 @@ def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, se
         path = out / mask_name(scan)
         sitk.WriteImage(mask, str(path))
         n = int(sitk.GetArrayViewFromImage(mask).astype(bool).sum())
-        vol = n * float(torch.tensor(mask.GetSpacing()).prod())
+        vol = n * math.prod(mask.GetSpacing())
         log(f"{scan} -> {path} ({n} voxels, {vol / 1000:.1f} ml)")
         written.append(path)
     return written

@@ -117,11 +117,13 @@ def _device(cfg: FinetuneConfig, env: DistEnv) -> torch.device:
 
 def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int | None = None,
                    progress: bool = True, log: Callable[[str], None] = print,
-                   preprocessing: dict[str, Any] | None = None) -> StageResult:
+                   preprocessing: dict[str, Any] | None = None, record: dict[str, Any] | None = None
+                   ) -> StageResult:
     """Train one stage as ``cfg`` says; writes ``cfg.out``/{config.json, checkpoint.pt, metrics.jsonl}.
 
     ``resume`` continues ``cfg.out/checkpoint.pt`` exactly; without it an existing checkpoint raises
     :class:`FinetuneError`. ``stop_after`` ends after that many steps with a checkpoint (a preemption).
+    ``record`` is :func:`init_record` of ``cfg.init`` when the caller has it already (it reads the whole file).
     """
     from model.data.transfer import TaskData, task_data
     from model.nets.weights import load_encoder_weights
@@ -144,7 +146,7 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
             evaluation = None
             if env.is_main:
                 log(f"note: no {cfg.eval_split} split to measure on ({exc}); training without validation")
-        record = init_record(cfg.init)
+        record = record if record is not None else init_record(cfg.init)
         if ckpt is None and env.is_main and evaluation is not None:
             _check_leakage(record, set(evaluation.scan_ids), cfg.init, cfg.eval_split, log)
         classes = 2 if cfg.task in ("liver", "nodule") else train.num_classes
@@ -254,6 +256,7 @@ def finetune(task: str, store: str, out: str, *, stage: str = "both", resume: bo
         if DistEnv.from_environ().is_main:
             _write_run_file(root, cfg, record, stages, preprocessing)
         results.append(finetune_stage(cfg, resume=resume, stop_after=stop_after, progress=progress, log=log,
+                                      record=record,
                                       preprocessing=preprocessing))
     return results
 

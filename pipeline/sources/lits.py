@@ -96,9 +96,15 @@ def has_usable_spacing(hdr: geometry.Header) -> bool:
     sp = np.asarray(hdr.spacing, dtype=float)
     if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
         return False
+    return not identity_unit_spacing(hdr)
+
+
+def identity_unit_spacing(hdr: geometry.Header) -> bool:
+    """Exactly 1 × 1 × 1 mm with an axis-aligned, unpermuted direction: what an identity NIfTI affine (no spacing
+    written at all) reads as."""
     d = np.asarray(hdr.direction, dtype=float).reshape(3, 3)
     axis_aligned = np.allclose(np.abs(d), np.eye(3), atol=1e-6)
-    return not (np.allclose(sp, 1.0, atol=1e-6) and axis_aligned)
+    return bool(np.allclose(np.asarray(hdr.spacing, dtype=float), 1.0, atol=1e-6) and axis_aligned)
 
 
 def _file_spacing(spacing_zyx, direction) -> tuple[float, float, float]:

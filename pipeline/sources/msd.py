@@ -6,12 +6,12 @@ real folders hold macOS ``._`` junk files: we list cases from dataset.json, neve
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
 from ..config import Case, DomainSpec, unsafe_case_id
+from .naming import read_json_object
 
 # The eight MSD tasks of 3DSeg-8 (Lung and Colon are not part of it) and their domain names in the store.
 TASKS_3DSEG8: dict[str, str] = {
@@ -98,14 +98,7 @@ def read_task(task_dir: Path, domain: str | None = None) -> tuple[DomainSpec, li
     the store domain (default: the 3DSeg-8 name, else the folder name in lower case)."""
     task = task_dir.name
     meta_path = task_dir / "dataset.json"
-    if not meta_path.exists():
-        raise ValueError(f"{meta_path}: missing; an MSD task folder needs its dataset.json")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{meta_path}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    meta = read_json_object(meta_path, "an MSD task folder needs its dataset.json")
     for key in ("modality", "labels", "training"):
         if key not in meta:
             raise ValueError(f"{meta_path}: no {key!r} entry; is this an MSD dataset.json?")

@@ -6,8 +6,11 @@ with a letter or digit.
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 from ..config import DomainSpec
 
@@ -68,3 +71,17 @@ def check_store_domains(store: str, specs: Iterable[DomainSpec]) -> None:
         if old != new:
             raise ValueError(f"{store}: domain {spec.name!r} was built with labels {old}, this build has {new}; "
                              "build into another store (or another --domain)")
+
+
+def read_json_object(path: Path, missing: str) -> dict[str, Any]:
+    """A dataset's ``dataset.json`` as a dict; ValueError naming the file when it is missing (``missing`` says
+    what the folder should hold), not JSON, or not an object."""
+    if not path.is_file():
+        raise ValueError(f"{path}: missing; {missing}")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    return meta

@@ -27,14 +27,13 @@ Decisions:
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
 from ..config import Case, DomainSpec, unsafe_case_id
 from .msd import scan_id_for
-from .naming import check_domain_name, plain_name
+from .naming import check_domain_name, plain_name, read_json_object
 
 FILE_ENDINGS = (".nii.gz", ".nrrd", ".mha", ".nii")
 
@@ -151,14 +150,7 @@ def scan_nnunet(dataset_dir: str | Path, domain: str | None = None) -> tuple[Dom
     """
     dataset_dir = Path(dataset_dir)
     meta_path = dataset_dir / "dataset.json"
-    if not meta_path.is_file():
-        raise ValueError(f"{meta_path}: missing; an nnU-Net v2 dataset folder (DatasetNNN_Name) holds a dataset.json")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{meta_path}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    meta = read_json_object(meta_path, "an nnU-Net v2 dataset folder (DatasetNNN_Name) holds a dataset.json")
     channels = _channels(meta, meta_path)
     labels = parse_labels(meta.get("labels"), meta_path)
     ending = meta.get("file_ending")
