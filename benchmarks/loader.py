@@ -8,14 +8,14 @@ the bench sample CTs, -2048 padding outside a circular field of view) as .nii.gz
 from the .nii.gz files with ``pipeline.job.build`` and the default PrepConfig.
 Then, on the same seeded random 128³ patch positions:
 
-1. per-patch latency (median / p90 / CPU ms, one channel, float16): the decode floor (Blosc decode of the
-   overlapped chunks from memory), our direct chunk reader, zarr-python's slicing, and the NIfTI sources
+1. per-patch latency (median / p90 / CPU ms, one channel, float16): our direct chunk reader and zarr-python's
+   slicing on the default store (raw image chunks), and the NIfTI sources
    (SimpleITK full read of .nii.gz + slice; SimpleITK streaming extract of .nii; numpy memmap of .nii, which
    is what nibabel does). NIfTI rows are raw HU: they skip the normalization the store
    already holds, so they are lower bounds for a NIfTI-based loader.
 2. loader throughput (patches/s) of ``model.data.make_loader`` with 0, 1 and 2 workers, batch 2 of 128³.
-3. Blosc codecs (:data:`CODECS`: codec, level, byte or bit shuffle): encode and decode ms per 64³ chunk and
-   compressed size on the z-scored float16 chunks of full-size bench CTs (``med3d-prep sample --size bench``:
+3. image codecs (:data:`CODECS`: raw, or a Blosc codec, level, byte or bit shuffle): encode and decode ms
+   per 64³ chunk and compressed size on the z-scored float16 chunks of full-size bench CTs (``med3d-prep sample --size bench``:
    512×512×120 with realistic noise; built once from ``--bench-data`` or read from ``--bench-store``), and the
    random patch read / 2-worker loader throughput on the store above rewritten with each codec by
    ``pipeline.store.write_case``; then chunk shapes with the default codec (bytes, chunk files, reads).
@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 PATCH = (128, 128, 128)
 SHAPES = [(256, 320, 320), (240, 320, 304), (272, 304, 320)]
 #: Blosc candidates (codec, level, shuffle) compared on noisy CT: encode / decode per chunk, size, patch reads.
-CODECS = [("lz4hc", 5, "byte"), ("lz4hc", 1, "byte"), ("lz4", 5, "byte"), ("lz4", 5, "bit"),
+#: ("raw", 0, ...) is Blosc level 0: frames that hold the chunk's bytes as they are (the default for images).
+CODECS = [("raw", 0, "byte"), ("lz4hc", 5, "byte"), ("lz4hc", 1, "byte"), ("lz4", 5, "byte"), ("lz4", 5, "bit"),
           ("zstd", 1, "byte"), ("zstd", 3, "bit"), ("blosclz", 5, "byte")]
 #: Chunk shapes compared with the default codec.
 CHUNK_SHAPES = [(64, 64, 64), (32, 32, 32), (64, 128, 128)]
@@ -143,18 +144,6 @@ def measure(fns: dict[str, Callable], positions, every: dict[str, int] | None = 
                 float(np.median(cpu[k]) * 1e3)) for k in fns}
 
 
-def with_blosc_threads(fn: Callable, n: int) -> Callable:
-    import numcodecs.blosc
-
-    def run(case, start):
-        numcodecs.blosc.set_nthreads(n)
-        try:
-            return fn(case, start)
-        finally:
-            numcodecs.blosc.set_nthreads(1)
-    return run
-
-
 def direct_fn(store: str):
     from model.data.zarr_read import ChunkedArrayReader
 
@@ -165,36 +154,6 @@ def direct_fn(store: str):
             case.store_path, ChunkedArrayReader(f"{store}/{case.store_path}/image"))
         return r.read((0, *start), (1, *(s + p for s, p in zip(start, PATCH))), out=buf)
     return read
-
-
-def decode_floor_fn(store: str, positions):
-    """Blosc decode of the chunks a patch overlaps, their bytes already in memory, nothing copied out: the floor
-    under any reader of this store on one core. (Assumes the default chunk key encoding with "/".)"""
-    import itertools
-
-    import numcodecs
-
-    from model.data.zarr_read import ChunkedArrayReader
-
-    chunks = ChunkedArrayReader(f"{store}/{positions[0][0].store_path}/image").chunks[1:]
-
-    def keys(case, start):
-        ranges = [range(s // c, (s + p - 1) // c + 1) for s, p, c in zip(start, PATCH, chunks)]
-        return [f"{store}/{case.store_path}/image/c/0/" + "/".join(map(str, i)) for i in itertools.product(*ranges)]
-
-    blobs = {}
-    for case, start in positions:
-        for key in keys(case, start):
-            if key not in blobs and os.path.exists(key):
-                with open(key, "rb") as fh:
-                    blobs[key] = fh.read()
-    codec, buf = numcodecs.Blosc(), np.empty(int(np.prod(chunks)) * 2, np.uint8)
-
-    def decode(case, start):
-        for key in keys(case, start):
-            if key in blobs:
-                codec.decode(blobs[key], out=buf)
-    return decode
 
 
 def zarr_fn(store: str):
@@ -288,11 +247,15 @@ def rewrite(src: str, index, out: str, chunks, codec: tuple[str, int, str]):
     from zarr.codecs import BloscCodec
 
     cname, clevel, shuffle = codec
-    cfg = PrepConfig(chunks=chunks, codec=cname, clevel=clevel)
+    if cname == "raw":
+        cfg = PrepConfig(chunks=chunks, image_codec="raw")
+    else:
+        cfg = PrepConfig(chunks=chunks, image_codec=cname, codec=cname, clevel=clevel)
     # The store writes byte shuffle; other shuffles are written by swapping its compressor for this call.
     own = pipeline.store.compressor
-    pipeline.store.compressor = lambda cfg: BloscCodec(
-        cname=cname, clevel=clevel, shuffle={"byte": "shuffle", "bit": "bitshuffle"}[shuffle])
+    if shuffle != "byte":
+        pipeline.store.compressor = lambda cfg, image=False: BloscCodec(
+            cname=cname, clevel=clevel, shuffle={"byte": "shuffle", "bit": "bitshuffle"}[shuffle])
     try:
         root = open_root(out)
         for cs in index.cases.values():
@@ -349,7 +312,8 @@ def codec_costs(chunks: list[np.ndarray], codecs, decodes: int = 5) -> dict[tupl
 
     numcodecs.blosc.use_threads = False  # as in a dask worker thread or a DataLoader worker
     shuffles = {"byte": numcodecs.Blosc.SHUFFLE, "bit": numcodecs.Blosc.BITSHUFFLE}
-    blosc = {c: numcodecs.Blosc(cname=c[0], clevel=c[1], shuffle=shuffles[c[2]]) for c in codecs}
+    blosc = {c: numcodecs.Blosc(cname="lz4" if c[0] == "raw" else c[0], clevel=c[1], shuffle=shuffles[c[2]])
+             for c in codecs}
     enc: dict[tuple, list[float]] = {c: [] for c in codecs}
     dec: dict[tuple, list[float]] = {c: [] for c in codecs}
     blobs: dict[tuple, list[bytes]] = {c: [] for c in codecs}
@@ -434,10 +398,8 @@ def main() -> None:
         print(f"\nstore {store}: {len(index)} training cases; image chunks {meta.chunks}, {meta.dtype}; "
               f"{os.cpu_count()} cores; {args.n} random {PATCH} patches per row\n")
 
-        fns = {"decode floor: Blosc decode of the overlapped chunks, bytes in memory":
-               decode_floor_fn(store, positions),
-               "direct chunk reader (model.data.zarr_read), 1 Blosc thread": direct_fn(store),
-               "direct chunk reader, 2 Blosc threads": with_blosc_threads(direct_fn(store), 2),
+        fns = {f"direct chunk reader (model.data.zarr_read), images {_codec_name(store, positions)}":
+               direct_fn(store),
                "zarr-python 3.1 slicing (its default thread pool)": zarr_fn(store)}
         every = {}
         if all(os.path.exists(p) for p in sources.values()):
@@ -469,7 +431,8 @@ def main() -> None:
         from pipeline.config import PrepConfig
 
         default = PrepConfig()
-        default_codec = (default.codec, default.clevel, "byte")
+        default_codec = ("raw", 0, "byte") if default.image_codec == "raw" else \
+            (default.image_codec, default.clevel, "byte")
         codecs = CODECS if default_codec in CODECS else [default_codec, *CODECS]
         print(f"\ncodecs: encoding the chunks of {args.bench_cases} bench CT case(s)...", flush=True)
         paths, chunks = bench_ct_chunks(args.bench_store, args.bench_data, work, args.bench_cases)
@@ -501,7 +464,7 @@ def main() -> None:
                   f"{ratio:.3f} | {med:.2f} / {p90:.2f} / {cpu:.2f} | {via_zarr[((64, 64, 64), codec)][0]:.2f} "
                   f"| {rates[((64, 64, 64), codec)]:.1f} |", flush=True)
 
-        print(f"\nChunk shapes with the default codec ({default.codec}:{default.clevel} byte shuffle), "
+        print(f"\nChunk shapes with the default image codec ({default_codec[0]}:{default_codec[1]}), "
               "on the store above:\n")
         print("| chunks (z, y, x) | image MiB | vs float16 | chunk files | direct median / p90 / CPU ms "
               "| zarr median ms | loader 2 workers, patches/s |\n|---|---|---|---|---|---|---|")
@@ -517,6 +480,14 @@ def main() -> None:
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _codec_name(store: str, positions) -> str:
+    import zarr
+
+    conf = zarr.open_array(f"{store}/{positions[0][0].store_path}/image", mode="r").metadata.to_dict()
+    blosc = conf["codecs"][-1].get("configuration", {})
+    return "raw (Blosc level 0)" if blosc.get("clevel") == 0 else f"{blosc.get('cname')}:{blosc.get('clevel')}"
 
 
 def _has(module: str) -> bool:

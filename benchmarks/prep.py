@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import rss  # noqa: E402  (benchmarks/rss.py, beside this script)
 
 
 def _ensure_data(data: Path, seed: int) -> Path:
@@ -72,7 +73,7 @@ def floor(cases, target_zyx, cfg, out: str) -> list[float]:
                                                             spacing, im.GetDirection(), 0.0, ptype)))
         grp = root.require_group(case.case_id)
         a = grp.create_array("image", shape=(1, *res[0].shape), chunks=(1, *cfg.chunks), dtype=cfg.dtype,
-                             compressors=compressor(cfg), fill_value=0, overwrite=True)
+                             compressors=compressor(cfg, image=True), fill_value=0, overwrite=True)
         a[...] = res[0][None].astype(cfg.dtype)
         b = grp.create_array("label", shape=res[1].shape, chunks=cfg.chunks, dtype="uint8",
                              compressors=compressor(cfg), fill_value=0, overwrite=True)
@@ -103,6 +104,7 @@ def _noop(_):
 
 def pipeline_run(found, store: str, cfg, workers: int) -> tuple[float, list[float], object]:
     """Run the real build on a LocalCluster we own (so we can read the workers' peak RSS afterwards)."""
+    import cloudpickle
     from distributed import Client
 
     from pipeline.job import build, local_cluster
@@ -112,7 +114,8 @@ def pipeline_run(found, store: str, cfg, workers: int) -> tuple[float, list[floa
         t = time.perf_counter()
         result = build(found, store, cfg, scheduler=cluster.scheduler_address, progress=False, log=lambda s: None)
         elapsed = time.perf_counter() - t
-        peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        cloudpickle.register_pickle_by_value(rss)  # the workers need not find benchmarks/ on their path
+        peaks = client.run(rss.peak_rss_bytes)  # VmHWM: ru_maxrss would carry the nanny's peak over
     if result.failed:
         raise SystemExit(f"build failed: {result.failed}")
     return elapsed, sorted(peaks.values()), result
@@ -314,7 +317,8 @@ def floor_table(msd: Path, tmp: Path, args) -> None:
     lo, hi = np.min(rounds, axis=0), np.max(rounds, axis=0)
     f, f2, t1, t2 = med
     print(f"\n{n} CT cases, source shape (z, y, x) {shape}, target spacing {target} mm, "
-          f"dtype {cfg.dtype}, chunks {cfg.chunks}, blosc {cfg.codec}:{cfg.clevel} byte shuffle; "
+          f"dtype {cfg.dtype}, chunks {cfg.chunks}, images {cfg.image_codec}, labels blosc {cfg.codec}:{cfg.clevel} "
+          "byte shuffle; "
           f"{os.cpu_count()} cores; "
           f"median of {args.repeat} interleaved rounds (min-max in brackets)\n")
     print("| run | per-case wall (s) | vs floor | speed-up vs 1 process | peak RSS per worker (MiB) |")

@@ -34,7 +34,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -48,6 +47,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from rss import peak_rss_bytes  # noqa: E402  (benchmarks/rss.py, beside this script)
 
 TASKS = ("liver", "lung", "nodule")
 CT_SHAPE = (200, 512, 512)          # (z, y, x) voxels of the inference CT
@@ -75,13 +76,8 @@ def fmt(v: Any, spec: str = ".3f") -> str:
 
 
 def peak_rss_gib() -> float:
-    """This process's own peak RSS (GiB): ``VmHWM`` of /proc/self/status. ``ru_maxrss`` is not used where VmHWM
-    exists: Linux keeps it across fork + exec, so a fresh child reports at least its parent's peak."""
-    try:
-        with open("/proc/self/status") as fh:
-            return next(int(ln.split()[1]) for ln in fh if ln.startswith("VmHWM:")) / 2**20
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """This process's own peak RSS (GiB), see :func:`rss.peak_rss_bytes`."""
+    return peak_rss_bytes() / 2**30
 
 
 class Timer:

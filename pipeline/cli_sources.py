@@ -18,8 +18,8 @@ def _csv(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
-def _build(found, store, *, workers, scheduler, dtype, chunks, codec, replan, no_progress, max_voxels,
-           missing: list[str] | None = None) -> None:
+def _build(found, store, *, workers, scheduler, dtype, chunks, image_codec, codec, replan, no_progress,
+           max_voxels, missing: list[str] | None = None) -> None:
     from .cli import _config, _finish
     from .job import build
     from .sources.naming import check_store_domains
@@ -30,7 +30,7 @@ def _build(found, store, *, workers, scheduler, dtype, chunks, codec, replan, no
         raise click.UsageError(str(exc)) from None
     click.echo("building: " + ", ".join(f"{spec.source_dataset} as {spec.name} ({len(c)} cases)"
                                         for spec, c in found))
-    cfg = _config(dtype, chunks, codec, max_voxels)
+    cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec)
     result = build(found, store, cfg, workers=workers, scheduler=scheduler, replan=replan,
                    progress=not no_progress, log=click.echo)
     result.missing = missing or []

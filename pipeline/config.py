@@ -28,13 +28,22 @@ class PrepConfig:
     """Stored image dtype. float16 halves the store; z-scored values lose < 1e-3 relative precision."""
     chunks: tuple[int, int, int] = (64, 64, 64)
     """Chunk shape (z, y, x) of every array; an image chunk holds one channel."""
+    image_codec: str = "raw"
+    """How image chunks are stored: ``raw`` (Blosc level 0: each chunk file is a 16-byte Blosc header followed
+    by the float16 voxels as they are, still an ordinary bytes + Blosc zarr array) or one of the Blosc codecs
+    (compressed at :attr:`clevel`, byte shuffle). Raw is the default because random patch reads are the hot
+    path of training and scanner noise leaves CT chunks nearly incompressible: the direct reader reads a raw
+    chunk's overlapped rows with one ``preadv`` and decodes nothing, 2.6 ms per random 128³ patch against
+    8.1 ms for LZ4HC level 1, at 2.1× the bytes (LZ4HC keeps 0.47 of them). Choose a codec (``lz4hc``) where
+    disk or network bandwidth, not CPU, bounds reads. Measured by benchmarks/loader.py (docs/DECISIONS.md)."""
     codec: str = "lz4hc"
     clevel: int = 1
-    """Blosc codec and level (byte shuffle), chosen on z-scored float16 64³ chunks of noisy CT (the bench CTs,
+    """Blosc codec and level (byte shuffle) of labels and foreground samples, and of images when
+    :attr:`image_codec` names a codec. Chosen on z-scored float16 64³ chunks of noisy CT (the bench CTs,
     16-23 HU of scanner noise in soft tissue): LZ4HC level 1 encodes a chunk in ~1.2 ms against level 5's ~15 ms
-    (0.17 s against 2.2 s per 512×512×120 case, whose conversion otherwise takes ~3 s) and decodes it in ~0.21 ms
-    (level 5 ~0.17, the fastest of the cheap encoders: lz4 ~0.26, lz4 + bit shuffle ~0.31, zstd 0.55-0.76) into
-    0.47 of the raw float16 bytes (level 5: 0.44). Measured by benchmarks/loader.py (docs/DECISIONS.md, README)."""
+    and decodes it in ~0.21 ms (level 5 ~0.17, the fastest of the cheap encoders: lz4 ~0.26, lz4 + bit shuffle
+    ~0.31, zstd 0.55-0.76) into 0.47 of the raw float16 bytes (level 5: 0.44). Labels, mostly background,
+    shrink ~50-100× and decode fast."""
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
     air_hu: float = -1024.0
     """CT only: values below this (scanner padding outside the field of view: -2048, -3024) clamp to it
@@ -56,6 +65,10 @@ class PrepConfig:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
         if self.codec not in _CODECS:
             raise ValueError(f"codec must be one of {_CODECS}, got {self.codec!r}")
+        if self.image_codec not in ("raw", *_CODECS):
+            raise ValueError(f"image_codec must be 'raw' or one of {_CODECS}, got {self.image_codec!r}")
+        if not 0 <= int(self.clevel) <= 9:
+            raise ValueError(f"clevel must be 0-9, got {self.clevel!r}")
         if len(self.chunks) != 3 or min(self.chunks) < 1:
             raise ValueError(f"chunks must be three positive ints (z, y, x), got {self.chunks!r}")
         lo, hi = self.clip_percentiles
@@ -98,6 +111,10 @@ class PrepConfig:
         """A short content hash of everything that determines a case's stored bytes (plus ``extra``,
         e.g. the target spacing)."""
         payload = {k: v for k, v in self.to_dict().items() if k not in self._NOT_HASHED}
+        if payload["image_codec"] == payload["codec"]:
+            # Images compressed like labels: the bytes every store held before image_codec existed, so such
+            # stores keep their hashes (a re-run with --image-codec lz4hc skips their cases).
+            del payload["image_codec"]
         payload["format_version"] = FORMAT_VERSION
         payload.update({k: _jsonable(v) for k, v in extra.items()})
         blob = json.dumps(payload, sort_keys=True).encode()

@@ -91,8 +91,11 @@ def _local_folder(node: zarr.Group | zarr.Array) -> str | None:
     return os.path.join(str(store.root), node.path) if node.path else str(store.root)
 
 
-def compressor(cfg: PrepConfig) -> BloscCodec:
-    return BloscCodec(cname=cfg.codec, clevel=cfg.clevel, shuffle="shuffle")
+def compressor(cfg: PrepConfig, image: bool = False) -> BloscCodec:
+    """The Blosc codec of a case's arrays; ``image``: of its image array (level 0 when ``image_codec`` is raw)."""
+    if image and cfg.image_codec == "raw":
+        return BloscCodec(cname=cfg.codec, clevel=0, shuffle="shuffle")
+    return BloscCodec(cname=cfg.image_codec if image else cfg.codec, clevel=cfg.clevel, shuffle="shuffle")
 
 
 def write_case(
@@ -118,7 +121,7 @@ def write_case(
     cz, cy, cx = cfg.chunks
     img = grp.create_array(
         "image", shape=image.shape, chunks=(1, cz, cy, cx), dtype=image.dtype,
-        compressors=compressor(cfg), fill_value=0,
+        compressors=compressor(cfg, image=True), fill_value=0,
     )
     fill_array(img, image)
     stored = img.nbytes_stored()

@@ -1,5 +1,6 @@
-"""The store's Blosc settings: the default writes as configured, and whatever Blosc codec or shuffle wrote a
-chunk (the frame header carries both), the direct chunk reader reads the same values as zarr-python."""
+"""The store's Blosc settings: the default writes as configured (raw image frames, compressed labels), and whatever
+Blosc codec or shuffle wrote a chunk (the frame header carries both), the direct chunk reader reads the same
+values as zarr-python; raw frames are read by byte range, without decoding."""
 from __future__ import annotations
 
 import numpy as np
@@ -37,16 +38,92 @@ def _check_reads(path: str, data: np.ndarray) -> None:
     np.testing.assert_array_equal(reader.read(starts, stops, pad=7), want)
 
 
-def test_default_store_codec_is_written_and_read_back(tmp_path) -> None:
+def _blosc_meta(path) -> dict:
+    meta = zarr.open_array(str(path), mode="r").metadata.to_dict()["codecs"][-1]
+    assert meta["name"] == "blosc" and meta["configuration"]["shuffle"] == "shuffle"
+    return meta["configuration"]
+
+
+def test_default_store_writes_raw_images_and_compressed_labels(tmp_path) -> None:
     cfg = PrepConfig(chunks=(16, 32, 32))
+    assert cfg.image_codec == "raw"
     image, label = _noisy_ct()
     write_case(open_root(str(tmp_path / "store")), "d/case", image, label, np.array([[1, 20, 35, 35]], np.int32),
                {}, cfg, marker={"test": True})
-    meta = zarr.open_array(str(tmp_path / "store/d/case/image"), mode="r").metadata.to_dict()["codecs"][-1]
-    assert meta["name"] == "blosc" and meta["configuration"]["shuffle"] == "shuffle"
-    assert (meta["configuration"]["cname"], meta["configuration"]["clevel"]) == (cfg.codec, cfg.clevel)
+    case = tmp_path / "store/d/case"
+    assert _blosc_meta(case / "image")["clevel"] == 0
+    assert (_blosc_meta(case / "label")["cname"], _blosc_meta(case / "label")["clevel"]) == (cfg.codec, cfg.clevel)
+    frames = [p for p in (case / "image/c").rglob("*") if p.is_file()]
+    assert len(frames) == 3 * 3 * 3  # 40×70×70 in 16×32×32 chunks, none all zero
+    chunk_bytes = 16 * 32 * 32 * 2
+    for frame in frames:  # a Blosc header, then the chunk's float16 bytes as they are ("memcpyed" flag 0x02)
+        raw = frame.read_bytes()
+        assert len(raw) == 16 + chunk_bytes and raw[2] & 0x02
+    label_bytes = sum(p.stat().st_size for p in (case / "label/c").rglob("*") if p.is_file())
+    assert label_bytes < label.nbytes / 10
+    _check_reads(str(case / "image"), image)
+    _check_reads(str(case / "label"), label)
+
+
+def test_image_codec_compresses_images_when_asked(tmp_path) -> None:
+    cfg = PrepConfig(chunks=(16, 32, 32), image_codec="lz4hc")
+    image, label = _noisy_ct()
+    write_case(open_root(str(tmp_path / "store")), "d/case", image, label, np.zeros((0, 4), np.int32),
+               {}, cfg, marker={"test": True})
+    assert (_blosc_meta(tmp_path / "store/d/case/image")["cname"], _blosc_meta(tmp_path / "store/d/case/image")
+            ["clevel"]) == ("lz4hc", cfg.clevel)
+    stored = sum(p.stat().st_size for p in (tmp_path / "store/d/case/image/c").rglob("*") if p.is_file())
+    assert stored < 0.8 * image.nbytes  # noise leaves ~half of the float16 bytes; raw would be 1.0 + headers
     _check_reads(str(tmp_path / "store/d/case/image"), image)
-    _check_reads(str(tmp_path / "store/d/case/label"), label)
+    with pytest.raises(ValueError, match="image_codec"):
+        PrepConfig(image_codec="gzip")
+
+
+def test_raw_frames_are_read_by_byte_range_without_decoding(tmp_path, monkeypatch) -> None:
+    """A small box reads only the bytes between its first and last voxel in each chunk, and Blosc never runs."""
+    import model.data.zarr_read as zr
+
+    image, _ = _noisy_ct()
+    write_case(open_root(str(tmp_path / "store")), "d/case", image, None, np.zeros((0, 4), np.int32), {},
+               PrepConfig(chunks=(16, 32, 32)), marker={"test": True})
+    reader = ChunkedArrayReader(str(tmp_path / "store/d/case/image"))
+    assert reader.direct
+    monkeypatch.setattr(reader._codec, "decode", lambda *a, **k: pytest.fail("a raw frame was decoded"))
+    sizes = []
+    real = zr.os.preadv
+    monkeypatch.setattr(zr.os, "preadv", lambda fd, bufs, off: sizes.append(sum(len(b) for b in bufs))
+                        or real(fd, bufs, off))
+    box = reader.read((0, 18, 30, 20), (1, 20, 34, 28))  # 2 planes × 4 rows × 8 columns over 2 chunks in y
+    np.testing.assert_array_equal(box, image[:, 18:20, 30:34, 20:28])
+    # chunk (1, 0, 0): planes 2-3, rows 30-31, from voxel (2, 30, 20) to (3, 31, 27) of its 16×32×32 voxels;
+    # chunk (1, 1, 0): rows 0-1, from (2, 0, 20) to (3, 1, 27); float16, so 2 bytes a voxel
+    assert sorted(sizes) == [((3 * 32 + 31) * 32 + 28 - ((2 * 32 + 30) * 32 + 20)) * 2,
+                             ((3 * 32 + 1) * 32 + 28 - ((2 * 32 + 0) * 32 + 20)) * 2]
+    assert max(sizes) < 16 * 32 * 32 * 2 / 7
+
+
+def test_a_truncated_raw_chunk_is_an_error_naming_the_file(tmp_path) -> None:
+    image, _ = _noisy_ct()
+    write_case(open_root(str(tmp_path / "store")), "d/case", image, None, np.zeros((0, 4), np.int32), {},
+               PrepConfig(chunks=(16, 32, 32)), marker={"test": True})
+    frame = tmp_path / "store/d/case/image/c/0/1/1/1"
+    frame.write_bytes(frame.read_bytes()[:5000])
+    with pytest.raises(OSError, match=r"c/0/1/1/1: chunk file is truncated .* rebuild this case"):
+        ChunkedArrayReader(str(tmp_path / "store/d/case/image")).read_all()
+
+
+def test_incompressible_chunks_of_a_compressed_array_are_read_raw(tmp_path) -> None:
+    """Blosc stores a chunk it cannot shrink as is (the same "memcpyed" frame as level 0) even in a compressed
+    array; the reader recognizes the frame from its header and reads it by byte range, the others it decodes."""
+    data = np.random.default_rng(3).integers(0, 256, (20, 33, 40), dtype=np.uint8)
+    arr = zarr.open_group(str(tmp_path / "s"), mode="w", zarr_format=3).create_array(
+        "noise", shape=data.shape, chunks=(8, 16, 16), dtype=data.dtype, fill_value=0,
+        compressors=BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"))
+    arr[...] = data
+    flags = [p.read_bytes()[2] for p in (tmp_path / "s/noise/c").rglob("*") if p.is_file()]
+    raw = [bool(f & 0x02) for f in flags]  # inner chunks are noise; edge chunks, zero-padded, compress
+    assert sum(raw) == 2 * 2 * 2 and len(raw) > sum(raw)
+    _check_reads(str(tmp_path / "s/noise"), data)
 
 
 @pytest.mark.parametrize("cname,clevel,shuffle", [("lz4", 5, "bitshuffle"), ("lz4hc", 1, "shuffle"),
@@ -103,3 +180,14 @@ def test_other_fill_values_and_codecs_go_through_zarr(tmp_path) -> None:
                                  **{"fill_value": 0, **kw})
         fill_array(arr, data)
         np.testing.assert_array_equal(zarr.open_array(str(tmp_path / name), mode="r")[...], data)
+
+
+def test_stores_with_compressed_images_keep_their_hashes() -> None:
+    """Images compressed with the label codec are the bytes every store held before ``image_codec`` existed:
+    such configs hash as they did then (values computed with that version's PrepConfig), so re-running an old
+    store with ``--image-codec lz4hc`` skips its cases; raw images are other bytes and another hash."""
+    assert PrepConfig(image_codec="lz4hc").params_hash() == "5fe964d29422aa3f"
+    assert PrepConfig(image_codec="lz4hc").params_hash(target_spacing=(2.5, 0.75, 0.75)) == "374d52ca40856a58"
+    assert PrepConfig(image_codec="zstd", codec="zstd", clevel=3).params_hash() == "c49fc815bc430d4c"
+    assert PrepConfig().params_hash() != "5fe964d29422aa3f"
+    assert PrepConfig(image_codec="zstd").params_hash() != PrepConfig(image_codec="lz4hc").params_hash()
