@@ -171,9 +171,8 @@ class ChunkedArrayReader:
 
         A raw Blosc frame (level 0, or data Blosc found incompressible: the "memcpyed" flag) holds the chunk's
         bytes as they are after its 16-byte header, so only that byte range is read, straight into place, and
-        nothing is decoded. Arrays written at level 0 hold nothing else, so their header is not even read
-        (a frame that is not raw after all fails the length check or reads as garbage only if the file was
-        rewritten behind the metadata's back). Any other frame is read whole and decoded.
+        nothing is decoded. Blosc writes nothing but raw frames at level 0, so in arrays whose metadata says
+        level 0 the header is not even read. Any other frame is read whole and decoded.
         """
         buf, size = self._buf, self._buf.nbytes
         if not self._raw:
@@ -184,7 +183,9 @@ class ChunkedArrayReader:
             raw = head[2] & _MEMCPYED and int.from_bytes(head[4:8], "little") == size and \
                 int.from_bytes(head[12:16], "little") == size + _BLOSC_HEADER
             if not raw:
-                rest = int.from_bytes(head[12:16], "little") - _BLOSC_HEADER
+                # A Blosc frame is never larger than its data plus the header: a damaged size field cannot make
+                # this read allocate more (Blosc then reports the frame as corrupt).
+                rest = min(int.from_bytes(head[12:16], "little"), size + _BLOSC_HEADER) - _BLOSC_HEADER
                 self._codec.decode(head + os.pread(fd, max(rest, 0), _BLOSC_HEADER), out=buf)
                 return
         got = os.preadv(fd, [buf[first:stop]], _BLOSC_HEADER + first)
