@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import click
@@ -147,7 +148,7 @@ def predict(run: str, scans: tuple[str, ...], out: str, modality: str | None, sp
             spacing_xyz = tuple(float(v) for v in spacing.split(","))
         except ValueError:
             raise click.BadParameter("give three spacings in mm, e.g. 0.7,0.7,2.5", param_hint="--spacing") from None
-        if len(spacing_xyz) != 3 or min(spacing_xyz) <= 0:
+        if len(spacing_xyz) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing_xyz):
             raise click.BadParameter("give three positive spacings in mm, e.g. 0.7,0.7,2.5", param_hint="--spacing")
     try:
         run_predict(run, scans, out, modality=modality, spacing_xyz=spacing_xyz, device=device, amp=amp,

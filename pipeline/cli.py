@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -54,7 +55,7 @@ class _VoxelCount(click.ParamType):
             n = float(str(value).replace("_", "").replace(",", ""))
         except ValueError:
             self.fail(f"{value!r} is not a voxel count (e.g. 2e9 or 2000000000)", param, ctx)
-        if not (n >= 1 and n == int(n)):
+        if not (math.isfinite(n) and n >= 1 and n == int(n)):
             self.fail(f"{value!r} must be a positive whole number of voxels", param, ctx)
         return int(n)
 

@@ -112,8 +112,9 @@ class PrepConfig:
         e.g. the target spacing)."""
         payload = {k: v for k, v in self.to_dict().items() if k not in self._NOT_HASHED}
         if payload["image_codec"] == payload["codec"]:
-            # Images compressed like labels: the bytes every store held before image_codec existed, so such
-            # stores keep their hashes (a re-run with --image-codec lz4hc skips their cases).
+            # Images compressed like labels, the only layout before image_codec existed: such configs hash as
+            # they did then, so a store built with the LZ4HC level 1 default re-run with --image-codec lz4hc
+            # skips its cases (stores of the earlier level 5 default differ in clevel, hence in bytes and hash).
             del payload["image_codec"]
         payload["format_version"] = FORMAT_VERSION
         payload.update({k: _jsonable(v) for k, v in extra.items()})

@@ -86,10 +86,13 @@ class NiftiInfo:
 
     @property
     def ndim(self) -> int:
-        """Dimensions without trailing singleton axes beyond the third (ITK reads (x, y, z, 1) as 3D)."""
+        """Dimensions without trailing singleton axes beyond the third (ITK reads (x, y, z, 1) as 3D); a vector
+        image, (x, y, z, 1, components) as NIfTI writes it, counts as 4D: its components are channels."""
         n = len(self.dims)
         while n > 3 and self.dims[n - 1] == 1:
             n -= 1
+        if n == 5 and self.dims[3] == 1:
+            return 4
         return n
 
     @property

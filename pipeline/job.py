@@ -270,7 +270,7 @@ def build(
                 on_crash=functools.partial(_crashed_row, case, spec, phash),
             ))
         log(f"{len(all_cases)} cases: {result.skipped} unchanged (skipped), {len(tasks)} to convert")
-        rows.extend(run_tasks(tasks, client=client, workers=0 if in_process else workers, progress=progress,
+        rows.extend(run_tasks(tasks, client=client, workers=workers, progress=progress,
                               log=log))
 
     result.converted = sum(1 for r in rows if r["status"] == "ok") - result.skipped

@@ -10,6 +10,7 @@ z-score, the store's dtype), driven by a *recipe* recorded from the store a netw
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -77,6 +78,8 @@ def preprocess_scan(path: str | os.PathLike[str], recipe: dict[str, Any], *, mod
     if mod not in ("CT", "MR"):
         raise ValueError(f"{path}: the network was trained on a {recipe['modality']} domain; say which modality "
                          "this scan is (--modality CT or MR)")
+    if spacing_xyz is not None and not (len(spacing_xyz) == 3 and all(math.isfinite(v) and v > 0 for v in spacing_xyz)):
+        raise ValueError(f"{path}: the given spacing {tuple(spacing_xyz)} is not three positive voxel sizes (mm)")
     header = geometry.read_header(path)
     if spacing_xyz is None and not _usable_spacing(header, mod):
         raise ValueError(f"{path}: the header's spacing {tuple(header.spacing)} mm cannot be trusted (zero, NaN, or "

@@ -16,16 +16,8 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from ..geometry import read_channels
-
-_ENDINGS = (".nii.gz", ".nrrd", ".mha", ".nii")
-
-
-def _stem(path: str) -> str:
-    name = Path(path).name
-    for ext in _ENDINGS:
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
+from ..sources.msd import _case_id as _stem  # the file name less its ending
+from ..sources.nnunet import FILE_ENDINGS as _ENDINGS
 
 
 def _write_channels(src: Path, dst_stem: Path, ending: str, suffix: bool) -> list[Path]:

@@ -137,6 +137,10 @@ def test_predict_refuses_a_ct_without_usable_spacing_unless_given(real_lits, tmp
     sitk.WriteImage(ct, str(scan))
     with pytest.raises(ValueError, match="cannot be trusted.*--spacing"):
         predict(real_lits["run"], [scan], tmp_path / "out", segmenter=Oracle(real_lits["store"]), log=lambda s: None)
+    for bad in ((float("nan"), 0.7, 2.5), (0.7, float("inf"), 2.5), (0.7, 0.7, 0.0)):
+        with pytest.raises(ValueError, match="not three positive voxel sizes"):
+            predict(real_lits["run"], [scan], tmp_path / "out", segmenter=Oracle(real_lits["store"]),
+                    spacing_xyz=bad, log=lambda s: None)
     # the oracle knows the stored case's physical grid, which needs the real direction too
     ct2 = sitk.Image(real_lits["ct"])
     ct2.SetSpacing((1.0, 1.0, 1.0))
@@ -147,3 +151,15 @@ def test_predict_refuses_a_ct_without_usable_spacing_unless_given(real_lits, tmp
     mask = sitk.ReadImage(str(path))
     assert mask.GetSpacing() == (1.0, 1.0, 1.0)  # the file's own header back
     assert _dice(sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(real_lits["liver"])) > 0.97
+
+
+@pytest.mark.parametrize("spacing", ["nan,0.7,2.5", "0.7,inf,2.5", "0.7,0.7,-1", "0.7,0.7"])
+def test_predict_cli_refuses_a_spacing_that_is_no_voxel_size(tmp_path, spacing):
+    from model.cli_transfer import predict as predict_cmd
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "scan.nii").write_bytes(b"")
+    res = CliRunner().invoke(predict_cmd, [str(tmp_path / "run"), str(tmp_path / "scan.nii"), "--out",
+                                           str(tmp_path / "out"), "--spacing", spacing])
+    assert res.exit_code == 2 and "three positive spacings" in res.output, res.output
+    assert not (tmp_path / "out").exists()

@@ -277,6 +277,10 @@ def test_max_voxels_option_refuses_from_the_header(real_dir, tmp_path):
                                                                                              "error"]
     res = _cli("build-3dseg8", real_dir / "msd", tmp_path / "s2", "--max-voxels", "lots")
     assert res.exit_code == 2 and "is not a voxel count" in res.output and not (tmp_path / "s2").exists()
+    for value in ("inf", "1e400", "nan"):
+        res = _cli("build-3dseg8", real_dir / "msd", tmp_path / "s3", "--max-voxels", value)
+        assert res.exit_code == 2 and "positive whole number of voxels" in res.output, (value, res.output)
+    assert not (tmp_path / "s3").exists()
 
 
 def _task_copy(real_dir: Path, root: Path) -> Path:
@@ -467,3 +471,17 @@ def test_integrity_error_messages_for_a_truncated_real_file(real_dir, tmp_path):
     vox = integrity.read_nifti_voxels(info)
     assert np.array_equal(vox.T, sitk.GetArrayFromImage(sitk.ReadImage(str(src))))
     assert integrity.verify_gzip(src) == info.expected_bytes
+
+
+def test_a_vector_nifti_is_no_5d_image(tmp_path):
+    """NIfTI stores a vector image as (x, y, z, 1, components): its components are channels, as the reader
+    splits them, not a fifth dimension to refuse; a real fifth axis (five_d above) still is one."""
+    from pipeline.geometry import read_channels
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "vector.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(rng.normal(size=(8, 9, 10, 2)).astype(np.float32), isVector=True),
+                    str(path))
+    info = integrity.check_file(str(path))
+    assert info is not None and info.dims == (10, 9, 8, 1, 2) and info.ndim == 4
+    assert [c.GetSize() for c in read_channels(str(path))] == [(10, 9, 8), (10, 9, 8)]

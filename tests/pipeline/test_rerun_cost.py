@@ -22,7 +22,8 @@ def _quiet(**kw):
 def test_unchanged_cases_need_no_header_and_no_cluster(real_dir, tmp_path, monkeypatch):
     found, _ = scan_msd(real_dir / "msd")
     store = str(tmp_path / "store")
-    assert build(found, store, PrepConfig(), **_quiet(workers=0)).converted == 4
+    first = build(found, store, PrepConfig(), **_quiet(workers=0))
+    assert first.converted == 4
 
     read = []
     real_read = job.read_case_header
@@ -35,7 +36,7 @@ def test_unchanged_cases_need_no_header_and_no_cluster(real_dir, tmp_path, monke
     monkeypatch.setattr(job, "dask_client", no_cluster)
     again = build(found, store, PrepConfig(), **_quiet(workers=2))
     assert again.skipped == 4 and again.converted == 0 and read == []
-    assert again.target_spacing == build(found, store, PrepConfig(), **_quiet(workers=0)).target_spacing
+    assert again.target_spacing == first.target_spacing
 
 
 

@@ -171,11 +171,16 @@ def test_direct_chunk_writes_are_the_bytes_zarr_writes(tmp_path, cname, clevel, 
 
 
 def test_other_fill_values_and_codecs_go_through_zarr(tmp_path) -> None:
+    """A Blosc array whose fill value is not 0 must not take the direct write: it would leave out the all-zero
+    chunk, which would then read back as the fill value."""
     from pipeline.store import fill_array
 
     data = np.arange(20 * 21 * 22, dtype=np.float32).reshape(20, 21, 22)
+    data[:8, :8, :8] = 0  # one whole chunk of zeros
     group = zarr.open_group(str(tmp_path), mode="w", zarr_format=3)
-    for name, kw in (("fill", {"fill_value": 3.0}), ("zstd", {"compressors": zarr.codecs.ZstdCodec(level=1)})):
+    blosc = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    for name, kw in (("fill", {"fill_value": 3.0, "compressors": blosc}),
+                     ("zstd", {"compressors": zarr.codecs.ZstdCodec(level=1)})):
         arr = group.create_array(name, shape=data.shape, chunks=(8, 8, 8), dtype=data.dtype,
                                  **{"fill_value": 0, **kw})
         fill_array(arr, data)
@@ -183,9 +188,10 @@ def test_other_fill_values_and_codecs_go_through_zarr(tmp_path) -> None:
 
 
 def test_stores_with_compressed_images_keep_their_hashes() -> None:
-    """Images compressed with the label codec are the bytes every store held before ``image_codec`` existed:
-    such configs hash as they did then (values computed with that version's PrepConfig), so re-running an old
-    store with ``--image-codec lz4hc`` skips its cases; raw images are other bytes and another hash."""
+    """Images compressed with the label codec are the only layout before ``image_codec`` existed: such configs
+    hash as they did then (values computed with that version's PrepConfig, whose default was LZ4HC level 1), so
+    re-running such a store with ``--image-codec lz4hc`` skips its cases; raw images are other bytes and another
+    hash."""
     assert PrepConfig(image_codec="lz4hc").params_hash() == "5fe964d29422aa3f"
     assert PrepConfig(image_codec="lz4hc").params_hash(target_spacing=(2.5, 0.75, 0.75)) == "374d52ca40856a58"
     assert PrepConfig(image_codec="zstd", codec="zstd", clevel=3).params_hash() == "c49fc815bc430d4c"

@@ -34,7 +34,6 @@ BIG = DomainSpec(name="big", source_dataset="toy", modality="MR", channel_names=
 TOY = DomainSpec(name="toy", source_dataset="toy", modality="MR", channel_names=("MR",), labels={0: "bg", 1: "a"})
 BIG_SHAPE = (128, 192, 192)
 CFG = PrepConfig(chunks=(16, 16, 16))
-N_CHUNKS = int(np.prod([n // 16 for n in BIG_SHAPE]))  # image chunks of the big case: 1,152
 
 
 def _case(folder: Path, spec: DomainSpec, i: int, shape: tuple[int, int, int]) -> Case:
