@@ -6,6 +6,7 @@ import tempfile
 
 import pandas as pd
 
+from .names import check_table_names
 from .schema import CATALOG_COLUMNS, DOMAIN_COLUMNS, NODULE_COLUMNS, conform
 
 CATALOG_FILE = "catalog.parquet"
@@ -53,6 +54,19 @@ def _exists(path: str) -> bool:
     return fs.exists(p)
 
 
+def _read_parquet(path: str) -> pd.DataFrame:
+    """A parquet table, or a ValueError naming the file when it is not one (damaged, cut short, another
+    format): the caller's users get one line, not pyarrow's traceback."""
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path}: not a readable parquet table ({why}): the file is damaged; rebuild the "
+                         "store (med3d-prep build-*) or copy the file again") from None
+
+
 def _write_if_changed(df: pd.DataFrame, path: str, columns: dict[str, str]) -> None:
     """Write unless the file already holds exactly this table: a re-run that changed nothing touches nothing."""
     if _exists(path):
@@ -68,6 +82,7 @@ def _write_if_changed(df: pd.DataFrame, path: str, columns: dict[str, str]) -> N
 def save_catalog(store: str, df: pd.DataFrame) -> pd.DataFrame:
     """Validate and write the catalog (sorted by domain, case). Returns the conformed table."""
     df = conform(df, CATALOG_COLUMNS, "catalog", fill_missing=True)
+    check_table_names(df, "catalog", names=("domain", "case_id"), store_path=True)
     dup = df[df.duplicated(["domain", "case_id"], keep=False)]
     if len(dup):
         raise ValueError(f"catalog: duplicate cases {dup[['domain', 'case_id']].values.tolist()[:5]}")
@@ -85,7 +100,9 @@ def load_catalog(store: str, *, missing_ok: bool = False) -> pd.DataFrame:
         raise FileNotFoundError(
             f"{path}: no catalog; is {store} a med3d store? Build one with `med3d-prep build-3dseg8`."
         )
-    return conform(pd.read_parquet(path), CATALOG_COLUMNS, path, fill_missing=False)
+    df = conform(_read_parquet(path), CATALOG_COLUMNS, path, fill_missing=False)
+    check_table_names(df, path, names=("domain", "case_id"), store_path=True)
+    return df
 
 
 def save_domains(store: str, df: pd.DataFrame) -> pd.DataFrame:
@@ -98,7 +115,9 @@ def load_domains(store: str) -> pd.DataFrame:
     path = store_join(str(store), DOMAINS_FILE)
     if not _exists(path):
         raise FileNotFoundError(f"{path}: no domains table; is {store} a med3d store?")
-    return conform(pd.read_parquet(path), DOMAIN_COLUMNS, path, fill_missing=False)
+    df = conform(_read_parquet(path), DOMAIN_COLUMNS, path, fill_missing=False)
+    check_table_names(df, path, names=("domain",))
+    return df
 
 
 def extra_table_path(store: str, name: str) -> str:
@@ -126,4 +145,6 @@ def load_nodules(store: str, *, missing_ok: bool = False) -> pd.DataFrame | None
         if missing_ok:
             return None
         raise FileNotFoundError(f"{path}: no nodules table; build one with `med3d-prep build-lidc`.")
-    return conform(pd.read_parquet(path), NODULE_COLUMNS, path, fill_missing=False)
+    df = conform(_read_parquet(path), NODULE_COLUMNS, path, fill_missing=False)
+    check_table_names(df, path, names=("case_id",), empty_ok=("case_id",))
+    return df

@@ -4,9 +4,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from catalog.names import unsafe_name as unsafe_case_id  # one rule for building and reading a store
 
 from .integrity import DEFAULT_MAX_VOXELS
 
@@ -149,23 +150,6 @@ class DomainSpec:
     @property
     def is_ct(self) -> bool:
         return self.modality == "CT"
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def unsafe_case_id(name: str) -> str | None:
-    """Why ``name`` cannot name a folder of the store (a case id or domain), or None when it can: it must be one
-    path component, so no case is written outside its domain's folder (``../x``) or over another."""
-    if not name or not name.strip():
-        return "is empty"
-    if name in (".", ".."):
-        return f"is {name!r}, which would escape the store folder"
-    if "/" in name or "\\" in name:
-        return "contains a path separator, which would escape the store folder"
-    if _CONTROL.search(name):
-        return "contains control characters"
-    return None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,90 @@
+"""Which names may name a folder of a store: one rule for building a store and for reading its catalog.
+
+A case id and a domain name become folders (``STORE/<domain>/<case_id>/``), and readers derive more paths
+from them: ``evaluate`` and ``predict`` write ``<case_id>.nii.gz`` into their run folders. A catalog is a
+file anyone can hand over with a store, so its names are checked whenever a catalog is read, with the same
+rule the build applies to the cases it creates: a crafted row such as ``../../../../../x`` must never steer
+where a file is read or written.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import pandas as pd
+
+__all__ = ["RESERVED_NAMES", "MAX_NAME_BYTES", "UnsafeNameError", "check_table_names", "unsafe_name"]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+RESERVED_NAMES = frozenset({
+    "zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata",  # zarr metadata beside a store's groups
+    "catalog.parquet", "domains.parquet", "nodules.parquet",  # the catalog tables at the store root
+})
+"""Names a store uses for its own files: a case or domain named so would overwrite them (a case ``zarr.json``
+would replace its domain group's metadata). Compared case-insensitively, for case-insensitive file systems."""
+
+MAX_NAME_BYTES = 255
+"""The longest file name (UTF-8 bytes) of common file systems (ext4, APFS, NTFS in characters)."""
+
+
+class UnsafeNameError(ValueError):
+    """A catalog row names a folder that is not one safe path component; the message names file, row, value."""
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why ``name`` cannot name a folder of a store (a case id or a domain), or None when it can.
+
+    It must be one path component (no separator, not ``.`` or ``..``) so nothing is written outside its
+    parent folder or over another, with no control characters, at most :data:`MAX_NAME_BYTES` bytes, and not
+    one of :data:`RESERVED_NAMES`.
+    """
+    if not isinstance(name, str):
+        return f"is a {type(name).__name__}, not a string"
+    if not name or not name.strip():
+        return "is empty"
+    if name in (".", ".."):
+        return f"is {name!r}, which would escape the store folder"
+    if "/" in name or "\\" in name:
+        return "contains a path separator, which would escape the store folder"
+    if _CONTROL.search(name):
+        return "contains control characters"
+    if name.lower() in RESERVED_NAMES:
+        return f"is a name the store uses for its own files ({sorted(RESERVED_NAMES)})"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        return f"is longer than {MAX_NAME_BYTES} bytes, too long for a file name"
+    return None
+
+
+def check_table_names(df: pd.DataFrame, what: str, *, names: Iterable[str] = (), store_path: bool = False,
+                      empty_ok: Iterable[str] = ()) -> None:
+    """Refuse a table (read from ``what``, a file) whose name columns are not safe folder names.
+
+    ``names``: columns that must pass :func:`unsafe_name` (those in ``empty_ok`` may also be ""). With
+    ``store_path``, the ``store_path`` column must be exactly ``<domain>/<case_id>`` of its row. Raises
+    :class:`UnsafeNameError` naming the file, the row (0-based, with its domain and case where known) and
+    the value.
+    """
+    empty_ok = set(empty_ok)
+    for i, row in enumerate(df.itertuples(index=False)):
+        rec = row._asdict()
+        for col in names:
+            value = rec[col]
+            if col in empty_ok and value == "":
+                continue
+            problem = unsafe_name(value)
+            if problem:
+                raise _refuse(what, i, rec, col, value, problem)
+        if store_path:
+            want = f"{rec['domain']}/{rec['case_id']}"
+            if rec["store_path"] != want:
+                raise _refuse(what, i, rec, "store_path", rec["store_path"], f"is not <domain>/<case_id> ({want!r})")
+
+
+def _refuse(what: str, i: int, rec: dict, col: str, value, problem: str) -> UnsafeNameError:
+    where = f"row {i}"
+    if "domain" in rec and "case_id" in rec:
+        where += f" (domain {rec['domain']!r}, case {rec['case_id']!r})"
+    return UnsafeNameError(
+        f"{what}: {where}: {col} {value!r} {problem}. A catalog must name store folders only, never steer "
+        "where files are read or written: rebuild the store (med3d-prep build-*) or get it from a trusted source")
