@@ -180,7 +180,7 @@ def compare(runs: tuple[str, ...], out: str) -> None:
               help="Folder for loss.png, val.png, throughput.png. Default: the first run folder.")
 def plot(runs: tuple[str, ...], out: str | None) -> None:
     """Loss, validation (Dice / metric) and throughput curves of RUNS (pretrain or finetune folders) as PNG."""
-    from model.evaluation.plot import plot_runs
+    from runlog.plot import plot_runs
 
     try:
         paths = plot_runs(runs, out)

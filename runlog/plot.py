@@ -23,7 +23,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from model.evaluation.metrics import METRICS_FILE, read_metrics
+from runlog.records import METRICS_FILE, read_metrics
 
 __all__ = ["RunSeries", "find_series", "loss_figure", "plot_runs", "throughput_figure", "val_figure"]
 

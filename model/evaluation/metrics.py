@@ -18,9 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["MetricsLogger", "dice_per_class", "mean_foreground_dice"]
+from runlog.records import METRICS_FILE, json_safe, read_metrics
 
-METRICS_FILE = "metrics.jsonl"
+__all__ = ["METRICS_FILE", "MetricsLogger", "dice_per_class", "mean_foreground_dice", "read_metrics"]
+
+_json_safe = json_safe  # the name evaluate.py imports
+
 
 
 def _as_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -87,19 +90,6 @@ def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-def _json_safe(v: Any) -> Any:
-    # JSON has no NaN; the standard library would write the non-standard token `NaN`, which jq and others reject.
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, Mapping):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, (np.integer, np.floating)):
-        return _json_safe(v.item())
-    return v
-
-
 class MetricsLogger:
     """Appends one JSON object per line to ``RUN_DIR/metrics.jsonl`` and mirrors numbers to TensorBoard.
 
@@ -142,7 +132,7 @@ class MetricsLogger:
         """Write ``{"kind", "step", "time", **values}``; returns the record."""
         record = {"kind": kind, "step": int(step), "time": round(time.time(), 3), **values}
         if self._file is not None:
-            self._file.write(json.dumps(_json_safe(record), sort_keys=False) + "\n")
+            self._file.write(json.dumps(json_safe(record), sort_keys=False) + "\n")
             self._file.flush()
         if self._writer is not None:
             for tag, v in _flatten(values).items():
@@ -175,12 +165,3 @@ def _drop_records_after(path: Path, step: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(keep), encoding="utf-8")
     os.replace(tmp, path)
-
-
-def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
-    """The records of ``RUN_DIR/metrics.jsonl`` (optionally of one ``kind``), in order."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if kind is None or r.get("kind") == kind]

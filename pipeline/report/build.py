@@ -6,7 +6,7 @@ sample of cases per domain (``montage_cases``) and three planes of each. Layout 
     index.html                     the page (relative links only: open it from disk)
     figures/<nn>_<domain>_*.png    spacing, shapes, intensities, label fractions, montage per domain
     figures/nodules.png            LIDC stores: nodule crops with their ratings
-    runs/{loss,val,throughput}.png with ``runs``: the training curves (model.evaluation.plot)
+    runs/{loss,val,throughput}.png with ``runs``: the training curves (runlog.plot)
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from catalog import load_catalog, load_domains, load_nodules
+from runlog.plot import plot_runs, save_figure
 
 from . import figures as F
 from . import html as H
@@ -53,11 +53,7 @@ class _Writer:
         self.out, self.dpi, self.paths = out, dpi, []
 
     def save(self, fig: Figure, rel: str) -> str:
-        FigureCanvasAgg(fig)
-        path = self.out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=self.dpi)
-        self.paths.append(path)
+        self.paths.append(save_figure(fig, self.out / rel, self.dpi))
         return rel
 
 
@@ -182,8 +178,6 @@ def _nodule_section(store: str, cat: pd.DataFrame, nodules: pd.DataFrame, labels
 
 
 def _runs_section(runs: Sequence[str], w: _Writer) -> H.Section:
-    from model.evaluation.plot import plot_runs
-
     paths = plot_runs(runs, w.out / "runs", dpi=w.dpi)
     w.paths.extend(paths.values())
     captions = {"loss": "Training loss per step (faint: raw, bold: smoothed).",

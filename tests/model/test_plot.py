@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from model.cli import main
 from model.evaluation.metrics import MetricsLogger, read_metrics
-from model.evaluation.plot import find_series, loss_figure, plot_runs, throughput_figure, val_figure
+from runlog.plot import find_series, loss_figure, plot_runs, throughput_figure, val_figure
 
 
 @pytest.fixture(scope="module")

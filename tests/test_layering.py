@@ -1,0 +1,45 @@
+"""The layers import downwards only: ``catalog/`` and ``runlog/`` below both halves, ``pipeline/`` (raw -> store)
+never imports ``model/`` (store -> weights), and the report page (with its training curves) needs no torch."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imported_roots(package: str) -> dict[str, set[str]]:
+    """{module file: top-level packages it imports}, every import statement, lazy ones inside functions too."""
+    out = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        roots = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                roots |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                roots.add(node.module.split(".")[0])
+        out[str(path.relative_to(ROOT))] = roots
+    return out
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    ("pipeline", {"model"}),
+    ("catalog", {"model", "pipeline", "torch"}),
+    ("runlog", {"model", "pipeline", "catalog", "torch"}),
+])
+def test_no_upward_imports(package, forbidden):
+    bad = {f: sorted(roots & forbidden) for f, roots in _imported_roots(package).items() if roots & forbidden}
+    assert not bad, f"{package}/ must not import {sorted(forbidden)}: {bad}"
+
+
+def test_report_and_prep_cli_load_without_torch():
+    code = ("import sys; import pipeline.cli, pipeline.report, runlog.plot; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
