@@ -1,7 +1,7 @@
 """Frozen configuration of a fine-tuning run (one task, one stage), stored in ``RUN/config.json`` and in every
 checkpoint, like :class:`~model.training.config.TrainConfig` for pretraining.
 
-The paper's recipes (DESIGN.md § 1) are the defaults: Adam, learning rate 1e-3 from pretrained weights and 1e-2
+The paper's recipes (docs/DESIGN.md § 1) are the defaults: Adam, learning rate 1e-3 from pretrained weights and 1e-2
 from scratch (``lr=None`` picks by ``init``); the liver task in two stages (``coarse``: the whole volume resized
 to ``coarse_shape``; ``fine``: patches inside the liver ROI, DenseASPP head, rotation + translation augmentation).
 """
@@ -13,13 +13,7 @@ from typing import Any
 
 from model.training.config import JsonConfig, _known_fields
 
-__all__ = ["FINETUNE_RUNTIME_FIELDS", "STAGES", "TASKS", "FinetuneConfig", "paper_lr"]
-
-TASKS = ("liver", "lung", "nodule")
-STAGES = {"liver": ("coarse", "fine"), "lung": ("main",), "nodule": ("main",)}
-EVAL_SPLIT = {"liver": "val", "lung": "test", "nodule": "test"}
-"""Where each task is measured: LiTS test labels are not public, so the liver transfer is measured on the
-store's patient-level ``val`` split; VISCERAL and LIDC have labelled test splits."""
+__all__ = ["FINETUNE_RUNTIME_FIELDS", "FinetuneConfig", "paper_lr"]
 
 FINETUNE_RUNTIME_FIELDS = frozenset(
     {"store", "out", "device", "workers", "val_every", "val_max_cases", "ckpt_every", "compile", "amp", "log_every",
@@ -37,7 +31,8 @@ class FinetuneConfig(JsonConfig):
     """One stage of one transfer task. Sizes are voxels (z, y, x) of the store grid unless they say mm."""
 
     task: str
-    """``liver`` (LiTS store), ``lung`` (VISCERAL store) or ``nodule`` (LIDC store)."""
+    """A task of :data:`model.tasks.TASKS`: ``liver`` (LiTS store), ``lung`` (VISCERAL store), ``nodule`` (LIDC
+    store), ``seg`` (any segmentation store)..."""
     store: str
     out: str
     """This stage's run folder (``RUN`` for lung and nodule, ``RUN/coarse`` and ``RUN/fine`` for liver)."""
@@ -73,6 +68,14 @@ class FinetuneConfig(JsonConfig):
     loss: str = "ce"
     """Segmentation: ``ce`` or ``ce+dice``; nodule classification always uses cross-entropy."""
     fg_fraction: float = 1 / 3
+    """Patch tasks (lung, seg): share of patches centred on a labelled voxel (nnU-Net's 1/3)."""
+    domain: str | None = None
+    """seg: the store's domain trained on (None: the store's only domain)."""
+    decoder: str = "med3d"
+    """seg: ``med3d`` (the paper's upsampling decoder on the stride-8 features) or ``unet`` (skip connections
+    from every encoder stage)."""
+    measure_split: str = ""
+    """The split the run is measured on; "" means the task's default (:attr:`eval_split`)."""
     seed: int = 0
     val_every: int = 0
     val_max_cases: int = 0
@@ -86,10 +89,17 @@ class FinetuneConfig(JsonConfig):
     workers: int = 2
 
     def __post_init__(self) -> None:
+        from model.tasks import TASKS
+
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        if self.stage not in STAGES[self.task]:
-            raise ValueError(f"task {self.task!r} has stages {', '.join(STAGES[self.task])}, got {self.stage!r}")
+        stages = TASKS[self.task].stages
+        if self.stage not in stages:
+            raise ValueError(f"task {self.task!r} has stages {', '.join(stages)}, got {self.stage!r}")
+        if self.decoder not in ("med3d", "unet"):
+            raise ValueError(f"decoder must be med3d or unet, got {self.decoder!r}")
+        if self.measure_split not in ("", "train", "val", "test"):
+            raise ValueError(f"measure_split must be train, val or test, got {self.measure_split!r}")
         for name in ("patch", "coarse_shape"):
             v = tuple(int(p) for p in getattr(self, name))
             if len(v) != 3 or min(v) < 8:
@@ -126,7 +136,9 @@ class FinetuneConfig(JsonConfig):
     @property
     def kind(self) -> str:
         """The network kind of :data:`model.nets.transfer.HEADS` this stage trains."""
-        return f"liver_{self.stage}" if self.task == "liver" else self.task
+        from model.tasks import get_task
+
+        return get_task(self.task).kind(self)
 
     @property
     def effective_lr(self) -> float:
@@ -134,7 +146,9 @@ class FinetuneConfig(JsonConfig):
 
     @property
     def eval_split(self) -> str:
-        return EVAL_SPLIT[self.task]
+        from model.tasks import get_task
+
+        return self.measure_split or get_task(self.task).eval_split
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
