@@ -43,3 +43,16 @@ def test_report_and_prep_cli_load_without_torch():
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_networks_know_nothing_of_training_or_the_store():
+    """model/nets/ (networks, weight files) imports no training loop, data stream or store code."""
+    bad = {}
+    for path in sorted((ROOT / "model" / "nets").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            for name in names:
+                if name.startswith(("model.training", "model.data", "model.evaluation", "catalog", "pipeline")):
+                    bad.setdefault(str(path.relative_to(ROOT)), []).append(name)
+    assert not bad, bad

@@ -317,6 +317,6 @@ def export_medicalnet(encoder: nn.Module, path: str | os.PathLike[str]) -> Path:
     The file loads with MedicalNet's code and MONAI's ``resnetNN(pretrained=...)`` (for the depths they know) and
     back with :func:`load_encoder_weights`. A crash mid-write leaves any previous file intact.
     """
-    from model.training.checkpoint import atomic_torch_save
+    from model.files import atomic_torch_save
 
     return atomic_torch_save({"state_dict": encoder_state_for_export(encoder)}, path)

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from model.files import atomic_torch_save
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -102,48 +103,6 @@ def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike[str], *,
         return atomic_torch_save(data, path)
     # Rotate only once the new file is complete: a crash between the two renames leaves the previous one.
     return atomic_torch_save(data, path, before_replace=lambda: os.replace(path, previous_path(path)))
-
-
-def _read_umask() -> int:
-    # Reading the umask means setting it; done once at import, before any worker threads write files.
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str], before_replace: Any = None) -> Path:
-    """``torch.save`` to a temporary file in the target folder, fsync, then ``os.replace``: readers see the old
-    file or the new one, never a torn one. The file gets the usual permissions (umask), not mkstemp's 0600.
-    ``before_replace()`` runs once the temporary file is complete, just before it takes ``path``'s place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        if before_replace is not None:
-            before_replace()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable (a power loss could otherwise bring back the old file)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass  # some file systems refuse fsync on a directory
-    finally:
-        os.close(dir_fd)
-    return path
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
