@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import traceback
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,7 @@ import SimpleITK as sitk
 
 from . import geometry, integrity, intensity
 from .config import Case, DomainSpec, PrepConfig
+from .diagnose import unreadable_file
 from .labels import CaseError, compose_label, resample_label, summarize_label
 from .store import case_marker, case_seed, jsonable, open_root, write_case
 
@@ -60,6 +60,8 @@ def check_case_headers(case: Case, max_voxels: int | None = integrity.DEFAULT_MA
             integrity.check_direction(path, hdr.direction)
         except (ValueError, OSError) as exc:  # OSError: a file that cannot be opened (permissions, I/O error)
             raise CaseError(str(exc)) from None
+        except (ArithmeticError, RuntimeError, TypeError) as exc:  # a header field no check foresaw
+            raise CaseError(unreadable_file(path, exc)) from None
 
 
 def case_params_hash(case: Case, cfg: PrepConfig, target_spacing_zyx, spec: DomainSpec) -> str:
@@ -270,6 +272,5 @@ def convert_or_fail(case: Case, spec: DomainSpec, target_spacing_zyx, cfg: PrepC
         return failed_row(case, spec, params_hash, str(exc))
     except MemoryError:
         return failed_row(case, spec, params_hash, f"{case.images[0]}: out of memory while converting")
-    except Exception as exc:  # an unexpected bug must not take the other cases down
-        tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        return failed_row(case, spec, params_hash, f"{case.images[0]}: unexpected error: {tb}")
+    except Exception as exc:  # a damaged file no check foresaw, or a bug: it must not take the other cases down
+        return failed_row(case, spec, params_hash, unreadable_file(";".join(case_sources(case)), exc))

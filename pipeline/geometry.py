@@ -11,6 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import integrity
+from .diagnose import not_a_file, one_line
 
 CANONICAL = "LPS"
 
@@ -70,7 +71,7 @@ def read_header(path: str) -> Header:
     except RuntimeError as exc:
         if integrity.is_nifti(path):  # say what is wrong with a damaged file, not only that ITK failed
             integrity.diagnose_nifti(str(path))
-        raise ValueError(f"{path}: cannot read the image header ({_first_line(exc)})") from None
+        raise ValueError(f"{path}: cannot read the image header ({one_line(exc)})") from None
     dim = reader.GetDimension()
     size = reader.GetSize()
     spacing = reader.GetSpacing()
@@ -133,7 +134,7 @@ def read_channels(path: str, spacing_override: tuple[float, float, float] | None
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise ValueError(f"{path}: cannot read the image ({_first_line(exc)})") from None
+        raise ValueError(f"{path}: cannot read the image ({one_line(exc)})") from None
     if img.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         integrity.check_finite(str(path), sitk.GetArrayViewFromImage(img))  # MetaImage, NRRD keep NaN
     if img.GetDimension() == 4:
@@ -184,7 +185,7 @@ def _read_nifti_channels(path: str) -> list[sitk.Image] | None:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         integrity.diagnose_nifti(path)
-        raise ValueError(f"{path}: cannot read the image header ({_first_line(exc)})") from None
+        raise ValueError(f"{path}: cannot read the image header ({one_line(exc)})") from None
     dim, size = reader.GetDimension(), reader.GetSize()
     plain = (
         not info.scaled and dim in (3, 4) and reader.GetNumberOfComponents() == 1
@@ -340,16 +341,9 @@ def zyx_to_xyz(t):
 
 
 def _require_file(path) -> None:
-    import os
-
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: file not found")
-
-
-def _first_line(exc: Exception) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    # ITK puts the useful part on the last line ("... Description: ...").
-    return lines[-1] if lines else type(exc).__name__
+    problem = not_a_file(path)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
 
 
 def index_to_physical(idx_zyx: np.ndarray, origin, direction, spacing_zyx) -> np.ndarray:

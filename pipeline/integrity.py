@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .diagnose import not_a_file
+
 __all__ = [
     "DEFAULT_MAX_VOXELS", "IntegrityError", "NiftiInfo", "check_contrast", "check_direction", "check_file",
     "check_finite", "check_spacing", "check_voxel_count", "count_nonfinite", "diagnose_nifti", "is_nifti",
@@ -179,6 +181,10 @@ def read_nifti_info(path: str | os.PathLike) -> NiftiInfo:
     if not 1 <= dim[0] <= 7 or any(d < 1 for d in dim[1:dim[0] + 1]):
         raise _unreadable(path, f"invalid NIfTI dims {dim[:max(1, min(dim[0], 7)) + 1]}: re-download the file")
     pixdim = [float(v) for v in hdr["pixdim"]]
+    vox_offset = float(hdr["vox_offset"])
+    if not (math.isfinite(vox_offset) and 0 <= vox_offset <= size * _MAX_DEFLATE_RATIO + hsize + 4):
+        raise _unreadable(path, f"the header's vox_offset {vox_offset:g} (where the voxels start) is not a byte "
+                                f"offset inside the {size:,}-byte file: a damaged header; re-download the file")
     isize = None
     if gz and size >= 18:
         with open(path, "rb") as fh:
@@ -186,7 +192,7 @@ def read_nifti_info(path: str | os.PathLike) -> NiftiInfo:
             isize = struct.unpack("<I", fh.read(4))[0]
     return NiftiInfo(
         path=path, gzipped=gz, file_bytes=size, version=version, dims=tuple(dim[1:dim[0] + 1]), dtype=dtype,
-        vox_offset=max(int(float(hdr["vox_offset"])), hsize + 4), pixdim=tuple(pixdim[1:4]),
+        vox_offset=max(int(vox_offset), hsize + 4), pixdim=tuple(pixdim[1:4]),
         scl_slope=float(hdr["scl_slope"]), scl_inter=float(hdr["scl_inter"]), gzip_isize=isize,
     )
 
@@ -228,8 +234,9 @@ def check_file(path: str | os.PathLike, *, max_voxels: int | None = DEFAULT_MAX_
     truncated file, or a legal multi-member gzip) is settled by decompressing the file (:func:`verify_gzip`).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise IntegrityError(f"{path}: file not found")
+    problem = not_a_file(path)
+    if problem:
+        raise IntegrityError(f"{path}: {problem}")
     if not is_nifti(path):
         if os.path.getsize(path) == 0:
             raise IntegrityError(f"{path}: empty file (0 bytes): re-download the file")

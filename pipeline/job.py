@@ -22,6 +22,7 @@ from catalog import assign_splits, load_catalog, load_domains, save_catalog, sav
 from . import geometry
 from .config import Case, DomainSpec, PrepConfig
 from .convert import case_params_hash, check_case_headers, convert_or_fail, failed_row, is_up_to_date
+from .diagnose import unreadable_file
 from .store import domain_plan, freeze_plan, open_root
 
 MEM_RESOURCE = "MEM"
@@ -83,6 +84,8 @@ def read_case_header(case: Case, max_voxels: int | None = None) -> CaseHeader:
         return CaseHeader(hdr.canonical_spacing_zyx(), hdr.canonical_size_zyx(), n_channels, hdr.component_bytes)
     except ValueError as exc:
         return CaseHeader((0.0, 0.0, 0.0), (0, 0, 0), 0, 0, error=str(exc))
+    except Exception as exc:  # a damaged header field no check foresaw must not abort the build
+        return CaseHeader((0.0, 0.0, 0.0), (0, 0, 0), 0, 0, error=unreadable_file(case.images[0], exc))
 
 
 def estimate_memory(h: CaseHeader, target_zyx: tuple[float, float, float]) -> int:
@@ -308,7 +311,7 @@ def write_catalog(store: str, rows: list[dict[str, Any]], specs: dict[str, Domai
                   targets: dict[str, tuple[float, float, float]], cfg: PrepConfig) -> pd.DataFrame:
     """Replace the catalog rows and domain rows of ``specs``' domains (other domains are kept); rows with an
     empty split get one from :func:`catalog.assign_splits`. Returns the written catalog."""
-    new = pd.DataFrame(rows)
+    new = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["domain", "case_id", "split", "status"])
     old = load_catalog(store, missing_ok=True)
     keep = old[~old["domain"].isin(list(specs))]
     cat = pd.concat([keep, new], ignore_index=True) if len(keep) else new

@@ -38,7 +38,6 @@ import datetime as _dt
 import hashlib
 import math
 import os
-import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +47,7 @@ import SimpleITK as sitk
 from .. import intensity
 from ..config import Case, DomainSpec, PrepConfig
 from ..convert import failed_row, file_fingerprint, sha256_file
+from ..diagnose import unreadable_file
 from ..store import MARKER, case_marker, case_seed, jsonable, open_root, sample_foreground, write_case
 from .lidc_crop import nodule_crop
 from .lidc_nodules import AIR_HU, Nodule, consensus_mask, group_marks, nodules_table, reader_marks
@@ -208,9 +208,8 @@ def convert_series_or_fail(ref: LidcSeriesRef, params: LidcParams, cfg: PrepConf
         return series_failed(ref, params_hash, str(exc))
     except MemoryError:
         return series_failed(ref, params_hash, f"{ref.dicom_dir}: out of memory while converting")
-    except Exception as exc:  # an unexpected bug must not take the other series down
-        tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        return series_failed(ref, params_hash, f"{ref.dicom_dir}: unexpected error: {tb}")
+    except Exception as exc:  # a damaged file no check foresaw, or a bug: it must not take the other series down
+        return series_failed(ref, params_hash, unreadable_file(str(ref.dicom_dir), exc))
 
 
 def convert_series(ref: LidcSeriesRef, params: LidcParams, cfg: PrepConfig, store: str, params_hash: str,

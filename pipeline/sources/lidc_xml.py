@@ -13,6 +13,7 @@ local names, so files with the usual ``http://www.nih.gov`` default namespace an
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,9 +163,12 @@ def _number(elem: ET.Element, tag: str, name: str, kind: type = float) -> float 
     if text is None:
         raise LidcXmlError(f"{name}: <{elem.tag}> lacks <{tag}>")
     try:
-        return kind(float(text)) if kind is int else kind(text)
+        value = float(text)
     except ValueError as exc:
         raise LidcXmlError(f"{name}: <{tag}> is not a number: {text!r}") from exc
+    if not math.isfinite(value):  # a NaN position would travel into centroids and the nodules table
+        raise LidcXmlError(f"{name}: <{tag}> is not a finite number: {text!r}; fix or remove that reading")
+    return int(value) if kind is int else kind(value)
 
 
 def _session(elem: ET.Element, index: int, name: str) -> ReadingSession:

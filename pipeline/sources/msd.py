@@ -6,12 +6,11 @@ real folders hold macOS ``._`` junk files: we list cases from dataset.json, neve
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from ..config import Case, DomainSpec, unsafe_case_id
-from .naming import read_json_object
+from .naming import file_inside, read_json_object
 
 # The eight MSD tasks of 3DSeg-8 (Lung and Colon are not part of it) and their domain names in the store.
 TASKS_3DSEG8: dict[str, str] = {
@@ -73,19 +72,6 @@ def _checked_case_id(image: str, meta_path: Path, where: str) -> str:
     return cid
 
 
-def _resolve(task_dir: Path, rel: object, meta_path: Path, where: str) -> str:
-    """An entry's file inside the task folder. The check is lexical (``..`` components), so an ``imagesTr``
-    that is a symlink to another disk still works, while an entry naming a file outside the folder is refused."""
-    if not isinstance(rel, str) or not rel.strip():
-        raise ValueError(f"{meta_path}: {where}: expected a relative file path like ./imagesTr/x.nii.gz, "
-                         f"got {rel!r}")
-    inside = os.path.normpath(rel.removeprefix("./"))
-    if os.path.isabs(inside) or inside == ".." or inside.startswith(".." + os.sep):
-        raise ValueError(f"{meta_path}: {where}: {rel!r} points outside the task folder {task_dir}; "
-                         "dataset.json paths must stay inside it")
-    return str((task_dir / inside).resolve())
-
-
 def _entries(meta: dict, key: str, meta_path: Path) -> list:
     entries = meta.get(key, [])
     if not isinstance(entries, list):
@@ -120,9 +106,10 @@ def read_task(task_dir: Path, domain: str | None = None) -> tuple[DomainSpec, li
         where = f"training entry {i}"
         if not isinstance(entry, dict) or "image" not in entry:
             raise ValueError(f"{meta_path}: {where}: expected {{\"image\": ..., \"label\": ...}}, got {entry!r}")
-        image = _resolve(task_dir, entry["image"], meta_path, where)
+        image = file_inside(task_dir, entry["image"], meta_path, where, "task folder")
         cid = _checked_case_id(image, meta_path, where)
-        label = _resolve(task_dir, entry["label"], meta_path, where) if entry.get("label") else None
+        label = (file_inside(task_dir, entry["label"], meta_path, where, "task folder")
+                 if entry.get("label") else None)
         cases.append(Case(
             domain=domain, case_id=cid, scan_id=scan_id_for(task, cid), patient_id=cid,
             images=(image,), label=label,
@@ -130,12 +117,15 @@ def read_task(task_dir: Path, domain: str | None = None) -> tuple[DomainSpec, li
     for i, entry in enumerate(_entries(meta, "test", meta_path)):
         where = f"test entry {i}"
         rel = entry.get("image") if isinstance(entry, dict) else entry
-        image = _resolve(task_dir, rel, meta_path, where)
+        image = file_inside(task_dir, rel, meta_path, where, "task folder")
         cid = _checked_case_id(image, meta_path, where)
         cases.append(Case(
             domain=domain, case_id=cid, scan_id=scan_id_for(task, cid), patient_id=cid,
             images=(image,), label=None, split_hint="test",
         ))
+    if not cases:
+        raise ValueError(f"{meta_path}: lists no case ('training' and 'test' are empty): nothing to build; use "
+                         "the task's own dataset.json")
     seen: dict[str, int] = {}
     for c in cases:
         seen[c.case_id] = seen.get(c.case_id, 0) + 1

@@ -7,6 +7,7 @@ with a letter or digit.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -82,6 +83,31 @@ def read_json_object(path: Path, missing: str) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to be a dataset description (arrays or objects inside "
+                         "each other thousands of levels deep): replace the file with the dataset's own") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}): replace the file with the "
+                         "dataset's own") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}")
     return meta
+
+
+def file_inside(folder: Path, rel: object, meta_path: Path, where: str, kind: str = "dataset folder") -> str:
+    """The file an entry of ``meta_path`` (a dataset.json) names, relative to the dataset ``folder``; refused
+    (ValueError naming the file and entry) when it is not a relative path or leaves the folder (an absolute
+    path, ``../``). One rule for every source that lists files in a JSON file (MSD, nnU-Net).
+
+    The check is lexical (``..`` components), so an ``imagesTr`` that is a symbolic link to another disk still
+    works, while an entry naming a file outside the folder is refused. Links are then resolved without failing
+    on a loop (``os.path.realpath``): the file checks of the build say what a looping link is, for that case.
+    """
+    if not isinstance(rel, str) or not rel.strip():
+        raise ValueError(f"{meta_path}: {where}: expected a relative file path like ./imagesTr/x.nii.gz, "
+                         f"got {rel!r}")
+    inside = os.path.normpath(rel.removeprefix("./"))
+    if os.path.isabs(inside) or inside == ".." or inside.startswith(".." + os.sep):
+        raise ValueError(f"{meta_path}: {where}: {rel!r} points outside the {kind} {folder}; "
+                         "dataset.json paths must stay inside it (move the files in, or link a folder in)")
+    return os.path.realpath(folder / inside)

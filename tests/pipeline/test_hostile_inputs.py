@@ -1,0 +1,161 @@
+"""Crafted inputs never steer a write or abort a whole build (issue 15, "Hostile input").
+
+One damaged field of one case becomes a failed catalog row naming the file (or a one-line usage error naming
+dataset.json when the dataset description itself is unusable), every other case completes, and each message
+says what a user can do. Built from the real MSD hippocampus and LIDC-IDRI-0001 files, one build per source.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from catalog import load_catalog, load_nodules
+from pipeline import job
+from pipeline.cli import EXIT_FAILED_CASES
+from pipeline.config import Case, DomainSpec, PrepConfig
+from pipeline.sources.lidc_series import find_lidc_series
+from test_bad_inputs import _cli, _files, _set, _with_header, _written_outside
+
+GOOD = ("hippocampus_001", "hippocampus_003")
+TASK = "Task04_Hippocampus"
+
+
+def _symlink_loop(image: Path) -> None:
+    os.symlink(image.name + ".other", image)
+    os.symlink(image.name, image.parent / (image.name + ".other"))
+
+
+# kind -> (how the image is made from the real float32 hippocampus_003, message phrase)
+KINDS: dict[str, tuple] = {
+    "vox_offset_inf": (lambda src, dst: dst.write_bytes(_with_header(src, _set_scalar("vox_offset", np.inf))),
+                       "the header's vox_offset inf (where the voxels start) is not a byte offset"),
+    "vox_offset_nan": (lambda src, dst: dst.write_bytes(_with_header(src, _set_scalar("vox_offset", np.nan))),
+                       "the header's vox_offset nan (where the voxels start) is not a byte offset"),
+    "symlink_loop": (lambda src, dst: _symlink_loop(dst), "a symbolic link that loops"),
+}
+
+
+def _set_scalar(key: str, value):
+    def edit(hdr):
+        hdr[key] = value
+    return edit
+
+
+@pytest.fixture(scope="module")
+def msd_build(real_dir, tmp_path_factory):
+    """One build-3dseg8 over two good real cases and one case per hostile kind (label: the real one)."""
+    real = real_dir / "msd" / TASK
+    root = tmp_path_factory.mktemp("hostile_msd")
+    task = root / "msd" / TASK
+    for sub in ("imagesTr", "labelsTr"):
+        (task / sub).mkdir(parents=True)
+    meta = json.loads((real / "dataset.json").read_text())
+    meta["training"] = [e for e in meta["training"] if Path(e["image"]).name.split(".")[0] in GOOD]
+    for name in GOOD:
+        for sub in ("imagesTr", "labelsTr"):
+            shutil.copy(real / sub / f"{name}.nii.gz", task / sub)
+    src, lab = real / "imagesTr" / "hippocampus_003.nii.gz", real / "labelsTr" / "hippocampus_003.nii.gz"
+    corpus = {}
+    for kind, (make, _) in KINDS.items():
+        image, label = task / "imagesTr" / f"bad_{kind}.nii.gz", task / "labelsTr" / f"bad_{kind}.nii.gz"
+        make(src, image)
+        shutil.copy(lab, label)
+        meta["training"].append({"image": f"./imagesTr/{image.name}", "label": f"./labelsTr/{label.name}"})
+        corpus[kind] = image
+    (task / "dataset.json").write_text(json.dumps(meta, indent=1))
+    store = root / "store"
+    before = _files(root)
+    res = _cli("build-3dseg8", root / "msd", store, "--workers", "0", "--no-progress")
+    return {"res": res, "store": store, "corpus": corpus, "outside": _written_outside(before, _files(root), store),
+            "catalog": load_catalog(str(store)).set_index("case_id")}
+
+
+def test_every_other_case_completes(msd_build):
+    res, cat = msd_build["res"], msd_build["catalog"]
+    assert res.exit_code == EXIT_FAILED_CASES, res.output
+    assert sorted(cat.index[cat.status == "ok"]) == list(GOOD)
+    assert (cat.status == "failed").sum() == len(KINDS)
+    assert msd_build["outside"] == []
+    assert "Traceback" not in res.output and "unexpected error" not in res.output
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_damaged_field_is_a_failed_row_naming_the_file(msd_build, kind):
+    row = msd_build["catalog"].loc[f"bad_{kind}"]
+    assert row.status == "failed"
+    assert row.error.startswith(f"{msd_build['corpus'][kind]}: "), row.error
+    assert KINDS[kind][1] in row.error, row.error
+    assert "\n" not in row.error
+
+
+def test_an_unforeseen_header_error_is_a_failed_row_saying_what_to_do(real_dir, monkeypatch):
+    """Any exception of a header read (here the OverflowError an unchecked header field used to raise) becomes
+    the case's error, naming the file and what to do, instead of ending the build."""
+    def overflow(path):
+        raise OverflowError("cannot convert float infinity to integer")
+
+    image = str(real_dir / "msd" / TASK / "imagesTr" / "hippocampus_001.nii.gz")
+    monkeypatch.setattr(job.geometry, "read_header", overflow)
+    case = Case(domain="hippocampus", case_id="c", scan_id="s", patient_id="p", images=(image,))
+    hdr = job.read_case_header(case)
+    assert hdr.error.startswith(f"{image}: cannot read the file (OverflowError: cannot convert float infinity")
+    assert "re-export or re-download it" in hdr.error
+
+
+def _task_with(real_dir: Path, root: Path, text: str) -> Path:
+    task = root / "msd" / TASK
+    shutil.copytree(real_dir / "msd" / TASK, task)
+    (task / "dataset.json").write_text(text)
+    return task
+
+
+@pytest.mark.parametrize("text,phrase", [
+    ('{"modality": {"0": "MRI"}, "labels": {"0": "background"}, "training": [], "test": []}',
+     "lists no case ('training' and 'test' are empty)"),
+    ("[" * 200_000 + "]" * 200_000, "JSON nested too deeply"),
+])
+def test_an_unusable_dataset_json_is_a_one_line_usage_error(real_dir, tmp_path, text, phrase):
+    task = _task_with(real_dir, tmp_path, text)
+    res = _cli("build-3dseg8", tmp_path / "msd", tmp_path / "store", "--workers", "0", "--no-progress")
+    assert res.exit_code == 2, res.output
+    (line,) = [ln for ln in res.output.splitlines() if ln.startswith("Error: ")]
+    assert line.startswith(f"Error: {task / 'dataset.json'}: ") and phrase in line, res.output
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_domain_without_cases_builds_an_empty_catalog(tmp_path):
+    spec = DomainSpec(name="empty", source_dataset="none", modality="MR", channel_names=("MR",),
+                      labels={0: "background"})
+    result = job.build([(spec, [])], str(tmp_path / "store"), PrepConfig(), workers=0, progress=False,
+                       log=lambda msg: None)
+    assert result.ok and len(result.catalog) == 0 and len(load_catalog(str(tmp_path / "store"))) == 0
+
+
+def _lidc_pair(real_dir: Path, root: Path) -> tuple[Path, Path]:
+    """Two copies of the real LIDC-IDRI-0001 series as two patients; returns the second copy's XML."""
+    (ref,) = find_lidc_series(real_dir / "lidc")
+    rel = ref.dicom_dir.relative_to(real_dir / "lidc" / "LIDC-IDRI-0001")
+    for n in (1, 2):
+        shutil.copytree(ref.dicom_dir, root / "lidc" / f"LIDC-IDRI-000{n}" / rel)
+    return root / "lidc" / "LIDC-IDRI-0002" / rel / ref.xml_path.name
+
+
+def test_lidc_nan_z_position_fails_its_series_only_on_every_run(real_dir, tmp_path):
+    xml = _lidc_pair(real_dir, tmp_path)
+    xml.write_text(re.sub(r"<imageZposition>[^<]*</imageZposition>", "<imageZposition>nan</imageZposition>",
+                          xml.read_text()))
+    for _ in range(2):  # the re-run skips the good series and must still write the nodules table
+        res = _cli("build-lidc", tmp_path / "lidc", tmp_path / "store", "--workers", "0", "--no-progress")
+        assert res.exit_code == EXIT_FAILED_CASES, res.output
+        cat = load_catalog(str(tmp_path / "store")).set_index("patient_id")
+        bad = cat.loc["LIDC-IDRI-0002"]
+        assert bad.status == "failed" and bad.error.startswith(f"{xml}: <imageZposition> is not a finite number")
+        assert (cat.loc[["LIDC-IDRI-0001"], "status"] == "ok").all()
+        nodules = load_nodules(str(tmp_path / "store"))
+        assert set(nodules["patient_id"]) == {"LIDC-IDRI-0001"} and len(nodules) == 4
