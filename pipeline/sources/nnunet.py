@@ -4,7 +4,9 @@ Layout: ``dataset.json`` with ``channel_names`` ({"0": "CT"}), ``labels`` (name 
 "kidney": 1}), ``numTraining`` and ``file_ending`` (``.nii.gz``, ``.nrrd``, ``.mha``, ``.nii``); one file per
 channel ``imagesTr/<case>_<XXXX><ending>`` (XXXX the 4-digit channel index), labels ``labelsTr/<case><ending>``,
 optional ``imagesTs/`` (unlabelled: split "test"). A dataset.json may list its cases itself under ``dataset``
-({case: {"images": [...], "label": ...}}, paths relative to the dataset folder), as nnU-Net v2 allows.
+({case: {"images": [...], "label": ...}}, paths relative to the dataset folder), as nnU-Net v2 allows; an
+entry that leaves the folder (an absolute path, ``../``) is refused, as for MSD (one rule:
+``naming.file_inside``), so a downloaded dataset.json cannot make a build read files elsewhere.
 
 Decisions:
 
@@ -27,13 +29,12 @@ Decisions:
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from ..config import Case, DomainSpec, unsafe_case_id
 from .msd import scan_id_for
-from .naming import check_domain_name, plain_name, read_json_object
+from .naming import check_domain_name, file_inside, plain_name, read_json_object
 
 FILE_ENDINGS = (".nii.gz", ".nrrd", ".mha", ".nii")
 
@@ -129,12 +130,6 @@ def _listed(folder: Path, ending: str, with_channel: bool) -> tuple[dict[str, se
     return found, ignored
 
 
-def _resolve(dataset_dir: Path, rel: object, meta_path: Path, where: str) -> str:
-    if not isinstance(rel, str) or not rel.strip():
-        raise ValueError(f"{meta_path}: {where}: expected a file path, got {rel!r}")
-    return str(Path(rel) if os.path.isabs(rel) else (dataset_dir / rel).resolve())
-
-
 def _checked(cid: str, meta_path: Path, where: str) -> str:
     problem = unsafe_case_id(cid)
     if problem:
@@ -227,8 +222,8 @@ def _listed_in_json(entries: dict, dataset_dir: Path, meta_path: Path, domain: s
         if len(entry["images"]) != n_channels:
             raise ValueError(f"{meta_path}: {where}: {len(entry['images'])} image file(s), channel_names declares "
                              f"{n_channels}")
-        images = tuple(_resolve(dataset_dir, p, meta_path, where) for p in entry["images"])
-        label = _resolve(dataset_dir, entry["label"], meta_path, where)
+        images = tuple(file_inside(dataset_dir, p, meta_path, where) for p in entry["images"])
+        label = file_inside(dataset_dir, entry["label"], meta_path, where)
         cases.append(_case(domain, name, _checked(str(cid), meta_path, where), images, label))
     if not cases:
         raise ValueError(f"{meta_path}: 'dataset' lists no case")

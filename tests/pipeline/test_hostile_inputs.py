@@ -159,3 +159,28 @@ def test_lidc_nan_z_position_fails_its_series_only_on_every_run(real_dir, tmp_pa
         assert (cat.loc[["LIDC-IDRI-0001"], "status"] == "ok").all()
         nodules = load_nodules(str(tmp_path / "store"))
         assert set(nodules["patient_id"]) == {"LIDC-IDRI-0001"} and len(nodules) == 4
+
+
+@pytest.fixture(scope="module")
+def nnunet_dataset(real_dir, tmp_path_factory) -> Path:
+    from pipeline.sample.nnunet import msd_to_nnunet
+
+    return msd_to_nnunet(real_dir / "msd" / TASK, tmp_path_factory.mktemp("hostile_nnunet") / "nnUNet_raw")
+
+
+@pytest.mark.parametrize("where", ["images", "label"])
+@pytest.mark.parametrize("path", ["/etc/passwd", "../../../../../etc/passwd", "./imagesTr/../../x.nii.gz"])
+def test_nnunet_dataset_entries_outside_the_folder_are_refused_as_msd_refuses_them(nnunet_dataset, tmp_path,
+                                                                                    where, path):
+    dataset = tmp_path / nnunet_dataset.name
+    shutil.copytree(nnunet_dataset, dataset)
+    meta = json.loads((dataset / "dataset.json").read_text())
+    entry = {"images": ["imagesTr/hippocampus_001_0000.nii.gz"], "label": "labelsTr/hippocampus_001.nii.gz"}
+    entry[where] = [path] if where == "images" else path
+    meta["dataset"] = {"h1": entry}
+    (dataset / "dataset.json").write_text(json.dumps(meta))
+    res = _cli("build-nnunet", dataset, tmp_path / "store", "--workers", "0", "--no-progress")
+    assert res.exit_code == 2, res.output
+    assert (f"Error: {dataset / 'dataset.json'}: dataset entry 'h1': {path!r} points outside the dataset folder "
+            f"{dataset}; dataset.json paths must stay inside it") in res.output, res.output
+    assert not (tmp_path / "store").exists()

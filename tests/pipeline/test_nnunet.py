@@ -169,9 +169,11 @@ def test_dataset_key_lists_cases(hippo, tmp_path):
     dataset = tmp_path / "Dataset005_Listed"
     dataset.mkdir()
     meta = json.loads((hippo["dataset"] / "dataset.json").read_text())
-    src = hippo["dataset"]
-    meta["dataset"] = {"h1": {"images": [str(src / "imagesTr" / "hippocampus_001_0000.nii.gz")],
-                              "label": str(src / "labelsTr" / "hippocampus_001.nii.gz")}}
+    (dataset / "scans").mkdir()
+    for name in ("imagesTr/hippocampus_001_0000.nii.gz", "labelsTr/hippocampus_001.nii.gz"):
+        shutil.copy(hippo["dataset"] / name, dataset / "scans")
+    meta["dataset"] = {"h1": {"images": ["./scans/hippocampus_001_0000.nii.gz"],
+                              "label": "scans/hippocampus_001.nii.gz"}}
     (dataset / "dataset.json").write_text(json.dumps(meta))
     spec, cases, _ = scan_nnunet(dataset)
     assert [c.case_id for c in cases] == ["h1"] and cases[0].label.endswith("hippocampus_001.nii.gz")
