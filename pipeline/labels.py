@@ -46,7 +46,8 @@ def compose_label(case: Case, ref: sitk.Image) -> tuple[sitk.Image, int]:
 
 
 def check_label_values(arr: np.ndarray, spec: DomainSpec, files: str) -> None:
-    """Raise CaseError when the label holds non-integers or values that the dataset does not declare.
+    """Raise CaseError when the label holds non-integers, negative values (even declared ones) or values that the
+    dataset does not declare.
 
     The common case (integers within the declared contiguous ids) costs one min/max pass; ``np.unique`` only
     runs on the offending voxels.
@@ -59,10 +60,14 @@ def check_label_values(arr: np.ndarray, spec: DomainSpec, files: str) -> None:
                 raise CaseError(f"{files}: label holds non-integer values")
     declared = set(spec.labels) | {0}
     lo, hi = arr.min(), arr.max()
+    if lo < 0:  # stored as uint8, -1 would wrap to 255 and pass for a class (even when declared)
+        negative = sorted({int(v) for v in np.unique(arr[arr < 0])})
+        raise CaseError(f"{files}: negative label value(s) {negative[:5]}: label values are class indices "
+                        "0..K-1; remap them to unused non-negative values (and dataset.json's labels with them)")
     contiguous = declared == set(range(max(declared) + 1))
     if contiguous and lo >= 0 and hi <= max(declared):
         return
-    bad = np.unique(arr[(arr < 0) | (arr > max(declared))]) if contiguous else np.unique(arr)
+    bad = np.unique(arr[arr > max(declared)]) if contiguous else np.unique(arr)
     unknown = sorted({int(v) for v in bad} - declared)
     if unknown:
         raise CaseError(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from catalog import load_catalog, load_nodules
 from pipeline import job
@@ -26,48 +27,73 @@ GOOD = ("hippocampus_001", "hippocampus_003")
 TASK = "Task04_Hippocampus"
 
 
-def _symlink_loop(image: Path) -> None:
-    os.symlink(image.name + ".other", image)
-    os.symlink(image.name, image.parent / (image.name + ".other"))
+def _symlink_loop(src: Path, dst: Path) -> None:
+    os.symlink(dst.name + ".other", dst)
+    os.symlink(dst.name, dst.parent / (dst.name + ".other"))
 
 
-# kind -> (how the image is made from the real float32 hippocampus_003, message phrase)
-KINDS: dict[str, tuple] = {
-    "vox_offset_inf": (lambda src, dst: dst.write_bytes(_with_header(src, _set_scalar("vox_offset", np.inf))),
-                       "the header's vox_offset inf (where the voxels start) is not a byte offset"),
-    "vox_offset_nan": (lambda src, dst: dst.write_bytes(_with_header(src, _set_scalar("vox_offset", np.nan))),
-                       "the header's vox_offset nan (where the voxels start) is not a byte offset"),
-    "symlink_loop": (lambda src, dst: _symlink_loop(dst), "a symbolic link that loops"),
-}
-
-
-def _set_scalar(key: str, value):
+def _header(**fields):
+    """An image maker: the real file with header fields set (``pixdim=(1, 300.0)`` sets pixdim[1])."""
     def edit(hdr):
-        hdr[key] = value
-    return edit
+        for key, value in fields.items():
+            if isinstance(value, tuple):
+                _set(key, *value)(hdr)
+            else:
+                hdr[key] = value
+    return lambda src, dst: dst.write_bytes(_with_header(src, edit))
+
+
+def _label_with(value: int, dtype=np.int16):
+    """A label maker: the real label as ``dtype`` with one voxel set to ``value``."""
+    def make(src: Path, dst: Path) -> None:
+        img = sitk.ReadImage(str(src))
+        arr = sitk.GetArrayFromImage(img).astype(dtype)
+        arr[0, 0, 0] = value
+        out = sitk.GetImageFromArray(arr)
+        out.CopyInformation(img)
+        sitk.WriteImage(out, str(dst))
+    return make
+
+
+def _copy(src: Path, dst: Path) -> None:
+    shutil.copy(src, dst)
+
+
+# kind -> (image maker, label maker, the file the error names: "image" | "label", phrase). A maker gets the real
+# float32 hippocampus_003 image (or its label) and the path to write.
+KINDS: dict[str, tuple] = {
+    "vox_offset_inf": (_header(vox_offset=np.inf), _copy, "image",
+                       "the header's vox_offset inf (where the voxels start) is not a byte offset"),
+    "vox_offset_nan": (_header(vox_offset=np.nan), _copy, "image",
+                       "the header's vox_offset nan (where the voxels start) is not a byte offset"),
+    "symlink_loop": (_symlink_loop, _copy, "image", "a symbolic link that loops"),
+    "negative_label": (_copy, _label_with(-1), "label", "negative label value(s) [-1]: label values are class"),
+}
+NEGATIVE_DECLARED = {"-1": "outside"}  # dataset.json declares -1, so only the negative-value rule refuses it
 
 
 @pytest.fixture(scope="module")
 def msd_build(real_dir, tmp_path_factory):
-    """One build-3dseg8 over two good real cases and one case per hostile kind (label: the real one)."""
+    """One build-3dseg8 over two good real cases and one case per hostile kind."""
     real = real_dir / "msd" / TASK
     root = tmp_path_factory.mktemp("hostile_msd")
     task = root / "msd" / TASK
     for sub in ("imagesTr", "labelsTr"):
         (task / sub).mkdir(parents=True)
     meta = json.loads((real / "dataset.json").read_text())
+    meta["labels"].update(NEGATIVE_DECLARED)
     meta["training"] = [e for e in meta["training"] if Path(e["image"]).name.split(".")[0] in GOOD]
     for name in GOOD:
         for sub in ("imagesTr", "labelsTr"):
             shutil.copy(real / sub / f"{name}.nii.gz", task / sub)
     src, lab = real / "imagesTr" / "hippocampus_003.nii.gz", real / "labelsTr" / "hippocampus_003.nii.gz"
     corpus = {}
-    for kind, (make, _) in KINDS.items():
+    for kind, (make_image, make_label, named, _) in KINDS.items():
         image, label = task / "imagesTr" / f"bad_{kind}.nii.gz", task / "labelsTr" / f"bad_{kind}.nii.gz"
-        make(src, image)
-        shutil.copy(lab, label)
+        make_image(src, image)
+        make_label(lab, label)
         meta["training"].append({"image": f"./imagesTr/{image.name}", "label": f"./labelsTr/{label.name}"})
-        corpus[kind] = image
+        corpus[kind] = image if named == "image" else label
     (task / "dataset.json").write_text(json.dumps(meta, indent=1))
     store = root / "store"
     before = _files(root)
@@ -90,7 +116,7 @@ def test_a_damaged_field_is_a_failed_row_naming_the_file(msd_build, kind):
     row = msd_build["catalog"].loc[f"bad_{kind}"]
     assert row.status == "failed"
     assert row.error.startswith(f"{msd_build['corpus'][kind]}: "), row.error
-    assert KINDS[kind][1] in row.error, row.error
+    assert KINDS[kind][3] in row.error, row.error
     assert "\n" not in row.error
 
 
