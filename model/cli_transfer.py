@@ -3,8 +3,9 @@
     med3d-train finetune liver  LITS_STORE     --out RUN --init scratch|RUN_OR_CKPT|medicalnet.pth|kinetics.pth
     med3d-train finetune lung   VISCERAL_STORE --out RUN --init ...
     med3d-train finetune nodule LIDC_STORE     --out RUN --init ...
+    med3d-train finetune seg    ANY_SEG_STORE  --out RUN [--domain D] [--decoder med3d|unet] --init ...
     med3d-train evaluate RUN STORE [--split val|test]
-    med3d-train predict  RUN scan.nii.gz [more...] --out DIR
+    med3d-train predict  RUN scan.nii.gz|FOLDER|imagesTs [more...] --out DIR
     med3d-train compare  RUN [RUN ...] [--out DIR]
     med3d-train plot     RUN [RUN ...] [--out DIR]
 """
@@ -28,16 +29,34 @@ def _ints(value: str, name: str) -> tuple[int, ...]:
         raise click.BadParameter(f"{value!r}: give comma-separated integers", param_hint=name) from None
 
 
-@click.command()
-@click.argument("task", type=click.Choice(["liver", "lung", "nodule"]))
+def _task_names() -> list[str]:
+    from model.tasks import TASKS
+
+    return list(TASKS)
+
+
+def _tasks_help() -> str:
+    from model.tasks import TASKS
+
+    return "; ".join(f"{name}: {task.help}" for name, task in TASKS.items())
+
+
+@click.command(epilog="Tasks: " + _tasks_help())
+@click.argument("task", type=click.Choice(_task_names()))
 @click.argument("store")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Run folder.")
 @click.option("--init", default="scratch", show_default=True,
               help="scratch, a run folder or checkpoint of ours, or a MedicalNet / Kinetics .pth.")
 @click.option("--depth", type=EncoderChoice("depth"), default=None,
               help="ResNet depth. Default: the --init weights' depth (10 from scratch).")
-@click.option("--stage", type=click.Choice(["both", "coarse", "fine"]), default="both", show_default=True,
-              help="Liver: train the coarse stage, the fine stage, or both in turn.")
+@click.option("--stage", default="both", show_default=True,
+              help="Tasks of several stages (liver: coarse, fine): train one stage, or both in turn.")
+@click.option("--domain", default=None, help="seg: the store's domain to train on (needed when it holds several).")
+@click.option("--decoder", type=click.Choice(["med3d", "unet"]), default="med3d", show_default=True,
+              help="seg: the paper's upsampling head on the dilated encoder, or a U-Net decoder with skip "
+                   "connections from every encoder stage.")
+@click.option("--fg-fraction", type=click.FloatRange(0, 1), default=1 / 3, show_default="1/3",
+              help="Patch tasks (lung, seg): share of patches centred on a labelled voxel.")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True, help="Steps per stage.")
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--patch", type=PatchSize(), default="64", show_default=True,
@@ -52,7 +71,8 @@ def _ints(value: str, name: str) -> tuple[int, ...]:
               help="Augmentation: max translation, fraction of the patch; 0 disables.")
 @click.option("--lr", type=float, default=None, help="Default: the paper's 1e-3 from pretrained weights, 1e-2 from "
               "scratch.")
-@click.option("--loss", type=click.Choice(["ce", "ce+dice"]), default="ce", show_default=True)
+@click.option("--loss", type=click.Choice(["ce", "ce+dice"]), default=None,
+              help="Default: the task's (seg: ce+dice; the paper's tasks: ce).")
 @click.option("--val-every", type=click.IntRange(min=0), default=200, show_default=True)
 @click.option("--val-max-cases", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--ckpt-every", type=click.IntRange(min=0), default=200, show_default=True)
@@ -64,13 +84,13 @@ def _ints(value: str, name: str) -> tuple[int, ...]:
 @click.option("--resume", is_flag=True, help="Continue the run's checkpoints exactly.")
 @click.option("--progress/--no-progress", default=True)
 def finetune(task: str, store: str, out: str, **opts: Any) -> None:
-    """Fine-tune an encoder for TASK on STORE (liver: LiTS store, lung: VISCERAL, nodule: LIDC).
+    """Fine-tune an encoder for TASK on STORE (see the task list below).
 
     Writes OUT/finetune.json and, per stage, config.json, checkpoint.pt and metrics.jsonl (liver: OUT/coarse,
     OUT/fine). Measure it with `med3d-train evaluate OUT STORE`.
     """
     from model.nets.weights import WeightsMismatchError
-    from model.training.finetune import FinetuneError
+    from model.tasks import FinetuneError, get_task
     from model.training.finetune import finetune as run_finetune
 
     depth = opts.pop("depth")
@@ -78,14 +98,19 @@ def finetune(task: str, store: str, out: str, **opts: Any) -> None:
     kw["compile"] = kw.pop("compile_")
     progress, resume, stage = kw.pop("progress"), kw.pop("resume"), kw.pop("stage")
     kw["encoder"] = f"resnet{depth}" if depth else None
+    if kw["loss"] is None:
+        del kw["loss"]
+    if kw["domain"] is None:
+        del kw["domain"]
     kw["coarse_shape"] = _ints(kw["coarse_shape"], "--coarse-shape")
     kw["aspp_rates"] = _ints(kw["aspp_rates"], "--aspp-rates")
     try:
         kw["roi_margin_mm"] = tuple(float(v) for v in kw.pop("roi_margin").split(","))
     except ValueError:
         raise click.BadParameter("give lo,hi in mm", param_hint="--roi-margin") from None
-    if task != "liver" and stage != "both":
-        raise click.UsageError(f"--stage is for the liver task; {task} has one stage")
+    stages = get_task(task).stages
+    if stage != "both" and stage not in stages:
+        raise click.UsageError(f"--stage: task {task} has stages {', '.join(stages)} (or both), got {stage!r}")
     try:
         results = run_finetune(task, store, out, stage=stage, resume=resume, progress=progress, log=click.echo, **kw)
     except (FinetuneError, WeightsMismatchError, FileNotFoundError) as exc:
@@ -94,7 +119,7 @@ def finetune(task: str, store: str, out: str, **opts: Any) -> None:
         raise click.UsageError(str(exc)) from exc
     for r in results:
         val = r.summary.get("val") or {}
-        what = "accuracy" if task == "nodule" else "Dice"
+        what = get_task(task).metric
         note = f"; {what} on {val.get('split')} {val['metric']:.4f}" if val.get("metric") is not None else ""
         click.echo(f"{r.run_dir}: {r.step} steps, checkpoint {r.checkpoint}{note}")
 
@@ -122,14 +147,14 @@ def evaluate(run: str, store: str, split: str | None, device: str, amp: bool, li
     click.echo(f"| {summary['task']} on {summary['split']} | value |\n|---|---:|")
     for k, v in rows:
         click.echo(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
-    if "confusion" in summary:
+    if "confusion" in summary and len(summary["confusion"]) == 2:
         (tn, fp), (fn, tp) = summary["confusion"]
         click.echo(f"confusion (rows truth benign/malignant): [[{tn}, {fp}], [{fn}, {tp}]]")
 
 
 @click.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.argument("scans", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("scans", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Folder for the masks.")
 @click.option("--modality", type=click.Choice(["CT", "MR"]), default=None,
               help="Needed for runs trained on a mixed CT/MR store (VISCERAL).")
@@ -139,7 +164,8 @@ def evaluate(run: str, store: str, split: str | None, device: str, amp: bool, li
 @click.option("--amp/--no-amp", default=False, show_default=True)
 def predict(run: str, scans: tuple[str, ...], out: str, modality: str | None, spacing: str | None, device: str,
             amp: bool) -> None:
-    """Segment raw SCANS (NIfTI) with RUN; one mask per scan in OUT, in that scan's own geometry."""
+    """Segment raw SCANS (files or folders, an nnU-Net imagesTs folder too) with RUN; one mask per case in OUT,
+    in that scan's own geometry (nnU-Net channel files CASE_0000... give CASE.nii.gz)."""
     from model.evaluation.predict import predict as run_predict
 
     spacing_xyz = None

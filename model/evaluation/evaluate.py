@@ -1,6 +1,7 @@
-"""``med3d-train evaluate``: a fine-tuned run measured on a split of its store, with predictions written.
+"""``med3d-train evaluate``: a fine-tuned run measured on a split of its store, with predictions written. What is
+measured is the run's task's (:meth:`model.tasks.base.Task.evaluate`); this module holds what they share.
 
-Segmentation (liver, lung): every case of the split is segmented on the stored grid, pasted back onto its
+Binary segmentation (liver, lung): every case of the split is segmented on the stored grid, pasted back onto its
 source file's grid (:func:`pipeline.geometry.to_original_grid`), written as ``pred/<case_id>.nii.gz`` and, when
 the case has a label, measured there against the source label with the file's own spacing: the LiTS set
 (Dice, VOE, RVD, ASSD, MSD in mm) per case, global Dice in the summary. LiTS test volumes (labels not public)
@@ -13,8 +14,7 @@ Output in ``RUN/eval/<split>/``: ``cases.csv``, ``summary.json``, ``pred/``.
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,34 +23,20 @@ import pandas as pd
 import SimpleITK as sitk
 import torch
 
-from model.evaluation.inference import LiverSegmenter, PatchSegmenter, Segmenter
+from model.evaluation.inference import Segmenter
 from model.evaluation.metrics import _json_safe
 
-__all__ = ["evaluate", "ground_truth", "segmenter_for_run"]
+__all__ = ["evaluate", "evaluate_binary", "ground_truth", "segment_cases", "segmenter_for_run"]
 
 
 def segmenter_for_run(run: str | Path, *, device: str | torch.device = "cpu", amp: bool = False,
                       batch: int = 2, overlap: float | None = None) -> Segmenter:
-    """The segmenter of a finished liver or lung run: the liver chain (coarse, then fine when that stage
-    exists) or the lung network by sliding window."""
-    from model.training.finetune import read_run, load_stage
+    """The segmenter of a finished segmentation run (its task's: the liver chain, a sliding-window network)."""
+    from model.tasks import get_task
+    from model.tasks.run import read_run
 
     spec = read_run(run)
-    if spec["task"] == "lung":
-        net, cfg = load_stage(run, "main", device)
-        return PatchSegmenter(net, cfg.patch, int(net.head.classifier.out_channels),
-                              overlap=cfg.overlap if overlap is None else overlap, batch=batch, device=device,
-                              amp=amp)
-    if spec["task"] == "liver":
-        coarse, ccfg = load_stage(run, "coarse", device)
-        fine, fcfg = (load_stage(run, "fine", device) if (Path(run) / "fine" / "checkpoint.pt").is_file()
-                      else (None, ccfg))
-        return LiverSegmenter(coarse, fine, coarse_shape=ccfg.coarse_shape, patch=fcfg.patch,
-                              spacing=spec["preprocessing"]["target_spacing"],
-                              margin_mm=sum(fcfg.roi_margin_mm) / 2,
-                              overlap=fcfg.overlap if overlap is None else overlap, batch=batch, device=device,
-                              amp=amp)
-    raise ValueError(f"{run}: a {spec['task']} run classifies nodule crops; it has no segmenter")
+    return get_task(spec["task"]).segmenter(run, spec, device=device, amp=amp, batch=batch, overlap=overlap)
 
 
 def _case_attrs(store: str, store_path: str) -> dict[str, Any]:
@@ -80,52 +66,54 @@ def ground_truth(row: Any, attrs: dict[str, Any]) -> sitk.Image | None:
     return None
 
 
-def _pred_name(case_id: str, task: str, labelled: bool) -> str:
-    m = re.fullmatch(r"test-volume-(\d+)", case_id)
-    if task == "liver" and not labelled and m:
-        return f"test-segmentation-{m.group(1)}.nii"
-    return f"{case_id}.nii.gz"
-
-
 def evaluate(run: str | Path, store: str, *, split: str | None = None, segmenter: Segmenter | None = None,
              device: str | torch.device = "cpu", amp: bool = False, limit: int | None = None,
              progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure ``run`` on ``split`` of ``store`` (default: the task's evaluation split) and write
+    """Measure ``run`` on ``split`` of ``store`` (default: the run's evaluation split) and write
     ``RUN/eval/<split>/``; returns the summary. ``segmenter`` replaces the run's networks (tests use an oracle
-    to check the geometry alone)."""
+    to check the geometry alone). A store of the wrong kind for the run's task is refused before anything is
+    written."""
     from catalog import load_catalog, select
-    from model.training.finetune import read_run
+    from model.tasks import get_task
+    from model.tasks.run import read_run
 
     spec = read_run(run)
+    task = get_task(spec["task"])
+    task.check_store(store, spec)
     split = split or spec["eval_split"]
     rows = select(load_catalog(store), split=split)
+    if spec.get("domain"):
+        rows = rows[rows["domain"] == spec["domain"]]
     if limit:
         rows = rows.head(limit)
     if rows.empty:
         raise ValueError(f"{store}: no ok case in split {split!r}; splits there: "
                          f"{sorted(set(load_catalog(store)['split']))}")
     out = Path(run) / "eval" / split
-    (out / "pred").mkdir(parents=True, exist_ok=True)
-    if spec["task"] == "nodule":
-        summary, table = _evaluate_nodules(run, store, split, rows, device, amp)
-    else:
-        seg = segmenter or segmenter_for_run(run, device=device, amp=amp)
-        summary, table = _evaluate_segmentation(spec["task"], store, split, rows, seg, out, progress)
+    summary, table = task.evaluate(run, spec, store, split, rows, out, segmenter=segmenter, device=device, amp=amp,
+                                   progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "cases.csv", index=False)
     (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
-    log(f"wrote {out}/cases.csv, summary.json" + ("" if spec["task"] == "nodule" else " and pred/"))
+    log(f"wrote {out}/cases.csv, summary.json" + (" and pred/" if task.segmentation else ""))
     return summary
 
 
-def _evaluate_segmentation(task: str, store: str, split: str, rows: pd.DataFrame, seg: Segmenter, out: Path,
-                           progress: bool) -> tuple[dict[str, Any], pd.DataFrame]:
+def segment_cases(task: Any, store: str, split: str, rows: pd.DataFrame, seg: Segmenter, out: Path,
+                  progress: bool) -> Iterator[tuple[Any, dict[str, Any], sitk.Image, sitk.Image | None, Path]]:
+    """Segment every case of ``rows`` on the stored grid, paste the label map onto the source file's grid and
+    write it to ``out/pred/<task.pred_name>``; yields (row, stored attrs, prediction, source label or None,
+    written path). Every path is checked to stay inside ``out/pred``."""
     from tqdm.auto import tqdm
 
     from model.data.patches import read_volume
-    from model.evaluation.seg_metrics import global_dice, lits_metrics, overlap_counts
+    from model.tasks.run import inside
     from pipeline.geometry import to_original_grid
 
-    records, counts = [], []
+    folder = out / "pred"
+    names = {row.case_id: inside(folder, task.pred_name(row.case_id, bool(row.has_label)))
+             for row in rows.itertuples(index=False)}  # all checked before the first write
+    folder.mkdir(parents=True, exist_ok=True)
     for row in tqdm(list(rows.itertuples(index=False)), desc=f"evaluate {split}", unit="case",
                     disable=not progress):
         attrs = _case_attrs(store, row.store_path)
@@ -135,21 +123,33 @@ def _evaluate_segmentation(task: str, store: str, split: str, rows: pd.DataFrame
             raise ValueError(f"{row.store_path}: the segmenter returned {label.shape} for an image of {image.shape}")
         pred = to_original_grid(label.astype(np.uint8), attrs)
         truth = ground_truth(row, attrs)
-        pred_path = out / "pred" / _pred_name(row.case_id, task, truth is not None)
-        sitk.WriteImage(pred, str(pred_path))
+        path = names[row.case_id]
+        sitk.WriteImage(pred, str(path))
+        if truth is not None and tuple(truth.GetSize()) != tuple(pred.GetSize()):
+            raise ValueError(f"{row.source_label}: label grid {truth.GetSize()} differs from its image's "
+                             f"{pred.GetSize()}")
+        yield row, attrs, pred, truth, path
+
+
+def evaluate_binary(task: Any, store: str, split: str, rows: pd.DataFrame, seg: Segmenter, out: Path,
+                    progress: bool) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The LiTS set (Dice, VOE, RVD, ASSD, MSD in mm) of foreground (any label > 0) per case on the source grid,
+    their means and the global Dice in the summary."""
+    from model.evaluation.seg_metrics import global_dice, lits_metrics, overlap_counts
+
+    records, counts = [], []
+    for row, attrs, pred, truth, path in segment_cases(task, store, split, rows, seg, out, progress):
         rec: dict[str, Any] = {"case_id": row.case_id, "source_image": row.source_image,
-                               "modality": row.source_modality or row.modality, "prediction": str(pred_path)}
+                               "modality": row.source_modality or row.modality, "prediction": str(path)}
         if truth is not None:
             p = sitk.GetArrayViewFromImage(pred) > 0
             t = sitk.GetArrayViewFromImage(truth) > 0
-            if p.shape != t.shape:
-                raise ValueError(f"{row.source_label}: label grid {t.shape} differs from its image's {p.shape}")
             spacing = tuple(float(s) for s in reversed(attrs["original"]["spacing_xyz"]))
             rec.update(lits_metrics(p, t, spacing))
             counts.append(overlap_counts(p, t))
         records.append(rec)
     table = pd.DataFrame(records)
-    summary: dict[str, Any] = {"task": task, "split": split, "metric_name": "dice", "cases": len(table),
+    summary: dict[str, Any] = {"task": task.name, "split": split, "metric_name": "dice", "cases": len(table),
                                "labelled_cases": len(counts)}
     if counts:
         for key in ("dice", "voe", "rvd", "assd_mm", "msd_mm"):
@@ -158,41 +158,7 @@ def _evaluate_segmentation(task: str, store: str, split: str, rows: pd.DataFrame
             summary[f"{key}_mean"] = float(values.mean()) if values.size else float("nan")
         summary["metric"] = summary["dice_mean"]
         summary["dice_global"] = global_dice(counts)
-        if task == "lung":
-            summary["dice_per_modality"] = {str(k): float(v) for k, v in
-                                            table.groupby("modality")["dice"].mean().items()}
     else:
         summary["metric"] = float("nan")
         summary["note"] = f"split {split!r} has no labels: predictions only"
-    return summary, table
-
-
-def _evaluate_nodules(run: str | Path, store: str, split: str, rows: pd.DataFrame, device: Any,
-                      amp: bool) -> tuple[dict[str, Any], pd.DataFrame]:
-    from model.data.store_index import CaseEntry
-    from model.data.transfer import NoduleStream, nodule_labels
-    from model.evaluation.classification import binary_classification_metrics
-    from model.training.finetune import load_stage
-
-    net, _ = load_stage(run, "main", device)
-    cases = [CaseEntry(r.store_path, r.scan_id, tuple(int(s) for s in r.shape), int(r.n_channels))
-             for r in rows.itertuples(index=False)]
-    labels = nodule_labels(store, cases)
-    if not labels:
-        raise ValueError(f"{store}: no rated nodule crop in split {split!r}")
-    stream = NoduleStream(store, cases, labels, crop=cases[0].shape, batch=1, seed=0)
-    device = torch.device(device)
-    records = []
-    with torch.no_grad():
-        for case in stream.cases:
-            x = torch.from_numpy(stream.read_crop(case))[None].to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                prob = float(net(x).float().softmax(dim=1)[0, 1].item())
-            row = rows[rows["store_path"] == case.store_path].iloc[0]
-            records.append({"case_id": row["case_id"], "source_image": row["source_image"],
-                            "label": labels[case.store_path], "prob_malignant": prob, "pred": int(prob >= 0.5)})
-    table = pd.DataFrame(records)
-    metrics = binary_classification_metrics(table["prob_malignant"].to_numpy(), table["label"].to_numpy())
-    summary = {"task": "nodule", "split": split, "metric_name": "accuracy", "metric": metrics["accuracy"],
-               **metrics}
     return summary, table

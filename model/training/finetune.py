@@ -1,10 +1,11 @@
-"""Transfer recipes: ``finetune liver | lung | nodule`` (Med3D § 3.3), on the pretraining machinery (checkpoints,
-exact resume, metrics log, AMP, DDP).
+"""Transfer recipes: ``finetune TASK`` for every task of :mod:`model.tasks` (the paper's liver, lung, nodule of
+Med3D § 3.3; ``seg`` on any segmentation store), on the pretraining machinery (checkpoints, exact resume, metrics
+log, AMP, DDP). What differs between tasks (stages, head, classes, data, validation) is asked of the task.
 
 A run folder::
 
     RUN/finetune.json         task, encoder, init and its kind, metric, stages, preprocessing recipe of the store
-    RUN/config.json, checkpoint.pt, metrics.jsonl          lung and nodule: the one stage
+    RUN/config.json, checkpoint.pt, metrics.jsonl          one-stage tasks
     RUN/coarse/..., RUN/fine/...                            liver: one folder per stage (same files)
     RUN/eval/<split>/...                                    written by ``med3d-train evaluate``
 
@@ -25,22 +26,16 @@ import torch.distributed as dist
 
 from model.evaluation.metrics import MetricsLogger
 from model.nets.transfer import TransferNet, build_transfer_net
-from model.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from model.training.finetune_config import FINETUNE_RUNTIME_FIELDS, STAGES, FinetuneConfig
-from model.training.finetune_data import stage_loader, stage_validator
+from model.tasks import FinetuneError, Task, get_task
+from model.tasks.run import RUN_FILE, load_stage, net_options, read_run
+from model.training.checkpoint import CHECKPOINT_NAME, rng_state, save_checkpoint, set_rng_state
+from model.training.finetune_config import FINETUNE_RUNTIME_FIELDS, FinetuneConfig
 from model.training.finetune_step import FinetuneStepper
 from model.training.loop import DistEnv, init_distributed, make_optimizer, make_scheduler, resolve_device, run_loop
 from model.training.pretrain import CONFIG_FILE, checkpoint_for_resume
 
 __all__ = ["RUN_FILE", "FinetuneError", "StageResult", "finetune", "finetune_stage", "init_record", "load_stage",
            "read_run", "resolve_init"]
-
-RUN_FILE = "finetune.json"
-METRIC = {"liver": "dice", "lung": "dice", "nodule": "accuracy"}
-
-
-class FinetuneError(ValueError):
-    """A fine-tuning run cannot start as asked; the message says what to do."""
 
 
 @dataclass
@@ -125,9 +120,10 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
     :class:`FinetuneError`. ``stop_after`` ends after that many steps with a checkpoint (a preemption).
     ``record`` is :func:`init_record` of ``cfg.init`` when the caller has it already (it reads the whole file).
     """
-    from model.data.transfer import TaskData, task_data
+    from model.data.transfer import TaskData
     from model.nets.weights import load_encoder_weights
 
+    task = get_task(cfg.task)
     env = DistEnv.from_environ()
     device = _device(cfg, env)
     created_group = init_distributed(env, device)
@@ -137,11 +133,11 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
         ckpt = checkpoint_for_resume(cfg, ckpt_path, resume, log, env, runtime=FINETUNE_RUNTIME_FIELDS,
                                      error=FinetuneError)
         try:
-            train = task_data(cfg.store, "train")
+            train = task.data(cfg, "train")
         except (ValueError, FileNotFoundError) as exc:
             raise FinetuneError(str(exc)) from exc
         try:
-            evaluation: TaskData | None = task_data(cfg.store, cfg.eval_split)
+            evaluation: TaskData | None = task.data(cfg, cfg.eval_split)
         except ValueError as exc:
             evaluation = None
             if env.is_main:
@@ -149,10 +145,9 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
         record = record if record is not None else init_record(cfg.init)
         if ckpt is None and env.is_main and evaluation is not None:
             _check_leakage(record, set(evaluation.scan_ids), cfg.init, cfg.eval_split, log)
-        classes = 2 if cfg.task in ("liver", "nodule") else train.num_classes
+        classes = task.num_classes(train, cfg)
         torch.manual_seed(cfg.seed)
-        net = build_transfer_net(cfg.kind, cfg.encoder, classes, {"aspp_rates": cfg.aspp_rates,
-                                                                  "decoder_widths": cfg.decoder_widths})
+        net = build_transfer_net(task.kind(cfg), cfg.encoder, classes, net_options(cfg))
         init_report = None
         if ckpt is not None:
             net.load_state_dict(ckpt["model"])
@@ -181,8 +176,8 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
                 f"{'' if cfg.stage == 'main' else f' ({cfg.stage} stage)'} on {len(train.cases)} train cases of "
                 f"{cfg.store}, init {record['kind']}, lr {cfg.effective_lr:g}, {cfg.steps} steps")
         end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-        loader, augment = stage_loader(cfg, train, run_dir, start=start, steps=max(end - start, 0), env=env,
-                                       progress=progress and env.is_main)
+        loader, augment = task.loader(cfg, train, run_dir, start=start, steps=max(end - start, 0), env=env,
+                                      progress=progress and env.is_main)
         stepper = FinetuneStepper(net, optimizer, scheduler, loss=cfg.loss, device=device, amp=amp,
                                   compile=cfg.compile, env=env, augment=augment, start_step=start)
         train_ids = list(train.scan_ids)
@@ -195,13 +190,13 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
                 save_checkpoint({
                     "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "step": step, "config": cfg.to_dict(), "rng": rng_state(),
-                    "encoder": cfg.encoder, "task": cfg.task, "stage": cfg.stage, "kind": cfg.kind,
+                    "encoder": cfg.encoder, "task": cfg.task, "stage": cfg.stage, "kind": task.kind(cfg),
                     "num_classes": classes, "scan_ids": train_ids, "init_scan_ids": record["scan_ids"] or [],
                     "init_kind": record["kind"], "init_report": init_report, "metrics": summary,
                     "preprocessing": preprocessing or {}, "world_size": env.world_size,
                 }, ckpt_path)
 
-        validator = stage_validator(cfg, evaluation, run_dir, device=device, amp=amp) \
+        validator = task.validator(cfg, evaluation, run_dir, device=device, amp=amp) \
             if cfg.val_every > 0 and env.is_main and evaluation is not None else None
 
         def run_validation(step: int) -> dict[str, Any]:
@@ -219,33 +214,47 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
             dist.destroy_process_group()
 
 
+def _check_init_card(record: dict[str, Any], store: str, log: Callable[[str], None]) -> None:
+    """Hook: compare the ``--init`` weights' card (``OUT.json`` beside the ``.pth``, issue 16) with ``store``'s
+    preprocessing and warn through ``log`` on a mismatch. Called once per :func:`finetune`, before anything is
+    written, with the :func:`init_record` and the store; does nothing yet."""
+
+
 def finetune(task: str, store: str, out: str, *, stage: str = "both", resume: bool = False,
              stop_after: int | None = None, progress: bool = True, log: Callable[[str], None] = print,
              **options: Any) -> list[StageResult]:
-    """Run the transfer recipe of ``task`` on ``store`` into the run folder ``out``.
+    """Run the transfer recipe of ``task`` (a name of :data:`model.tasks.TASKS`) on ``store`` into ``out``.
 
-    ``stage``: ``both`` (liver: coarse then fine; lung and nodule: their one stage), ``coarse`` or ``fine``.
-    ``options`` are :class:`FinetuneConfig` fields (``init``, ``encoder``, ``steps``, ``lr``...); without
-    ``encoder`` the encoder of the ``init`` weights is used (ResNet-10 from scratch).
+    ``stage``: ``both`` (every stage of the task in turn: liver coarse then fine, the others their one stage),
+    or one stage's name. ``options`` are :class:`FinetuneConfig` fields (``init``, ``encoder``, ``steps``, ``lr``,
+    ``domain``, ``decoder``...); without ``encoder`` the encoder of the ``init`` weights is used (ResNet-10 from
+    scratch). A store of the wrong kind for the task is refused before anything is written.
     """
     from catalog import load_catalog, select
     from pipeline.preprocess import recipe_from_store
 
-    stages = STAGES.get(task)
-    if stages is None:
-        raise FinetuneError(f"unknown task {task!r}: liver, lung or nodule")
+    spec = get_task(task)
+    stages = spec.stages
     if stage == "both":
         chosen = stages
     elif stage in stages:
         chosen = (stage,)
     else:
         raise FinetuneError(f"task {task} has stages {', '.join(stages)} (or both), got {stage!r}")
+    try:
+        spec.check_store(str(store), options)
+        options = spec.finetune_options(str(store), dict(options))
+    except FileNotFoundError as exc:
+        raise FinetuneError(f"{store}: {exc}") from exc
+    options.setdefault("measure_split", spec.choose_eval_split(str(store), options))
+    options.setdefault("loss", spec.default_loss)
     init = str(options.get("init", "scratch"))
     record = init_record(init)
+    _check_init_card(record, str(store), log)
     if options.get("encoder") is None:
         options["encoder"] = record["encoder"] or "resnet10"
     root = Path(out)
-    rows = select(load_catalog(store), split="train", labelled=True)
+    rows = select(load_catalog(store), split="train", labelled=True, domain=options.get("domain"))
     if rows.empty:
         raise FinetuneError(f"{store}: no ok, labelled train case; check it with `med3d-prep info {store}`")
     preprocessing = recipe_from_store(store, str(rows["store_path"].iloc[0]))
@@ -254,19 +263,18 @@ def finetune(task: str, store: str, out: str, *, stage: str = "both", resume: bo
         stage_dir = root if name == "main" else root / name
         cfg = FinetuneConfig(task=task, store=str(store), out=str(stage_dir), stage=name, **options)
         if DistEnv.from_environ().is_main:
-            _write_run_file(root, cfg, record, stages, preprocessing)
+            _write_run_file(root, cfg, spec, record, preprocessing)
         results.append(finetune_stage(cfg, resume=resume, stop_after=stop_after, progress=progress, log=log,
-                                      record=record,
-                                      preprocessing=preprocessing))
+                                      record=record, preprocessing=preprocessing))
     return results
 
 
-def _write_run_file(root: Path, cfg: FinetuneConfig, record: dict[str, Any], stages: tuple[str, ...],
+def _write_run_file(root: Path, cfg: FinetuneConfig, task: Task, record: dict[str, Any],
                     preprocessing: dict[str, Any]) -> None:
     root.mkdir(parents=True, exist_ok=True)
     data = {"task": cfg.task, "encoder": cfg.encoder, "init": cfg.init, "init_kind": record["kind"],
-            "metric": METRIC[cfg.task], "stages": list(stages), "store": cfg.store, "eval_split": cfg.eval_split,
-            "preprocessing": preprocessing}
+            "metric": task.metric, "stages": list(task.stages), "store": cfg.store, "eval_split": cfg.eval_split,
+            "preprocessing": preprocessing, **task.run_info(cfg)}
     path = root / RUN_FILE
     if path.is_file():
         old = json.loads(path.read_text())
@@ -274,26 +282,3 @@ def _write_run_file(root: Path, cfg: FinetuneConfig, record: dict[str, Any], sta
             raise FinetuneError(f"{root} holds a {old.get('task')} run ({old.get('encoder')}, init "
                                 f"{old.get('init')}); choose another --out")
     path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def read_run(run: str | Path) -> dict[str, Any]:
-    """``RUN/finetune.json``; a clear error for a folder that is not a fine-tuning run."""
-    path = Path(run) / RUN_FILE
-    if not path.is_file():
-        raise FinetuneError(f"{run} is not a fine-tuning run (no {RUN_FILE}); run `med3d-train finetune` first")
-    return json.loads(path.read_text())
-
-
-def load_stage(run: str | Path, stage: str, device: torch.device | str = "cpu") -> tuple[TransferNet,
-                                                                                           FinetuneConfig]:
-    """The trained network of one stage of a run (eval mode, on ``device``) and its config."""
-    folder = Path(run) if stage == "main" else Path(run) / stage
-    ckpt = load_checkpoint(folder / CHECKPOINT_NAME)
-    cfg = FinetuneConfig.from_dict(ckpt["config"])
-    net = build_transfer_net(cfg.kind, cfg.encoder, int(ckpt["num_classes"]),
-                             {"aspp_rates": cfg.aspp_rates, "decoder_widths": cfg.decoder_widths})
-    net.load_state_dict(ckpt["model"])
-    if int(ckpt["step"]) < cfg.steps:
-        print(f"note: {folder} stopped at step {ckpt['step']} of {cfg.steps} (resume it with --resume)")
-    return net.to(device).eval(), cfg
-

@@ -1,0 +1,95 @@
+"""``lung``: the VISCERAL lung transfer of Med3D § 3.3: patches with foreground oversampling, the paper's
+upsampling decoder, Dice on the labelled ``test`` split (per modality in the summary)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from model.tasks.base import Task, TaskStoreError, register_task
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+    from model.data.transfer import TaskData
+    from model.training.finetune_config import FinetuneConfig
+    from model.training.loop import DistEnv
+
+
+def whole_volume_dice(cfg: FinetuneConfig, data: TaskData, n_classes: int, *, device: torch.device,
+                      amp: bool) -> Callable[[torch.nn.Module], dict[str, Any]]:
+    """Validator: Dice of foreground (any class > 0) of whole stored volumes segmented by sliding window."""
+    from model.data.patches import read_volume
+    from model.evaluation.inference import PatchSegmenter
+    from model.training.finetune_data import binary_dice, val_result
+
+    cases = list(data.cases[: cfg.val_max_cases or None])
+
+    def segment(net: torch.nn.Module) -> dict[str, Any]:
+        seg = PatchSegmenter(net, cfg.patch, n_classes, overlap=cfg.overlap, batch=cfg.batch, device=device,
+                             amp=amp)
+        scores = []
+        for case in cases:
+            image, label = read_volume(data.store, case.store_path)
+            scores.append(binary_dice(seg(image), label))
+        return val_result(scores, data.split)
+
+    return segment
+
+
+@register_task
+class LungTask(Task):
+    name = "lung"
+    help = "VISCERAL store (build-visceral): lungs"
+    stages = ("main",)
+    metric = "dice"
+    eval_split = "test"
+
+    def check_store(self, store: str, options: dict[str, Any] | None = None) -> None:
+        from catalog import load_domains
+
+        doms = load_domains(store)
+        ok = len(doms) == 1 and str(doms["source_dataset"].iloc[0]).startswith("VISCERAL") and any(
+            "lung" in str(n).lower() for n in (doms["labels"].iloc[0] or []))
+        if not ok:
+            found = ", ".join(f"{r.domain} ({r.source_dataset}, {r.modality})" for r in doms.itertuples(index=False))
+            raise TaskStoreError(f"{store}: the lung task needs a VISCERAL store with lung labels (build it with "
+                                 f"`med3d-prep build-visceral`); this store holds {found}. For any other labelled "
+                                 "store use `med3d-train finetune seg`")
+
+    def kind(self, cfg: FinetuneConfig) -> str:
+        return "lung"
+
+    def loader(self, cfg: FinetuneConfig, train: TaskData, run_dir: Path, *, start: int, steps: int,
+               env: DistEnv, progress: bool) -> tuple[Any, Callable | None]:
+        from model.training.finetune_data import patch_loader
+
+        return patch_loader(cfg, train, start=start, steps=steps, env=env)
+
+    def validator(self, cfg: FinetuneConfig, data: TaskData, run_dir: Path, *, device: torch.device,
+                  amp: bool) -> Callable[[torch.nn.Module], dict[str, Any]]:
+        return whole_volume_dice(cfg, data, data.num_classes, device=device, amp=amp)
+
+    def segmenter(self, run: str | Path, spec: dict[str, Any], *, device: Any = "cpu", amp: bool = False,
+                  batch: int = 2, overlap: float | None = None) -> Callable:
+        from model.evaluation.inference import PatchSegmenter
+        from model.tasks.run import load_stage
+
+        net, cfg = load_stage(run, "main", device)
+        return PatchSegmenter(net, cfg.patch, int(net.head.classifier.out_channels),
+                              overlap=cfg.overlap if overlap is None else overlap, batch=batch, device=device,
+                              amp=amp)
+
+    def evaluate(self, run: str | Path, spec: dict[str, Any], store: str, split: str, rows: pd.DataFrame,
+                 out: Path, *, segmenter: Callable | None, device: Any, amp: bool, progress: bool
+                 ) -> tuple[dict[str, Any], pd.DataFrame]:
+        from model.evaluation.evaluate import evaluate_binary
+
+        seg = segmenter or self.segmenter(run, spec, device=device, amp=amp)
+        summary, table = evaluate_binary(self, store, split, rows, seg, out, progress)
+        if summary["labelled_cases"]:
+            summary["dice_per_modality"] = {str(k): float(v) for k, v in
+                                            table.groupby("modality")["dice"].mean().items()}
+        return summary, table
