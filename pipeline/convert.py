@@ -55,8 +55,8 @@ def check_case_headers(case: Case, max_voxels: int | None = integrity.DEFAULT_MA
             hdr = geometry.read_header(path)
             integrity.check_voxel_count(path, hdr.n_voxels * hdr.n_channels, max_voxels,
                                         f" ({hdr.n_channels} channel(s) of {' × '.join(map(str, hdr.size))})")
-            if case.spacing_override is None:
-                integrity.check_spacing(path, hdr.spacing)
+            integrity.check_spacing(path, hdr.spacing if case.spacing_override is None else case.spacing_override,
+                                    "header spacing" if case.spacing_override is None else "spacing override")
             integrity.check_direction(path, hdr.direction)
         except (ValueError, OSError) as exc:  # OSError: a file that cannot be opened (permissions, I/O error)
             raise CaseError(str(exc)) from None
@@ -242,6 +242,11 @@ def normalize_channels(channels: list[sitk.Image], spacing_xyz, cfg: PrepConfig,
         stats.append(st)
         if out is None:
             nx, ny, nz = geometry.target_size(ch.GetSize(), ch.GetSpacing(), spacing_xyz)
+            try:  # before allocating the grid: a header's spacing decides its size
+                integrity.check_resampled_voxels(case.images[0], ch.GetSize()[::-1], ch.GetSpacing()[::-1],
+                                                 spacing_xyz[::-1], len(channels), cfg.max_voxels)
+            except ValueError as exc:
+                raise CaseError(str(exc)) from None
             out = np.empty((len(channels), nz, ny, nx), dtype=cfg.dtype)
             grid = ch  # the resampled grid keeps the reoriented image's origin and direction
         for z0, z1, slab in geometry.resample_slabs(ch, spacing_xyz, cfg.image_interpolation):

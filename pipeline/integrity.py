@@ -34,7 +34,7 @@ from .diagnose import not_a_file
 
 __all__ = [
     "DEFAULT_MAX_VOXELS", "IntegrityError", "NiftiInfo", "check_contrast", "check_direction", "check_file",
-    "check_finite", "check_spacing", "check_voxel_count", "count_nonfinite", "diagnose_nifti", "is_nifti",
+    "check_finite", "check_resampled_voxels", "check_spacing", "check_voxel_count", "count_nonfinite", "diagnose_nifti", "is_nifti",
     "read_nifti_info",
     "read_nifti_voxels", "verify_gzip", "verify_nifti_file",
 ]
@@ -205,14 +205,40 @@ def check_voxel_count(path: str, n_voxels: int, max_voxels: int | None, what: st
             "a damaged header, or raise --max-voxels if the volume is real")
 
 
+MIN_SPACING_MM = 0.01
+MAX_SPACING_MM = 50.0
+"""Voxel sizes a scan can have: 10 µm (micro-CT) to 5 cm (the thickest slices of a scout). Outside, the header is
+damaged: 300 mm makes a 1×1×1 volume that lost its labels, 1e-6 mm a resampled grid of petabytes."""
+
+
 def check_spacing(path: str, spacing_xyz: Sequence[float], source: str = "header spacing") -> None:
-    """Refuse zero, negative or NaN voxel sizes (x, y, z mm): ITK would silently read them as 1 mm."""
+    """Refuse zero, negative or NaN voxel sizes (x, y, z mm), which ITK would silently read as 1 mm, and sizes
+    outside :data:`MIN_SPACING_MM`..:data:`MAX_SPACING_MM`."""
     bad = [(axis, s) for axis, s in zip("xyz", spacing_xyz) if not (math.isfinite(s) and s > 0)]
     if bad:
         where = ", ".join(f"{s:g} along {axis}" for axis, s in bad)
         raise IntegrityError(
             f"{path}: {source} is not a voxel size ({where} mm): fix the file's header (pixdim); "
             "build-lits also takes --spacing-override CSV")
+    odd = [(axis, s) for axis, s in zip("xyz", spacing_xyz) if not MIN_SPACING_MM <= s <= MAX_SPACING_MM]
+    if odd:
+        where = ", ".join(f"{s:g} along {axis}" for axis, s in odd)
+        raise IntegrityError(
+            f"{path}: {source} ({where} mm) is outside {MIN_SPACING_MM:g}-{MAX_SPACING_MM:g} mm, no scan's voxel "
+            "size: a damaged header; fix the file's header (pixdim)")
+
+
+def check_resampled_voxels(path: str, size_zyx: Sequence[int], spacing_zyx: Sequence[float],
+                           target_zyx: Sequence[float], n_channels: int, max_voxels: int | None) -> int:
+    """Refuse a case whose volume on the target grid (voxels × channels after resampling from ``spacing_zyx``
+    to ``target_zyx`` mm) exceeds ``max_voxels``, before that grid is allocated. Returns the voxel count."""
+    n = math.prod(max(1, round(k * s / t)) for k, s, t in zip(size_zyx, spacing_zyx, target_zyx)) * n_channels
+    if max_voxels is not None and n > max_voxels:
+        raise IntegrityError(
+            f"{path}: resampled from {tuple(round(v, 6) for v in spacing_zyx)} to the target spacing "
+            f"{tuple(round(v, 6) for v in target_zyx)} mm (z, y, x), the volume would hold {n:,} voxels, more than "
+            f"--max-voxels {max_voxels:,}: a damaged header, or raise --max-voxels if the volume is real")
+    return n
 
 
 def check_direction(path: str, direction: Sequence[float], tol: float = 1e-3) -> None:

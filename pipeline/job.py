@@ -23,6 +23,7 @@ from . import geometry
 from .config import Case, DomainSpec, PrepConfig
 from .convert import case_params_hash, check_case_headers, convert_or_fail, failed_row, is_up_to_date
 from .diagnose import unreadable_file
+from .integrity import check_resampled_voxels
 from .store import domain_plan, freeze_plan, open_root
 
 MEM_RESOURCE = "MEM"
@@ -261,6 +262,12 @@ def build(
                 continue
             target = targets[spec.name]
             phash = case_params_hash(case, cfg, target, spec)
+            try:  # a spacing far from the plan's makes a grid that does not fit: refused before any voxel read
+                check_resampled_voxels(case.images[0], hdr.size_zyx, hdr.spacing_zyx, target, hdr.n_channels,
+                                       cfg.max_voxels)
+            except ValueError as exc:
+                rows.append(failed_row(case, spec, "", str(exc)))
+                continue
             row = None if spec.name in frozen else is_up_to_date(root, case, phash)  # e.g. --replan, same plan
             if row is not None:
                 rows.append({**row, "split": case.split_hint or ""})

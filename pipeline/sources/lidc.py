@@ -229,7 +229,9 @@ def convert_series(ref: LidcSeriesRef, params: LidcParams, cfg: PrepConfig, stor
     if read.series_uid and read.series_uid != ref.series_uid:
         raise LidcXmlError(f"{ref.xml_path}: annotates series {read.series_uid}, but the DICOM files in "
                            f"{ref.dicom_dir} are series {ref.series_uid}")
-    marks = reader_marks(read, image, index)
+    mark_notes: list[str] = []
+    marks = reader_marks(read, image, index, mark_notes)
+    result.notes += [f"{ref.xml_path}: {note}" for note in mark_notes]
     nodules = group_marks(marks, link_mm=params.link_mm) if marks else []
     table = nodules_table(ref.patient_id, ref.series_uid, nodules, min_readers=params.min_readers)
 

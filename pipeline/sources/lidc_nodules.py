@@ -213,14 +213,31 @@ def _measure(reader_id: str, nodule: ReaderNodule, image: sitk.Image, index: Sli
     )
 
 
-def reader_marks(read: LidcRead, image: sitk.Image, index: SliceIndex) -> list[ReaderMark]:
-    """Measure every reader's nodule marks in ``image``'s geometry (marks without any point are skipped)."""
-    return [
-        _measure(session.reader_id, nodule, image, index)
-        for session in read.sessions
-        for nodule in session.nodules
-        if any(len(r.points) for r in nodule.rois)
-    ]
+def reader_marks(read: LidcRead, image: sitk.Image, index: SliceIndex,
+                 notes: list[str] | None = None) -> list[ReaderMark]:
+    """Measure every reader's nodule marks in ``image``'s geometry (marks without any point are skipped).
+
+    A mark with a contour point outside the image's columns × rows is refused, with a line in ``notes``: the
+    fill of its contour would allocate its bounding box (a point at 40000,40000 asks for ~25 GB) and measure
+    a nodule metres wide. The other marks go on.
+    """
+    width, height = image.GetSize()[:2]
+    marks = []
+    for session in read.sessions:
+        for nodule in session.nodules:
+            points = [r.points for r in nodule.rois if len(r.points)]
+            if not points:
+                continue
+            pts = np.concatenate(points)
+            outside = (pts[:, 0] < 0) | (pts[:, 0] >= width) | (pts[:, 1] < 0) | (pts[:, 1] >= height)
+            if outside.any():
+                x, y = (int(v) for v in pts[np.argmax(outside)])
+                if notes is not None:
+                    notes.append(f"reader {session.reader_id} nodule {nodule.nodule_id!r}: contour point "
+                                 f"({x}, {y}) lies outside the {width} × {height} image: that mark is left out")
+                continue
+            marks.append(_measure(session.reader_id, nodule, image, index))
+    return marks
 
 
 def group_marks(marks: list[ReaderMark], *, link_mm: float = 5.0) -> list[Nodule]:

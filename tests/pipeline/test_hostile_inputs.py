@@ -68,7 +68,16 @@ KINDS: dict[str, tuple] = {
                        "the header's vox_offset nan (where the voxels start) is not a byte offset"),
     "symlink_loop": (_symlink_loop, _copy, "image", "a symbolic link that loops"),
     "negative_label": (_copy, _label_with(-1), "label", "negative label value(s) [-1]: label values are class"),
+    "spacing_300mm": (_header(pixdim=(1, 300.0)), _copy, "image",
+                      "header spacing (pixdim) (300 along x mm) is outside 0.01-50 mm"),
+    "spacing_1e-6mm": (_header(pixdim=(3, 1e-6)), _copy, "image",
+                       "header spacing (pixdim) (1e-06 along z mm) is outside 0.01-50 mm"),
+    # 40 mm is a voxel size, but resampled to the plan's 1 mm the 34 × 52 × 35 volume (61,880 voxels) becomes
+    # 1360 × 52 × 35 = 2,475,200: more than the build's --max-voxels 2e6, refused before the grid is allocated
+    "resampled_too_large": (_header(pixdim=(1, 40.0)), _copy, "image",
+                            "the volume would hold 2,475,200 voxels, more than --max-voxels 2,000,000"),
 }
+MAX_VOXELS = "2e6"
 NEGATIVE_DECLARED = {"-1": "outside"}  # dataset.json declares -1, so only the negative-value rule refuses it
 
 
@@ -97,7 +106,7 @@ def msd_build(real_dir, tmp_path_factory):
     (task / "dataset.json").write_text(json.dumps(meta, indent=1))
     store = root / "store"
     before = _files(root)
-    res = _cli("build-3dseg8", root / "msd", store, "--workers", "0", "--no-progress")
+    res = _cli("build-3dseg8", root / "msd", store, "--workers", "0", "--no-progress", "--max-voxels", MAX_VOXELS)
     return {"res": res, "store": store, "corpus": corpus, "outside": _written_outside(before, _files(root), store),
             "catalog": load_catalog(str(store)).set_index("case_id")}
 
@@ -210,3 +219,20 @@ def test_nnunet_dataset_entries_outside_the_folder_are_refused_as_msd_refuses_th
     assert (f"Error: {dataset / 'dataset.json'}: dataset entry 'h1': {path!r} points outside the dataset folder "
             f"{dataset}; dataset.json paths must stay inside it") in res.output, res.output
     assert not (tmp_path / "store").exists()
+
+
+def test_lidc_contour_point_outside_the_image_leaves_out_that_mark_only(real_dir, tmp_path):
+    """A contour point at 5000,5000 measured a 4.6 m nodule and stored it (40000,40000 asked for ~25 GB): the
+    mark is left out with a note, the nodule keeps its other readers and its true size."""
+    xml = _lidc_pair(real_dir, tmp_path)
+    text = re.sub(r"<xCoord>\d+</xCoord>", "<xCoord>5000</xCoord>", xml.read_text(), count=1)
+    xml.write_text(re.sub(r"<yCoord>\d+</yCoord>", "<yCoord>5000</yCoord>", text, count=1))
+    res = _cli("build-lidc", tmp_path / "lidc", tmp_path / "store", "--workers", "0", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert re.search(rf"note: {re.escape(str(xml))}: reader \d+ nodule '[^']+': contour point \(5000, 5000\) lies "
+                     r"outside the 512 × 512 image: that mark is left out", res.output), res.output
+    nod = load_nodules(str(tmp_path / "store")).set_index(["patient_id", "nodule_index"])
+    good, bad = nod.loc["LIDC-IDRI-0001"], nod.loc["LIDC-IDRI-0002"]
+    assert len(good) == len(bad) == 4
+    assert bad["diameter_mm"].max() < 50 and np.allclose(bad["diameter_mm"], good["diameter_mm"], equal_nan=True)
+    assert bad["n_readers"].sum() == good["n_readers"].sum() - 1
