@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from catalog import assign_splits, load_catalog, load_domains, save_catalog, save_domains
+from catalog.splits import duplicate_scans
 
 from . import geometry
 from .config import Case, DomainSpec, PrepConfig
@@ -55,6 +56,9 @@ class BuildResult:
     missing: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     target_spacing: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    duplicates: list[list[str]] = field(default_factory=list)
+    """Groups of ``domain/case_id`` holding the same image bytes (one scan under several names), each group
+    kept in one split."""
 
     @property
     def ok(self) -> bool:
@@ -67,6 +71,11 @@ class BuildResult:
         ]
         for dom, sp in sorted(self.target_spacing.items()):
             lines.append(f"  {dom}: target spacing (z, y, x) = {tuple(round(s, 4) for s in sp)} mm")
+        if self.duplicates:
+            shown = "; ".join(" = ".join(g) for g in self.duplicates[:5])
+            more = f" (and {len(self.duplicates) - 5} more)" if len(self.duplicates) > 5 else ""
+            lines.append(f"  {len(self.duplicates)} scan(s) stored under more than one name (identical image "
+                         f"files), each kept in one split: {shown}{more}")
         for row in self.failed:
             lines.append(f"  FAILED {row['domain']}/{row['case_id']}: {row['error']}")
         return "\n".join(lines)
@@ -286,6 +295,7 @@ def build(
     result.converted = sum(1 for r in rows if r["status"] == "ok") - result.skipped
     result.failed = [r for r in rows if r["status"] != "ok"]
     result.catalog = write_catalog(store, rows, specs, targets, cfg)
+    result.duplicates = duplicate_scans(result.catalog[result.catalog["domain"].isin(list(specs))])
     result.elapsed_s = time.perf_counter() - t0
     return result
 

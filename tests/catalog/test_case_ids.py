@@ -103,3 +103,21 @@ def test_one_rule_for_building_and_reading(name, ok):
     else:
         with pytest.raises(ValueError, match="case id"):
             Case(domain="d", case_id=name, scan_id="s", patient_id="p", images=("img.nii.gz",))
+
+
+def test_patients_sharing_a_scan_split_as_one_and_the_others_keep_their_split():
+    from catalog import assign_splits
+    from catalog.splits import duplicate_scans
+
+    rows = [{"domain": "d", "case_id": f"p{i:02d}", "patient_id": f"p{i:02d}", "split": "", "status": "ok",
+             "has_label": True, "source_sha256": f"{i:064x};{0:064x}"} for i in range(40)]
+    alone = assign_splits(pd.DataFrame(rows), 0.2, 0)
+    # every scan again under another name (and with another label file): q<i> holds p<i>'s image
+    dups = [{**r, "case_id": f"q{i:02d}", "patient_id": f"q{i:02d}", "source_sha256": f"{i:064x};{1:064x}"}
+            for i, r in enumerate(rows)]
+    df = pd.DataFrame(rows + dups)
+    split = assign_splits(df, 0.2, 0)
+    assert list(split[:40]) == list(alone)  # the first patient id of each pair keeps its own hash
+    assert list(split[40:]) == list(split[:40])
+    assert {"train", "val"} <= set(alone)
+    assert duplicate_scans(df)[:2] == [["d/p00", "d/q00"], ["d/p01", "d/q01"]] and len(duplicate_scans(df)) == 40

@@ -236,3 +236,21 @@ def test_lidc_contour_point_outside_the_image_leaves_out_that_mark_only(real_dir
     assert len(good) == len(bad) == 4
     assert bad["diameter_mm"].max() < 50 and np.allclose(bad["diameter_mm"], good["diameter_mm"], equal_nan=True)
     assert bad["n_readers"].sum() == good["n_readers"].sum() - 1
+
+
+def test_one_scan_under_two_names_lands_in_one_split(real_dir, tmp_path):
+    """hippocampus_004 (the val patient of seed 0) copied as renamed_00, whose own hash would put it in train."""
+    task = tmp_path / "msd" / TASK
+    shutil.copytree(real_dir / "msd" / TASK, task)
+    for sub in ("imagesTr", "labelsTr"):
+        shutil.copy(task / sub / "hippocampus_004.nii.gz", task / sub / "renamed_00.nii.gz")
+    meta = json.loads((task / "dataset.json").read_text())
+    meta["training"].append({"image": "./imagesTr/renamed_00.nii.gz", "label": "./labelsTr/renamed_00.nii.gz"})
+    (task / "dataset.json").write_text(json.dumps(meta))
+    res = _cli("build-3dseg8", tmp_path / "msd", tmp_path / "store", "--workers", "0", "--no-progress")
+    assert res.exit_code == 0, res.output
+    split = load_catalog(str(tmp_path / "store")).set_index("case_id")["split"]
+    assert split["hippocampus_004"] == split["renamed_00"] == "val"
+    assert (split.drop(["hippocampus_004", "renamed_00"]) == "train").all()
+    assert ("1 scan(s) stored under more than one name (identical image files), each kept in one split: "
+            "hippocampus/hippocampus_004 = hippocampus/renamed_00") in res.output, res.output
