@@ -4,7 +4,7 @@ torch is imported inside the commands, so ``med3d-train --help`` answers at once
 
     med3d-train pretrain STORE [STORE ...] --out RUN_DIR [--depth 10] [--steps N] [--batch B]
         [--patch 64|32,128,128] ...
-    med3d-train export RUN_DIR/checkpoint.pt --format medicalnet OUT.pth
+    med3d-train export RUN_DIR/checkpoint.pt --format medicalnet OUT.pth      (and its card OUT.json)
 """
 
 from __future__ import annotations
@@ -113,21 +113,38 @@ def pretrain(ctx: click.Context, stores: tuple[str, ...], out: str, **opts: Any)
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["medicalnet"]), default="medicalnet",
               help="medicalnet: {'state_dict': {'module.*'}}, loadable by MedicalNet and MONAI.")
-def export(checkpoint: str, out: str, fmt: str) -> None:
-    """Write the encoder of CHECKPOINT (a run's checkpoint.pt, or its RUN_DIR) to OUT, heads dropped."""
+@click.option("--card/--no-card", default=True,
+              help="Also write OUT.json: architecture, per-domain spacing and intensity rule, case counts, the "
+                   "run's config and metrics (read by `med3d-prep build-* --like` and `finetune --init`).")
+def export(checkpoint: str, out: str, fmt: str, card: bool) -> None:
+    """Write the encoder of CHECKPOINT (a run's checkpoint.pt, or its RUN_DIR) to OUT, heads dropped, and its card
+    (how its training data was preprocessed) to OUT with the suffix .json."""
+    from catalog.card import CardError, card_path, write_card
+    from model.card import checkpoint_card
+    from model.training.checkpoint import load_checkpoint
     from model.training.pretrain import load_pretrained_encoder
     from model.nets.weights import WeightsMismatchError, export_medicalnet
 
     path = Path(checkpoint)
     if path.is_dir():
         path = path / "checkpoint.pt"
+    if card and card_path(out) == Path(out):
+        raise click.UsageError(f"OUT {out} ends in .json, where its card would go; name the weights OUT.pth")
     try:
         encoder, report = load_pretrained_encoder(path)
+        content = checkpoint_card(load_checkpoint(path), encoder, out, path) if card else None
+    except CardError as exc:
+        raise click.ClickException(f"{exc}; pass --no-card to export the weights without a card") from exc
     except (ValueError, WeightsMismatchError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(str(report))
     written = export_medicalnet(encoder, out)
     click.echo(f"wrote {encoder.name} encoder ({fmt} format) to {written}")
+    if content is not None:
+        where = write_card(content, card_path(written))
+        spacings = "; ".join(f"{d} {'x'.join(f'{v:g}' for v in e['target_spacing'])} mm"
+                             for d, e in content["domains"].items())
+        click.echo(f"wrote its card to {where} ({content['kind']}: {spacings}, (z, y, x))")
 
 
 def _add_transfer_commands() -> None:

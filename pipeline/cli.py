@@ -87,6 +87,53 @@ def common_options(fn):
     return fn
 
 
+_like_opts = [
+    click.option("--like", type=click.Path(exists=True, dir_okay=False), default=None, metavar="CARD.json",
+                 help="Preprocess as the encoder of this weights card saw its data (`med3d-train export` writes "
+                      "OUT.json beside OUT.pth): the card's target spacing and intensity rule for the modality."),
+    click.option("--like-domain", default=None, metavar="NAME",
+                 help="With --like: the card domain to match (needed when the card has several domains of the "
+                      "modality preprocessed differently)."),
+]
+
+
+def like_options(fn):
+    for opt in reversed(_like_opts):
+        fn = opt(fn)
+    return fn
+
+
+def _like(like: str | None, like_domain: str | None, specs) -> tuple[dict, dict | None]:
+    """(PrepConfig fields, target spacing per domain) that ``--like CARD`` sets for building ``specs``
+    (DomainSpecs); ``({}, None)`` without it. An option given on the command line that contradicts the card
+    (--dtype, --window) is a usage error, as is a card without a domain of the build's modality."""
+    from click.core import ParameterSource
+
+    from catalog.card import CardError, read_card
+    from .like import like_settings
+
+    if like is None:
+        if like_domain is not None:
+            raise click.UsageError("--like-domain needs --like CARD.json")
+        return {}, None
+    try:
+        card = read_card(like)
+        settings = like_settings(card, {s.name: s.modality for s in specs}, like_domain=like_domain, where=like)
+    except CardError as exc:
+        raise click.UsageError(str(exc)) from None
+    ctx = click.get_current_context()
+    for option, key, parse in (("dtype", "dtype", str), ("window", "ct_window", _window)):
+        if ctx.get_parameter_source(option) != ParameterSource.COMMANDLINE or key not in settings.config:
+            continue
+        value = parse(ctx.params[option])
+        if value != settings.config[key]:
+            raise click.UsageError(f"--{option} {ctx.params[option]} contradicts the card {like} "
+                                   f"({key} {settings.config[key]}); drop --{option} or --like")
+    for line in settings.describe(card):
+        click.echo(line)
+    return settings.config, settings.target_spacing
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Convert raw medical datasets into a Med3D zarr store with a pandas catalog."""
@@ -112,8 +159,9 @@ def sample(out: Path, seed: int, size: str, only: str) -> None:
 @click.argument("store")
 @click.option("--tasks", default=None, help="Comma-separated subset, e.g. Task04_Hippocampus,Task09_Spleen.")
 @common_options
+@like_options
 def build_3dseg8(msd_root, store, tasks, workers, scheduler, dtype, chunks, image_codec, codec, replan,
-                 no_progress, max_voxels) -> None:
+                 no_progress, max_voxels, like, like_domain) -> None:
     """Build the eight 3DSeg-8 MSD tasks found under MSD_ROOT into STORE."""
     from .job import build
     from .sources.msd import scan_msd
@@ -127,8 +175,9 @@ def build_3dseg8(msd_root, store, tasks, workers, scheduler, dtype, chunks, imag
     if not found:
         raise click.UsageError(f"no 3DSeg-8 task folder under {msd_root}")
     click.echo("building: " + ", ".join(f"{spec.source_dataset} ({len(c)} cases)" for spec, c in found))
-    cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec)
-    result = build(found, store, cfg, workers=workers, scheduler=scheduler, replan=replan,
+    like_cfg, spacing = _like(like, like_domain, [spec for spec, _ in found])
+    cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec, **like_cfg)
+    result = build(found, store, cfg, workers=workers, scheduler=scheduler, replan=replan, target_spacing=spacing,
                    progress=not no_progress, log=click.echo)
     result.missing = missing
     _finish(result)
@@ -153,8 +202,9 @@ def _window(text: str) -> tuple[float, float]:
 @click.option("--window", default="-200,250", show_default=True, metavar="LO,HI",
               help="CT window in HU (clip before the z-score, instead of the 0.5/99.5 percentiles).")
 @common_options
+@like_options
 def build_lits(lits_root, store, spacing_csv, window, workers, scheduler, dtype, chunks, image_codec, codec,
-               replan, no_progress, max_voxels) -> None:
+               replan, no_progress, max_voxels, like, like_domain) -> None:
     """Build LiTS (volume-N.nii + segmentation-N.nii, test-volume-N.nii) under LITS_ROOT into STORE.
 
     Target spacing: the training volumes' mean. Headers without usable spacing (LiTS 28-47) get the mean of
@@ -172,9 +222,11 @@ def build_lits(lits_root, store, spacing_csv, window, workers, scheduler, dtype,
         click.echo(note)
     n_test = sum(1 for c in cases if c.split_hint == "test")
     click.echo(f"building: LiTS ({len(cases) - n_test} training, {n_test} test volumes)")
-    cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec, ct_window=_window(window))
+    like_cfg, spacing = _like(like, like_domain, [spec])
+    cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec,
+                  **{"ct_window": _window(window), **like_cfg})
     result = build([(spec, cases)], store, cfg, workers=workers, scheduler=scheduler, spacing_rule="mean",
-                   replan=replan, progress=not no_progress, log=click.echo)
+                   replan=replan, target_spacing=spacing, progress=not no_progress, log=click.echo)
     _finish(result)
 
 
@@ -186,8 +238,9 @@ def build_lits(lits_root, store, spacing_csv, window, workers, scheduler, dtype,
 @click.option("--test-volumes", type=click.IntRange(min=1), default=8, show_default=True,
               help="Size of the fixed test split (paper: 8 of 80; scaled down for small sets).")
 @common_options
+@like_options
 def build_visceral(visceral_root, store, lung_labels, test_volumes, workers, scheduler, dtype, chunks,
-                   image_codec, codec, replan, no_progress, max_voxels) -> None:
+                   image_codec, codec, replan, no_progress, max_voxels, like, like_domain) -> None:
     """Build VISCERAL Anatomy volumes (all four modalities) with lung labels under VISCERAL_ROOT into STORE.
 
     Volumes without masks of both lungs are stored unlabelled in split "unannotated".
@@ -203,8 +256,11 @@ def build_visceral(visceral_root, store, lung_labels, test_volumes, workers, sch
         raise click.UsageError(str(exc)) from None
     for note in notes:
         click.echo(note)
+    like_cfg, spacing = _like(like, like_domain, [spec])
+    if like_cfg:
+        cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec, **like_cfg)
     result = build([(spec, cases)], store, cfg, workers=workers, scheduler=scheduler, replan=replan,
-                   progress=not no_progress, log=click.echo)
+                   target_spacing=spacing, progress=not no_progress, log=click.echo)
     _finish(result)
 
 
@@ -245,11 +301,11 @@ def build_lidc(lidc_root, store, min_readers, crop_mm, crop_spacing, test_fracti
 
 
 def _add_source_commands() -> None:
-    """build-msd, build-nnunet, build-totalseg (pipeline/cli_sources.py), with the common options."""
+    """build-msd, build-nnunet, build-totalseg (pipeline/cli_sources.py), with the common and --like options."""
     from .cli_sources import SOURCE_COMMANDS
 
     for name, callback in SOURCE_COMMANDS.items():
-        main.command(name)(common_options(callback))
+        main.command(name)(common_options(like_options(callback)))
 
 
 _add_source_commands()

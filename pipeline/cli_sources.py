@@ -4,8 +4,9 @@ Each command turns its layout into ``(DomainSpec, [Case])`` with a source module
 ``pipeline.job.build``, like ``build-3dseg8``: the same conversion, plan, resume and failure handling.
 
 :mod:`pipeline.cli` registers :data:`SOURCE_COMMANDS` on ``med3d-prep`` with its common build options
-(``--workers``, ``--dtype``...); this module does not import it at load time, so ``python -m pipeline.cli``
-works (a module-level import of the running ``__main__`` would import the CLI a second time, circularly).
+(``--workers``, ``--dtype``...) and ``--like``; this module does not import it at load time, so
+``python -m pipeline.cli`` works (a module-level import of the running ``__main__`` would import the CLI a second
+time, circularly).
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def _build(found, store, *, workers, scheduler, dtype, chunks, image_codec, codec, replan, no_progress,
-           max_voxels, missing: list[str] | None = None) -> None:
-    from .cli import _config, _finish
+           max_voxels, like, like_domain, missing: list[str] | None = None) -> None:
+    from .cli import _config, _finish, _like
     from .job import build
     from .sources.naming import check_store_domains
 
@@ -30,8 +31,9 @@ def _build(found, store, *, workers, scheduler, dtype, chunks, image_codec, code
         raise click.UsageError(str(exc)) from None
     click.echo("building: " + ", ".join(f"{spec.source_dataset} as {spec.name} ({len(c)} cases)"
                                         for spec, c in found))
-    cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec)
-    result = build(found, store, cfg, workers=workers, scheduler=scheduler, replan=replan,
+    like_cfg, spacing = _like(like, like_domain, [spec for spec, _ in found])
+    cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec, **like_cfg)
+    result = build(found, store, cfg, workers=workers, scheduler=scheduler, replan=replan, target_spacing=spacing,
                    progress=not no_progress, log=click.echo)
     result.missing = missing or []
     _finish(result)

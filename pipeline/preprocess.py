@@ -9,14 +9,13 @@ z-score, the store's dtype), driven by a *recipe* recorded from the store a netw
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
 
 import numpy as np
 
-from catalog.io import store_join
+from catalog.card import case_recipe
 
 from . import geometry
 from .config import Case, PrepConfig
@@ -34,31 +33,11 @@ def _usable_spacing(header: geometry.Header, modality: str) -> bool:
     return has_usable_spacing(header) or (modality != "CT" and identity_unit_spacing(header))
 
 
-def _zarr_json(store: str, *parts: str) -> dict[str, Any]:
-    with open(store_join(store, *parts, "zarr.json"), "rb") as fh:
-        return json.load(fh)
-
-
 def recipe_from_store(store: str | os.PathLike[str], store_path: str) -> dict[str, Any]:
     """The preprocessing of ``store``'s domain as JSON-able dict, read from one built case (``store_path``,
     "<domain>/<case_id>") and its domain's frozen plan: target spacing (z, y, x) mm, modality, percentiles or CT
-    window, air clamp, image dtype."""
-    store = os.fspath(store)
-    domain = store_path.split("/", 1)[0]
-    plan = _zarr_json(store, domain)["attributes"]["plan"]
-    attrs = _zarr_json(store, store_path)["attributes"]
-    norm = attrs["normalization"]
-    dtype = _zarr_json(store, store_path, "image")["data_type"]
-    return {
-        "domain": domain,
-        "target_spacing": [float(s) for s in plan["target_spacing"]],
-        "modality": plan.get("modality", attrs.get("modality")),
-        "percentiles": list(norm["percentiles"]),
-        "ct_window": list(norm["ct_window"]) if norm.get("ct_window") else None,
-        "air_hu": norm.get("air_hu") if norm.get("air_hu") is not None else -1024.0,
-        "dtype": str(dtype),
-        "image_interpolation": norm.get("image_interpolation", "linear"),
-    }
+    window, air clamp, image dtype (:func:`catalog.card.case_recipe`, which weight cards record too)."""
+    return case_recipe(store, store_path)
 
 
 def preprocess_scan(path: str | os.PathLike[str], recipe: dict[str, Any], *, modality: str | None = None,
