@@ -27,6 +27,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from catalog.remote_store import is_remote, open_store
+
 from .config import FORMAT_VERSION, PrepConfig
 
 MARKER = "med3d_complete"
@@ -44,7 +46,10 @@ def _version() -> str:
 def open_root(store: str, mode: str = "a", storage_options: dict | None = None) -> zarr.Group:
     """Open (or create) a store's root group. ``store`` is a local path or an fsspec URL (s3://, gcs://)."""
     kw = {"storage_options": storage_options} if storage_options else {}
-    root = zarr.open_group(store, mode=mode, zarr_format=3, **kw)
+    target: Any = store
+    if is_remote(store):  # each request retries transient errors (503, resets): catalog/remote_store.py
+        target, kw = open_store(store, read_only=mode == "r", storage_options=storage_options), {}
+    root = zarr.open_group(target, mode=mode, zarr_format=3, **kw)
     if mode != "r" and "format_version" not in root.attrs:
         root.attrs.update(
             {"format_version": FORMAT_VERSION, "med3d_version": _version(), "created_by": "med3d-prep"}
@@ -146,7 +151,7 @@ def write_case(
         # its stored byte count is known only now.
         row["stored_bytes"] = int(stored)
         done["row"] = row
-    grp.attrs.update(attrs)
+    grp.update_attributes(attrs)  # one write of zarr.json (attrs.update writes it once per key)
     done["written_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     grp.attrs[MARKER] = done
     return int(stored)

@@ -70,7 +70,11 @@ class ChunkedArrayReader:
         else:
             import zarr
 
-            self._zarr = zarr.open_array(self.path, mode="r")
+            from catalog.remote_store import is_remote, open_store
+
+            # On an object store each request retries transient errors (503, resets): catalog/remote_store.py
+            target = open_store(self.path, read_only=True) if is_remote(self.path) else self.path
+            self._zarr = zarr.open_array(target, mode="r")
             self.shape = tuple(int(s) for s in self._zarr.shape)
             self.chunks = tuple(int(c) for c in self._zarr.chunks)
             self.dtype = np.dtype(self._zarr.dtype)
@@ -178,24 +182,31 @@ class ChunkedArrayReader:
         if not self._raw:
             head = os.pread(fd, _BLOSC_HEADER, 0)
             if len(head) < _BLOSC_HEADER:
-                raise OSError(f"{key}: chunk file is truncated ({len(head)} bytes, not even a Blosc header); "
-                              "rebuild this case")
+                raise _truncated(key, len(head), _BLOSC_HEADER, "at least")
             raw = head[2] & _MEMCPYED and int.from_bytes(head[4:8], "little") == size and \
                 int.from_bytes(head[12:16], "little") == size + _BLOSC_HEADER
             if not raw:
                 # A Blosc frame is never larger than its data plus the header: a damaged size field cannot make
                 # this read allocate more (Blosc then reports the frame as corrupt).
-                rest = min(int.from_bytes(head[12:16], "little"), size + _BLOSC_HEADER) - _BLOSC_HEADER
-                self._codec.decode(head + os.pread(fd, max(rest, 0), _BLOSC_HEADER), out=buf)
+                rest = max(min(int.from_bytes(head[12:16], "little"), size + _BLOSC_HEADER) - _BLOSC_HEADER, 0)
+                body = os.pread(fd, rest, _BLOSC_HEADER)
+                if len(body) < rest:
+                    raise _truncated(key, _BLOSC_HEADER + len(body), _BLOSC_HEADER + rest, "its Blosc header says")
+                self._codec.decode(head + body, out=buf)
                 return
         got = os.preadv(fd, [buf[first:stop]], _BLOSC_HEADER + first)
         if got != stop - first:
-            raise OSError(f"{key}: chunk file is truncated ({_BLOSC_HEADER + first + got} bytes, a raw chunk needs "
-                          f"{size + _BLOSC_HEADER}); rebuild this case")
+            raise _truncated(key, os.fstat(fd).st_size, size + _BLOSC_HEADER, "a raw chunk has")
 
     def read_all(self, out: np.ndarray | None = None) -> np.ndarray:
         """The whole array, shape :attr:`shape`."""
         return self.read([0] * self.ndim, self.shape, out=out)
+
+
+def _truncated(key: str, found: int, expected: int, rule: str) -> OSError:
+    """The error for a chunk file cut short: the bytes expected and found, the file, and how to heal the store."""
+    return OSError(f"{key}: chunk file is truncated ({found:,} bytes; {rule} {expected:,}): the store is damaged; "
+                   "re-run its build (med3d-prep build-...) with --verify to rebuild the damaged cases")
 
 
 def _unsupported(meta: dict[str, Any]) -> str | None:

@@ -1,0 +1,132 @@
+"""Session fixtures of the object-store tests: a moto S3 server and a fault proxy on loopback, a real local dask
+cluster, the tiny 3DSeg-8 sample and its local build.
+
+Credentials and the endpoint reach every client the way they reach a user's: through the backend's environment
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL_S3``), set here for the session and inherited by
+the dask workers. The endpoint is the proxy, a plain forwarder until a test arms it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+from s3_loopback import FaultProxy, MotoServer
+
+BUCKET = "med3d-test"
+
+
+class S3:
+    """The loopback S3 of a test session: ``url(name)`` is a store URL in the bucket."""
+
+    def __init__(self, moto: MotoServer, proxy: FaultProxy) -> None:
+        self.moto, self.proxy = moto, proxy
+
+    @staticmethod
+    def url(name: str) -> str:
+        return f"s3://{BUCKET}/{name}"
+
+
+def forget_s3_clients() -> None:
+    """Drop cached s3fs clients, so that the next one reads the environment again (endpoint, retry settings)."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    pytest.importorskip("s3fs", reason="pip install -e '.[test]' (s3fs and moto[server])")
+    pytest.importorskip("moto", reason="pip install -e '.[test]' (s3fs and moto[server])")
+    moto = MotoServer()
+    proxy = FaultProxy(("127.0.0.1", moto.port))
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {"AWS_ACCESS_KEY_ID": "loopback-test", "AWS_SECRET_ACCESS_KEY": "loopback-test",
+                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": proxy.url,
+                           "MED3D_RETRY_WAIT_S": "0.01"}.items():
+            mp.setenv(key, value)
+        for key in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"):
+            mp.delenv(key, raising=False)
+        forget_s3_clients()
+        import s3fs
+
+        s3fs.S3FileSystem().mkdir(BUCKET)
+        try:
+            yield S3(moto, proxy)
+        finally:
+            forget_s3_clients()
+            proxy.stop()
+            moto.stop()
+
+
+@pytest.fixture(scope="session")
+def dask_scheduler(s3):
+    """A real dask cluster: a scheduler and two single-threaded worker processes on loopback (started after the
+    S3 environment is set, which the workers inherit)."""
+    from pipeline.job import local_cluster
+
+    with local_cluster(2, 2 * 2**30) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="session")
+def sample_cases(tmp_path_factory):
+    """The tiny 3DSeg-8 sample (8 MSD tasks) as scanned cases."""
+    from pipeline.sample import write_msd_sample
+    from pipeline.sources.msd import scan_msd
+
+    raw = tmp_path_factory.mktemp("sample_raw")
+    write_msd_sample(raw, seed=0, size="tiny")
+    found, missing = scan_msd(raw)
+    assert missing == []
+    return found
+
+
+@pytest.fixture(scope="session")
+def local_build(sample_cases, tmp_path_factory) -> str:
+    """The sample built into a local folder in this process: the reference of every bucket build."""
+    from pipeline.config import PrepConfig
+    from pipeline.job import build
+
+    store = str(tmp_path_factory.mktemp("local_build") / "store")
+    result = build(sample_cases, store, PrepConfig(), workers=0, progress=False, log=lambda s: None)
+    assert result.ok and result.converted == 45, result.summary()
+    return store
+
+
+def store_arrays(store: str) -> dict[str, np.ndarray]:
+    """Every array of every case of a store, read with plain zarr-python (a local path or an s3:// URL)."""
+    root = zarr.open_group(store, mode="r")
+    out = {}
+    for domain in root.group_keys():
+        for case in root[domain].group_keys():
+            for name in root[f"{domain}/{case}"].array_keys():
+                out[f"{domain}/{case}/{name}"] = root[f"{domain}/{case}/{name}"][...]
+    return out
+
+
+def assert_same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
+
+
+def tiny_pretrain(store: str, out: Path, **changes: Any):
+    """A few steps of resnet10 pretraining on the sample store: 16³ patches, batch 1, no loader workers."""
+    from model.training.config import TrainConfig
+    from model.training.pretrain import pretrain
+
+    kw = dict(store=store, out=str(out), encoder="resnet10", patch=(16, 16, 16), batch=1, steps=2, lr=1e-3,
+              workers=0, val_every=0, ckpt_every=0, log_every=1, device="cpu", seed=0)
+    kw.update(changes)
+    return pretrain(TrainConfig(**kw), progress=False, log=lambda s: None)
+
+
+def train_losses(run_dir: Path | str) -> dict[int, float]:
+    """step -> loss of the run's ``metrics.jsonl`` train records."""
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {r["step"]: r["loss"] for r in rows if r.get("kind") == "train"}
