@@ -12,10 +12,11 @@ EXIT_FAILED_CASES = 3
 
 
 def _config(dtype: str, chunks: str | None, codec: str | None, max_voxels: int | None = None,
-            image_codec: str = "raw", **extra):
+            image_codec: str = "raw", like: dict | None = None, **extra):
+    """The PrepConfig of the command line; ``like`` (the fields ``--like`` sets) wins over the other values."""
     from .config import PrepConfig
 
-    kw = {"dtype": dtype, "image_codec": image_codec, **extra}
+    kw = {"dtype": dtype, "image_codec": image_codec, **extra, **(like or {})}
     if max_voxels is not None:
         kw["max_voxels"] = max_voxels
     if chunks:
@@ -176,7 +177,7 @@ def build_3dseg8(msd_root, store, tasks, workers, scheduler, dtype, chunks, imag
         raise click.UsageError(f"no 3DSeg-8 task folder under {msd_root}")
     click.echo("building: " + ", ".join(f"{spec.source_dataset} ({len(c)} cases)" for spec, c in found))
     like_cfg, spacing = _like(like, like_domain, [spec for spec, _ in found])
-    cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec, **like_cfg)
+    cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec, like=like_cfg)
     result = build(found, store, cfg, workers=workers, scheduler=scheduler, replan=replan, target_spacing=spacing,
                    progress=not no_progress, log=click.echo)
     result.missing = missing
@@ -223,8 +224,8 @@ def build_lits(lits_root, store, spacing_csv, window, workers, scheduler, dtype,
     n_test = sum(1 for c in cases if c.split_hint == "test")
     click.echo(f"building: LiTS ({len(cases) - n_test} training, {n_test} test volumes)")
     like_cfg, spacing = _like(like, like_domain, [spec])
-    cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec,
-                  **{"ct_window": _window(window), **like_cfg})
+    cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec, ct_window=_window(window),
+                  like=like_cfg)
     result = build([(spec, cases)], store, cfg, workers=workers, scheduler=scheduler, spacing_rule="mean",
                    replan=replan, target_spacing=spacing, progress=not no_progress, log=click.echo)
     _finish(result)
@@ -258,7 +259,7 @@ def build_visceral(visceral_root, store, lung_labels, test_volumes, workers, sch
         click.echo(note)
     like_cfg, spacing = _like(like, like_domain, [spec])
     if like_cfg:
-        cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec, **like_cfg)
+        cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec, like=like_cfg)
     result = build([(spec, cases)], store, cfg, workers=workers, scheduler=scheduler, replan=replan,
                    target_spacing=spacing, progress=not no_progress, log=click.echo)
     _finish(result)

@@ -32,7 +32,7 @@ def _build(found, store, *, workers, scheduler, dtype, chunks, image_codec, code
     click.echo("building: " + ", ".join(f"{spec.source_dataset} as {spec.name} ({len(c)} cases)"
                                         for spec, c in found))
     like_cfg, spacing = _like(like, like_domain, [spec for spec, _ in found])
-    cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec, **like_cfg)
+    cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec, like=like_cfg)
     result = build(found, store, cfg, workers=workers, scheduler=scheduler, replan=replan, target_spacing=spacing,
                    progress=not no_progress, log=click.echo)
     result.missing = missing or []

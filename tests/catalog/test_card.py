@@ -1,0 +1,99 @@
+"""The weights card: reading and finding it, and the comparison ``finetune --init`` warns with (pure functions)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from catalog.card import (CardError, card_mismatches, card_path, find_card, intensity_rule, make_card,
+                          mismatch_warning, read_card, write_card)
+
+
+def recipe(**changes):
+    base = {"domain": "hippocampus", "target_spacing": [0.8, 0.9, 1.1], "modality": "MR", "percentiles": [1.0, 99.0],
+            "ct_window": None, "air_hu": -1024.0, "dtype": "float16", "image_interpolation": "linear"}
+    return {**base, **changes}
+
+
+def card(**domains):
+    doms = {}
+    for name, r in domains.items():
+        r = {k: v for k, v in r.items() if k != "domain"}
+        doms[name] = {**r, "intensity_rule": intensity_rule(r), "cases": {"ok": 4}}
+    return make_card(kind="pretrain", architecture={"encoder": "resnet10"}, domains=doms, config={}, metrics={},
+                     step=5, weights="w.pth", checkpoint="run/checkpoint.pt")
+
+
+LIVER = recipe(domain="liver", modality="CT", target_spacing=[2.5, 0.8, 0.8], ct_window=[-200.0, 250.0])
+
+
+def test_same_preprocessing_has_no_mismatch_and_float_noise_or_dtype_do_not_count():
+    c = card(hippocampus=recipe(), liver=LIVER)
+    assert card_mismatches(c, recipe()) == []
+    assert card_mismatches(c, recipe(target_spacing=[0.8002, 0.9, 1.1], dtype="float32")) == []
+    assert card_mismatches(c, LIVER) == []
+    # MR scans are not air-clamped: a different air_hu in an MR recipe is no difference
+    assert card_mismatches(c, recipe(air_hu=-1000.0)) == []
+
+
+def test_each_difference_is_named_with_both_values():
+    c = card(hippocampus=recipe(), liver=LIVER)
+    lines = card_mismatches(c, recipe(domain="prostate", target_spacing=[1.0, 1.0, 1.0], percentiles=[0.5, 99.5]))
+    assert lines == [
+        "target spacing 1 x 1 x 1 mm (z, y, x) vs 0.8 x 0.9 x 1.1 mm (z, y, x) (store domain prostate vs card "
+        "domain hippocampus)",
+        "clip percentiles 0.5/99.5 vs 1/99 (store domain prostate vs card domain hippocampus)"]
+    ct = card_mismatches(c, {**LIVER, "domain": "kits", "ct_window": None, "air_hu": -1000.0})
+    assert ct == ["CT window none (percentile clip) vs [-200, 250] HU (store domain kits vs card domain liver)",
+                  "air clamp -1000 HU vs -1024 HU (store domain kits vs card domain liver)"]
+
+
+def test_compared_with_the_closest_domain_of_the_modality():
+    prostate = recipe(domain="prostate", target_spacing=[1.0, 1.0, 1.0], percentiles=[0.5, 99.5])
+    c = card(hippocampus=recipe(), prostate=prostate, liver=LIVER)
+    assert card_mismatches(c, {**prostate, "domain": "new"}) == []
+    # against hippocampus one difference (spacing), against prostate two (spacing, percentiles)
+    only = card_mismatches(c, recipe(domain="new", target_spacing=[3.0, 1.0, 1.0]))
+    assert len(only) == 1 and "vs 0.8 x 0.9 x 1.1 mm" in only[0] and "card domain hippocampus" in only[0]
+
+
+def test_a_modality_the_card_lacks_is_one_line():
+    lines = card_mismatches(card(hippocampus=recipe()), LIVER)
+    assert lines == ["liver is CT, but the weights saw no CT data (card domains: hippocampus (MR))"]
+
+
+def test_mismatch_warning_finds_the_card_beside_the_weights(tmp_path):
+    weights = tmp_path / "resnet_10.pth"
+    assert mismatch_warning(weights, "data/store", recipe()) is None  # no card: nothing to say
+    write_card(card(hippocampus=recipe()), card_path(weights))
+    assert mismatch_warning(weights, "data/store", recipe()) is None
+    text = mismatch_warning(weights, "data/store", recipe(percentiles=[0.5, 99.5]))
+    assert text.startswith("warning: data/store was preprocessed differently from the data the --init weights saw "
+                           f"(card {tmp_path / 'resnet_10.json'}):")
+    assert "clip percentiles 0.5/99.5 vs 1/99" in text and f"--like {tmp_path / 'resnet_10.json'}" in text
+
+
+def test_find_and_read_card_refuse_damaged_or_foreign_files(tmp_path):
+    weights = tmp_path / "w.pth"
+    assert find_card(weights) is None
+    path = card_path(weights)
+    assert path.name == "w.json"
+    c = card(hippocampus=recipe())
+    write_card(c, path)
+    assert find_card(weights) == json.loads(json.dumps(c))
+    for text, why in [("{", "not a readable JSON card"), ('{"format": "other"}', "not a Med3D weights card"),
+                      (json.dumps({**c, "format_version": 99}), "card format version 99"),
+                      (json.dumps({**c, "domains": {"x": {"modality": "MR"}}}), "domain 'x' lacks target_spacing")]:
+        path.write_text(text)
+        with pytest.raises(CardError, match=why) as err:
+            find_card(weights)
+        assert str(path) in str(err.value)
+    with pytest.raises(CardError, match="no such card"):
+        read_card(tmp_path / "missing.json")
+
+
+def test_intensity_rule_says_what_the_pipeline_does():
+    assert intensity_rule(recipe()) == ("clip to each scan's 1/99 percentiles; z-score with the clipped scan's mean "
+                                        "and standard deviation (per scan, per channel); stored as float16")
+    assert intensity_rule(LIVER).startswith("CT: values below -1024 HU clamped to it; clip to the CT window "
+                                            "[-200, 250] HU; z-score")
