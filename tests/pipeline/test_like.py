@@ -63,6 +63,9 @@ def test_like_reproduces_an_mr_store_bit_for_bit(hippo, tmp_path):
     store_b = str(tmp_path / "b")
     res = invoke("build-msd", task, store_b, "--like", card, "--workers", "0", "--no-progress")
     assert res.exit_code == 0, res.output
+    res = invoke("build-3dseg8", task.parent, tmp_path / "b8", "--like", card, "--workers", "0", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert_same_arrays(store_a, str(tmp_path / "b8"), HIPPO, "hippocampus")
     assert "hippocampus: like card domain hippocampus: 0.8 x 0.9 x 1.1 mm (z, y, x)" in res.output
     assert sorted(load_catalog(store_b)["case_id"]) == HIPPO
     assert_same_arrays(store_a, store_b, HIPPO, "hippocampus")
@@ -102,14 +105,22 @@ def _totalseg_layout(real_dir: Path, root: Path) -> Path:
     return root
 
 
-def test_like_reproduces_a_ct_window_and_air_clamp(real_dir, tmp_path):
-    """CT: the window and air clamp travel too (store A: window -150..250 HU, air -1000 HU, 2 x 3.5 x 3.5 mm)."""
-    root = _totalseg_layout(real_dir, tmp_path / "ts")
-    store_a = str(tmp_path / "a")
+@pytest.fixture(scope="module")
+def ct(real_dir, tmp_path_factory):
+    """Store A of the real abdominal CT (TotalSegmentator layout): window -150..250 HU, air -1000 HU,
+    2 x 3.5 x 3.5 mm; its card."""
+    tmp = tmp_path_factory.mktemp("like_ct")
+    root = _totalseg_layout(real_dir, tmp / "ts")
+    store = str(tmp / "a")
     spec, cases, _ = scan_totalseg(root, ["liver", "spleen"])
-    assert build([(spec, cases)], store_a, PrepConfig(ct_window=(-150.0, 250.0), air_hu=-1000.0), workers=0,
+    assert build([(spec, cases)], store, PrepConfig(ct_window=(-150.0, 250.0), air_hu=-1000.0), workers=0,
                  progress=False, log=lambda s: None, target_spacing={"totalseg": (2.0, 3.5, 3.5)}).ok
-    card = card_of(store_a, tmp_path / "card.json")
+    return root, store, card_of(store, tmp / "card.json")
+
+
+def test_like_reproduces_a_ct_window_and_air_clamp(ct, real_dir, tmp_path):
+    """CT: the window and air clamp travel too."""
+    root, store_a, card = ct
     dom = json.loads(card.read_text())["domains"]["totalseg"]
     assert dom["intensity_rule"].startswith("CT: values below -1000 HU clamped to it; clip to the CT window "
                                             "[-150, 250] HU; z-score")
@@ -134,6 +145,31 @@ def test_like_reproduces_a_ct_window_and_air_clamp(real_dir, tmp_path):
     a = zarr.open_group(store_a, path="totalseg/s0001", mode="r")["image"][...]
     b = zarr.open_group(str(tmp_path / "l"), path="lits/volume-0", mode="r")["image"][...]
     assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_like_on_visceral_takes_the_ct_card_domain_for_a_domain_of_both_modalities(ct, tmp_path):
+    """VISCERAL's one domain holds CT and MR volumes ("CT/MR"): it fits the card's CT domain; its CT volumes get
+    the card's window and air clamp, every volume the card's spacing."""
+    from pipeline.sample import write_visceral_sample
+
+    _, _, card = ct
+    write_visceral_sample(tmp_path / "raw")
+    store = str(tmp_path / "v")
+    res = invoke("build-visceral", tmp_path / "raw", store, "--like", card, "--test-volumes", "2", "--workers", "0",
+                 "--no-progress")
+    assert res.exit_code == 0, res.output
+    cat = load_catalog(store)
+    ok = cat[cat["status"] == "ok"]
+    assert set(ok["modality"]) == {"CT", "MR"}
+    for row in ok.itertuples():
+        recipe = recipe_from_store(store, row.store_path)
+        assert recipe["target_spacing"] == [2.0, 3.5, 3.5]
+        norm = zarr.open_group(store, path=row.store_path, mode="r").attrs["normalization"]
+        if row.modality == "CT":
+            assert (norm["ct_window"], norm["air_hu"]) == ([-150.0, 250.0], -1000.0)
+            assert norm["channels"][0]["p_lo"] == -150.0 and norm["channels"][0]["p_hi"] == 250.0
+        else:  # MR volumes: percentile clip (the window is for CT only)
+            assert norm["air_hu"] is None and norm["channels"][0]["p_hi"] != 250.0
 
 
 def _card(**domains):
