@@ -51,14 +51,19 @@ class TaskData:
         return tuple(sorted({c.scan_id for c in self.cases}))
 
 
-def task_data(store: str | os.PathLike[str], split: str) -> TaskData:
-    """The complete, labelled ok cases of ``split`` in a one-domain transfer store (LiTS, VISCERAL or LIDC)."""
+def task_data(store: str | os.PathLike[str], split: str, domain: str | None = None) -> TaskData:
+    """The complete, labelled ok cases of ``split`` of one domain of a store: ``domain``, or the store's only
+    domain when None (LiTS, VISCERAL or LIDC)."""
     store = os.fspath(store)
     index = StoreIndex.from_store(store, split=split)
-    if len(index.domains) != 1:
-        raise ValueError(f"{store}: a transfer store holds one domain, this one has {', '.join(index.domains)}; "
-                         "give the store built by build-lits, build-visceral or build-lidc")
-    domain = index.domains[0]
+    if domain is None:
+        if len(index.domains) != 1:
+            raise ValueError(f"{store}: a transfer store holds one domain, this one has "
+                             f"{', '.join(index.domains)}; give the store built by build-lits, build-visceral or "
+                             "build-lidc, or choose a domain (finetune seg --domain)")
+        domain = index.domains[0]
+    elif domain not in index.cases:
+        raise ValueError(f"{store}: no ok, labelled case of domain {domain!r} in split {split!r}")
     doms = load_domains(store).set_index("domain")
     spacing = tuple(float(s) for s in doms.loc[domain, "target_spacing"])
     return TaskData(store, domain, split, index.cases[domain], index.num_classes[domain], spacing)  # type: ignore

@@ -7,7 +7,12 @@ liver_coarse   1×1×1 conv to 2 classes, trilinear upsampling to the input     
 liver_fine     3D DenseASPP (:class:`~model.nets.aspp.DenseASPP3D`)             (N, 2, D, H, W)
 lung           :class:`~model.nets.heads.LungDecoder` + 1×1×1 conv             (N, classes, D, H, W)
 nodule         global average pooling + linear (:class:`ClassifierHead`)      (N, 2)
+seg_med3d      :class:`~model.nets.heads.LungDecoder` + 1×1×1 conv             (N, classes, D, H, W)
+seg_unet       :class:`~model.nets.unet_decoder.UNetDecoder` (skips from       (N, classes, D, H, W)
+               every encoder stage)
 ============== ============================================================== =====================
+
+The kinds are network shapes; which task trains which kind is the task's choice (:mod:`model.tasks`).
 
 State dict keys are ``encoder.*`` (MedicalNet names) and ``head.*``: a fine-tuned run loads into another run's
 ``--init`` exactly like a pretraining checkpoint (the encoder is taken, the head dropped).
@@ -25,6 +30,7 @@ from torch import nn
 from model.nets.aspp import DenseASPP3D
 from model.nets.heads import ClassifierHead, LungDecoder
 from model.nets.resnet import ResNet3D, create_encoder
+from model.nets.unet_decoder import UNetDecoder
 
 __all__ = ["HEADS", "PointwiseHead", "TransferNet", "build_transfer_net"]
 
@@ -56,6 +62,8 @@ class TransferNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, D, H, W) -> (N, classes, D, H, W) for segmentation, (N, classes) for classification."""
+        if getattr(self.head, "multiscale", False):
+            return self.head(self.encoder.forward_intermediates(x), x)
         features = self.encoder(x)
         if self.segmentation:
             return self.head(features, x.shape[-3:])
@@ -78,11 +86,18 @@ def _classifier(c: int, n: int, opts: Mapping[str, Any]) -> nn.Module:
     return ClassifierHead(c, n)
 
 
+def _unet(c: int, n: int, opts: Mapping[str, Any]) -> nn.Module:
+    return UNetDecoder(opts["feature_channels"], n, widths=tuple(opts.get("unet_widths", (256, 128, 64, 32))),
+                       in_chans=int(opts.get("in_chans", 1)))
+
+
 HEADS: dict[str, tuple[Any, bool]] = {
     "liver_coarse": (_pointwise, True),
     "liver_fine": (_aspp, True),
     "lung": (_lung, True),
     "nodule": (_classifier, False),
+    "seg_med3d": (_lung, True),
+    "seg_unet": (_unet, True),
 }
 """Network kind -> (head builder ``(in_channels, classes, options) -> nn.Module``, is segmentation)."""
 
@@ -91,11 +106,12 @@ def build_transfer_net(kind: str, encoder: str, num_classes: int, options: Mappi
                        ) -> TransferNet:
     """The network of ``kind`` (a key of :data:`HEADS`) on a fresh ``encoder`` (registry name, 1 input channel).
 
-    ``options``: ``aspp_rates`` (liver_fine), ``decoder_widths`` (lung).
+    ``options``: ``aspp_rates`` (liver_fine), ``decoder_widths`` (lung, seg_med3d), ``unet_widths`` (seg_unet).
     """
     if kind not in HEADS:
         raise ValueError(f"unknown transfer network {kind!r}; one of {', '.join(HEADS)}")
     build, seg = HEADS[kind]
     enc = create_encoder(encoder, in_chans=1)
-    return TransferNet(enc, build(enc.out_channels, int(num_classes), dict(options or {})), task=kind,
+    opts = {**dict(options or {}), "feature_channels": [int(f["channels"]) for f in enc.feature_info]}
+    return TransferNet(enc, build(enc.out_channels, int(num_classes), opts), task=kind,
                        segmentation=seg)

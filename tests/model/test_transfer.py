@@ -222,6 +222,23 @@ def test_cli_finetune_evaluate_predict_compare(stores, tmp_path):
     assert res.exit_code != 0 and "not a fine-tuning run" in res.output
 
 
+def test_store_of_the_wrong_kind_is_refused_before_anything_is_written(stores, tmp_path):
+    """Issue 15 item 8: nodule on a VISCERAL store and lung on a LiTS store refuse without leaving finetune.json;
+    evaluate of a lung run on a LiTS store refuses instead of giving NaN."""
+    from model.evaluation.evaluate import evaluate
+    from model.tasks import TaskStoreError
+
+    for task, store in (("nodule", stores["lung"]), ("lung", stores["liver"]), ("liver", stores["nodule"])):
+        with pytest.raises(TaskStoreError, match="build-lidc|build-visceral|build-lits"):
+            finetune(task, store, str(tmp_path / task), progress=False, log=lambda s: None, **TINY)
+        assert not (tmp_path / task).exists()
+    run = tmp_path / "lung_run"
+    finetune("lung", stores["lung"], str(run), progress=False, log=lambda s: None, **{**TINY, "steps": 1})
+    with pytest.raises(TaskStoreError, match="VISCERAL store"):
+        evaluate(run, stores["liver"], progress=False, log=lambda s: None)
+    assert not (run / "eval").exists()
+
+
 def _ddp_finetune_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
     import os
 
