@@ -48,13 +48,17 @@ class StageResult:
 
 
 def resolve_init(init: str) -> Path | None:
-    """``scratch`` -> None; a run folder -> its checkpoint (a liver run: the fine stage's, else the coarse one's);
+    """``scratch`` -> None; a run folder -> its checkpoint (a run of several stages: its last stage's, as liver's
+    fine, else the earlier one's);
     a file -> itself. Raises FileNotFoundError naming what is missing."""
     if init == "scratch":
         return None
     path = Path(init)
     if path.is_dir():
-        for rel in (CHECKPOINT_NAME, f"fine/{CHECKPOINT_NAME}", f"coarse/{CHECKPOINT_NAME}"):
+        from model.tasks import TASKS
+
+        later_first = [st for t in TASKS.values() for st in reversed(t.stages) if st != "main"]
+        for rel in (CHECKPOINT_NAME, *(f"{st}/{CHECKPOINT_NAME}" for st in dict.fromkeys(later_first))):
             if (path / rel).is_file():
                 return path / rel
         raise FileNotFoundError(f"--init {init}: a folder without {CHECKPOINT_NAME}; give a run folder, a checkpoint "
@@ -214,10 +218,22 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
             dist.destroy_process_group()
 
 
-def _check_init_card(record: dict[str, Any], store: str, log: Callable[[str], None]) -> None:
-    """Hook: compare the ``--init`` weights' card (``OUT.json`` beside the ``.pth``, issue 16) with ``store``'s
-    preprocessing and warn through ``log`` on a mismatch. Called once per :func:`finetune`, before anything is
-    written, with the :func:`init_record` and the store; does nothing yet."""
+def _check_init_card(record: dict[str, Any], store: str, preprocessing: dict[str, Any],
+                     log: Callable[[str], None]) -> None:
+    """Compare the ``--init`` weights' card (``OUT.json`` beside the ``.pth``, written by ``med3d-train export``)
+    with ``store``'s preprocessing (``preprocessing``: :func:`catalog.card.case_recipe` of a train case) and warn
+    through ``log`` when they differ: spacing, intensity rule. Weights without a card say nothing; a damaged
+    card is a :class:`FinetuneError` naming it. Called once per :func:`finetune`, before anything is written."""
+    from catalog.card import CardError, mismatch_warning
+
+    if record["path"] is None or not DistEnv.from_environ().is_main:
+        return
+    try:
+        warning = mismatch_warning(record["path"], store, preprocessing)
+    except CardError as exc:
+        raise FinetuneError(str(exc)) from exc
+    if warning:
+        log(warning)
 
 
 def finetune(task: str, store: str, out: str, *, stage: str = "both", resume: bool = False,
@@ -231,7 +247,7 @@ def finetune(task: str, store: str, out: str, *, stage: str = "both", resume: bo
     scratch). A store of the wrong kind for the task is refused before anything is written.
     """
     from catalog import load_catalog, select
-    from pipeline.preprocess import recipe_from_store
+    from catalog.card import case_recipe
 
     spec = get_task(task)
     stages = spec.stages
@@ -250,14 +266,14 @@ def finetune(task: str, store: str, out: str, *, stage: str = "both", resume: bo
     options.setdefault("loss", spec.default_loss)
     init = str(options.get("init", "scratch"))
     record = init_record(init)
-    _check_init_card(record, str(store), log)
     if options.get("encoder") is None:
         options["encoder"] = record["encoder"] or "resnet10"
     root = Path(out)
     rows = select(load_catalog(store), split="train", labelled=True, domain=options.get("domain"))
     if rows.empty:
         raise FinetuneError(f"{store}: no ok, labelled train case; check it with `med3d-prep info {store}`")
-    preprocessing = recipe_from_store(store, str(rows["store_path"].iloc[0]))
+    preprocessing = case_recipe(store, str(rows["store_path"].iloc[0]))
+    _check_init_card(record, str(store), preprocessing, log)
     results = []
     for name in chosen:
         stage_dir = root if name == "main" else root / name

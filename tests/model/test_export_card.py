@@ -110,3 +110,28 @@ def test_no_card_flag_and_unreadable_store(pretrained, tmp_path):
     res = CliRunner().invoke(main, ["export", str(moved), str(tmp_path / "w.pth")])
     assert res.exit_code == 1 and "--no-card" in res.output and "gone" in res.output
     assert not (tmp_path / "w.pth").exists() and not (tmp_path / "w.json").exists()
+
+
+def test_finetune_init_warns_when_the_store_was_preprocessed_differently(pretrained, tiny_store):
+    """The hook finetune() calls before writing anything: silent on the pretraining store's own recipe, a
+    warning naming the spacing and the --like fix on another, a FinetuneError for a damaged card."""
+    from catalog.card import case_recipe
+    from model.training.finetune import FinetuneError, _check_init_card
+
+    _, out = pretrained
+    record = {"path": str(out)}
+    first = load_catalog(tiny_store)["store_path"].iloc[0]
+    recipe = case_recipe(tiny_store, first)
+    said: list[str] = []
+    _check_init_card(record, tiny_store, recipe, said.append)
+    assert said == []
+    _check_init_card(record, tiny_store, {**recipe, "target_spacing": [2.5, 0.8, 0.8]}, said.append)
+    assert len(said) == 1 and "preprocessed differently" in said[0] and "2.5" in said[0]
+    assert f"--like {out.with_suffix('.json')}" in said[0]
+    _check_init_card({"path": None}, tiny_store, {**recipe, "target_spacing": [9, 9, 9]}, said.append)
+    assert len(said) == 1  # scratch: no card to compare
+    bad = out.parent / "damaged.pth"
+    bad.write_bytes(out.read_bytes())
+    bad.with_suffix(".json").write_text("{not json")
+    with pytest.raises(FinetuneError, match="damaged.json"):
+        _check_init_card({"path": str(bad)}, tiny_store, recipe, said.append)
