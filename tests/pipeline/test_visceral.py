@@ -44,7 +44,11 @@ def visceral_root(real_dir, tmp_path_factory) -> Path:
     (root / "Segmentations").mkdir()
 
     def volume(name: str, masks: dict[str, sitk.Image]) -> None:
-        sitk.WriteImage(ct, str(root / "Volumes" / f"{name}.nii.gz"))
+        # One corner voxel differs per volume: identical image bytes would be one scan under several names, which
+        # the splits keep together (issue 15), and this layout stands for different patients.
+        img = sitk.Image(ct)
+        img[0, 0, 0] = int(img[0, 0, 0]) + len(list((root / "Volumes").iterdir())) + 1
+        sitk.WriteImage(img, str(root / "Volumes" / f"{name}.nii.gz"))
         for suffix, img in masks.items():
             sitk.WriteImage(img, str(root / "Segmentations" / f"{name}_{suffix}.nii.gz"))
 
