@@ -8,7 +8,6 @@ Validation is cheap and on the stored grid; the full chain on the source grid is
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
