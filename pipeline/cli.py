@@ -144,10 +144,12 @@ def main() -> None:
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--size", type=click.Choice(["tiny", "bench"]), default="tiny", show_default=True)
-@click.option("--only", type=click.Choice(["all", "msd", "lits", "lidc", "visceral"]), default="all",
-              show_default=True, help="Which sources to write.")
+@click.option("--only", type=click.Choice(["all", "msd", "lits", "lidc", "visceral", "nnunet"]), default="all",
+              show_default=True, help="Which sources to write (nnunet: the MSD hippocampus task in nnU-Net v2 "
+                                      "layout, with the MSD sample it is made from).")
 def sample(out: Path, seed: int, size: str, only: str) -> None:
-    """Write miniature raw datasets in the real layouts under OUT (OUT/msd, OUT/lits, OUT/lidc, OUT/visceral)."""
+    """Write miniature raw datasets in the real layouts under OUT (OUT/msd, OUT/lits, OUT/lidc, OUT/visceral,
+    OUT/nnunet)."""
     from .sample import write_all
 
     written = write_all(out, seed=seed, size=size, only=only)

@@ -242,3 +242,23 @@ def test_bench_sample_defaults_to_liver_with_equal_shapes(tmp_path: Path) -> Non
     assert list(tasks) == ["Task03_Liver"]
     shapes = {tuple(c["shape"]) for c in tasks["Task03_Liver"]["cases"]}
     assert shapes == {(512, 512, 120)} and len(tasks["Task03_Liver"]["cases"]) == 9
+
+
+def test_sample_cli_writes_the_nnunet_layout_of_the_hippocampus_task(tmp_path):
+    """`med3d-prep sample OUT --only nnunet`: the MSD hippocampus sample as nnU-Net v2 raw data (the demo's
+    dataset for build-nnunet and finetune seg): one _0000 file per training case, labels, imagesTs."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main as prep
+
+    res = CliRunner().invoke(prep, ["sample", str(tmp_path), "--only", "nnunet"])
+    assert res.exit_code == 0, res.output
+    ds = tmp_path / "nnunet" / "Dataset004_Hippocampus"
+    msd = json.loads((tmp_path / "msd" / "Task04_Hippocampus" / "dataset.json").read_text())
+    train = sorted(p.name for p in (ds / "imagesTr").iterdir())
+    assert len(train) == len(msd["training"]) and all(n.endswith("_0000.nii.gz") for n in train)
+    assert sorted(p.name for p in (ds / "labelsTr").iterdir()) == [n.replace("_0000", "") for n in train]
+    assert len(list((ds / "imagesTs").iterdir())) == len(msd["test"])
+    meta = json.loads((ds / "dataset.json").read_text())
+    assert meta["numTraining"] == len(train) and meta["file_ending"] == ".nii.gz"
+    assert f"nnunet: {len(train) * 2 + len(msd['test']) + 1} files" in res.output
