@@ -98,15 +98,33 @@ def local_build(sample_cases, tmp_path_factory) -> str:
     return store
 
 
+@pytest.fixture(scope="session")
+def bucket_build(s3, dask_scheduler, sample_cases) -> str:
+    """The sample built into the bucket by the dask cluster, through the proxy with no faults: its URL."""
+    from pipeline.config import PrepConfig
+    from pipeline.job import build
+
+    url = s3.url("clean")
+    result = build(sample_cases, url, PrepConfig(), scheduler=dask_scheduler, progress=False, log=lambda s: None)
+    assert result.ok and result.converted == 45, result.summary()
+    return url
+
+
+@pytest.fixture(scope="session")
+def local_pretrain(local_build, tmp_path_factory):
+    """:func:`tiny_pretrain` on the local build: the losses and weights every streamed run must reproduce."""
+    return tiny_pretrain(local_build, tmp_path_factory.mktemp("local_pretrain") / "run")
+
+
 def store_arrays(store: str) -> dict[str, np.ndarray]:
     """Every array of every case of a store, read with plain zarr-python (a local path or an s3:// URL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     root = zarr.open_group(store, mode="r")
-    out = {}
-    for domain in root.group_keys():
-        for case in root[domain].group_keys():
-            for name in root[f"{domain}/{case}"].array_keys():
-                out[f"{domain}/{case}/{name}"] = root[f"{domain}/{case}/{name}"][...]
-    return out
+    keys = [f"{domain}/{case}/{name}" for domain in root.group_keys() for case in root[domain].group_keys()
+            for name in root[f"{domain}/{case}"].array_keys()]
+    with ThreadPoolExecutor(4) as pool:  # requests to the bucket overlap, as zarr's do within one array
+        return dict(zip(keys, pool.map(lambda key: root[key][...], keys)))
 
 
 def assert_same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
