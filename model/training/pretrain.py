@@ -140,7 +140,8 @@ def checkpoint_for_resume(cfg: Any, path: Path, resume: bool, log: Callable[[str
                           env: DistEnv = DistEnv(), *, runtime: frozenset[str] = RUNTIME_FIELDS,
                           error: type[ValueError] = PretrainError) -> dict[str, Any] | None:
     """The checkpoint to resume from (None for a new run), after checking it fits ``cfg`` (a TrainConfig or
-    FinetuneConfig; fields in ``runtime`` may differ) and this job's world size. Raises ``error`` otherwise."""
+    FinetuneConfig; fields in ``runtime`` may differ). Raises ``error`` otherwise. A checkpoint of another world
+    size is resumed with a logged note: the run goes on with the new world size's sample stream."""
     if not resume:
         if path.exists() or previous_path(path).exists():
             raise error(f"{path} exists: pass --resume to continue that run, or choose another --out "
@@ -157,14 +158,29 @@ def checkpoint_for_resume(cfg: Any, path: Path, resume: bool, log: Callable[[str
     if conflicts:
         raise error(f"cannot resume {path}: the configuration differs from the checkpoint's in "
                             + "; ".join(conflicts) + ". Resume with the same settings, or start a new --out")
-    # Patches depend on the rank and the effective batch on the number of ranks: another world size would
-    # train on other batches than the uninterrupted run.
+    # Patches depend on the rank and the effective batch on the number of ranks. The same world size resumes
+    # bit-exactly; another one (a preempted job restarted on fewer or more nodes) continues from the checkpoint's
+    # weights, optimiser and schedule with the sample stream of the new world size from the checkpoint's step on.
     saved_world = ckpt.get("world_size")
     if saved_world is not None and int(saved_world) != env.world_size:
-        raise error(f"cannot resume {path}: it was written by a run of {int(saved_world)} process(es), "
-                            f"this one has {env.world_size}; resume with the same number of processes "
-                            "(torchrun --nproc-per-node), or start a new --out")
+        if env.is_main:
+            log(f"--resume: {path} was written by a run of {int(saved_world)} process(es), this one has "
+                f"{env.world_size}: continuing at step {int(ckpt['step'])} with a new sample stream (the patches "
+                f"of a {env.world_size}-process run, {env.world_size} x batch per step instead of "
+                f"{int(saved_world)} x batch); the weights will differ from an uninterrupted "
+                f"{int(saved_world)}-process run")
     return ckpt
+
+
+def world_history(ckpt: Mapping[str, Any] | None, start: int, world_size: int) -> list[list[int]]:
+    """[[first step, processes], ...]: the world sizes a run trained with, kept in its checkpoints (a run resumed
+    on another number of processes gets a new entry at its resume step)."""
+    if ckpt is None:
+        return [[0, world_size]]
+    history = [list(map(int, h)) for h in ckpt.get("world_history") or [[0, int(ckpt.get("world_size") or 1)]]]
+    if history[-1][1] != world_size:
+        history.append([start, world_size])
+    return history
 
 
 def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = None, progress: bool = True,
@@ -237,6 +253,7 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
             init_report = ckpt.get("init_report")
             if env.is_main:
                 log(f"resuming {ckpt_path} at step {start} of {cfg.steps}")
+        worlds = world_history(ckpt, start, env.world_size)
         stepper = PretrainStepper(net, optimizer, scheduler, loss=cfg.loss, device=device, amp=amp,
                                   compile=cfg.compile, env=env)
         if env.is_main:
@@ -253,6 +270,7 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
                 "excluded_in_store": list(index.excluded), "duplicate_scan_ids": list(index.duplicates),
                 "index": index.to_record(),
                 "metrics": summary, "init_report": init_report, "world_size": env.world_size,
+                "world_history": worlds,
             }, ckpt_path)
 
         val_cases = _val_cases(cfg.store, classes, excluded, log) if cfg.val_every > 0 else []

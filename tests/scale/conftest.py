@@ -133,7 +133,7 @@ def assert_same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> No
         assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
 
 
-def tiny_pretrain(store: str, out: Path, **changes: Any):
+def tiny_pretrain(store: str, out: Path, *, resume: bool = False, log=lambda s: None, **changes: Any):
     """A few steps of resnet10 pretraining on the sample store: 16³ patches, batch 1, no loader workers."""
     from model.training.config import TrainConfig
     from model.training.pretrain import pretrain
@@ -141,7 +141,7 @@ def tiny_pretrain(store: str, out: Path, **changes: Any):
     kw = dict(store=store, out=str(out), encoder="resnet10", patch=(16, 16, 16), batch=1, steps=2, lr=1e-3,
               workers=0, val_every=0, ckpt_every=0, log_every=1, device="cpu", seed=0)
     kw.update(changes)
-    return pretrain(TrainConfig(**kw), progress=False, log=lambda s: None)
+    return pretrain(TrainConfig(**kw), resume=resume, progress=False, log=log)
 
 
 def train_losses(run_dir: Path | str) -> dict[int, float]:
