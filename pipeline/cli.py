@@ -83,7 +83,9 @@ _common = [
 
 
 def common_options(fn):
-    for opt in reversed(_common):
+    from .verify import verify_option  # --verify reaches job.build through the click context, not a parameter
+
+    for opt in reversed([*_common, verify_option]):
         fn = opt(fn)
     return fn
 

@@ -26,6 +26,7 @@ from .convert import case_params_hash, check_case_headers, convert_or_fail, fail
 from .diagnose import unreadable_file
 from .integrity import check_resampled_voxels
 from .store import domain_plan, freeze_plan, open_root
+from .verify import case_damage, requested
 
 MEM_RESOURCE = "MEM"
 _BASE_OVERHEAD = 150 * 2**20
@@ -57,6 +58,10 @@ class BuildResult:
     elapsed_s: float = 0.0
     target_spacing: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     duplicates: list[list[str]] = field(default_factory=list)
+    verified: int = 0
+    """Unchanged cases whose files ``--verify`` found intact."""
+    damaged: list[str] = field(default_factory=list)
+    """``domain/case: what is damaged`` of the stored cases ``--verify`` found damaged (converted again)."""
     """Groups of ``domain/case_id`` holding the same image bytes (one scan under several names), each group
     kept in one split."""
 
@@ -71,6 +76,10 @@ class BuildResult:
         ]
         for dom, sp in sorted(self.target_spacing.items()):
             lines.append(f"  {dom}: target spacing (z, y, x) = {tuple(round(s, 4) for s in sp)} mm")
+        if self.verified or self.damaged:
+            lines.append(f"  verify: {self.verified} stored case(s) intact, {len(self.damaged)} damaged and "
+                         "converted again")
+            lines += [f"  DAMAGED {d}" for d in self.damaged]
         if self.duplicates:
             shown = "; ".join(" = ".join(g) for g in self.duplicates[:5])
             more = f" (and {len(self.duplicates) - 5} more)" if len(self.duplicates) > 5 else ""
@@ -209,14 +218,18 @@ def build(
     progress: bool = True,
     log: Callable[[str], None] = print,
     storage_options: dict | None = None,
+    verify: bool | None = None,
 ) -> BuildResult:
     """Build (or update) a store from cases. ``workers=0`` runs in this process without dask (debugging).
 
     The target spacing of a domain is planned from the headers of its labelled cases (all cases when none is
     labelled), with spacing overrides applied: ``spacing_rule`` "median" per axis (3DSeg-8) or "mean" (LiTS).
     ``target_spacing`` (domain → (z, y, x) mm) overrides the planned spacing of the named domains.
+    ``verify`` (default: the command's ``--verify``) checks the files of every unchanged case and rebuilds the
+    damaged ones (:mod:`pipeline.verify`).
     """
     t0 = time.perf_counter()
+    verify = requested() if verify is None else verify
     store = str(store)
     root = open_root(store, storage_options=storage_options)
     all_cases = [(spec, c) for spec, cases in domains for c in cases]
@@ -237,7 +250,7 @@ def build(
     pending = []
     for spec, case in all_cases:
         if spec.name in frozen:
-            row = is_up_to_date(root, case, case_params_hash(case, cfg, frozen[spec.name], spec))
+            row = _unchanged(root, case, case_params_hash(case, cfg, frozen[spec.name], spec), verify, result)
             if row is not None:
                 # A source may fix another split on a later scan (e.g. a VISCERAL test set drawn from more
                 # volumes) without the case's bytes changing: the hint of this scan wins.
@@ -277,7 +290,7 @@ def build(
             except ValueError as exc:
                 rows.append(failed_row(case, spec, "", str(exc)))
                 continue
-            row = None if spec.name in frozen else is_up_to_date(root, case, phash)  # e.g. --replan, same plan
+            row = None if spec.name in frozen else _unchanged(root, case, phash, verify, result)  # --replan
             if row is not None:
                 rows.append({**row, "split": case.split_hint or ""})
                 result.skipped += 1
@@ -298,6 +311,20 @@ def build(
     result.duplicates = duplicate_scans(result.catalog[result.catalog["domain"].isin(list(specs))])
     result.elapsed_s = time.perf_counter() - t0
     return result
+
+
+def _unchanged(root, case: Case, phash: str, verify: bool, result: BuildResult) -> dict[str, Any] | None:
+    """The stored row of an unchanged case (``convert.is_up_to_date``); with ``verify``, None for a case whose
+    files are damaged, which is noted in ``result.damaged`` and converted again."""
+    row = is_up_to_date(root, case, phash)
+    if row is not None and verify:
+        problem = case_damage(root, case.store_path)
+        if problem:
+            result.damaged.append(f"{case.domain}/{case.case_id}: {problem}")
+            return None
+    if verify:
+        result.verified += row is not None
+    return row
 
 
 def plan_domain(root, spec: DomainSpec, headers: list[CaseHeader], *, rule: str, given=None, replan: bool = False,

@@ -32,6 +32,7 @@ from .sources.lidc import (
 )
 from .sources.lidc_series import find_lidc_series
 from .store import domain_plan, freeze_plan, open_root
+from .verify import case_damage, requested
 
 
 @dataclass
@@ -42,6 +43,9 @@ class LidcBuildResult(BuildResult):
     series: int = 0
     no_xml: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
+    """``lidc/case: what is damaged`` of the stored crops ``--verify`` found damaged (their series converted
+    again)."""
 
     def summary(self) -> str:
         ok = self.catalog[(self.catalog["domain"] == DOMAIN) & (self.catalog["status"] == "ok")] \
@@ -54,6 +58,7 @@ class LidcBuildResult(BuildResult):
             f"< 3 mm), {len(ok)} nodule crops",
         ]
         lines += [f"  note: {n}" for n in self.notes]
+        lines += [f"  DAMAGED {d} (its series converted again)" for d in self.damaged]
         lines += [f"  no XML: {d}" for d in self.no_xml]
         lines += [f"  FAILED {r['domain']}/{r['case_id']}: {r['error']}" for r in self.failed]
         return "\n".join(lines)
@@ -70,12 +75,16 @@ def build_lidc(
     progress: bool = True,
     log: Callable[[str], None] = print,
     storage_options: dict | None = None,
+    verify: bool | None = None,
 ) -> LidcBuildResult:
     """Build (or update) the ``lidc`` domain of ``store`` from the series under ``lidc_root``.
 
     ``workers=0`` runs in this process without dask. Raises FileNotFoundError when ``lidc_root`` is no folder.
+    ``verify`` (default: the command's ``--verify``) checks the crops of every unchanged series and converts a
+    series again when one of its crops is damaged (:mod:`pipeline.verify`).
     """
     t0 = time.perf_counter()
+    verify = requested() if verify is None else verify
     store = str(store)
     refs = find_lidc_series(lidc_root)
     root = open_root(store, storage_options=storage_options)
@@ -110,6 +119,12 @@ def build_lidc(
             result.no_xml.append(str(ref.dicom_dir))
             continue
         stored = series_up_to_date(root, ref, phash)
+        if stored is not None and verify:
+            problems = [f"{DOMAIN}/{row['case_id']}: {p}" for row in stored.rows
+                        if (p := case_damage(root, f"{DOMAIN}/{row['case_id']}"))]
+            if problems:
+                result.damaged += problems
+                stored = None
         if stored is not None:
             done.append(stored)
             continue

@@ -151,10 +151,29 @@ def write_case(
         # its stored byte count is known only now.
         row["stored_bytes"] = int(stored)
         done["row"] = row
+    files = case_files(grp)
+    if files is not None:  # what --verify compares a stored case with (pipeline/verify.py)
+        done["files"] = files
     grp.update_attributes(attrs)  # one write of zarr.json (attrs.update writes it once per key)
     done["written_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     grp.attrs[MARKER] = done
     return int(stored)
+
+
+def case_files(grp: zarr.Group) -> dict[str, int] | None:
+    """Every file of a local case folder but its group's ``zarr.json`` (arrays' metadata and chunk files), as
+    path relative to the case → bytes; None for other stores. Recorded in the completion marker so that
+    ``--verify`` finds a chunk file cut short or lost after the case was written."""
+    folder = _local_folder(grp)
+    if folder is None:
+        return None
+    out = {}
+    for top, _, names in os.walk(folder):
+        for name in names:
+            rel = os.path.relpath(os.path.join(top, name), folder).replace(os.sep, "/")
+            if rel != "zarr.json":
+                out[rel] = os.path.getsize(os.path.join(top, name))
+    return dict(sorted(out.items()))
 
 
 def fill_array(arr: zarr.Array, data: np.ndarray) -> None:

@@ -108,7 +108,8 @@ def test_a_truncated_raw_chunk_is_an_error_naming_the_file(tmp_path) -> None:
                PrepConfig(chunks=(16, 32, 32)), marker={"test": True})
     frame = tmp_path / "store/d/case/image/c/0/1/1/1"
     frame.write_bytes(frame.read_bytes()[:5000])
-    with pytest.raises(OSError, match=r"c/0/1/1/1: chunk file is truncated .* rebuild this case"):
+    with pytest.raises(OSError, match=r"c/0/1/1/1: chunk file is truncated \(5,000 bytes; a raw chunk has 32,784\): "
+                                      r"the store is damaged; re-run its build .* with --verify"):
         ChunkedArrayReader(str(tmp_path / "store/d/case/image")).read_all()
 
 
