@@ -1,6 +1,6 @@
 """Patch-read latency and DataLoader throughput from a Med3D store, against zarr-python and the NIfTI sources.
 
-    python benchmarks/loader.py [--store PATH] [--n 50] [--workdir DIR] [--keep]
+    python benchmarks/loader.py [--store PATH] [--n 50] [--workdir DIR] [--keep] [--s3]
 
 Without ``--store`` it writes three CT-like phantoms of about 256×320×320 voxels (int16 HU: body, lungs, liver
 with a tumour, spine, smooth texture, white scanner noise of 20 HU in soft tissue and up to 35 HU in air as in
@@ -358,6 +358,8 @@ def main() -> None:
                     help="where `med3d-prep sample --size bench` CTs are (written there once if missing)")
     ap.add_argument("--bench-cases", type=int, default=2, help="bench CT cases whose chunks the codecs encode")
     ap.add_argument("--codecs-only", action="store_true", help="print only the codec and chunk-shape tables")
+    ap.add_argument("--s3", action="store_true", help="print only the table of patch reads from a loopback S3 "
+                    "bucket (moto) next to local folders, raw and lz4hc image chunks (benchmarks/loader_s3.py)")
     args = ap.parse_args()
 
     import numcodecs.blosc
@@ -397,6 +399,11 @@ def main() -> None:
         meta = __import__("zarr").open_array(f"{store}/{positions[0][0].store_path}/image", mode="r")
         print(f"\nstore {store}: {len(index)} training cases; image chunks {meta.chunks}, {meta.dtype}; "
               f"{os.cpu_count()} cores; {args.n} random {PATCH} patches per row\n")
+        if args.s3:
+            from loader_s3 import s3_table
+
+            s3_table(store, index, positions, args.n, work)
+            return
 
         fns = {f"direct chunk reader (model.data.zarr_read), images {_codec_name(store, positions)}":
                direct_fn(store),
