@@ -326,9 +326,9 @@ def info(store: str, as_json: bool) -> None:
 
     try:
         table = store_summary(store)
-    except FileNotFoundError as exc:
+        nodules = nodules_summary(store)
+    except (FileNotFoundError, ValueError) as exc:  # ValueError: a damaged or crafted catalog, named
         raise click.UsageError(str(exc)) from None
-    nodules = nodules_summary(store)
     if as_json:
         records = table.to_dict("records")
         for rec in records:

@@ -55,6 +55,9 @@ def check_case_headers(case: Case, max_voxels: int | None = integrity.DEFAULT_MA
             hdr = geometry.read_header(path)
             integrity.check_voxel_count(path, hdr.n_voxels * hdr.n_channels, max_voxels,
                                         f" ({hdr.n_channels} channel(s) of {' × '.join(map(str, hdr.size))})")
+            integrity.check_extent(path, hdr.size)
+            if "complex" in hdr.pixel_type:
+                integrity.check_pixel_type(path, np.complex64)
             integrity.check_spacing(path, hdr.spacing if case.spacing_override is None else case.spacing_override,
                                     "header spacing" if case.spacing_override is None else "spacing override")
             integrity.check_direction(path, hdr.direction)

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from . import integrity
 from .diagnose import not_a_file, one_line
+from .nifti_header import header_reader
 
 CANONICAL = "LPS"
 
@@ -64,14 +65,7 @@ def read_header(path: str) -> Header:
     and the spatial 3×3 part of its direction.
     """
     _require_file(path)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        if integrity.is_nifti(path):  # say what is wrong with a damaged file, not only that ITK failed
-            integrity.diagnose_nifti(str(path))
-        raise ValueError(f"{path}: cannot read the image header ({one_line(exc)})") from None
+    reader = header_reader(str(path))
     dim = reader.GetDimension()
     size = reader.GetSize()
     spacing = reader.GetSpacing()
@@ -179,13 +173,7 @@ def _read_nifti_channels(path: str) -> list[sitk.Image] | None:
     or size ITK reports differently); the file is then fully verified by a separate pass first.
     """
     info = integrity.read_nifti_info(path)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        integrity.diagnose_nifti(path)
-        raise ValueError(f"{path}: cannot read the image header ({one_line(exc)})") from None
+    reader = header_reader(path)
     dim, size = reader.GetDimension(), reader.GetSize()
     plain = (
         not info.scaled and dim in (3, 4) and reader.GetNumberOfComponents() == 1
@@ -193,6 +181,9 @@ def _read_nifti_channels(path: str) -> list[sitk.Image] | None:
         and int(np.prod(size)) == info.n_voxels
     )
     if not plain:
+        if info.version == 2:
+            raise ValueError(f"{path}: a NIfTI-2 file with scaled, vector or unusual voxels (ITK reads NIfTI-1 "
+                             "only, and we read plain NIfTI-2 voxels only): convert it to NIfTI-1")
         integrity.verify_nifti_file(info)
         return None
     data = integrity.read_nifti_voxels(info).reshape(size, order="F")

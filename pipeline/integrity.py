@@ -33,7 +33,8 @@ import numpy as np
 from .diagnose import not_a_file
 
 __all__ = [
-    "DEFAULT_MAX_VOXELS", "IntegrityError", "NiftiInfo", "check_contrast", "check_direction", "check_file",
+    "DEFAULT_MAX_VOXELS", "IntegrityError", "NiftiInfo", "check_contrast", "check_direction", "check_extent",
+    "check_file", "check_pixel_type",
     "check_finite", "check_resampled_voxels", "check_spacing", "check_voxel_count", "count_nonfinite", "diagnose_nifti", "is_nifti",
     "read_nifti_info",
     "read_nifti_voxels", "verify_gzip", "verify_nifti_file",
@@ -181,6 +182,7 @@ def read_nifti_info(path: str | os.PathLike) -> NiftiInfo:
     if not 1 <= dim[0] <= 7 or any(d < 1 for d in dim[1:dim[0] + 1]):
         raise _unreadable(path, f"invalid NIfTI dims {dim[:max(1, min(dim[0], 7)) + 1]}: re-download the file")
     pixdim = [float(v) for v in hdr["pixdim"]]
+    _check_orientation(path, hdr)
     vox_offset = float(hdr["vox_offset"])
     if not (math.isfinite(vox_offset) and 0 <= vox_offset <= size * _MAX_DEFLATE_RATIO + hsize + 4):
         raise _unreadable(path, f"the header's vox_offset {vox_offset:g} (where the voxels start) is not a byte "
@@ -195,6 +197,34 @@ def read_nifti_info(path: str | os.PathLike) -> NiftiInfo:
         vox_offset=max(int(vox_offset), hsize + 4), pixdim=tuple(pixdim[1:4]),
         scl_slope=float(hdr["scl_slope"]), scl_inter=float(hdr["scl_inter"]), gzip_isize=isize,
     )
+
+
+def _check_orientation(path: str, hdr) -> None:
+    """Refuse a qform or sform in use (code > 0) with a NaN or infinite field: ITK then falls back to another
+    orientation without a word, and the volume would be stored turned or moved."""
+    for form, fields in (("qform", ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z")),
+                         ("sform", ("srow_x", "srow_y", "srow_z"))):
+        if int(hdr[f"{form}_code"]) <= 0:
+            continue
+        bad = [f for f in fields if not np.all(np.isfinite(np.asarray(hdr[f], dtype=float)))]
+        if bad:
+            raise _unreadable(path, f"the header's {form} (orientation) has non-finite {', '.join(bad)}: a damaged "
+                                    f"header; fix its {form} or re-download the file")
+
+
+def check_extent(path: str, size_xyz: Sequence[int]) -> None:
+    """Refuse a "volume" with one voxel along an axis (a single slice saved as 3D): nothing 3D to learn from,
+    and a 3D patch or resampling of it is meaningless."""
+    if len(size_xyz) >= 3 and min(size_xyz[:3]) < 2:
+        raise IntegrityError(f"{path}: a single slice ({' × '.join(str(int(n)) for n in size_xyz[:3])} voxels), not a "
+                             "3D volume: build from volumes with at least 2 voxels along each axis")
+
+
+def check_pixel_type(path: str, dtype: np.dtype) -> None:
+    """Refuse complex-valued voxels (MR raw data): Med3D normalizes real intensities."""
+    if np.dtype(dtype).kind == "c":
+        raise IntegrityError(f"{path}: complex-valued voxels ({np.dtype(dtype).name}): Med3D reads real-valued "
+                             "images; store the magnitude (abs) of the image instead")
 
 
 def check_voxel_count(path: str, n_voxels: int, max_voxels: int | None, what: str = "") -> None:
@@ -273,6 +303,8 @@ def check_file(path: str | os.PathLike, *, max_voxels: int | None = DEFAULT_MAX_
                              f"(dims {list(info.dims)})")
     check_voxel_count(path, info.n_voxels, max_voxels,
                       f" ({' × '.join(str(d) for d in info.dims)})")
+    check_extent(path, info.dims)
+    check_pixel_type(path, info.dtype)
     if check_header_spacing:
         check_spacing(path, info.pixdim, "header spacing (pixdim)")
     need = info.expected_bytes

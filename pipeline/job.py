@@ -355,7 +355,7 @@ def write_catalog(store: str, rows: list[dict[str, Any]], specs: dict[str, Domai
                   targets: dict[str, tuple[float, float, float]], cfg: PrepConfig) -> pd.DataFrame:
     """Replace the catalog rows and domain rows of ``specs``' domains (other domains are kept); rows with an
     empty split get one from :func:`catalog.assign_splits`. Returns the written catalog."""
-    new = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["domain", "case_id", "split", "status"])
+    new = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["domain", "case_id", "split", "status"])
     old = load_catalog(store, missing_ok=True)
     keep = old[~old["domain"].isin(list(specs))]
     cat = pd.concat([keep, new], ignore_index=True) if len(keep) else new

@@ -107,7 +107,7 @@ def read_task(task_dir: Path, domain: str | None = None) -> tuple[DomainSpec, li
         if not isinstance(entry, dict) or "image" not in entry:
             raise ValueError(f"{meta_path}: {where}: expected {{\"image\": ..., \"label\": ...}}, got {entry!r}")
         image = file_inside(task_dir, entry["image"], meta_path, where, "task folder")
-        cid = _checked_case_id(image, meta_path, where)
+        cid = _checked_case_id(entry["image"], meta_path, where)  # the listed name, not a link's target
         label = (file_inside(task_dir, entry["label"], meta_path, where, "task folder")
                  if entry.get("label") else None)
         cases.append(Case(
@@ -118,7 +118,7 @@ def read_task(task_dir: Path, domain: str | None = None) -> tuple[DomainSpec, li
         where = f"test entry {i}"
         rel = entry.get("image") if isinstance(entry, dict) else entry
         image = file_inside(task_dir, rel, meta_path, where, "task folder")
-        cid = _checked_case_id(image, meta_path, where)
+        cid = _checked_case_id(rel, meta_path, where)
         cases.append(Case(
             domain=domain, case_id=cid, scan_id=scan_id_for(task, cid), patient_id=cid,
             images=(image,), label=None, split_hint="test",

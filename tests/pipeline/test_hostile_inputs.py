@@ -12,7 +12,9 @@ import re
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 
@@ -77,7 +79,31 @@ KINDS: dict[str, tuple] = {
     "resampled_too_large": (_header(pixdim=(1, 40.0)), _copy, "image",
                             "the volume would hold 2,475,200 voxels, more than --max-voxels 2,000,000"),
 }
+KINDS.update({
+    "one_slice": (lambda s, d: _nib_copy(s, d, lambda a: a[:, :, :1]),
+                  lambda s, d: _nib_copy(s, d, lambda a: a[:, :, :1]), "image",
+                  "a single slice (34 × 52 × 1 voxels), not a 3D volume"),
+    "nan_quaternion": (_header(quatern_b=np.nan, qform_code=1, sform_code=0), _copy, "image",
+                       "the header's qform (orientation) has non-finite quatern_b: a damaged header"),
+    "complex64": (lambda s, d: _nib_copy(s, d, lambda a: a.astype(np.complex64)), _copy, "image",
+                  "complex-valued voxels (complex64): Med3D reads real-valued images"),
+    "dev_zero": (lambda s, d: os.symlink("/dev/zero", d), _copy, "/dev/zero",
+                 "a character device (like /dev/zero), not a file"),
+    "fifo": (lambda s, d: os.mkfifo(d), _copy, "image", "a named pipe (FIFO), not a file"),
+})
 MAX_VOXELS = "2e6"
+
+
+def _nib_copy(src: Path, dst: Path, edit, cls=None) -> None:
+    """``src`` re-saved by nibabel with its voxels edited (as another NIfTI class when ``cls`` is given)."""
+    img = nib.load(src)
+    data = edit(np.asarray(img.dataobj))
+    if cls is None:
+        hdr = img.header.copy()
+        hdr.set_data_dtype(data.dtype)
+        nib.save(nib.Nifti1Image(data, img.affine, hdr), dst)
+    else:
+        nib.save(cls(data, img.affine), dst)
 NEGATIVE_DECLARED = {"-1": "outside"}  # dataset.json declares -1, so only the negative-value rule refuses it
 
 
@@ -102,7 +128,10 @@ def msd_build(real_dir, tmp_path_factory):
         make_image(src, image)
         make_label(lab, label)
         meta["training"].append({"image": f"./imagesTr/{image.name}", "label": f"./labelsTr/{label.name}"})
-        corpus[kind] = image if named == "image" else label
+        corpus[kind] = image if named == "image" else label if named == "label" else Path(named)
+    for sub, path in (("imagesTr", src), ("labelsTr", lab)):  # a valid NIfTI-2 copy of hippocampus_003
+        _nib_copy(path, task / sub / "nifti2.nii.gz", lambda a: a, cls=nib.Nifti2Image)
+    meta["training"].append({"image": "./imagesTr/nifti2.nii.gz", "label": "./labelsTr/nifti2.nii.gz"})
     (task / "dataset.json").write_text(json.dumps(meta, indent=1))
     store = root / "store"
     before = _files(root)
@@ -114,7 +143,9 @@ def msd_build(real_dir, tmp_path_factory):
 def test_every_other_case_completes(msd_build):
     res, cat = msd_build["res"], msd_build["catalog"]
     assert res.exit_code == EXIT_FAILED_CASES, res.output
-    assert sorted(cat.index[cat.status == "ok"]) == list(GOOD)
+    assert sorted(cat.index[cat.status == "ok"]) == [*GOOD, "nifti2"]
+    # the failed rows (fewer columns) come first: the good rows keep every column of theirs
+    assert cat.loc[list(GOOD), "has_label"].all() and cat.loc["hippocampus_003", "label_values"] == [0, 1, 2]
     assert (cat.status == "failed").sum() == len(KINDS)
     assert msd_build["outside"] == []
     assert "Traceback" not in res.output and "unexpected error" not in res.output
@@ -127,6 +158,19 @@ def test_a_damaged_field_is_a_failed_row_naming_the_file(msd_build, kind):
     assert row.error.startswith(f"{msd_build['corpus'][kind]}: "), row.error
     assert KINDS[kind][3] in row.error, row.error
     assert "\n" not in row.error
+
+
+def test_a_valid_nifti2_file_is_read_as_its_nifti1_original(msd_build):
+    import zarr
+
+    store = str(msd_build["store"])
+    a = zarr.open_group(store, path="hippocampus/hippocampus_003", mode="r")
+    b = zarr.open_group(store, path="hippocampus/nifti2", mode="r")
+    assert a["image"].shape == b["image"].shape == (1, 35, 52, 34)
+    np.testing.assert_array_equal(a["image"][...], b["image"][...])
+    np.testing.assert_array_equal(a["label"][...], b["label"][...])
+    for key in ("spacing", "origin", "direction"):
+        assert a.attrs[key] == b.attrs[key], key
 
 
 def test_an_unforeseen_header_error_is_a_failed_row_saying_what_to_do(real_dir, monkeypatch):
@@ -312,3 +356,31 @@ def test_verify_checks_every_frame_where_the_marker_records_no_sizes(real_dir, t
     zarr.open_array(str(chunk.parents[4]), mode="r")[...]  # zarr-python reads it without an error
     assert case_damage(root, "hippocampus/hippocampus_003") == \
         f"hippocampus/hippocampus_003/image/c/0/0/0/0: {size - 100:,} bytes, its Blosc header says {size:,}"
+
+
+@pytest.mark.parametrize("damage,phrase", [
+    (lambda p: p.write_bytes(p.read_bytes()[:200]), "not a readable parquet table"),
+    (lambda p: pd.read_parquet(p).assign(case_id="../../x").to_parquet(p, index=False),
+     "case_id '../../x' contains a path separator"),
+])
+def test_info_on_a_damaged_catalog_is_one_line(msd_build, tmp_path, damage, phrase):
+    store = tmp_path / "store"
+    shutil.copytree(msd_build["store"], store)
+    damage(store / "catalog.parquet")
+    res = _cli("info", store)
+    assert res.exit_code == 2, res.output
+    assert f"Error: {store / 'catalog.parquet'}: " in res.output and phrase in res.output, res.output
+    assert "Traceback" not in res.output
+
+
+def test_a_case_id_named_like_the_store_metadata_is_refused(real_dir, tmp_path):
+    task = tmp_path / "msd" / TASK
+    shutil.copytree(real_dir / "msd" / TASK, task)
+    shutil.copy(task / "imagesTr" / "hippocampus_001.nii.gz", task / "imagesTr" / "zarr.json.nii.gz")
+    meta = json.loads((task / "dataset.json").read_text())
+    meta["training"].append({"image": "./imagesTr/zarr.json.nii.gz", "label": "./labelsTr/hippocampus_001.nii.gz"})
+    (task / "dataset.json").write_text(json.dumps(meta))
+    res = _cli("build-3dseg8", tmp_path / "msd", tmp_path / "store", "--workers", "0", "--no-progress")
+    assert res.exit_code == 2, res.output
+    assert ("training entry 4: the case id 'zarr.json' taken from its file name is a name the store uses for its "
+            "own files") in res.output, res.output
