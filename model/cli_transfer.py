@@ -29,6 +29,18 @@ def _ints(value: str, name: str) -> tuple[int, ...]:
         raise click.BadParameter(f"{value!r}: give comma-separated integers", param_hint=name) from None
 
 
+def _voxel_count(value: str | None) -> int | None:
+    """``--max-voxels``: a positive whole number, also as 2e9 or 2_000_000_000."""
+    try:
+        n = None if value is None else float(value.replace("_", "").replace(",", ""))
+    except ValueError:
+        n = math.nan
+    if n is not None and not (math.isfinite(n) and n >= 1 and n == int(n)):
+        raise click.BadParameter(f"{value!r}: give a positive whole number of voxels, e.g. 2e9",
+                                 param_hint="--max-voxels")
+    return None if n is None else int(n)
+
+
 def _task_names() -> list[str]:
     from model.tasks import TASKS
 
@@ -163,10 +175,16 @@ def evaluate(run: str, store: str, split: str | None, device: str, amp: bool, li
               help="Spacing (mm, file axis order) for scans whose header has none (e.g. LiTS 28-47).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--amp/--no-amp", default=False, show_default=True)
+@click.option("--max-voxels", default=None, metavar="N", callback=lambda ctx, param, v: _voxel_count(v),
+              help="Largest scan (voxels × channels, as stored and after resampling) to read, e.g. 2e9 (the "
+                   "default, as the build's); a header announcing more is skipped as damaged before any read.")
 def predict(run: str, scans: tuple[str, ...], out: str, modality: str | None, spacing: str | None, device: str,
-            amp: bool) -> None:
+            amp: bool, max_voxels: int | None) -> None:
     """Segment raw SCANS (files or folders, an nnU-Net imagesTs folder too) with RUN; one mask per case in OUT,
-    in that scan's own geometry (nnU-Net channel files CASE_0000... give CASE.nii.gz)."""
+    in that scan's own geometry (nnU-Net channel files CASE_0000... give CASE.nii.gz).
+
+    Every file passes the build's header checks first; a case that fails is skipped with a line naming the file,
+    the others are predicted, and the exit status is then non-zero."""
     from model.evaluation.predict import predict as run_predict
 
     spacing_xyz = None
@@ -179,7 +197,7 @@ def predict(run: str, scans: tuple[str, ...], out: str, modality: str | None, sp
             raise click.BadParameter("give three positive spacings in mm, e.g. 0.7,0.7,2.5", param_hint="--spacing")
     try:
         run_predict(run, scans, out, modality=modality, spacing_xyz=spacing_xyz, device=device, amp=amp,
-                    log=click.echo)
+                    max_voxels=max_voxels, log=click.echo)
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -11,13 +11,20 @@ Inputs are files or folders of files. Files named as nnU-Net names channels (``C
 for predictions), on the grid of ``CASE_0000``, which is the channel the network reads (the first channel, as in
 training). Any other file ``NAME.nii.gz`` gives ``NAME_mask.nii.gz``; a LiTS ``test-volume-N.nii`` gives
 ``test-segmentation-N.nii``.
+
+Before any voxel is read, every file of every case (each channel file of an nnU-Net case) passes the build's
+header checks and ``--max-voxels`` (as stored and as resampled): a damaged or crafted header (a 32767³ claim, a
+``vox_offset`` of inf, a 300 mm voxel, a gzip bomb) skips its case with one line naming the file; the other
+cases are predicted, and :class:`ScansSkippedError` then ends the call (docs/DECISIONS.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -25,7 +32,8 @@ import torch
 
 from model.evaluation.inference import Segmenter
 
-__all__ = ["SCAN_ENDINGS", "collect_scans", "mask_name", "predict"]
+__all__ = ["SCAN_ENDINGS", "ScanCase", "ScansSkippedError", "check_case", "collect_cases", "collect_scans", "mask_name",
+           "predict"]
 
 SCAN_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 """File endings ``predict`` takes as scans in a folder."""
@@ -53,10 +61,20 @@ def mask_name(scan: str | Path) -> str:
     return f"{_stem(name)}_mask.nii.gz"
 
 
-def collect_scans(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
-    """The cases of ``inputs`` (files, or folders whose scan files are taken, sorted) as (file the network reads,
-    mask name). nnU-Net channel files of one case count once, by their lowest channel (``_0000``); a case whose
-    channels lack ``_0000`` is refused. Raises ValueError naming the input."""
+@dataclass(frozen=True)
+class ScanCase:
+    """One case to predict: the file the network reads, the mask's file name, and every file of the case (the
+    nnU-Net channel files ``CASE_0000``, ``CASE_0001``...; the scan alone otherwise), each header-checked."""
+
+    scan: Path
+    mask: str
+    files: tuple[Path, ...]
+
+
+def collect_cases(inputs: Sequence[str | Path]) -> list[ScanCase]:
+    """The cases of ``inputs`` (files, or folders whose scan files are taken, sorted). nnU-Net channel files of
+    one case count once, read by their lowest channel (``_0000``); a case whose channels lack ``_0000`` is
+    refused. Raises ValueError naming the input."""
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -66,29 +84,71 @@ def collect_scans(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
             files += found
         else:
             files.append(item)
-    cases: dict[str, tuple[Path, str]] = {}
+    groups: dict[str, list[Path]] = {}
     for path in files:
         channel = _CHANNEL.fullmatch(_stem(path.name))
         key = str(path.parent / channel.group("case")) if channel else str(path)
-        if channel and channel.group("channel") != "0000":
-            cases.setdefault(key, (Path(""), mask_name(path)))
-            continue
-        cases[key] = (path, mask_name(path))
-    missing = [k for k, (p, _) in cases.items() if p == Path("")]
-    if missing:
-        raise ValueError(f"{missing[0]}: channel files without their _0000 file; the network reads channel 0000")
-    names = [name for _, name in cases.values()]
+        groups.setdefault(key, [])
+        if path not in groups[key]:
+            groups[key].append(path)
+    cases = []
+    for key, paths in groups.items():
+        first = [p for p in paths if (m := _CHANNEL.fullmatch(_stem(p.name))) is None or m.group("channel") == "0000"]
+        if not first:
+            raise ValueError(f"{key}: channel files without their _0000 file; the network reads channel 0000")
+        cases.append(ScanCase(scan=first[0], mask=mask_name(first[0]), files=tuple(sorted(paths))))
+    names = [c.mask for c in cases]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ValueError(f"two inputs would write the same mask {twice[0]}; predict them into separate folders")
-    return list(cases.values())
+    return cases
+
+
+def collect_scans(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
+    """The cases of ``inputs`` (see :func:`collect_cases`) as (file the network reads, mask name)."""
+    return [(c.scan, c.mask) for c in collect_cases(inputs)]
+
+
+def check_case(case: ScanCase, target_spacing_zyx: Sequence[float], *, max_voxels: int | None,
+               spacing_xyz: tuple[float, float, float] | None = None) -> None:
+    """The build's header checks (:func:`pipeline.convert.check_case_headers`) on every file of ``case``, then
+    the size of the scan resampled to ``target_spacing_zyx`` (mm) against ``max_voxels``: header bytes only, no
+    voxel is read. ``spacing_xyz`` (mm) replaces the headers' spacing, as ``--spacing`` does. Raises ValueError
+    whose one-line message names the file and the fix."""
+    from pipeline import geometry, integrity
+    from pipeline.config import Case
+    from pipeline.convert import check_case_headers
+
+    check_case_headers(Case(domain="predict", case_id="predict", scan_id="predict", patient_id="predict",
+                            images=tuple(map(str, case.files)), spacing_override=spacing_xyz), max_voxels)
+    header = geometry.read_header(str(case.scan))
+    if spacing_xyz is not None:
+        header = dataclasses.replace(header, spacing=tuple(spacing_xyz))
+    integrity.check_resampled_voxels(str(case.scan), header.canonical_size_zyx(), header.canonical_spacing_zyx(),
+                                     target_spacing_zyx, header.n_channels, max_voxels)
+
+
+class ScansSkippedError(ValueError):
+    """Some cases failed the header checks and were skipped; the others were predicted. ``written``: the masks
+    written, ``skipped``: (file, reason) of each skipped case."""
+
+    def __init__(self, message: str, written: list[Path], skipped: list[tuple[Path, str]]) -> None:
+        super().__init__(message)
+        self.written, self.skipped = written, skipped
 
 
 def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, segmenter: Segmenter | None = None,
             modality: str | None = None, spacing_xyz: tuple[float, float, float] | None = None,
-            device: str | torch.device = "cpu", amp: bool = False, log: Callable[[str], None] = print) -> list[Path]:
-    """Segment every scan of ``scans`` (files or folders, see :func:`collect_scans`) with ``run`` and write one
+            device: str | torch.device = "cpu", amp: bool = False, max_voxels: int | None = None,
+            log: Callable[[str], None] = print) -> list[Path]:
+    """Segment every scan of ``scans`` (files or folders, see :func:`collect_cases`) with ``run`` and write one
     mask per case into ``out``; returns the paths.
+
+    Before any voxel is read, every file of every case passes the build's header checks (:func:`check_case`:
+    damaged or truncated files, impossible spacings, more than ``max_voxels`` voxels as stored or resampled;
+    None: the build's default, :data:`pipeline.integrity.DEFAULT_MAX_VOXELS`). A case that fails is skipped with
+    a line through ``log`` and the others are predicted; then :class:`ScansSkippedError` says which were skipped
+    (a ValueError: the CLI exits non-zero). When every case fails, nothing is loaded or written.
 
     ``segmenter`` replaces the run's networks (an oracle in tests). ``modality`` (CT or MR) is needed for runs
     trained on a mixed-modality store (VISCERAL). ``spacing_xyz`` (mm) replaces the headers' spacing, for scans
@@ -97,20 +157,34 @@ def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, se
     from model.tasks import get_task
     from model.tasks.run import inside, read_run
     from pipeline.geometry import to_original_grid
+    from pipeline.integrity import DEFAULT_MAX_VOXELS
     from pipeline.preprocess import preprocess_scan
 
     spec = read_run(run)
     task = get_task(spec["task"])
     if not task.segmentation:
         raise ValueError(f"{run} is a {spec['task']} run: it classifies, predict writes masks of segmentation runs")
-    cases = collect_scans(scans)
+    if spacing_xyz is not None and not (len(spacing_xyz) == 3 and all(math.isfinite(v) and v > 0 for v in spacing_xyz)):
+        raise ValueError(f"the given spacing {tuple(spacing_xyz)} is not three positive voxel sizes (mm)")
+    cases = collect_cases(scans)
     out = Path(out)
-    targets = [inside(out, name) for _, name in cases]  # every name checked before the first write
+    targets = [inside(out, case.mask) for case in cases]  # every name checked before the first write
     recipe = spec["preprocessing"]
-    seg = segmenter or task.segmenter(run, spec, device=device, amp=amp)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for (scan, _), path in zip(cases, targets):
+    limit = DEFAULT_MAX_VOXELS if max_voxels is None else max_voxels
+    good, skipped = [], []
+    for case, path in zip(cases, targets):
+        try:
+            check_case(case, recipe["target_spacing"], max_voxels=limit, spacing_xyz=spacing_xyz)
+        except ValueError as exc:
+            log(f"skipped: {exc}")
+            skipped.append((case.scan, str(exc)))
+        else:
+            good.append((case.scan, path))
+    written: list[Path] = []
+    if good:
+        seg = segmenter or task.segmenter(run, spec, device=device, amp=amp)
+        out.mkdir(parents=True, exist_ok=True)
+    for scan, path in good:
         image, attrs = preprocess_scan(scan, recipe, modality=modality, spacing_xyz=spacing_xyz)
         label = seg(image)
         if label.shape != image.shape:
@@ -121,4 +195,9 @@ def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, se
         vol = n * math.prod(mask.GetSpacing())
         log(f"{scan} -> {path} ({n} voxels, {vol / 1000:.1f} ml)")
         written.append(path)
+    if skipped:
+        names = ", ".join(str(p) for p, _ in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        which = skipped[0][1] if len(skipped) == 1 else f"{names} (see the 'skipped:' lines)"
+        raise ScansSkippedError(f"{len(skipped)} of {len(cases)} case(s) skipped: {which}; {len(written)} mask(s) "
+                                f"written{f' to {out}' if written else ''}", written, skipped)
     return written
