@@ -49,7 +49,9 @@ class CardError(ValueError):
 
 
 def _zarr_attrs(store: str, *parts: str) -> dict[str, Any]:
-    with open(store_join(store, *parts, "zarr.json"), "rb") as fh:
+    import fsspec  # the store may be an fsspec URL (s3://...)
+
+    with fsspec.open(store_join(store, *parts, "zarr.json"), "rb") as fh:
         return json.load(fh)
 
 

@@ -40,9 +40,11 @@ def segmenter_for_run(run: str | Path, *, device: str | torch.device = "cpu", am
 
 
 def _case_attrs(store: str, store_path: str) -> dict[str, Any]:
+    import fsspec  # the store may be an fsspec URL (s3://...)
+
     from catalog.io import store_join
 
-    with open(store_join(store, store_path, "zarr.json"), "rb") as fh:
+    with fsspec.open(store_join(store, store_path, "zarr.json"), "rb") as fh:
         return json.load(fh)["attributes"]
 
 

@@ -1,6 +1,8 @@
 """A store in object storage: the sample 3DSeg-8 built into an S3 bucket (moto on loopback) by a real dask cluster
-equals the local build array for array, plain zarr reads it, and pretraining streams from it."""
+equals the local build array for array, plain zarr reads it, and pretraining and fine-tuning stream from it."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,3 +30,21 @@ def test_pretraining_streams_from_the_bucket(bucket_build, local_pretrain, tmp_p
     local = local_pretrain.net.state_dict()
     for key, value in remote.net.state_dict().items():
         assert torch.equal(value, local[key]), key
+
+
+def test_finetune_reads_its_cases_from_the_bucket(bucket_build, local_build, tmp_path):
+    """`med3d-train finetune seg` on the bucket's spleen domain trains on the same patches as on the local build."""
+    from click.testing import CliRunner
+
+    from model.cli import main
+
+    def finetune(store: str, out: Path) -> dict[int, float]:
+        res = CliRunner().invoke(main, ["finetune", "seg", store, "--domain", "spleen", "--out", str(out),
+                                        "--steps", "2", "--patch", "16", "--device", "cpu", "--workers", "0",
+                                        "--val-every", "0"],
+                                 catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        return train_losses(out)
+
+    remote = finetune(bucket_build, tmp_path / "remote")
+    assert sorted(remote) == [1, 2] and remote == finetune(local_build, tmp_path / "local")
