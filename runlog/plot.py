@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from matplotlib.figure import Figure
 
 from runlog.records import METRICS_FILE, read_metrics
 
-__all__ = ["RunSeries", "find_series", "loss_figure", "plot_runs", "throughput_figure", "val_figure"]
+__all__ = ["RunSeries", "find_series", "loss_figure", "plot_runs", "throughput_figure", "unique_names",
+           "val_figure"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,30 @@ def find_series(run_dir: str | Path) -> list[RunSeries]:
     name = run.resolve().name or str(run)
     return [RunSeries(name=name if f == run else f"{name}/{f.name}", folder=f, metric=metric,
                       train=read_metrics(f, "train"), val=read_metrics(f, "val")) for f in folders]
+
+
+def unique_names(series: Sequence[RunSeries]) -> list[RunSeries]:
+    """``series`` with each run's name made unique by as many parent folders as it takes: two runs both named
+    ``seg`` (``a/seg``, ``b/seg``) become ``a/seg`` and ``b/seg`` in the legends, not two ``seg``."""
+    def run_dir(s: RunSeries) -> Path:
+        return s.folder.parent if "/" in s.name else s.folder
+
+    runs = list(dict.fromkeys(run_dir(s).resolve() for s in series))
+    depth = {r: 1 for r in runs}
+    while True:
+        names = {r: "/".join(r.parts[-depth[r]:]) for r in runs}
+        twice = {n for n, c in Counter(names.values()).items() if c > 1}
+        grow = [r for r in runs if names[r] in twice and depth[r] < len(r.parts)]
+        if not grow:
+            break
+        for r in grow:
+            depth[r] += 1
+    out = []
+    for s in series:
+        r = run_dir(s).resolve()
+        out.append(replace(s, name=names[r] + (s.name[s.name.index("/"):] if "/" in s.name else ""))
+                   if depth[r] > 1 else s)
+    return out
 
 
 def _frame(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
@@ -117,10 +143,11 @@ def loss_figure(series: Sequence[RunSeries]) -> Figure:
 
 def val_figure(series: Sequence[RunSeries]) -> Figure:
     """Validation against step: pretraining Dice per domain (thin) and its mean (dashed); fine-tuning runs'
-    metric on their validation split (bold)."""
+    metric on their validation split (bold, one marker shape per series, so runs stay apart when the colours
+    repeat after ten lines)."""
     fig = Figure(figsize=(7.5, 4.2), layout="constrained")
     ax = fig.add_subplot()
-    k = 0
+    k = m = 0
     for s in series:
         rows = [r for r in s.val if isinstance(r.get("dice"), dict)]
         domains = sorted({d for r in rows for d in r["dice"]})
@@ -135,9 +162,9 @@ def val_figure(series: Sequence[RunSeries]) -> Figure:
         metric_rows = [r for r in s.val if "metric" in r]
         if metric_rows:
             split = metric_rows[-1].get("split", "val")
-            ax.plot([r["step"] for r in metric_rows], [_num(r.get("metric")) for r in metric_rows], marker="o",
-                    lw=2, color=f"C{k % 10}", label=f"{s.name}: {s.metric} on {split}")
-            k += 1
+            ax.plot([r["step"] for r in metric_rows], [_num(r.get("metric")) for r in metric_rows],
+                    marker="osD^vP<>"[m % 8], ms=6, lw=2, color=f"C{k % 10}", label=f"{s.name}: {s.metric} on {split}")
+            k, m = k + 1, m + 1
     if ax.lines:
         ax.legend(fontsize=7, ncol=2 if len(ax.lines) > 8 else 1)
         ax.set_ylim(-0.02, 1.02)
@@ -198,7 +225,7 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path | None = None, *, dpi:
     """
     if not runs:
         raise ValueError("give at least one run folder")
-    series = [s for run in runs for s in find_series(run)]
+    series = unique_names([s for run in runs for s in find_series(run)])
     folder = Path(out) if out is not None else Path(runs[0])
     makers = {"loss": loss_figure, "val": val_figure, "throughput": throughput_figure}
     return {key: save_figure(make(series), folder / f"{key}.png", dpi) for key, make in makers.items()}
