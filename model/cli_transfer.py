@@ -95,6 +95,8 @@ def _tasks_help() -> str:
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the network.")
 @click.option("--resume", is_flag=True, help="Continue the run's checkpoints exactly.")
 @click.option("--progress/--no-progress", default=True)
+@click.option("--verbose", "-v", is_flag=True,
+              help="Print the whole weight-loading report (every dropped key); OUT/init_report.json has it anyway.")
 def finetune(task: str, store: str, out: str, **opts: Any) -> None:
     """Fine-tune an encoder for TASK on STORE (see the task list below).
 
@@ -108,7 +110,7 @@ def finetune(task: str, store: str, out: str, **opts: Any) -> None:
     depth = opts.pop("depth")
     kw = dict(opts)
     kw["compile"] = kw.pop("compile_")
-    progress, resume, stage = kw.pop("progress"), kw.pop("resume"), kw.pop("stage")
+    progress, resume, stage, verbose = kw.pop("progress"), kw.pop("resume"), kw.pop("stage"), kw.pop("verbose")
     kw["encoder"] = f"resnet{depth}" if depth else None
     if kw["loss"] is None:
         del kw["loss"]
@@ -124,7 +126,8 @@ def finetune(task: str, store: str, out: str, **opts: Any) -> None:
     if stage != "both" and stage not in stages:
         raise click.UsageError(f"--stage: task {task} has stages {', '.join(stages)} (or both), got {stage!r}")
     try:
-        results = run_finetune(task, store, out, stage=stage, resume=resume, progress=progress, log=click.echo, **kw)
+        results = run_finetune(task, store, out, stage=stage, resume=resume, progress=progress, log=click.echo,
+                               verbose=verbose, **kw)
     except (FinetuneError, WeightsMismatchError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     except ValueError as exc:  # a FinetuneConfig field out of range
@@ -208,13 +211,16 @@ def predict(run: str, scans: tuple[str, ...], out: str, modality: str | None, sp
               help="Folder for compare.md and compare.csv.")
 def compare(runs: tuple[str, ...], out: str) -> None:
     """The paper's table from finished RUNS: task x depth rows, scratch / Kinetics / MedicalNet / Med3D columns."""
-    from model.evaluation.compare import collect_runs, compare_table, write_compare
+    from model.evaluation.compare import collect_runs, compare_table, missing_runs, write_compare
 
     try:
         df = collect_runs(runs)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(compare_table(df).to_markdown() if _has_tabulate() else compare_table(df).to_string())
+    fill = missing_runs(df)
+    if fill:
+        click.echo("\n".join(["", "Empty columns, and the commands that fill them:", *fill, ""]))
     md, csv = write_compare(df, out)
     click.echo(f"wrote {md} and {csv}")
 

@@ -32,7 +32,8 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["INIT_KINDS", "PAPER_REFERENCE", "collect_runs", "compare_cells", "compare_table", "write_compare"]
+__all__ = ["INIT_KINDS", "PAPER_REFERENCE", "collect_runs", "compare_cells", "compare_table", "missing_runs",
+           "write_compare"]
 
 INIT_KINDS: dict[str, str] = {"scratch": "scratch", "kinetics": "Kinetics", "medicalnet": "MedicalNet",
                               "med3d": "Med3D (ours)"}
@@ -52,7 +53,7 @@ LiTS liver segmentation: Dice 94.6 (paper abstract; ResNet-152 encoder in a 3D D
 """
 
 _RUN_COLUMNS = ["run", "task", "encoder", "depth", "init_kind", "metric_name", "metric", "split", "final_step",
-                "curve", "note", "mtime"]
+                "curve", "note", "mtime", "store"]
 
 
 def _read_json(path: Path, folder: Path) -> dict[str, Any]:
@@ -127,7 +128,7 @@ def _read_run(folder: Path) -> dict[str, Any]:
     return {"run": str(folder), "task": str(spec["task"]), "encoder": str(spec["encoder"]),
             "depth": _depth(str(spec["encoder"]), folder), "init_kind": spec["init_kind"], "metric_name": metric_name,
             "metric": metric, "split": split, "final_step": final_step, "curve": curve, "note": "; ".join(notes),
-            "mtime": max(f.stat().st_mtime for f in files if f.exists())}
+            "mtime": max(f.stat().st_mtime for f in files if f.exists()), "store": str(spec.get("store") or "STORE")}
 
 
 def collect_runs(paths: Sequence[str | Path]) -> pd.DataFrame:
@@ -137,7 +138,7 @@ def collect_runs(paths: Sequence[str | Path]) -> pd.DataFrame:
     ``metric_name``, ``metric`` (fraction from the eval summary; NaN without one), ``split`` (of that summary;
     NaN without one), ``final_step`` (last step logged, Int64, NA without metrics), ``curve`` (list of
     (step, val metric)), ``note`` (why a value is missing, "" when nothing is), ``mtime`` (Unix seconds, newest
-    of the run's files).
+    of the run's files), ``store`` (the store it was trained on, from finetune.json; "STORE" when not recorded).
 
     Raises ValueError naming the folder when it is not a fine-tuning run or its files are malformed.
     """
@@ -197,16 +198,18 @@ def compare_cells(runs: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _format_cell(metric: float, steps: Any) -> str:
+def _format_cell(metric: float, steps: Any, target: float) -> str:
     value = "n/a" if pd.isna(metric) else f"{100 * metric:.2f}"
+    if pd.isna(target) or not target > 0:  # no scratch run's final val metric to reach: nothing to count
+        return value
     return f"{value} (step {'-' if pd.isna(steps) else int(steps)})"
 
 
 def compare_table(runs: pd.DataFrame) -> pd.DataFrame:
     """The paper's table from :func:`collect_runs` output: index (task, depth), columns "scratch", "Kinetics",
     "MedicalNet", "Med3D (ours)"; each cell "87.16 (step 300)": the metric in percent (2 decimals; "n/a" before
-    evaluation) and the steps to reach the scratch run's final val metric ("-" if never or without a scratch
-    run); "" where no run exists."""
+    evaluation) and the steps to reach the scratch run's final val metric ("-" if never), left out when the row
+    has no scratch run with a val metric; "" where no run exists (:func:`missing_runs` says how to fill it)."""
     return _table(compare_cells(runs))
 
 
@@ -214,7 +217,8 @@ def _table(cells: pd.DataFrame) -> pd.DataFrame:
     index = pd.MultiIndex.from_frame(cells[["task", "depth"]].drop_duplicates(), names=["task", "depth"])
     table = pd.DataFrame("", index=index, columns=list(INIT_KINDS.values()))
     for row in cells.itertuples(index=False):
-        table.loc[(row.task, row.depth), row.column] = _format_cell(row.metric, row.steps_to_reach)
+        table.loc[(row.task, row.depth), row.column] = _format_cell(row.metric, row.steps_to_reach,
+                                                                    row.scratch_target)
     return table
 
 
@@ -227,14 +231,49 @@ def _markdown(table: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFrame) -> s
         lines.append("| " + " | ".join([str(task), f"ResNet-{depth}", "/".join(names), *row.tolist()]) + " |")
     splits = sorted({str(s) for s in cells["split"].dropna()})
     lines += ["", f"Metric in percent on the {'/'.join(splits) or 'evaluation'} split; in brackets, the first step "
-              "at which the run's val metric reached the scratch run's final val metric (\"-\": never, or no "
-              "scratch run)."]
+              "at which the run's val metric reached the scratch run's final val metric (\"-\": never; no "
+              "brackets: the row has no scratch run to reach)."]
     notes = [f"- {r.run}: {r.note}" for r in runs.itertuples(index=False) if r.note]
     duplicates = [f"- {c.task} / ResNet-{c.depth} / {c.column}: {c.n_runs} runs, kept {c.run} (last modified)"
                   for c in cells.itertuples(index=False) if c.n_runs > 1]
     if notes or duplicates:
         lines += ["", "Notes:", "", *notes, *duplicates]
+    fill = missing_runs(runs)
+    if fill:
+        lines += ["", "Empty columns:", "", "```", *fill, "```"]
     return "\n".join(lines + ["", PAPER_REFERENCE])
+
+
+_INIT_HINT = {"scratch": "scratch", "kinetics": "resnet-{depth}-kinetics.pth",
+              "medicalnet": "resnet_{depth}.pth", "med3d": "PRETRAIN_RUN"}
+"""What ``--init`` takes for each column, as a placeholder to replace: a Kinetics 3D-ResNet file, MedicalNet's
+released file of that depth, a ``med3d-train pretrain`` run folder of ours."""
+
+
+def missing_runs(runs: pd.DataFrame) -> list[str]:
+    """For each (task, depth) row of the table with empty columns: a line naming them, then the commands that
+    fill them (fine-tune beside the row's runs on the same store, evaluate, compare again). Empty when every
+    row is full; else the last line compares every run, old and new. ``runs`` is :func:`collect_runs` output."""
+    lines: list[str] = []
+    every = [str(r) for r in runs["run"]]
+    for (task, depth), group in runs.groupby(["task", "depth"], sort=False):
+        absent = [kind for kind in INIT_KINDS if kind not in set(group["init_kind"])]
+        if not absent:
+            continue
+        first = group.iloc[0]
+        folder, store = Path(first["run"]).parent, first["store"]
+        new = {kind: str(folder / f"{task}_r{depth}_{kind}") for kind in absent}
+        lines.append(f"# {task} / ResNet-{depth}: no {', '.join(INIT_KINDS[k] for k in absent)} run; to fill "
+                     f"{'them' if len(absent) > 1 else 'it'} (replace the --init placeholders with your files):")
+        for kind, out in new.items():
+            depth_opt = f" --depth {depth}" if kind == "scratch" else ""
+            init = _INIT_HINT[kind].format(depth=depth)
+            lines.append(f"med3d-train finetune {task} {store} --out {out} --init {init}{depth_opt}")
+            lines.append(f"med3d-train evaluate {out} {store}")
+        every += new.values()
+    if lines:
+        lines.append(f"med3d-train compare {' '.join(every)}")
+    return lines
 
 
 def write_compare(runs: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:

@@ -83,12 +83,22 @@ class LoadReport:
         """JSON-ready dict (to record in a checkpoint's config or a metrics log)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
+    def short(self) -> str:
+        """One line for a training log: what was loaded, how many keys were dropped and why, and every
+        adaptation (those change the weights); the dropped names are in ``str()`` and :meth:`to_dict`."""
+        return self._text(full=False)
+
     def __str__(self) -> str:
+        """The whole account: :meth:`short`'s, the prefix stripped, and the name of every dropped key."""
+        return self._text(full=True)
+
+    def _text(self, full: bool) -> str:
         parts = [f"Loaded {self.loaded} tensors into {self.encoder} from {self.source} ({self.source_format} format)"]
-        if self.stripped_prefix:
+        if self.stripped_prefix and full:
             parts.append(f"stripped the prefix {self.stripped_prefix!r} from every key")
         if self.dropped:
-            parts.append(f"dropped {len(self.dropped)} non-encoder keys ({_preview(self.dropped)})")
+            why = ", ".join(sorted(self.dropped)) if full else "the source network's heads: the task trains its own"
+            parts.append(f"dropped {len(self.dropped)} non-encoder keys ({why})")
         parts.extend(self.notes)
         if len(parts) == 1:
             parts.append("every key matched exactly")

@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from model.evaluation.metrics import MetricsLogger
 from model.nets.transfer import TransferNet, build_transfer_net
+from model.nets.weights import LoadReport
 from model.tasks import FinetuneError, Task, get_task
 from model.tasks.run import RUN_FILE, load_stage, net_options, read_run
 from model.training.checkpoint import CHECKPOINT_NAME, rng_state, save_checkpoint, set_rng_state
@@ -116,13 +117,14 @@ def _device(cfg: FinetuneConfig, env: DistEnv) -> torch.device:
 
 def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int | None = None,
                    progress: bool = True, log: Callable[[str], None] = print,
-                   preprocessing: dict[str, Any] | None = None, record: dict[str, Any] | None = None
-                   ) -> StageResult:
+                   preprocessing: dict[str, Any] | None = None, record: dict[str, Any] | None = None,
+                   report_init: Callable[[LoadReport], None] | None = None) -> StageResult:
     """Train one stage as ``cfg`` says; writes ``cfg.out``/{config.json, checkpoint.pt, metrics.jsonl}.
 
     ``resume`` continues ``cfg.out/checkpoint.pt`` exactly; without it an existing checkpoint raises
     :class:`FinetuneError`. ``stop_after`` ends after that many steps with a checkpoint (a preemption).
     ``record`` is :func:`init_record` of ``cfg.init`` when the caller has it already (it reads the whole file).
+    ``report_init`` receives the weight-loading report (default: its short line through ``log``).
     """
     from model.data.transfer import TaskData
     from model.nets.weights import load_encoder_weights
@@ -160,7 +162,7 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
             report = load_encoder_weights(net.encoder, record["path"])
             init_report = report.to_dict()
             if env.is_main:
-                log(str(report))
+                (report_init or (lambda r: log(r.short())))(report)
         amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
         net.to(device)
         opt_cfg = cfg.replace(lr=cfg.effective_lr)
@@ -238,13 +240,16 @@ def _check_init_card(record: dict[str, Any], store: str, preprocessing: dict[str
 
 def finetune(task: str, store: str, out: str, *, stage: str = "both", resume: bool = False,
              stop_after: int | None = None, progress: bool = True, log: Callable[[str], None] = print,
-             **options: Any) -> list[StageResult]:
+             verbose: bool = False, **options: Any) -> list[StageResult]:
     """Run the transfer recipe of ``task`` (a name of :data:`model.tasks.TASKS`) on ``store`` into ``out``.
 
     ``stage``: ``both`` (every stage of the task in turn: liver coarse then fine, the others their one stage),
     or one stage's name. ``options`` are :class:`FinetuneConfig` fields (``init``, ``encoder``, ``steps``, ``lr``,
     ``domain``, ``decoder``...); without ``encoder`` the encoder of the ``init`` weights is used (ResNet-10 from
     scratch). A store of the wrong kind for the task is refused before anything is written.
+
+    The ``init`` weights are loaded once per stage, but reported once: one short line (the full one, with every
+    dropped key's name, when ``verbose``), and the whole report in ``out/init_report.json``.
     """
     from catalog import load_catalog, select
     from catalog.card import case_recipe
@@ -275,14 +280,36 @@ def finetune(task: str, store: str, out: str, *, stage: str = "both", resume: bo
     preprocessing = case_recipe(store, str(rows["store_path"].iloc[0]))
     _check_init_card(record, str(store), preprocessing, log)
     results = []
+    report_init = _report_once(root, log, verbose)
     for name in chosen:
         stage_dir = root if name == "main" else root / name
         cfg = FinetuneConfig(task=task, store=str(store), out=str(stage_dir), stage=name, **options)
         if DistEnv.from_environ().is_main:
             _write_run_file(root, cfg, spec, record, preprocessing)
         results.append(finetune_stage(cfg, resume=resume, stop_after=stop_after, progress=progress, log=log,
-                                      record=record, preprocessing=preprocessing))
+                                      record=record, preprocessing=preprocessing, report_init=report_init))
     return results
+
+
+INIT_REPORT_FILE = "init_report.json"
+"""In a run folder: what loading the ``--init`` weights did, key by key (:meth:`LoadReport.to_dict`)."""
+
+
+def _report_once(root: Path, log: Callable[[str], None], verbose: bool) -> Callable[[LoadReport], None]:
+    """A ``report_init`` for :func:`finetune_stage` that logs the first report it gets (every stage loads the
+    same weights) and writes it to ``root/init_report.json``; later calls do nothing."""
+    done: list[bool] = []
+
+    def report(rep: LoadReport) -> None:
+        if done:
+            return
+        done.append(True)
+        root.mkdir(parents=True, exist_ok=True)
+        path = root / INIT_REPORT_FILE
+        path.write_text(json.dumps(rep.to_dict(), indent=2) + "\n")
+        log(str(rep) if verbose else f"{rep.short()} Details in {path} (or --verbose).")
+
+    return report
 
 
 def _write_run_file(root: Path, cfg: FinetuneConfig, task: Task, record: dict[str, Any],

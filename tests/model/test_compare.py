@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from model.evaluation.compare import INIT_KINDS, collect_runs, compare_cells, compare_table, write_compare
+from model.evaluation.compare import INIT_KINDS, collect_runs, compare_cells, compare_table, missing_runs, write_compare
 
 
 def _run(root: Path, name: str, *, task: str, encoder: str, init_kind: str, curve: list[tuple[int, float | None]],
@@ -84,7 +84,7 @@ def test_compare_table_cells(runs):
     assert table.loc[("lung", 10)].tolist() == ["71.30 (step 400)", "70.00 (step -)", "n/a (step 300)",
                                                 "87.16 (step 200)"]
     # No scratch run for nodule/50: no steps; the newer of the two med3d runs.
-    assert table.loc[("nodule", 50)].tolist() == ["", "", "", "89.90 (step -)"]
+    assert table.loc[("nodule", 50)].tolist() == ["", "", "", "89.90"]
 
 
 def test_compare_cells_numeric(runs):
@@ -106,7 +106,7 @@ def test_write_compare(runs, tmp_path):
     text = md.read_text()
     assert "| task | depth | metric | scratch | Kinetics | MedicalNet | Med3D (ours) |" in text
     assert "| lung | ResNet-10 | dice | 71.30 (step 400) | 70.00 (step -) | n/a (step 300) | 87.16 (step 200) |" in text
-    assert "| nodule | ResNet-50 | accuracy |  |  |  | 89.90 (step -) |" in text
+    assert "| nodule | ResNet-50 | accuracy |  |  |  | 89.90 |" in text
     assert "lung10_mnet: no evaluation yet" in text and "kept " in text
     for figure in ("71.30 | 87.16", "71.75 | 93.31", "79.80 | 86.87", "84.85 | 89.90", "94.6"):
         assert figure in text
@@ -143,5 +143,45 @@ def test_run_without_metrics_or_scratch_curve(tmp_path):
     df = collect_runs([scratch, med3d])
     assert pd.isna(df["final_step"].iloc[0]) and "no val metric" in df["note"].iloc[0]
     table = compare_table(df)
-    assert table.loc[("liver", 152)].tolist() == ["90.00 (step -)", "", "", "94.60 (step -)"]
+    assert table.loc[("liver", 152)].tolist() == ["90.00", "", "", "94.60"]  # a scratch run without a curve
     assert set(INIT_KINDS) == {"scratch", "kinetics", "medicalnet", "med3d"}
+
+
+def test_one_run_names_the_empty_columns_and_the_commands_that_fill_them(tmp_path):
+    from click.testing import CliRunner
+
+    from model.cli import main
+
+    run = _run(tmp_path, "lung_med3d", task="lung", encoder="resnet10", init_kind="med3d",
+               curve=[(100, 0.5), (200, 0.5817)], evals={"test": 0.5817})
+    spec = json.loads((run / "finetune.json").read_text())
+    (run / "finetune.json").write_text(json.dumps(spec | {"store": "data/visceral_store"}))
+    res = CliRunner().invoke(main, ["compare", str(run), "--out", str(tmp_path / "cmp")])
+    assert res.exit_code == 0, res.output
+    assert "58.17" in res.output and "(step" not in res.output  # no scratch run: no steps to reach
+    fill = [f"med3d-train finetune lung data/visceral_store --out {tmp_path}/lung_r10_scratch --init scratch "
+            "--depth 10",
+            f"med3d-train evaluate {tmp_path}/lung_r10_scratch data/visceral_store",
+            f"med3d-train finetune lung data/visceral_store --out {tmp_path}/lung_r10_kinetics --init "
+            "resnet-10-kinetics.pth",
+            f"med3d-train evaluate {tmp_path}/lung_r10_kinetics data/visceral_store",
+            f"med3d-train finetune lung data/visceral_store --out {tmp_path}/lung_r10_medicalnet --init resnet_10.pth",
+            f"med3d-train evaluate {tmp_path}/lung_r10_medicalnet data/visceral_store",
+            f"med3d-train compare {run} {tmp_path}/lung_r10_scratch {tmp_path}/lung_r10_kinetics "
+            f"{tmp_path}/lung_r10_medicalnet"]
+    lines = res.output.splitlines()
+    start = lines.index("Empty columns, and the commands that fill them:")
+    assert lines[start + 1].startswith("# lung / ResNet-10: no scratch, Kinetics, MedicalNet run")
+    assert lines[start + 2:start + 2 + len(fill)] == fill
+    assert "\n".join(fill) in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_missing_runs_is_empty_for_full_rows_and_one_compare_for_several_rows(runs, tmp_path):
+    full = _run(tmp_path, "n50_scratch", task="nodule", encoder="resnet50", init_kind="scratch", curve=[(1, 0.5)])
+    lines = missing_runs(collect_runs(runs[:4] + [full]))
+    assert [line for line in lines if line.startswith("#")] == [
+        "# nodule / ResNet-50: no Kinetics, MedicalNet, Med3D (ours) run; to fill them (replace the --init "
+        "placeholders with your files):"]
+    assert "--init PRETRAIN_RUN" in lines[-3] and lines[-1].startswith("med3d-train compare ")
+    assert sum(line.startswith("med3d-train compare") for line in lines) == 1
+    assert missing_runs(collect_runs(runs[:4])) == []
