@@ -4,6 +4,7 @@
     med3d-train finetune lung   VISCERAL_STORE --out RUN --init ...
     med3d-train finetune nodule LIDC_STORE     --out RUN --init ...
     med3d-train finetune seg    ANY_SEG_STORE  --out RUN [--domain D] [--decoder med3d|unet] --init ...
+    med3d-train finetune classify ANY_STORE    --out RUN --labels labels.csv [--shape 64,64,64] [--crop mask]
     med3d-train evaluate RUN STORE [--split val|test]
     med3d-train predict  RUN scan.nii.gz|FOLDER|imagesTs [more...] --out DIR
     med3d-train compare  RUN [RUN ...] [--out DIR]
@@ -67,6 +68,13 @@ def _tasks_help() -> str:
 @click.option("--decoder", type=click.Choice(["med3d", "unet"]), default="med3d", show_default=True,
               help="seg: the paper's upsampling head on the dilated encoder, or a U-Net decoder with skip "
                    "connections from every encoder stage.")
+@click.option("--labels", type=click.Path(dir_okay=False), default=None,
+              help="classify: the label table (CSV: case_id or scan_id, label, optional split).")
+@click.option("--shape", default="64,64,64", show_default=True, help="classify: inputs resized to z,y,x.")
+@click.option("--crop", type=click.Choice(["none", "mask"]), default="none", show_default=True,
+              help="classify: the whole volume, or the mask's bounding box grown by --crop-margin.")
+@click.option("--crop-margin", "crop_margin_mm", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="classify --crop mask: margin around the mask's box (mm per side).")
 @click.option("--fg-fraction", type=click.FloatRange(0, 1), default=1 / 3, show_default="1/3",
               help="Patch tasks (lung, seg): share of patches centred on a labelled voxel.")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True, help="Steps per stage.")
@@ -116,6 +124,9 @@ def finetune(task: str, store: str, out: str, **opts: Any) -> None:
         del kw["loss"]
     if kw["domain"] is None:
         del kw["domain"]
+    if kw["labels"] is None:
+        del kw["labels"]
+    kw["shape"] = _ints(kw["shape"], "--shape")
     kw["coarse_shape"] = _ints(kw["coarse_shape"], "--coarse-shape")
     kw["aspp_rates"] = _ints(kw["aspp_rates"], "--aspp-rates")
     try:
@@ -163,9 +174,9 @@ def evaluate(run: str, store: str, split: str | None, device: str, amp: bool, li
     click.echo(f"| {summary['task']} on {summary['split']} | value |\n|---|---:|")
     for k, v in rows:
         click.echo(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
-    if "confusion" in summary and len(summary["confusion"]) == 2:
-        (tn, fp), (fn, tp) = summary["confusion"]
-        click.echo(f"confusion (rows truth benign/malignant): [[{tn}, {fp}], [{fn}, {tp}]]")
+    if "confusion" in summary:
+        names = "/".join(map(str, summary.get("classes", ["benign", "malignant"])))
+        click.echo(f"confusion (rows truth, columns predicted; {names}): {summary['confusion']}")
 
 
 @click.command()
@@ -184,11 +195,14 @@ def evaluate(run: str, store: str, split: str | None, device: str, amp: bool, li
 def predict(run: str, scans: tuple[str, ...], out: str, modality: str | None, spacing: str | None, device: str,
             amp: bool, max_voxels: int | None) -> None:
     """Segment raw SCANS (files or folders, an nnU-Net imagesTs folder too) with RUN; one mask per case in OUT,
-    in that scan's own geometry (nnU-Net channel files CASE_0000... give CASE.nii.gz).
+    in that scan's own geometry (nnU-Net channel files CASE_0000... give CASE.nii.gz). A classify RUN writes
+    OUT/predictions.csv instead: one row of class probabilities per scan.
 
     Every file passes the build's header checks first; a case that fails is skipped with a line naming the file,
     the others are predicted, and the exit status is then non-zero."""
     from model.evaluation.predict import predict as run_predict
+    from model.tasks import get_task
+    from model.tasks.run import read_run
 
     spacing_xyz = None
     if spacing is not None:
@@ -199,6 +213,11 @@ def predict(run: str, scans: tuple[str, ...], out: str, modality: str | None, sp
         if len(spacing_xyz) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing_xyz):
             raise click.BadParameter("give three positive spacings in mm, e.g. 0.7,0.7,2.5", param_hint="--spacing")
     try:
+        spec = read_run(run)
+        if not get_task(spec["task"]).segmentation:  # classify: one row of class probabilities per scan
+            get_task(spec["task"]).predict_scans(run, spec, scans, out, modality=modality, spacing_xyz=spacing_xyz,
+                                                 device=device, amp=amp, log=click.echo)
+            return
         run_predict(run, scans, out, modality=modality, spacing_xyz=spacing_xyz, device=device, amp=amp,
                     max_voxels=max_voxels, log=click.echo)
     except (ValueError, FileNotFoundError) as exc:

@@ -75,7 +75,7 @@ def evaluate(run: str | Path, store: str, *, split: str | None = None, segmenter
     ``RUN/eval/<split>/``; returns the summary. ``segmenter`` replaces the run's networks (tests use an oracle
     to check the geometry alone). A store of the wrong kind for the run's task is refused before anything is
     written."""
-    from catalog import load_catalog, select
+    from catalog import load_catalog
     from model.tasks import get_task
     from model.tasks.run import read_run
 
@@ -83,9 +83,7 @@ def evaluate(run: str | Path, store: str, *, split: str | None = None, segmenter
     task = get_task(spec["task"])
     task.check_store(store, spec)
     split = split or spec["eval_split"]
-    rows = select(load_catalog(store), split=split)
-    if spec.get("domain"):
-        rows = rows[rows["domain"] == spec["domain"]]
+    rows = task.eval_rows(run, store, spec, split)
     if limit:
         rows = rows.head(limit)
     if rows.empty:

@@ -24,6 +24,9 @@ and the CLI look tasks up with :func:`get_task` and hold no task names. What a t
 ``segmenter(run, spec)``     (segmentation tasks) the trained run as a segmenter (image -> label map)
 ``evaluate(...)``            measure a run on a split: ``(summary, cases table)``
 ``pred_name(case_id, ...)``  the file name of a predicted mask
+``write_run_files(root, cfg)`` files the run folder needs besides ``finetune.json`` (e.g. a copy of an input)
+``eval_rows(run, store, ...)`` the catalog rows ``evaluate`` measures on a split (default: the split's ok rows)
+``predict_scans(...)``       (classifying tasks) ``predict`` on raw scans: a table of class probabilities
 ============================ =================================================================================
 
 Adding a task is one new module in this package (it is imported by :mod:`model.tasks` on start) and its tests.
@@ -90,6 +93,10 @@ class Task:
         """Extra entries of ``RUN/finetune.json`` that evaluate and predict need (e.g. class names)."""
         return {}
 
+    def write_run_files(self, root: Path, cfg: FinetuneConfig) -> None:
+        """Write what ``root`` (the run folder, created) needs besides ``finetune.json``; default nothing. Called
+        on the main process before ``finetune.json`` is written; raise :class:`FinetuneError` to refuse."""
+
     # ------------------------------------------------------------------------------------------- training
     def kind(self, cfg: FinetuneConfig) -> str:
         raise NotImplementedError
@@ -115,6 +122,22 @@ class Task:
                  out: Path, *, segmenter: Callable | None, device: Any, amp: bool, progress: bool
                  ) -> tuple[dict[str, Any], pd.DataFrame]:
         raise NotImplementedError
+
+    def eval_rows(self, run: str | Path, store: str, spec: dict[str, Any], split: str) -> pd.DataFrame:
+        """The catalog rows ``evaluate`` measures a run (``spec``: its ``finetune.json``) on: the ok cases of
+        ``split`` (of the run's domain when it records one)."""
+        from catalog import load_catalog, select
+
+        rows = select(load_catalog(store), split=split)
+        return rows[rows["domain"] == spec["domain"]] if spec.get("domain") else rows
+
+    def predict_scans(self, run: str | Path, spec: dict[str, Any], scans: Any, out: str | Path, *,
+                      modality: str | None, spacing_xyz: tuple[float, float, float] | None, device: Any,
+                      amp: bool, log: Callable[[str], None]) -> Path:
+        """``predict`` of a task that classifies: one row of class probabilities per raw scan, written to a
+        table in ``out``; returns its path."""
+        raise FinetuneError(f"{run}: a {self.name} run classifies its store's crops; predict takes segmentation "
+                            "and classify runs")
 
     def pred_name(self, case_id: str, labelled: bool) -> str:
         """File name of the mask predicted for ``case_id`` in ``RUN/eval/<split>/pred``."""

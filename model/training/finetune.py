@@ -274,7 +274,8 @@ def finetune(task: str, store: str, out: str, *, stage: str = "both", resume: bo
     if options.get("encoder") is None:
         options["encoder"] = record["encoder"] or "resnet10"
     root = Path(out)
-    rows = select(load_catalog(store), split="train", labelled=True, domain=options.get("domain"))
+    rows = select(load_catalog(store), split="train", labelled=True if spec.segmentation else None,
+                  domain=options.get("domain"))
     if rows.empty:
         raise FinetuneError(f"{store}: no ok, labelled train case; check it with `med3d-prep info {store}`")
     preprocessing = case_recipe(store, str(rows["store_path"].iloc[0]))
@@ -324,4 +325,5 @@ def _write_run_file(root: Path, cfg: FinetuneConfig, task: Task, record: dict[st
         if (old.get("task"), old.get("encoder"), old.get("init")) != (cfg.task, cfg.encoder, cfg.init):
             raise FinetuneError(f"{root} holds a {old.get('task')} run ({old.get('encoder')}, init "
                                 f"{old.get('init')}); choose another --out")
+    task.write_run_files(root, cfg)
     path.write_text(json.dumps(data, indent=2) + "\n")

@@ -74,6 +74,13 @@ class FinetuneConfig(JsonConfig):
     decoder: str = "med3d"
     """seg: ``med3d`` (the paper's upsampling decoder on the stride-8 features) or ``unet`` (skip connections
     from every encoder stage)."""
+    labels: str = ""
+    """classify: the label table (CSV: case id, class, optional split), copied into the run as labels.csv."""
+    shape: tuple[int, int, int] = (64, 64, 64)
+    """classify: every input (whole volume, or the mask crop) is resized to this shape (z, y, x)."""
+    crop: str = "none"
+    """classify: ``none`` (the whole volume) or ``mask`` (the mask's bounding box grown by crop_margin_mm)."""
+    crop_margin_mm: float = 10.0
     measure_split: str = ""
     """The split the run is measured on; "" means the task's default (:attr:`eval_split`)."""
     seed: int = 0
@@ -100,7 +107,10 @@ class FinetuneConfig(JsonConfig):
             raise ValueError(f"decoder must be med3d or unet, got {self.decoder!r}")
         if self.measure_split not in ("", "train", "val", "test"):
             raise ValueError(f"measure_split must be train, val or test, got {self.measure_split!r}")
-        for name in ("patch", "coarse_shape"):
+        if self.crop not in ("none", "mask") or not self.crop_margin_mm >= 0:
+            raise ValueError(f"crop must be none or mask and crop_margin_mm >= 0, got {self.crop!r}, "
+                             f"{self.crop_margin_mm!r}")
+        for name in ("patch", "coarse_shape", "shape"):
             v = tuple(int(p) for p in getattr(self, name))
             if len(v) != 3 or min(v) < 8:
                 raise ValueError(f"{name} must be three sizes (z, y, x) of at least 8 voxels, got {v!r}")

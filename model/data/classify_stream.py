@@ -1,0 +1,135 @@
+"""Inputs of the ``classify`` task: one fixed-size volume per case, and the training stream over them.
+
+A case's input is its stored image (channel 0, the store's z-scored units) resized to ``shape`` (z, y, x) with
+:func:`~model.data.transfer.resize_image`; with ``crop="mask"`` the stored mask's bounding box (any value > 0),
+grown by ``margin_mm`` per side and axis and clipped to the volume, is cut out first. Training, validation,
+``evaluate`` and ``predict`` all go through :func:`classify_input`, so they see the same voxels.
+
+Inputs are computed once per run and split (:func:`build_input_cache`, one ``.npy`` per case plus a manifest, as
+the liver coarse cache), so no step decodes a full-resolution volume. :class:`ClassifyStream` draws cases
+uniformly, flips each along every axis with probability 1/2, and is a pure function of ``(seed, step, rank)``
+like every stream, so ``--resume`` is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .patches import StepStream, _empty, read_volume
+from .store_index import CaseEntry
+from .transfer import foreground_box, resize_image
+
+__all__ = ["CROPS", "ClassifyStream", "build_input_cache", "classify_input", "crop_box"]
+
+CROPS = ("none", "mask")
+MANIFEST = "manifest.json"
+
+
+def crop_box(label: np.ndarray, margin_mm: float, spacing: Sequence[float]
+             ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The bounding box (lo, hi exclusive; z, y, x voxels) of ``label > 0`` grown by ``margin_mm`` per side
+    (converted with ``spacing``, mm per voxel, z, y, x) and clipped to the volume. ValueError when empty."""
+    box = foreground_box(label)
+    if box is None:
+        raise ValueError("the mask is empty: nothing to crop around")
+    grow = [int(round(margin_mm / float(s))) for s in spacing]
+    lo = tuple(max(0, a - g) for a, g in zip(box[0], grow))
+    hi = tuple(min(n, b + g) for b, g, n in zip(box[1], grow, label.shape))
+    return lo, hi  # type: ignore[return-value]
+
+
+def classify_input(image: np.ndarray, label: np.ndarray | None, shape: Sequence[int], *, crop: str = "none",
+                   margin_mm: float = 0.0, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """(Z, Y, X) image (and mask for ``crop="mask"``) -> the network's input, float32 (1, *shape)."""
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {', '.join(CROPS)}, got {crop!r}")
+    if crop == "mask":
+        if label is None:
+            raise ValueError("--crop mask needs the case's mask, and it has none")
+        lo, hi = crop_box(label, margin_mm, spacing)
+        image = image[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    small = resize_image(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), shape)
+    return small[None].numpy()
+
+
+def store_input(store: str, case: CaseEntry, shape: Sequence[int], *, crop: str, margin_mm: float,
+                spacing: Sequence[float]) -> np.ndarray:
+    """:func:`classify_input` of a stored case (``store``/``case.store_path``); errors name the case."""
+    image, label = read_volume(store, case.store_path)
+    try:
+        return classify_input(image, label, shape, crop=crop, margin_mm=margin_mm, spacing=spacing)
+    except ValueError as exc:
+        raise ValueError(f"{store}/{case.store_path}: {exc}") from exc
+
+
+def _name(store_path: str) -> str:
+    return store_path.replace("/", "__") + ".npy"
+
+
+def build_input_cache(store: str, cases: Sequence[CaseEntry], spacings: dict[str, Sequence[float]],
+                      folder: str | os.PathLike[str], *, shape: Sequence[int], crop: str, margin_mm: float,
+                      progress: Callable[[int], None] | None = None) -> Path:
+    """Write :func:`store_input` of every case to ``folder/<domain>__<case>.npy`` (float32, (1, *shape)) and a
+    manifest of the settings; a folder whose manifest matches is kept as is. Files are replaced atomically, so
+    several processes (DDP ranks) may build the same cache."""
+    folder = Path(folder)
+    manifest = {"store": store, "shape": [int(s) for s in shape], "crop": crop, "margin_mm": float(margin_mm),
+                "cases": sorted(c.store_path for c in cases)}
+    path = folder / MANIFEST
+    if path.is_file() and json.loads(path.read_text()) == manifest:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        arr = store_input(store, case, shape, crop=crop, margin_mm=margin_mm, spacing=spacings[case.store_path])
+        tmp = folder / f".{os.getpid()}.{_name(case.store_path)}"
+        np.save(tmp, arr)
+        os.replace(tmp, folder / _name(case.store_path))
+        if progress is not None:
+            progress(1)
+    tmp = folder / f".{os.getpid()}.{MANIFEST}"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, path)
+    return folder
+
+
+def cached_input(folder: str | os.PathLike[str], case: CaseEntry) -> np.ndarray:
+    """A case's input from a cache of :func:`build_input_cache`, float32 (1, *shape)."""
+    return np.load(Path(folder) / _name(case.store_path))
+
+
+class ClassifyStream(StepStream):
+    """Classification batches from an input cache: ``image`` float32 (B, 1, *shape), ``label`` int64 (B,) (the
+    class index); cases drawn uniformly, each flipped along every axis with probability 1/2."""
+
+    def __init__(self, cache: str | os.PathLike[str], cases: Sequence[CaseEntry], targets: dict[str, int], *,
+                 batch: int, seed: int, start_step: int = 0, num_steps: int | None = None, rank: int = 0,
+                 world_size: int = 1) -> None:
+        super().__init__(os.fspath(cache), start_step, num_steps, rank, world_size)
+        self.cases = [c for c in cases if c.store_path in targets]
+        if not self.cases:
+            raise ValueError(f"{cache}: no labelled case to train on")
+        self.targets, self.batch_size, self.seed = targets, int(batch), int(seed)
+        self.shape = tuple(json.loads((Path(cache) / MANIFEST).read_text())["shape"])
+
+    def batch(self, step: int) -> dict[str, Any]:
+        image = _empty((self.batch_size, 1, *self.shape), torch.float32)
+        label = _empty((self.batch_size,), torch.int64)
+        paths = []
+        for item in range(self.batch_size):
+            rng = np.random.default_rng([self.seed, step, self.rank, item])
+            case = self.cases[int(rng.integers(len(self.cases)))]
+            arr = cached_input(self.store, case)
+            flips = [a + 1 for a in range(3) if rng.random() < 0.5]
+            if flips:
+                arr = np.flip(arr, axis=flips)
+            image[item].copy_(torch.from_numpy(np.ascontiguousarray(arr)))
+            label[item] = self.targets[case.store_path]
+            paths.append(case.store_path)
+        return {"image": image, "label": label, "domain": "classify", "step": int(step), "cases": paths}
