@@ -384,3 +384,19 @@ def test_a_case_id_named_like_the_store_metadata_is_refused(real_dir, tmp_path):
     assert res.exit_code == 2, res.output
     assert ("training entry 4: the case id 'zarr.json' taken from its file name is a name the store uses for its "
             "own files") in res.output, res.output
+
+
+def test_lidc_verify_converts_the_series_of_a_damaged_crop_again(real_dir, tmp_path):
+    _lidc_pair(real_dir, tmp_path)
+    args = ["build-lidc", tmp_path / "lidc", tmp_path / "store", "--workers", "0", "--no-progress"]
+    assert _cli(*args).exit_code == 0
+    (crop,) = (tmp_path / "store" / "lidc").glob("LIDC-IDRI-0002_*")
+    chunk = next(p for p in sorted((crop / "image").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    size = chunk.stat().st_size
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    res = _cli(*args, "--verify")
+    assert res.exit_code == 0, res.output
+    rel = chunk.relative_to(tmp_path / "store").as_posix()
+    assert f"DAMAGED lidc/{crop.name}: {rel} has 100 bytes, the marker records {size:,} (its series converted " \
+           "again)" in res.output, res.output
+    assert "1 converted, 1 skipped" in res.output and chunk.stat().st_size == size
