@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from model.evaluation.classification import binary_classification_metrics, roc_auc
+from model.evaluation.classification import binary_classification_metrics, multiclass_metrics, roc_auc
 
 
 def pairwise_auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -79,3 +79,46 @@ def test_input_validation() -> None:
         binary_classification_metrics(np.array([0.1, np.nan]), np.array([0, 1]))
     with pytest.raises(ValueError, match="empty"):
         binary_classification_metrics(np.array([]), np.array([]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_multiclass_metrics_equal_sklearn(seed: int) -> None:
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    k, n = int(rng.integers(2, 6)), int(rng.integers(12, 80))
+    labels = np.concatenate([np.arange(k), rng.integers(0, k, size=n - k)])  # every class present
+    logits = np.round(rng.normal(size=(n, k)) + 1.5 * np.eye(k)[labels], 1)  # coarse: ties occur
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    m = multiclass_metrics(probs, labels)
+    pred = probs.argmax(axis=1)
+    assert m["pred"] == pred.tolist()
+    assert m["accuracy"] == pytest.approx(accuracy_score(labels, pred), abs=1e-12)
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, pred), abs=1e-12)
+    ref_auc = (roc_auc_score(labels, probs[:, 1]) if k == 2 else
+               roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+    assert m["auc_macro"] == pytest.approx(ref_auc, abs=1e-12)
+    assert m["confusion"] == confusion_matrix(labels, pred, labels=range(k)).tolist()
+    assert all(type(v) is int for row in m["confusion"] for v in row)
+
+
+def test_multiclass_hand_computed_and_a_class_missing_from_the_truth() -> None:
+    # class 2 is never the truth: it is left out of balanced accuracy and of the AUC mean, kept in the confusion
+    probs = np.array([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1]])
+    labels = np.array([0, 1, 1, 0])
+    m = multiclass_metrics(probs, labels)
+    assert m["confusion"] == [[2, 0, 0], [0, 1, 1], [0, 0, 0]]
+    assert m["accuracy"] == 0.75 and m["balanced_accuracy"] == pytest.approx((1.0 + 0.5) / 2)
+    # class 0 vs rest: the 0s' scores (0.7, 0.5) beat the others' (0.2, 0.1): 1. Class 1 vs rest: (0.5, 0.3)
+    # against (0.2, 0.4): 3 of 4 pairs won. Class 2 has no positive: nan, left out of the mean.
+    assert m["auc_per_class"][:2] == [1.0, 0.75] and math.isnan(m["auc_per_class"][2])
+    assert m["auc_macro"] == 0.875
+
+
+def test_multiclass_input_validation() -> None:
+    with pytest.raises(ValueError, match="must be"):
+        multiclass_metrics(np.array([0.1, 0.9]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="class indices"):
+        multiclass_metrics(np.array([[0.1, 0.9]]), np.array([2]))
+    with pytest.raises(ValueError, match="non-finite"):
+        multiclass_metrics(np.array([[np.nan, 0.9]]), np.array([1]))
