@@ -17,9 +17,10 @@ nearest voxel centre of the other surface.
 
 Empty masks (MedPy raises or returns 0/0 there; we return a value and document it):
 
-- both empty: Dice 1.0, VOE 0.0 (nothing to find, nothing found; the value MedPy's ``dc``/``jc`` code assigns
-  to 0/0; under numpy ≥ 2 its ``dc`` returns nan instead, by accident of numpy integer scalars), RVD nan,
-  ASSD and MSD nan.
+- both empty: every measure nan, Dice and VOE included: the structure is absent from both masks, so there is
+  nothing to score, and means over cases leave the case out (the project's rule for every Dice, per-class or
+  binary, docs/DECISIONS.md; 1.0 would inflate the mean with cases that say nothing). MedPy's ``jc`` assigns
+  1.0 to 0/0 and its ``dc`` meant to, but returns nan under numpy ≥ 2.
 - exactly one empty: Dice 0.0 and VOE 1.0 (as MedPy); RVD −1.0 if P is empty (as MedPy), nan if G is empty
   (MedPy raises); ASSD and MSD nan (MedPy raises: there is no surface to measure to).
 
@@ -37,7 +38,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
-__all__ = ["dice_binary", "global_dice", "lits_metrics", "overlap_counts", "surface_distances", "surface_metrics"]
+__all__ = ["dice_from_counts", "global_dice", "lits_metrics", "mask_dice", "overlap_counts", "surface_distances",
+           "surface_metrics"]
 
 
 def _check_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -151,15 +153,16 @@ def overlap_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
     return int(np.count_nonzero(p & g)), int(np.count_nonzero(p)), int(np.count_nonzero(g))
 
 
-def _dice(inter: int, n_pred: int, n_gt: int) -> float:
-    # 0/0 (both empty) is a perfect 1.0: what MedPy's dc, which the LiTS evaluation called, returned under
-    # numpy 1.x (its ZeroDivisionError branch), and consistent with jc's 1.0, so VOE 0.
-    return 1.0 if n_pred + n_gt == 0 else 2.0 * inter / (n_pred + n_gt)
+def dice_from_counts(inter: int, n_pred: int, n_gt: int) -> float:
+    """Dice 2·inter / (n_pred + n_gt) from voxel counts (:func:`overlap_counts`); nan when both masks are empty
+    (0/0: nothing to score, module docstring), 0.0 when exactly one is."""
+    return float("nan") if n_pred + n_gt == 0 else 2.0 * inter / (n_pred + n_gt)
 
 
-def dice_binary(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Dice 2·|P ∩ G| / (|P| + |G|) of two binary masks of equal shape; 1.0 when both are empty."""
-    return _dice(*overlap_counts(pred, gt))
+def mask_dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice 2·|P ∩ G| / (|P| + |G|) of two masks of equal shape (nonzero is foreground); nan when both are
+    empty (nothing to score: leave the case out of means), 0.0 when exactly one is."""
+    return dice_from_counts(*overlap_counts(pred, gt))
 
 
 def global_dice(counts: Iterable[tuple[int, int, int]]) -> float:
@@ -170,7 +173,7 @@ def global_dice(counts: Iterable[tuple[int, int, int]]) -> float:
             need not be held together.
 
     Returns:
-        The pooled Dice; 1.0 if every mask is empty, nan if ``counts`` is empty (no cases).
+        The pooled Dice; nan if every mask is empty or ``counts`` is empty (no cases): nothing to score.
     """
     arr = np.asarray(list(counts), dtype=np.int64).reshape(-1, 3)
     if arr.shape[0] == 0:
@@ -179,7 +182,7 @@ def global_dice(counts: Iterable[tuple[int, int, int]]) -> float:
         raise ValueError("each count must be (inter, n_pred, n_gt) with 0 <= inter <= min(n_pred, n_gt); "
                          "build them with overlap_counts(pred, gt)")
     inter, n_pred, n_gt = (int(v) for v in arr.sum(axis=0))
-    return _dice(inter, n_pred, n_gt)
+    return dice_from_counts(inter, n_pred, n_gt)
 
 
 def lits_metrics(pred: np.ndarray, gt: np.ndarray, spacing_zyx: Sequence[float]) -> dict[str, float]:
@@ -201,13 +204,13 @@ def lits_metrics(pred: np.ndarray, gt: np.ndarray, spacing_zyx: Sequence[float])
     sp = _check_spacing(spacing_zyx, pred.ndim)
     nan = float("nan")
     box = _union_bbox(pred, gt)
-    if box is None:
-        return {"dice": 1.0, "voe": 0.0, "rvd": nan, "assd_mm": nan, "msd_mm": nan}
+    if box is None:  # both empty: nothing to score
+        return {"dice": nan, "voe": nan, "rvd": nan, "assd_mm": nan, "msd_mm": nan}
     p, g = pred[box].astype(bool), gt[box].astype(bool)
     # Every foreground voxel is inside the box, so counts on the crop are counts on the volume.
     inter, n_p, n_g = overlap_counts(p, g)
     union = n_p + n_g - inter
-    out = {"dice": _dice(inter, n_p, n_g), "voe": 1.0 - inter / union,
+    out = {"dice": dice_from_counts(inter, n_p, n_g), "voe": 1.0 - inter / union,
            "rvd": (n_p - n_g) / n_g if n_g else nan, "assd_mm": nan, "msd_mm": nan}
     if n_p and n_g:
         d_pg, d_gp = surface_distances(p, g, sp, crop=False)  # already cropped

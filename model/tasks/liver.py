@@ -73,7 +73,8 @@ class LiverTask(Task):
         from model.data import transfer as td
         from model.data.patches import read_volume
         from model.evaluation.inference import PatchSegmenter
-        from model.training.finetune_data import binary_dice, val_result
+        from model.evaluation.seg_metrics import mask_dice
+        from model.training.finetune_data import val_result
 
         cases = list(data.cases[: cfg.val_max_cases or None])
         if cfg.stage == "coarse":
@@ -88,7 +89,7 @@ class LiverTask(Task):
                         img, lab = z["image"].astype(np.float32), z["label"]
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                         logits = net(torch.from_numpy(img)[None, None].to(device))
-                    scores.append(binary_dice(logits.float().argmax(dim=1)[0].cpu().numpy(), lab))
+                    scores.append(mask_dice(logits.float().argmax(dim=1)[0].cpu().numpy(), lab))
                 return val_result(scores, data.split)
 
             return coarse
@@ -108,7 +109,7 @@ class LiverTask(Task):
                 lo = [max(0, a - k) for a, k in zip(lo, m)]
                 hi = [min(s, b + k) for b, k, s in zip(hi, m, case.shape)]
                 pred = seg.probs(image, (tuple(lo), tuple(hi))).argmax(dim=0).numpy()
-                scores.append(binary_dice(pred, label[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]))
+                scores.append(mask_dice(pred, label[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]))
             return val_result(scores, data.split)
 
         return fine

@@ -23,7 +23,8 @@ def whole_volume_dice(cfg: FinetuneConfig, data: TaskData, n_classes: int, *, de
     """Validator: Dice of foreground (any class > 0) of whole stored volumes segmented by sliding window."""
     from model.data.patches import read_volume
     from model.evaluation.inference import PatchSegmenter
-    from model.training.finetune_data import binary_dice, val_result
+    from model.evaluation.seg_metrics import mask_dice
+    from model.training.finetune_data import val_result
 
     cases = list(data.cases[: cfg.val_max_cases or None])
 
@@ -33,7 +34,7 @@ def whole_volume_dice(cfg: FinetuneConfig, data: TaskData, n_classes: int, *, de
         scores = []
         for case in cases:
             image, label = read_volume(data.store, case.store_path)
-            scores.append(binary_dice(seg(image), label))
+            scores.append(mask_dice(seg(image), label))
         return val_result(scores, data.split)
 
     return segment

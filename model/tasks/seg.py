@@ -46,13 +46,13 @@ def per_class_scores(pred: np.ndarray, truth: np.ndarray, classes: int,
                      spacing_zyx: tuple[float, ...] | None = None) -> list[dict[str, float]]:
     """For each foreground class 1..classes-1: ``dice`` (NaN when the class is in neither mask) and, with
     ``spacing_zyx`` (mm), ``hd95_mm`` and ``assd_mm`` (NaN unless the class is in both masks)."""
-    from model.evaluation.seg_metrics import overlap_counts, surface_metrics
+    from model.evaluation.seg_metrics import dice_from_counts, overlap_counts, surface_metrics
 
     out = []
     for value in range(1, classes):
         p, t = pred == value, truth == value
         inter, n_p, n_t = overlap_counts(p, t)
-        rec = {"dice": float("nan") if n_p + n_t == 0 else 2.0 * inter / (n_p + n_t)}
+        rec = {"dice": dice_from_counts(inter, n_p, n_t)}
         if spacing_zyx is not None:
             rec.update(surface_metrics(p, t, spacing_zyx) if n_p and n_t else
                        {"hd95_mm": float("nan"), "assd_mm": float("nan")})

@@ -1,6 +1,6 @@
 """The pieces the tasks' loaders and validators share (each task's own choice of them is in
 :mod:`model.tasks`): on-device augmentation, the patch loader of a one-domain store with foreground oversampling,
-binary Dice, and the shape of a validation result (``val`` rows of ``metrics.jsonl``, key ``metric``).
+and the shape of a validation result (``val`` rows of ``metrics.jsonl``, key ``metric``).
 
 Validation is cheap and on the stored grid; the full chain on the source grid is ``med3d-train evaluate``.
 """
@@ -17,14 +17,7 @@ from model.data.transfer import TaskData
 from model.training.finetune_config import FinetuneConfig
 from model.training.loop import DistEnv
 
-__all__ = ["binary_dice", "make_augment", "patch_loader", "progress_bar", "val_result"]
-
-
-def binary_dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of ``pred > 0`` against ``truth > 0``; NaN when both are empty."""
-    p, t = np.asarray(pred) > 0, np.asarray(truth) > 0
-    denom = int(p.sum()) + int(t.sum())
-    return float("nan") if denom == 0 else 2.0 * int(np.logical_and(p, t).sum()) / denom
+__all__ = ["make_augment", "patch_loader", "progress_bar", "val_result"]
 
 
 def make_augment(cfg: FinetuneConfig, spacing: tuple[float, float, float], rank: int = 0) -> Callable | None:

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from model.evaluation.seg_metrics import (
-    dice_binary,
+    dice_from_counts,
     global_dice,
     lits_metrics,
+    mask_dice,
     overlap_counts,
     surface_distances,
 )
@@ -187,11 +188,12 @@ def test_real_liver_shifted(real_dir) -> None:
 def test_both_empty() -> None:
     empty = np.zeros((5, 6, 7), np.uint8)
     ours = lits_metrics(empty, empty, (1.0, 1.0, 1.0))
-    assert ours["dice"] == 1.0 and ours["voe"] == 0.0
-    assert all(math.isnan(ours[k]) for k in ("rvd", "assd_mm", "msd_mm"))
-    assert dice_binary(empty, empty) == 1.0
-    # MedPy: jc assigns 1.0 to 0/0 (so VOE 0.0, as ours). dc's code assigns 1.0 too, but only via a
-    # ZeroDivisionError that numpy >= 2 integer scalars no longer raise: there it returns nan with a warning.
+    # Nothing to score: every measure nan, so means over cases leave the case out (the project's one rule).
+    assert all(math.isnan(ours[k]) for k in ("dice", "voe", "rvd", "assd_mm", "msd_mm"))
+    assert math.isnan(mask_dice(empty, empty)) and math.isnan(dice_from_counts(0, 0, 0))
+    assert mask_dice(empty, empty + 1) == 0.0 and dice_from_counts(0, 0, 3) == 0.0
+    # MedPy differs here: jc assigns 1.0 to 0/0, dc's code 1.0 too, but only via a ZeroDivisionError that
+    # numpy >= 2 integer scalars no longer raise: there it returns nan with a warning.
     assert mb.jc(empty, empty) == 1.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -285,13 +287,13 @@ def test_overlap_counts_and_global_dice() -> None:
         assert (inter, n_p, n_g) == (int((p & g).sum()), int(p.sum()), int(g.sum()))
         assert all(type(v) is int for v in (inter, n_p, n_g))
         if n_p or n_g:
-            assert dice_binary(p, g) == pytest.approx(mb.dc(p, g), abs=OVERLAP_TOL)
+            assert mask_dice(p, g) == pytest.approx(mb.dc(p, g), abs=OVERLAP_TOL)
     # Pooled Dice = the Dice of all cases laid side by side in one volume.
     pooled_p = np.concatenate([p.ravel() for p, _ in cases])
     pooled_g = np.concatenate([g.ravel() for _, g in cases])
     assert global_dice(counts) == pytest.approx(mb.dc(pooled_p, pooled_g), abs=1e-12)
     assert global_dice(iter(counts)) == global_dice(counts)
-    assert global_dice([(0, 0, 0), (0, 0, 0)]) == 1.0
+    assert math.isnan(global_dice([(0, 0, 0), (0, 0, 0)]))
     assert global_dice([(0, 5, 0)]) == 0.0
     assert math.isnan(global_dice([]))
     with pytest.raises(ValueError, match="overlap_counts"):
