@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from .blosc_codecs import CODECS, IMAGE_CODECS
+
 EXIT_FAILED_CASES = 3
 
 
@@ -68,11 +70,11 @@ _common = [
                  help="Run on an existing dask cluster instead of a local one."),
     click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True),
     click.option("--chunks", default=None, metavar="Z,Y,X", help="Chunk shape (default 64,64,64)."),
-    click.option("--image-codec", type=click.Choice(["raw", "zstd", "lz4", "lz4hc", "blosclz", "zlib"]),
+    click.option("--image-codec", type=click.Choice(IMAGE_CODECS),
                  default="raw", show_default=True,
                  help="Image chunks: raw (uncompressed Blosc frames, fastest patch reads) or a Blosc codec "
                       "(lz4hc: ~0.47 of the bytes, ~3x slower random patch reads)."),
-    click.option("--codec", type=click.Choice(["zstd", "lz4", "lz4hc", "blosclz", "zlib"]), default=None,
+    click.option("--codec", type=click.Choice(CODECS), default=None,
                  help="Blosc codec of labels and foreground samples (default lz4hc); images use --image-codec."),
     click.option("--replan", is_flag=True, help="Recompute target spacings instead of using the frozen plan."),
     click.option("--max-voxels", type=_VoxelCount(), default=None, metavar="N",

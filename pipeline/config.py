@@ -9,12 +9,12 @@ from typing import Any
 
 from catalog.names import unsafe_name as unsafe_case_id  # one rule for building and reading a store
 
+from .blosc_codecs import CODECS, IMAGE_CODECS
 from .integrity import DEFAULT_MAX_VOXELS
 
 FORMAT_VERSION = 1
 
 _DTYPES = ("float16", "float32")
-_CODECS = ("zstd", "lz4", "lz4hc", "blosclz", "zlib")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,10 +64,10 @@ class PrepConfig:
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
-        if self.codec not in _CODECS:
-            raise ValueError(f"codec must be one of {_CODECS}, got {self.codec!r}")
-        if self.image_codec not in ("raw", *_CODECS):
-            raise ValueError(f"image_codec must be 'raw' or one of {_CODECS}, got {self.image_codec!r}")
+        if self.codec not in CODECS:
+            raise ValueError(f"codec must be one of {CODECS}, got {self.codec!r}")
+        if self.image_codec not in IMAGE_CODECS:
+            raise ValueError(f"image_codec must be one of {IMAGE_CODECS}, got {self.image_codec!r}")
         if not 0 <= int(self.clevel) <= 9:
             raise ValueError(f"clevel must be 0-9, got {self.clevel!r}")
         if len(self.chunks) != 3 or min(self.chunks) < 1:

@@ -30,22 +30,20 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
+from catalog.files import IMAGE_ENDINGS, image_stem
 from model.evaluation.inference import Segmenter
 
 __all__ = ["SCAN_ENDINGS", "ScanCase", "ScansSkippedError", "check_case", "collect_cases", "collect_scans", "mask_name",
            "predict"]
 
-SCAN_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-"""File endings ``predict`` takes as scans in a folder."""
+SCAN_ENDINGS = IMAGE_ENDINGS
+"""File endings ``predict`` takes as scans in a folder: the project's one list (:mod:`catalog.files`)."""
 
 _CHANNEL = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 def _stem(name: str) -> str:
-    for end in SCAN_ENDINGS:
-        if name.endswith(end):
-            return name[: -len(end)]
-    return name
+    return image_stem(name) or name
 
 
 def mask_name(scan: str | Path) -> str:

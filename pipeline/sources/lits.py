@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from catalog.files import image_stem
+
 from .. import geometry
 from ..config import Case, DomainSpec
 
@@ -38,12 +40,9 @@ _FILE = re.compile(r"^(volume|segmentation|test-volume)-(\d+)\.nii(\.gz)?$")
 
 
 def case_name(name: str) -> str:
-    """A file or case name without folder and NIfTI extension: ``Batch1/volume-3.nii`` → ``volume-3``."""
+    """A file or case name without folder and image ending: ``Batch1/volume-3.nii`` → ``volume-3``."""
     name = Path(name.strip()).name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
+    return image_stem(name) or name
 
 
 def read_spacing_csv(path: str | Path) -> dict[str, tuple[float, float, float]]:

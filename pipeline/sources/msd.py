@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from catalog.files import image_stem
+
 from ..config import Case, DomainSpec, unsafe_case_id
 from .naming import file_inside, read_json_object
 
@@ -57,10 +59,7 @@ def scan_id_for(task: str, case_id: str) -> str:
 
 def _case_id(path: str) -> str:
     name = Path(path).name
-    for ext in (".nii.gz", ".nii", ".nrrd", ".mha"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
+    return image_stem(name) or name
 
 
 def _checked_case_id(image: str, meta_path: Path, where: str) -> str:

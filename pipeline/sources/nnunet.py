@@ -32,11 +32,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from catalog.files import IMAGE_ENDINGS
+
 from ..config import Case, DomainSpec, unsafe_case_id
 from .msd import scan_id_for
 from .naming import check_domain_name, file_inside, plain_name, read_json_object
 
-FILE_ENDINGS = (".nii.gz", ".nrrd", ".mha", ".nii")
+FILE_ENDINGS = IMAGE_ENDINGS
+"""The ``file_ending`` values of a dataset.json that we read: the project's one list of image endings."""
 
 # nnU-Net's MSD conversion names a dataset DatasetNNN_<task name> and keeps the MSD case names.
 _MSD_ORIGIN: dict[str, tuple[str, str]] = {

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from catalog.files import image_stem
 from catalog.splits import hash_unit
 
 from .. import geometry
@@ -67,10 +68,7 @@ class _Volume:
 
 
 def _stem(path: Path) -> str | None:
-    for ext in (".nii.gz", ".nii"):
-        if path.name.endswith(ext) and not path.name.startswith("._"):
-            return path.name[: -len(ext)]
-    return None
+    return None if path.name.startswith("._") else image_stem(path.name)  # ._*: macOS resource forks
 
 
 def _buildable(volume: Path, masks: list[Path]) -> bool:
