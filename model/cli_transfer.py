@@ -216,7 +216,7 @@ def predict(run: str, scans: tuple[str, ...], out: str, modality: str | None, sp
         spec = read_run(run)
         if not get_task(spec["task"]).segmentation:  # classify: one row of class probabilities per scan
             get_task(spec["task"]).predict_scans(run, spec, scans, out, modality=modality, spacing_xyz=spacing_xyz,
-                                                 device=device, amp=amp, log=click.echo)
+                                                 device=device, amp=amp, max_voxels=max_voxels, log=click.echo)
             return
         run_predict(run, scans, out, modality=modality, spacing_xyz=spacing_xyz, device=device, amp=amp,
                     max_voxels=max_voxels, log=click.echo)

@@ -77,11 +77,14 @@ def build_input_cache(store: str, cases: Sequence[CaseEntry], spacings: dict[str
                       folder: str | os.PathLike[str], *, shape: Sequence[int], crop: str, margin_mm: float,
                       progress: Callable[[int], None] | None = None) -> Path:
     """Write :func:`store_input` of every case to ``folder/<domain>__<case>.npy`` (float32, (1, *shape)) and a
-    manifest of the settings; a folder whose manifest matches is kept as is. Files are replaced atomically, so
-    several processes (DDP ranks) may build the same cache."""
+    manifest of the settings and the cases' preprocessing hashes; a folder whose manifest matches is kept as is.
+    Files are replaced atomically, so several processes (DDP ranks) may build the same cache."""
+    from catalog import load_catalog
+
     folder = Path(folder)
+    hashes = load_catalog(store).set_index("store_path")["params_hash"].astype(str)
     manifest = {"store": store, "shape": [int(s) for s in shape], "crop": crop, "margin_mm": float(margin_mm),
-                "cases": sorted(c.store_path for c in cases)}
+                "cases": {p: hashes.get(p, "") for p in sorted(c.store_path for c in cases)}}
     path = folder / MANIFEST
     if path.is_file() and json.loads(path.read_text()) == manifest:
         return folder

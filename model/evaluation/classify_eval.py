@@ -99,32 +99,53 @@ def scan_name(scan: str | Path) -> str:
 
 def predict_classes(run: str | Path, spec: dict[str, Any], scans: Sequence[str | Path], out: str | Path, *,
                     modality: str | None = None, spacing_xyz: tuple[float, float, float] | None = None,
-                    device: Any = "cpu", amp: bool = False, log: Callable[[str], None] = print) -> Path:
+                    device: Any = "cpu", amp: bool = False, max_voxels: int | None = None,
+                    log: Callable[[str], None] = print) -> Path:
     """Class probabilities of raw ``scans`` (files or folders, as segmentation ``predict`` takes them) with the
-    whole-volume classify ``run``; writes and returns ``out/predictions.csv``. A mask-crop run is refused (a raw
-    scan has no mask to crop around), as is an unreadable scan (ValueError naming the file), before any write."""
+    whole-volume classify ``run``; writes and returns ``out/predictions.csv``.
+
+    A mask-crop run is refused (a raw scan has no mask to crop around). Every case first passes the build's
+    header checks (:func:`model.evaluation.predict.check_case`, ``max_voxels`` as there); a case that fails is
+    skipped with a ``skipped:`` line, the others are written, then
+    :class:`~model.evaluation.predict.ScansSkippedError` names the skipped ones. Nothing is written when every
+    case fails."""
     from model.data.classify_stream import classify_input
-    from model.evaluation.predict import collect_scans
+    from model.evaluation.predict import ScansSkippedError, check_case, collect_cases
     from model.tasks.base import FinetuneError
     from model.tasks.run import inside, load_stage
+    from pipeline.integrity import DEFAULT_MAX_VOXELS
     from pipeline.preprocess import preprocess_scan
 
     if spec.get("crop") == "mask":
         raise FinetuneError(f"{run} was trained on crops around the mask (--crop mask) and a raw scan has no mask: "
                             "build the scans into a store with their masks and `med3d-train evaluate` it, or "
                             "train with --crop none to predict raw scans")
-    cases = [scan for scan, _ in collect_scans(scans)]
     path = inside(out, PREDICTIONS_FILE)
-    net, cfg = load_stage(run, "main", device)
-    classes = list(spec["classes"])
+    recipe, classes = spec["preprocessing"], list(spec["classes"])
+    good, skipped = [], []
+    for case in collect_cases(scans):
+        try:
+            check_case(case, recipe["target_spacing"], spacing_xyz=spacing_xyz,
+                       max_voxels=DEFAULT_MAX_VOXELS if max_voxels is None else max_voxels)
+            good.append(case.scan)
+        except ValueError as exc:
+            log(f"skipped: {exc}")
+            skipped.append((case.scan, str(exc)))
     rows = []
-    for scan in cases:
-        image, _ = preprocess_scan(scan, spec["preprocessing"], modality=modality, spacing_xyz=spacing_xyz)
+    if good:
+        net, cfg = load_stage(run, "main", device)
+    for scan in good:
+        image, _ = preprocess_scan(scan, recipe, modality=modality, spacing_xyz=spacing_xyz)
         p = probabilities(net, classify_input(image, None, cfg.shape), device=device, amp=amp)
         rows.append({"case_id": scan_name(scan), "scan": str(scan), "pred": classes[int(p.argmax())],
                      **dict(zip(_prob_columns(classes), p.tolist()))})
         log(f"{scan}: {classes[int(p.argmax())]} (p = {p.max():.3f})")
-    Path(out).mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows, columns=["case_id", "scan", "pred", *_prob_columns(classes)]).to_csv(path, index=False)
-    log(f"wrote {path} ({len(rows)} scan(s))")
+    if rows:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows, columns=["case_id", "scan", "pred", *_prob_columns(classes)]).to_csv(path, index=False)
+        log(f"wrote {path} ({len(rows)} scan(s))")
+    if skipped:
+        raise ScansSkippedError(f"{len(skipped)} of {len(skipped) + len(good)} scan(s) skipped (see the 'skipped:' "
+                                f"lines); {len(rows)} row(s) written{f' to {path}' if rows else ''}",
+                                [path] if rows else [], skipped)
     return path

@@ -133,7 +133,7 @@ class Task:
 
     def predict_scans(self, run: str | Path, spec: dict[str, Any], scans: Any, out: str | Path, *,
                       modality: str | None, spacing_xyz: tuple[float, float, float] | None, device: Any,
-                      amp: bool, log: Callable[[str], None]) -> Path:
+                      amp: bool, max_voxels: int | None = None, log: Callable[[str], None]) -> Path:
         """``predict`` of a task that classifies: one row of class probabilities per raw scan, written to a
         table in ``out``; returns its path."""
         raise FinetuneError(f"{run}: a {self.name} run classifies its store's crops; predict takes segmentation "

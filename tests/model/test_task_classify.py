@@ -121,6 +121,17 @@ def test_predict_gives_one_row_per_raw_scan_as_evaluate_saw_the_store(hippo, sha
         np.testing.assert_allclose(row[["prob_alpha", "prob_beta", "prob_gamma"]].to_numpy(float),
                                    stored.loc[case_id, ["prob_alpha", "prob_beta", "prob_gamma"]].to_numpy(float),
                                    atol=1e-5)
+    # a damaged file among good ones: skipped with a line naming it, the others written, exit status 1
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "good.nii.gz").write_bytes((hippo["images"] / "hippocampus_003.nii.gz").read_bytes())
+    (folder / "broken.nii.gz").write_bytes((hippo["images"] / "hippocampus_003.nii.gz").read_bytes()[:200])
+    res = CliRunner().invoke(main, ["predict", str(shape_run), str(folder), "--out", str(tmp_path / "q")])
+    assert res.exit_code == 1 and "skipped:" in res.output and "broken.nii.gz" in res.output
+    df = pd.read_csv(tmp_path / "q" / "predictions.csv")
+    assert list(df["case_id"]) == ["good"]
+    np.testing.assert_allclose(df[["prob_alpha", "prob_beta", "prob_gamma"]].to_numpy(float)[0],
+                               probs[1], atol=1e-6)
 
 
 @pytest.mark.slow
@@ -167,22 +178,22 @@ def test_mask_crop_run_with_int_classes_split_column_and_scan_ids(hippo, tmp_pat
     assert result.step == 3
 
 
-BAD = {
+BAD = {  # what is wrong: (rows of the table, what the message says)
     "unknown case": ([{"case_id": "hippocampus_001", "label": "a"}, {"case_id": "hippocampus_999", "label": "b"},
-                      {"case_id": "hippocampus_003", "label": "b"}], None, r"line\(s\) 3 name cases that .* does not hold"),
-    "one class": ([{"case_id": i, "label": "same"} for i in IDS], None, "every row has the class 'same'"),
-    "class absent from train": ([{"case_id": i, "label": c} for i, c in zip(IDS, "abca")], None,
+                      {"case_id": "hippocampus_003", "label": "b"}], r"line\(s\) 3 name cases that .* does not hold"),
+    "one class": ([{"case_id": i, "label": "same"} for i in IDS], "every row has the class 'same'"),
+    "class absent from train": ([{"case_id": i, "label": c} for i, c in zip(IDS, "abca")],
                                 r"class\(es\) 'c' have no train case \(line\(s\) 4"),
-    "no class column": ([{"case_id": i, "diagnosis": c} for i, c in zip(IDS, "abab")], None, "no class column"),
-    "no id column": ([{"patient": i, "label": c} for i, c in zip(IDS, "abab")], None, "no case id column"),
-    "unknown split": ([{"case_id": i, "label": c, "split": s} for i, c, s in zip(IDS, "abab", ["train"] * 3 + ["tset"])],
-                      None, r"line\(s\) 5 have split \['tset'\]"),
+    "no class column": ([{"case_id": i, "diagnosis": c} for i, c in zip(IDS, "abab")], "no class column"),
+    "no id column": ([{"patient": i, "label": c} for i, c in zip(IDS, "abab")], "no case id column"),
+    "unknown split": ([{"case_id": i, "label": c, "split": s} for i, c, s in zip(IDS, "abab", ["train"] * 3 + ["x"])],
+                      r"line\(s\) 5 have split \['x'\]"),
 }
 
 
 @pytest.mark.parametrize("what", list(BAD))
 def test_bad_label_table_is_a_clear_error_before_anything_is_written(what, hippo, tmp_path):
-    rows, _, pattern = BAD[what]
+    rows, pattern = BAD[what]
     table = write_table(tmp_path / "labels.csv", rows)
     out = tmp_path / "run"
     with pytest.raises(FinetuneError, match=pattern) as info:
