@@ -155,7 +155,8 @@ def finetune(task: str, store: str, out: str, **opts: Any) -> None:
 @click.argument("store")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default=None,
               help="Default: the run's, recorded in finetune.json (liver: val, since LiTS test labels are not public; "
-                   "lung, nodule: test; seg: test when the store labels it, else val).")
+                   "lung, nodule: test; seg: test when the store labels it, else val; classify: test when the "
+                   "label table has test cases, else val).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--amp/--no-amp", default=False, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the first N cases only.")
