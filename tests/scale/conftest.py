@@ -3,10 +3,12 @@ cluster, the tiny 3DSeg-8 sample and its local build.
 
 Credentials and the endpoint reach every client the way they reach a user's: through the backend's environment
 (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL_S3``), set here for the session and inherited by
-the dask workers. The endpoint is the proxy, a plain forwarder until a test arms it.
+the dask workers. The endpoint is the server itself; :meth:`S3.via_proxy` points this process at the fault proxy
+(dask workers get it as the build's ``storage_options``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,20 @@ class S3:
     def url(name: str) -> str:
         return f"s3://{BUCKET}/{name}"
 
+    @contextlib.contextmanager
+    def via_proxy(self, **environ: str):
+        """This process's S3 clients (new ones) talk to the fault proxy, with ``environ`` set too; the proxy is
+        disarmed and the clients forgotten again on the way out."""
+        try:
+            with pytest.MonkeyPatch.context() as mp:
+                for key, value in {"AWS_ENDPOINT_URL_S3": self.proxy.url, **environ}.items():
+                    mp.setenv(key, value)
+                forget_s3_clients()
+                yield self.proxy
+        finally:
+            self.proxy.arm(0.0, 0)
+            forget_s3_clients()
+
 
 def forget_s3_clients() -> None:
     """Drop cached s3fs clients, so that the next one reads the environment again (endpoint, retry settings)."""
@@ -46,7 +62,7 @@ def s3():
     proxy = FaultProxy(("127.0.0.1", moto.port))
     with pytest.MonkeyPatch.context() as mp:
         for key, value in {"AWS_ACCESS_KEY_ID": "loopback-test", "AWS_SECRET_ACCESS_KEY": "loopback-test",
-                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": proxy.url,
+                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": moto.url,
                            "MED3D_RETRY_WAIT_S": "0.01"}.items():
             mp.setenv(key, value)
         for key in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"):
@@ -100,7 +116,7 @@ def local_build(sample_cases, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def bucket_build(s3, dask_scheduler, sample_cases) -> str:
-    """The sample built into the bucket by the dask cluster, through the proxy with no faults: its URL."""
+    """The sample built into the bucket by the dask cluster: its URL."""
     from pipeline.config import PrepConfig
     from pipeline.job import build
 

@@ -2,7 +2,7 @@
 
 Both listen on 127.0.0.1 only. The proxy forwards every request to the server and answers a seeded share of them
 with 503 ServiceUnavailable (or drops the connection unanswered), bounded in count; it never fails the same
-request (method + path + query) more than ``per_key`` times, so a client that retries a few times always gets
+request (method + path + query) more than ``per_key`` times (:meth:`FaultProxy.arm`), so a client that retries a few times always gets
 through and a run's outcome does not depend on which requests happened to be picked.
 """
 from __future__ import annotations
@@ -63,17 +63,15 @@ class MotoServer:
 class FaultProxy:
     """A threaded HTTP proxy on 127.0.0.1 forwarding to ``upstream`` (host, port).
 
-    Set :attr:`rate` (share of requests to fail, 0 = a plain forwarder), :attr:`max_faults` (total budget) and
-    :attr:`reset_share` (share of the faults that drop the connection instead of answering 503) at any time;
-    :meth:`arm` does all at once and resets the counters. :attr:`faults` counts what was injected,
-    :attr:`requests` what was forwarded, by method.
+    :meth:`arm` sets the share of requests to fail (0 = a plain forwarder), the total budget of faults, the share
+    of them that drop the connection instead of answering 503, and how often one request may fail, and resets the
+    counters: :attr:`faults` counts what was injected, :attr:`requests` what came in, by method.
     """
 
-    def __init__(self, upstream: tuple[str, int], seed: int = 0, per_key: int = 2) -> None:
+    def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
-        self.per_key = per_key
         self._lock = threading.Lock()
-        self.arm(0.0, 0, seed=seed)
+        self.arm(0.0, 0)
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -134,10 +132,11 @@ class FaultProxy:
         self._thread = threading.Thread(target=self.server.serve_forever, name="fault-proxy", daemon=True)
         self._thread.start()
 
-    def arm(self, rate: float, max_faults: int, *, seed: int = 0, reset_share: float = 0.0) -> None:
-        """Fail a share ``rate`` of the requests from now on, at most ``max_faults`` in all; counters restart."""
+    def arm(self, rate: float, max_faults: int, *, seed: int = 0, reset_share: float = 0.0, per_key: int = 2) -> None:
+        """Fail a share ``rate`` of the requests from now on, at most ``max_faults`` in all and at most ``per_key``
+        times the same request; counters restart."""
         with self._lock:
-            self.rate, self.max_faults, self.reset_share = rate, max_faults, reset_share
+            self.rate, self.max_faults, self.reset_share, self.per_key = rate, max_faults, reset_share, per_key
             self._rng = random.Random(seed)
             self.faults: Counter[str] = Counter()
             self.requests: Counter[str] = Counter()

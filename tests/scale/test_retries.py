@@ -13,7 +13,7 @@ import zarr
 
 from catalog import load_catalog
 from catalog.retry import RetryPolicy, is_transient, policy_from_env, retry_call
-from conftest import S3, assert_same_arrays, forget_s3_clients, store_arrays, tiny_pretrain, train_losses
+from conftest import S3, assert_same_arrays, store_arrays, tiny_pretrain, train_losses
 
 
 class _ClientError(Exception):
@@ -87,7 +87,7 @@ def test_policy_from_env_reads_tries_and_first_wait():
 
 
 @pytest.mark.slow
-def test_each_request_retries_when_the_backend_does_not(s3: S3, local_build, monkeypatch, caplog):
+def test_each_request_retries_when_the_backend_does_not(s3: S3, local_build, caplog):
     """With botocore told to make one attempt (s3fs does not retry a 503 ServiceUnavailable either), every
     request of a case write and of the patch reader fails once and gets through on our retry; plain zarr, which
     does not retry, fails on the same faults."""
@@ -98,34 +98,26 @@ def test_each_request_retries_when_the_backend_does_not(s3: S3, local_build, mon
     src = zarr.open_group(local_build, mode="r")["spleen/spleen_2"]
     arrays = {name: src[name][...] for name in ("image", "label", "foreground")}
     url = s3.url("one-case")
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    forget_s3_clients()
     caplog.set_level(logging.WARNING, logger="med3d.retry")
-    try:
-        s3.proxy.per_key = 1
-        s3.proxy.arm(1.0, 10_000)  # every distinct request fails once with 503, then gets through
+    with s3.via_proxy(AWS_MAX_ATTEMPTS="1") as proxy:
+        proxy.arm(1.0, 10_000, per_key=1)  # every distinct request fails once with 503, then gets through
         root = open_root(url)
         write_case(root, "spleen/spleen_2", arrays["image"], arrays["label"], arrays["foreground"],
                    {"note": "retried"}, PrepConfig(), {"params_hash": "x"})
-        writes = sum(s3.proxy.faults.values())
-        assert writes >= 10 and len(caplog.records) >= writes - 2  # (a few failed in s3fs's own bucket probe)
+        # Some faults meet s3fs's own fallbacks (a failed HEAD becomes a listing) before ours: not one retry each.
+        assert sum(proxy.faults.values()) >= 20 and len(caplog.records) >= 20
 
-        s3.proxy.arm(1.0, 10_000)
+        proxy.arm(1.0, 10_000, per_key=1)
         with pytest.raises(OSError):  # the control: zarr-python alone gives up at the first 503
             zarr.open_array(f"{url}/spleen/spleen_2/image", mode="r")[...]
-        s3.proxy.arm(1.0, 10_000)
+        proxy.arm(1.0, 10_000, per_key=1)
         caplog.clear()
         for name, want in arrays.items():
             reader = ChunkedArrayReader(f"{url}/spleen/spleen_2/{name}")
             assert not reader.direct
             got = reader.read_all()
             assert got.dtype == want.dtype and np.array_equal(got, want), name
-        assert sum(s3.proxy.faults.values()) >= 6 and len(caplog.records) >= 6
-    finally:
-        s3.proxy.per_key = 2
-        s3.proxy.arm(0.0, 0)
-        monkeypatch.delenv("AWS_MAX_ATTEMPTS")
-        forget_s3_clients()
+        assert sum(proxy.faults.values()) >= 6 and len(caplog.records) >= 6
 
 
 @pytest.mark.slow
@@ -139,20 +131,17 @@ def test_build_and_pretraining_finish_identically_behind_failing_requests(
 
     domains = ("spleen",)
     url = s3.url("faulty")
-    s3.proxy.per_key = 1
-    try:
-        # Bounded: each fault costs the backend's own retry wait (botocore: up to 1 s at the first retry)
-        s3.proxy.arm(0.2, 8, seed=1, reset_share=0.25)
+    with s3.via_proxy() as proxy:
+        # Bounded: each fault costs the backend's own retry wait (botocore: up to 1 s at the first retry).
+        proxy.arm(0.2, 8, seed=1, reset_share=0.25, per_key=1)
         result = build([d for d in sample_cases if d[0].name in domains], url, PrepConfig(),
-                       scheduler=dask_scheduler, progress=False, log=lambda s: None)
+                       scheduler=dask_scheduler, progress=False, log=lambda s: None,
+                       storage_options={"endpoint_url": proxy.url})  # the dask workers' way to the proxy
         assert result.ok and result.converted == 5, result.summary()
-        assert sum(s3.proxy.faults.values()) == 8 and s3.proxy.faults["reset"] > 0
-        s3.proxy.arm(0.2, 4, seed=2, reset_share=0.25)
+        assert sum(proxy.faults.values()) == 8 and proxy.faults["reset"] > 0
+        proxy.arm(0.2, 4, seed=2, reset_share=0.25, per_key=1)
         run = tiny_pretrain(bucket_build, tmp_path / "faulty")
-        assert sum(s3.proxy.faults.values()) == 4
-    finally:
-        s3.proxy.per_key = 2
-        s3.proxy.arm(0.0, 0)
+        assert sum(proxy.faults.values()) == 4
     local = {k: v for k, v in store_arrays(local_build).items() if k.split("/")[0] in domains}
     assert_same_arrays(local, store_arrays(url))
     want = load_catalog(local_build)
