@@ -236,8 +236,8 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
 
             report = load_encoder_weights(net.encoder, cfg.init)
             init_report = report.to_dict()
-            if env.is_main:
-                log(str(report))
+            if env.is_main:  # the whole report, every dropped key, is the checkpoint's init_report
+                log(report.short())
         amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
         net.to(device)
         optimizer = make_optimizer(net.parameters(), cfg)

@@ -70,3 +70,20 @@ def test_verbose_prints_every_dropped_key(lits, tmp_path):
     assert "stripped the prefix 'module.'" in line and f"dropped 16 non-encoder keys ({', '.join(sorted(HEAD_KEYS))})" \
         in line
     assert (run / "init_report.json").is_file()
+
+
+def test_short_text_counts_and_explains_the_dropped_keys_and_keeps_every_adaptation():
+    from model.nets.weights import LoadReport
+
+    rep = LoadReport(encoder="resnet10", source="k.pth", source_format="kinetics", loaded=62,
+                     stripped_prefix="module.", dropped=("fc.weight", "fc.bias"), adapted=("conv1.weight",),
+                     notes=("summed 3 input channels to 1 in conv1.weight",))
+    assert rep.short() == ("Loaded 62 tensors into resnet10 from k.pth (kinetics format); dropped 2 non-encoder "
+                           "keys (the source network's heads: the task trains its own); summed 3 input channels "
+                           "to 1 in conv1.weight.")
+    assert str(rep) == ("Loaded 62 tensors into resnet10 from k.pth (kinetics format); stripped the prefix "
+                        "'module.' from every key; dropped 2 non-encoder keys (fc.bias, fc.weight); summed 3 input "
+                        "channels to 1 in conv1.weight.")
+    exact = LoadReport(encoder="resnet10", source="<dict>", source_format="state_dict", loaded=72)
+    assert exact.short() == str(exact) == ("Loaded 72 tensors into resnet10 from <dict> (state_dict format); "
+                                           "every key matched exactly.")
