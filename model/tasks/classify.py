@@ -16,6 +16,7 @@ probabilities of raw scans (whole-volume runs only: a raw scan has no mask to cr
 from __future__ import annotations
 
 import filecmp
+import functools
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,14 @@ def run_table(run: str | Path, spec: dict[str, Any], store: str) -> LabelTable:
                              f"({spec.get('store')})") from exc
 
 
+@functools.lru_cache(maxsize=8)
+def _matched(labels: str, mtime_ns: int, size: int, store: str, crop: str) -> LabelTable:
+    """:func:`~model.data.classify_table.match_table`, memoised on the file's path, time and size."""
+    from model.data.classify_table import match_table
+
+    return match_table(labels, store, crop=crop)
+
+
 @register_task
 class ClassifyTask(Task):
     name = "classify"
@@ -60,13 +69,18 @@ class ClassifyTask(Task):
 
     # ---------------------------------------------------------------------------------------------- store
     def _table(self, labels: str, store: str, crop: str) -> LabelTable:
-        from model.data.classify_table import LabelTableError, match_table
+        """The table matched to the store (read once per process while the file is unchanged)."""
+        from model.data.classify_table import LabelTableError
 
         if not labels:
             raise FinetuneError("finetune classify needs --labels TABLE.csv: one row per case with a case_id (or "
                                 "scan_id) and a label column, optionally a split column")
         try:
-            return match_table(labels, store, crop=crop)
+            stat = Path(labels).stat()
+            return _matched(labels, stat.st_mtime_ns, stat.st_size, store, crop)
+        except FileNotFoundError:
+            raise FinetuneError(f"{labels}: no such label table; give a CSV file with a case_id and a label "
+                                "column") from None
         except LabelTableError as exc:
             raise FinetuneError(str(exc)) from exc
 
