@@ -20,6 +20,8 @@ import zarr
 from s3_loopback import FaultProxy, MotoServer
 
 BUCKET = "med3d-test"
+SECRET = "loopback-secret-7f3a"
+"""The session's AWS secret key: tests check it reaches no file a run or a build writes."""
 
 
 class S3:
@@ -61,7 +63,7 @@ def s3():
     moto = MotoServer()
     proxy = FaultProxy(("127.0.0.1", moto.port))
     with pytest.MonkeyPatch.context() as mp:
-        for key, value in {"AWS_ACCESS_KEY_ID": "loopback-test", "AWS_SECRET_ACCESS_KEY": "loopback-test",
+        for key, value in {"AWS_ACCESS_KEY_ID": "loopback-test", "AWS_SECRET_ACCESS_KEY": SECRET,
                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": moto.url,
                            "MED3D_RETRY_WAIT_S": "0.01"}.items():
             mp.setenv(key, value)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from catalog import load_catalog, load_domains
-from conftest import S3, assert_same_arrays, store_arrays, tiny_pretrain, train_losses
+from conftest import S3, SECRET, assert_same_arrays, store_arrays, tiny_pretrain, train_losses
 
 pytestmark = pytest.mark.slow
 
@@ -23,8 +23,17 @@ def test_bucket_build_equals_local_build(s3: S3, bucket_build, local_build):
 
 
 def test_pretraining_streams_from_the_bucket(bucket_build, local_pretrain, tmp_path):
-    remote = tiny_pretrain(bucket_build, tmp_path / "remote")
+    logs: list[str] = []
+    remote = tiny_pretrain(bucket_build, tmp_path / "remote", log=logs.append)
     assert remote.step == 2 and remote.summary["last_step"] == 2
+    # The credentials live in the environment only: not in the run's files, its log or the bucket's catalog.
+    import fsspec
+
+    written = [p.read_bytes() for p in remote.run_dir.rglob("*") if p.is_file()]
+    with fsspec.open(f"{bucket_build}/catalog.parquet", "rb") as fh:
+        written.append(fh.read())
+    assert written and not any(SECRET.encode() in blob for blob in written)
+    assert logs and not any(SECRET in line for line in logs)
     assert train_losses(remote.run_dir) == train_losses(local_pretrain.run_dir)
     local = local_pretrain.net.state_dict()
     for key, value in remote.net.state_dict().items():
