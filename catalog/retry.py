@@ -30,6 +30,7 @@ __all__ = ["RetryPolicy", "is_transient", "retry_call", "retry_async", "policy_f
 
 T = TypeVar("T")
 log = logging.getLogger("med3d.retry")
+_jitter = random.Random()  # its own generator: a retry must not move the global random state a run may rely on
 
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _TRANSIENT_ERRNO = frozenset({errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED,
@@ -65,7 +66,7 @@ class RetryPolicy:
     def wait_s(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         base = min(self.first_wait_s * 2 ** (attempt - 1), self.max_wait_s)
-        return base * (1 - self.jitter * random.random())
+        return base * (1 - self.jitter * _jitter.random())
 
     def max_total_wait_s(self) -> float:
         """The longest a call can spend waiting between its attempts (no jitter), in seconds."""
