@@ -206,8 +206,9 @@ def match_table(path: str | os.PathLike[str], store: str, *, crop: str = "none")
     })
     train = set(rows.loc[rows["split"] == "train", "target"])
     if not train:
-        raise LabelTableError(f"{path}: no row is in the train split; give some rows split 'train' (or leave the "
-                              "split to the catalog)")
+        raise LabelTableError(f"{path}: no row is in the train split (the catalog's splits: "
+                              f"{', '.join(sorted(set(cat['split'].astype(str))))}; a build puts cases without a "
+                              "mask in test); add a split column and give some rows 'train'")
     absent = [c for i, c in enumerate(classes) if i not in train]
     if absent:
         lines = table.index[rows["target"].isin([index[c] for c in absent]).to_numpy()]

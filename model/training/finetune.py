@@ -274,8 +274,9 @@ def finetune(task: str, store: str, out: str, *, stage: str = "both", resume: bo
     if options.get("encoder") is None:
         options["encoder"] = record["encoder"] or "resnet10"
     root = Path(out)
-    rows = select(load_catalog(store), split="train", labelled=True if spec.segmentation else None,
-                  domain=options.get("domain"))
+    # the recipe of a labelled train case; classifying tasks need no mask (classify: its table has the splits)
+    rows = select(load_catalog(store), split="train" if spec.segmentation else None,
+                  labelled=True if spec.segmentation else None, domain=options.get("domain"))
     if rows.empty:
         raise FinetuneError(f"{store}: no ok, labelled train case; check it with `med3d-prep info {store}`")
     preprocessing = case_recipe(store, str(rows["store_path"].iloc[0]))

@@ -256,3 +256,34 @@ def test_classify_resumes_exactly(hippo, tmp_path):
     assert [r["step"] for r in read_metrics(resumed.run_dir, "train")] == [1, 2, 3, 4] and a == b
     sa, sb = whole.net.state_dict(), resumed.net.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.slow
+def test_store_without_masks_trains_with_the_tables_splits_and_refuses_mask_crops(real_dir, tmp_path):
+    """Most classification datasets have no masks: the build puts such cases in test, so the table's split
+    column decides; the whole volume trains, --crop mask is refused naming the rows."""
+    import dataclasses
+
+    from pipeline.config import PrepConfig
+    from pipeline.job import build
+    from pipeline.sources.msd import scan_msd
+
+    [(domain, cases)] = scan_msd(real_dir / "msd")[0]
+    store = str(tmp_path / "store")
+    build([(domain, [dataclasses.replace(c, label=None) for c in cases])], store, PrepConfig(chunks=(16, 16, 16)),
+          workers=0, progress=False, log=lambda s: None)
+    no_split = write_table(tmp_path / "a.csv", [{"case_id": i, "label": c} for i, c in zip(IDS, "abab")])
+    with pytest.raises(FinetuneError, match="no row is in the train split .* splits: test.*add a split column"):
+        finetune("classify", store, str(tmp_path / "r0"), labels=str(no_split), progress=False, log=lambda s: None,
+                 **TINY)
+    table = write_table(tmp_path / "b.csv", [{"case_id": i, "label": c, "split": s}
+                                             for i, c, s in zip(IDS, "abab", ["train", "train", "test", ""])])
+    with pytest.raises(FinetuneError, match=r"line\(s\) 2, 3, 4, 5 name cases without a labelled region"):
+        finetune("classify", store, str(tmp_path / "r1"), labels=str(table), crop="mask", progress=False,
+                 log=lambda s: None, **TINY)
+    assert not (tmp_path / "r1").exists()
+    [result] = finetune("classify", store, str(tmp_path / "r2"), labels=str(table), progress=False,
+                        log=lambda s: None, **TINY)
+    spec = json.loads((tmp_path / "r2" / "finetune.json").read_text())
+    assert spec["eval_split"] == "test" and spec["preprocessing"]["domain"] == "hippocampus" and result.step == 3
+    assert len(read_metrics(tmp_path / "r2", "train")) == 3
