@@ -139,7 +139,19 @@ def _like(like: str | None, like_domain: str | None, specs) -> tuple[dict, dict 
     return settings.config, settings.target_spacing
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _PrepGroup(click.Group):
+    """Turns a build's refusal to overwrite another dataset's domain into a usage error (one line, exit 2)."""
+
+    def invoke(self, ctx: click.Context):
+        from .sources.naming import StoreDomainError
+
+        try:
+            return super().invoke(ctx)
+        except StoreDomainError as exc:
+            raise click.UsageError(str(exc), ctx) from None
+
+
+@click.group(cls=_PrepGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Convert raw medical datasets into a Med3D zarr store with a pandas catalog."""
 

@@ -23,12 +23,6 @@ def _build(found, store, *, workers, scheduler, dtype, chunks, image_codec, code
            max_voxels, like, like_domain, missing: list[str] | None = None) -> None:
     from .cli import _config, _finish, _like
     from .job import build
-    from .sources.naming import check_store_domains
-
-    try:
-        check_store_domains(store, [spec for spec, _ in found])
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
     click.echo("building: " + ", ".join(f"{spec.source_dataset} as {spec.name} ({len(c)} cases)"
                                         for spec, c in found))
     like_cfg, spacing = _like(like, like_domain, [spec for spec, _ in found])

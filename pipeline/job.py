@@ -26,6 +26,7 @@ from .convert import case_params_hash, check_case_headers, convert_or_fail, fail
 from .diagnose import unreadable_file
 from .integrity import check_resampled_voxels
 from .store import domain_plan, freeze_plan, open_root
+from .sources.naming import check_store_domains
 from .verify import case_damage, requested
 
 MEM_RESOURCE = "MEM"
@@ -231,6 +232,7 @@ def build(
     t0 = time.perf_counter()
     verify = requested() if verify is None else verify
     store = str(store)
+    check_store_domains(store, [spec for spec, _ in domains])  # before anything is written, for every caller
     root = open_root(store, storage_options=storage_options)
     all_cases = [(spec, c) for spec, cases in domains for c in cases]
     specs = {spec.name: spec for spec, _ in domains}

@@ -31,6 +31,7 @@ from .sources.lidc import (
     series_key, series_params_hash, series_up_to_date,
 )
 from .sources.lidc_series import find_lidc_series
+from .sources.naming import check_store_domains
 from .store import domain_plan, freeze_plan, open_root
 from .verify import case_damage, requested
 
@@ -87,6 +88,7 @@ def build_lidc(
     verify = requested() if verify is None else verify
     store = str(store)
     refs = find_lidc_series(lidc_root)
+    check_store_domains(store, [SPEC])  # before anything is written
     root = open_root(store, storage_options=storage_options)
     result = LidcBuildResult(store=store, catalog=pd.DataFrame(), series=len(refs))
     splits = patient_splits([r.patient_id for r in refs], test_fraction=params.test_fraction,

@@ -48,6 +48,10 @@ def check_unique_domains(specs: Iterable[tuple[DomainSpec, object]]) -> None:
         seen[spec.name] = spec.source_dataset
 
 
+class StoreDomainError(ValueError):
+    """A build would overwrite a domain the store holds from another dataset or with other labels."""
+
+
 def check_store_domains(store: str, specs: Iterable[DomainSpec]) -> None:
     """Refuse to build a domain that ``store`` already holds from another dataset (the build would replace that
     domain's cases and catalog rows with this dataset's) or with other labels. Rebuilding the same dataset with
@@ -63,14 +67,14 @@ def check_store_domains(store: str, specs: Iterable[DomainSpec]) -> None:
             continue
         other = built.loc[spec.name, "source_dataset"]
         if other != spec.source_dataset:
-            raise ValueError(f"{store} already holds domain {spec.name!r} built from {other}; {spec.source_dataset} "
+            raise StoreDomainError(f"{store} already holds domain {spec.name!r} built from {other}; {spec.source_dataset} "
                              "would replace it. Choose another name with --domain, or another store")
         # A case's params hash covers its label values and mask files, not which mask paints which value: a
         # new class order (or renamed labels) would leave the built cases in place with the old meaning.
         old = [str(n) for n in built.loc[spec.name, "labels"]]
         new = [spec.labels.get(i, "") for i in range(spec.num_classes)]
         if old != new:
-            raise ValueError(f"{store}: domain {spec.name!r} was built with labels {old}, this build has {new}; "
+            raise StoreDomainError(f"{store}: domain {spec.name!r} was built with labels {old}, this build has {new}; "
                              "build into another store (or another --domain)")
 
 

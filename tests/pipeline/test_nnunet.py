@@ -190,3 +190,26 @@ def test_cli_builds_and_refuses_a_domain_built_from_another_dataset(hippo, tmp_p
     assert res.exit_code == 0, res.output
     assert "4 converted" in res.output
     assert_same_stores(str(store), "hippocampus", str(store), "hippocampus_nn", splits=False)
+
+
+def test_every_build_refuses_a_domain_of_the_store_from_another_dataset(hippo, real_dir, tmp_path):
+    """The clash check lives in job.build, so build-3dseg8 and direct API callers refuse too (not only
+    build-msd/-nnunet/-totalseg), before anything is written: the store's catalog is left as it was."""
+    import pandas as pd
+
+    from pipeline.sources.naming import StoreDomainError
+
+    store = tmp_path / "store"
+    res = CliRunner().invoke(main, ["build-nnunet", str(hippo["dataset"]), str(store), "--workers", "0",
+                                    "--no-progress", "--chunks", "16"])
+    assert res.exit_code == 0, res.output
+    before = load_catalog(str(store))
+    assert set(before["domain"]) == {"hippocampus"}
+    res = CliRunner().invoke(main, ["build-3dseg8", str(real_dir / "msd"), str(store), "--tasks",
+                                    "Task04_Hippocampus", "--workers", "0", "--no-progress"])
+    assert res.exit_code == 2
+    assert "already holds domain 'hippocampus' built from Dataset004_Hippocampus" in res.output
+    found, _ = scan_msd(real_dir / "msd", ["Task04_Hippocampus"])
+    with pytest.raises(StoreDomainError, match="Task04_Hippocampus would replace it"):
+        build(found, str(store), PrepConfig(), workers=0, progress=False, log=lambda s: None)
+    pd.testing.assert_frame_equal(load_catalog(str(store)), before)
