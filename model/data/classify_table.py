@@ -18,8 +18,8 @@ else as strings); class index ``i`` of the network is ``classes[i]``.
 
 Refused, each with a :class:`LabelTableError` naming the file, the rows (line numbers of the file, the header
 being line 1) or values, and the fix: no id or class column, an empty class, an id twice, an id the store does
-not hold (or holds as a failed or incomplete case), an unknown split, a single class, a class with no train case,
-and with ``crop="mask"`` a case without a mask or with an empty one.
+not hold (or holds as a failed or incomplete case), an unknown split, one patient's cases in several splits, a
+single class, a class with no train case, and with ``crop="mask"`` a case without a mask or with an empty one.
 """
 
 from __future__ import annotations
@@ -204,6 +204,14 @@ def match_table(path: str | os.PathLike[str], store: str, *, crop: str = "none")
         "target": targets, "label": [classes[t] for t in targets],
         "spacing": cat["target_spacing"], "shape": cat["shape"], "n_channels": cat["n_channels"],
     })
+    patients = pd.DataFrame({"patient": cat["patient_id"].astype(str), "split": split})
+    mixed = patients.groupby("patient")["split"].nunique()
+    mixed = sorted(mixed[mixed > 1].index)
+    if mixed:
+        lines = table.index[patients["patient"].isin(mixed).to_numpy()]
+        raise LabelTableError(f"{path}: line(s) {_lines(lines)} put one patient's cases in different splits "
+                              f"(patient(s) {', '.join(mixed[:5])}): a model tested on a patient it trained on is "
+                              "measured too kindly; give all of a patient's cases one split")
     train = set(rows.loc[rows["split"] == "train", "target"])
     if not train:
         raise LabelTableError(f"{path}: no row is in the train split (the catalog's splits: "

@@ -202,6 +202,21 @@ def test_bad_label_table_is_a_clear_error_before_anything_is_written(what, hippo
     assert not out.exists()
 
 
+def test_one_patients_cases_in_two_splits_are_refused(hippo, tmp_path, monkeypatch):
+    import model.data.classify_table as ct
+    from catalog import load_catalog
+
+    cat = load_catalog(hippo["store"])
+    cat.loc[cat["case_id"] == "hippocampus_003", "patient_id"] = "hippocampus_001"  # two scans of one patient
+    monkeypatch.setattr(ct, "load_catalog", lambda store: cat)
+    rows = [{"case_id": i, "label": c, "split": s} for i, c, s in zip(IDS, "abab", ["train", "", "", ""])]
+    assert ct.match_table(write_table(tmp_path / "ok.csv", rows), hippo["store"]).classes == ("a", "b")
+    rows[1]["split"] = "test"
+    with pytest.raises(ct.LabelTableError, match=r"line\(s\) 2, 3 put one patient's cases in different splits "
+                                                 r"\(patient\(s\) hippocampus_001\)"):
+        ct.match_table(write_table(tmp_path / "bad.csv", rows), hippo["store"])
+
+
 def test_mask_crop_refuses_a_case_without_a_labelled_region(hippo, tmp_path, monkeypatch):
     import model.data.classify_table as ct
     from catalog import load_catalog
