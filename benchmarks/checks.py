@@ -52,7 +52,8 @@ def main() -> None:
     from pipeline import geometry, integrity
     from pipeline.config import PrepConfig
     from pipeline.convert import case_params_hash, check_case_headers, convert_case
-    from pipeline.job import plan_target_spacing, read_case_header, single_threaded
+    from pipeline.executor import single_threaded
+    from pipeline.job import plan_target_spacing, read_case_header
     from pipeline.sources.msd import scan_msd
 
     msd = _ensure_data(args.data, args.seed)

@@ -107,7 +107,8 @@ def pipeline_run(found, store: str, cfg, workers: int) -> tuple[float, list[floa
     import cloudpickle
     from distributed import Client
 
-    from pipeline.job import build, local_cluster
+    from pipeline.executor import local_cluster
+    from pipeline.job import build
 
     with local_cluster(workers) as cluster, Client(cluster) as client:
         client.run(_warm)  # imports are part of cluster start-up, which is not timed

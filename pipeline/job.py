@@ -1,16 +1,15 @@
-"""The dask job: scan → plan → convert → catalog.
+"""The build job: scan → plan → convert → catalog.
 
-Only this module knows about dask. Every per-case step is a pure function from ``convert``/``geometry``; here
-they become tasks with deterministic keys, memory-aware scheduling, resume and failure accounting.
+Every per-case step is a pure function from ``convert``/``geometry``; here they become tasks
+(:class:`~pipeline.executor.Task`, deterministic keys, estimated memory) with resume and failure accounting,
+run by :func:`pipeline.executor.run_tasks`, the only code that knows about dask.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,15 +25,12 @@ from .convert import case_params_hash, check_case_headers, convert_or_fail, fail
 from .diagnose import unreadable_file
 from .integrity import check_resampled_voxels
 from .store import domain_plan, freeze_plan, open_root
+from .executor import Task, dask_client, run_tasks
 from .sources.naming import check_store_domains
 from .verify import case_damage, requested
 
-MEM_RESOURCE = "MEM"
 _BASE_OVERHEAD = 150 * 2**20
-WORKER_DEATH_RETRIES = 1
-"""How often a case whose worker process died (SIGKILL, OOM killer, the nanny's memory limit) is started again
-on another worker before it becomes a failed row; the local cluster's ``distributed.scheduler.allowed-failures``.
-Dask's default, 3, lets one case that does not fit in memory kill four workers in a row."""
+
 
 
 @dataclass
@@ -126,84 +122,6 @@ def plan_target_spacing(headers: list[CaseHeader], rule: str = "median") -> tupl
     if rule == "mean":
         return tuple(float(round(v, 6)) for v in np.mean(np.asarray(spacings), axis=0))
     raise ValueError(f"unknown spacing rule {rule!r} (median or mean)")
-
-
-@contextlib.contextmanager
-def single_threaded() -> Iterator[None]:
-    """ITK, zarr and Blosc use one thread inside the block; their previous settings come back after it (so an
-    in-process run, ``--workers 0``, leaves the caller's thread settings alone)."""
-    import numcodecs.blosc
-    import SimpleITK as sitk
-    import zarr
-
-    itk = sitk.ProcessObject_GetGlobalDefaultNumberOfThreads()
-    blosc = numcodecs.blosc.use_threads
-    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)
-    numcodecs.blosc.use_threads = False
-    try:
-        with zarr.config.set({"threading.max_workers": 1}):
-            yield
-    finally:
-        sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(itk)
-        numcodecs.blosc.use_threads = blosc
-
-
-@contextlib.contextmanager
-def dask_client(workers: int | None, scheduler: str | None, memory_per_worker: int | None = None) -> Iterator[Any]:
-    """A client on the cluster at ``scheduler``, or on a new :func:`local_cluster`."""
-    from distributed import Client
-
-    if scheduler:
-        with Client(scheduler) as client:
-            yield client
-        return
-    with local_cluster(workers, memory_per_worker) as cluster, Client(cluster) as client:
-        yield client
-
-
-def local_cluster(workers: int | None = None, memory_per_worker: int | None = None):
-    """A LocalCluster with one single-threaded worker process per core (dashboard off, loopback only) that
-    advertises its memory as the ``MEM`` resource for memory-aware scheduling.
-
-    Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` in its workers to hand freed memory back to the OS. That
-    also freezes glibc's mmap threshold at 128 KiB, so every chunk buffer and slab temporary of a conversion is a
-    fresh mmap with page faults: a 512×512×120 CT case took 2.5 s instead of 1.9 s. Our tasks hold no data
-    between them, so we leave glibc's adaptive defaults in place.
-
-    A worker process that dies (killed for memory) is restarted by its nanny; the case it was converting runs
-    once more elsewhere, then becomes a failed row (:data:`WORKER_DEATH_RETRIES`).
-    """
-    import dask
-    from distributed import LocalCluster
-
-    n = workers or os.cpu_count() or 1
-    mem = memory_per_worker or int(_total_memory() * 0.85 / n)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-                          "distributed.scheduler.allowed-failures": WORKER_DEATH_RETRIES}):
-        return LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-            memory_limit=mem, resources={MEM_RESOURCE: mem}, host="127.0.0.1",
-        )
-
-
-def _total_memory() -> int:
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().total)
-    except ImportError:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-
-
-def _worker_memory(client) -> int | None:
-    """The smallest MEM resource the workers advertise, or None when they advertise none (external cluster
-    started without ``--resources MEM=...``): then tasks are submitted without resource constraints, since a
-    constraint no worker satisfies would hang forever."""
-    info = client.scheduler_info()
-    mems = [w.get("resources", {}).get(MEM_RESOURCE) for w in info.get("workers", {}).values()]
-    if not mems or any(m is None for m in mems):
-        return None
-    return int(min(mems))
 
 
 def build(
@@ -385,115 +303,3 @@ def write_catalog(store: str, rows: list[dict[str, Any]], specs: dict[str, Domai
         })
     save_domains(store, pd.DataFrame(dom_rows))
     return cat
-
-
-
-def _progress(total: int, enabled: bool, unit: str = "case", desc: str = "convert"):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit=unit, desc=desc, disable=not enabled or total == 0,
-                file=sys.stderr, dynamic_ncols=True)
-
-
-@dataclass(frozen=True)
-class Task:
-    """One unit of work for :func:`run_tasks`: ``fn(*args)`` must be a picklable top-level function that
-    never raises for bad input (it returns its own failure record)."""
-
-    key: str
-    """Deterministic dask key (content-derived, e.g. source id + params hash)."""
-    fn: Callable[..., Any]
-    args: tuple
-    memory: int
-    """Estimated peak bytes, for the workers' MEM resource."""
-    on_crash: Callable[[str], Any]
-    """Called on the client with a message when the task itself could not run (its worker died on each try, an
-    unpicklable result): returns the failure record that stands for its result."""
-
-
-def _single_threaded(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run ``fn(*args)`` with ITK, zarr and Blosc on one thread (the task body on a worker)."""
-    with single_threaded():
-        return fn(*args)
-
-
-def run_tasks(tasks: list[Task], *, client: Any = None, workers: int | None = None, scheduler: str | None = None,
-              progress: bool = True, log: Callable[[str], None] = print, unit: str = "case",
-              desc: str = "convert") -> list[Any]:
-    """Run independent tasks with a progress bar; results come back in task order, exactly one per task.
-
-    On ``client`` when given; else in this process when ``workers=0``, else on a LocalCluster or the cluster at
-    ``scheduler``. On a cluster each task asks for its estimated memory as the workers' ``MEM`` resource, so a
-    worker runs only what fits (a task larger than any worker runs alone).
-
-    Worker deaths: only as many tasks are handed to the cluster as it has worker threads, so a worker holds
-    just the tasks it runs. When a worker process dies, dask marks every task the worker held as suspicious and
-    runs it again elsewhere; with tasks queued on the worker, cases that merely waited there would share the
-    blame. A task whose worker died more often than the scheduler's ``allowed-failures`` (the local cluster:
-    :data:`WORKER_DEATH_RETRIES`) gets ``on_crash`` with a message saying so; the other tasks carry on.
-    """
-    if not tasks:
-        return []
-    if client is None and not (workers == 0 and not scheduler):
-        with dask_client(workers, scheduler) as own:
-            return run_tasks(tasks, client=own, progress=progress, log=log, unit=unit, desc=desc)
-    bar = _progress(len(tasks), progress, unit=unit, desc=desc)
-    results: list[Any] = [None] * len(tasks)
-    if client is None:
-        for i, task in enumerate(tasks):
-            results[i] = _single_threaded(task.fn, *task.args)
-            bar.update(1)
-        bar.close()
-        return results
-    from distributed import KilledWorker, as_completed
-
-    cap = _worker_memory(client)
-    if cap is None:
-        log("workers advertise no MEM resource: running without memory-aware limits "
-            "(start workers with `--resources MEM=<bytes>` to enable them)")
-
-    todo = list(range(len(tasks) - 1, -1, -1))  # a stack: the first task on top
-    futures: dict[Any, int] = {}
-    done = as_completed()
-
-    def submit_more() -> None:
-        # The thread count is read again each time: the nanny restarts a killed worker, clusters scale.
-        slots = max(1, sum(client.nthreads().values()))
-        while todo and len(futures) < slots:
-            i = todo.pop()
-            task = tasks[i]
-            kw = {}
-            if cap is not None:
-                if task.memory > cap:
-                    log(f"{task.key}: needs ~{task.memory / 2**30:.1f} GiB, more than a worker's "
-                        f"{cap / 2**30:.1f} GiB; it will run alone on a worker")
-                kw["resources"] = {MEM_RESOURCE: min(task.memory, cap)}
-            fut = client.submit(_single_threaded, task.fn, *task.args, key=task.key, retries=0, **kw)
-            futures[fut] = i
-            done.add(fut)
-
-    submit_more()
-    for fut in done:
-        i = futures.pop(fut)
-        try:
-            results[i] = fut.result()
-        except KilledWorker as exc:
-            results[i] = tasks[i].on_crash(_worker_died(exc, tasks[i], cap, unit))
-        except Exception as exc:  # the task could not run or its result not come back (unpicklable)
-            results[i] = tasks[i].on_crash(f"could not run on the cluster: {type(exc).__name__}: {exc}")
-        bar.update(1)
-        fut.release()
-        submit_more()
-    bar.close()
-    return results
-
-
-def _worker_died(exc: Exception, task: Task, cap: int | None, unit: str) -> str:
-    """The failed row's message for a task whose worker process died (``KilledWorker``) on each try."""
-    tries = int(getattr(exc, "allowed_failures", WORKER_DEATH_RETRIES)) + 1
-    need = f"~{task.memory / 2**30:.1f} GiB estimated"
-    if cap is not None:
-        need += f", a worker has {cap / 2**30:.1f} GiB"
-    return (f"the worker process died while converting this {unit} ({tries} tries on different workers; "
-            f"killed? out of memory? {need}). Nothing of it counts in the store; re-run the build to try it "
-            f"again, with fewer --workers (more memory each) if it ran out of memory")

@@ -1,6 +1,6 @@
 """`build-lidc`: LIDC-IDRI series → nodule crops, catalog rows and ``STORE/nodules.parquet``.
 
-The job's steps, on the machinery of :mod:`pipeline.job` (dask only through :func:`pipeline.job.run_tasks`):
+The job's steps, on the machinery of :mod:`pipeline.job` (dask only through :func:`pipeline.executor.run_tasks`):
 
 1. Scan (client side): every CT series under the root (``find_lidc_series``); patient-level splits over all
    patients found (:func:`catalog.patient_splits`: ~8.6 % test as in the paper's 1,050/99, a val share of the
@@ -25,7 +25,8 @@ import pandas as pd
 from catalog import patient_splits, save_nodules
 
 from .config import PrepConfig
-from .job import BuildResult, Task, run_tasks, write_catalog
+from .executor import Task, run_tasks
+from .job import BuildResult, write_catalog
 from .sources.lidc import (
     DOMAIN, SPEC, LidcParams, SeriesResult, convert_series_or_fail, estimate_series_memory, series_failed,
     series_key, series_params_hash, series_up_to_date,

@@ -22,7 +22,8 @@ import zarr
 
 from catalog import load_catalog, select
 from pipeline.config import Case, DomainSpec, PrepConfig
-from pipeline.job import build, local_cluster
+from pipeline.executor import local_cluster
+from pipeline.job import build
 from pipeline.sources.msd import scan_msd
 from pipeline.store import case_marker, open_root
 
