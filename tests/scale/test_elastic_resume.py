@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_pretrain, train_losses
+from scale_helpers import tiny_pretrain, train_losses
 from s3_loopback import free_port
 
 pytestmark = pytest.mark.slow

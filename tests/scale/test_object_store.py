@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from catalog import load_catalog, load_domains
-from conftest import S3, SECRET, assert_same_arrays, store_arrays, tiny_pretrain, train_losses
+from scale_helpers import S3, SECRET, assert_same_arrays, store_arrays, tiny_pretrain, train_losses
 
 pytestmark = pytest.mark.slow
 
