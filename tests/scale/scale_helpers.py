@@ -44,9 +44,23 @@ class S3:
 
 
 def forget_s3_clients() -> None:
-    """Drop cached s3fs clients, so that the next one reads the environment again (endpoint, retry settings)."""
+    """Close and drop the cached s3fs clients, so that the next one reads the environment again (endpoint, retry
+    settings). zarr's clients live on zarr's event loop, the others on fsspec's."""
+    import fsspec.asyn
     import s3fs
+    from zarr.core.sync import sync
 
+    for fs in list(s3fs.S3FileSystem._cache.values()):
+        creator = getattr(fs, "_s3creator", None)
+        if creator is None:
+            continue
+        try:
+            if fs.asynchronous:
+                sync(creator.__aexit__(None, None, None))
+            else:
+                fsspec.asyn.sync(fs.loop, creator.__aexit__, None, None, None)
+        except Exception:  # already closed, or its loop is gone: nothing left to close
+            pass
     s3fs.S3FileSystem.clear_instance_cache()
 
 
