@@ -68,9 +68,13 @@ def store_arrays(store: str) -> dict[str, np.ndarray]:
     """Every array of every case of a store, read with plain zarr-python (a local path or an s3:// URL)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    import warnings
+
     root = zarr.open_group(store, mode="r")
-    keys = [f"{domain}/{case}/{name}" for domain in root.group_keys() for case in root[domain].group_keys()
-            for name in root[f"{domain}/{case}"].array_keys()]
+    with warnings.catch_warnings():  # zarr notes that catalog.parquet and domains.parquet are not zarr nodes
+        warnings.filterwarnings("ignore", "Object at .* is not recognized as a component of a Zarr hierarchy")
+        keys = [f"{domain}/{case}/{name}" for domain in root.group_keys() for case in root[domain].group_keys()
+                for name in root[f"{domain}/{case}"].array_keys()]
     with ThreadPoolExecutor(4) as pool:  # requests to the bucket overlap, as zarr's do within one array
         return dict(zip(keys, pool.map(lambda key: root[key][...], keys)))
 
