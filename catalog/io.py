@@ -7,6 +7,7 @@ import tempfile
 import pandas as pd
 
 from .names import check_table_names
+from .retry import is_transient, retry_call
 from .schema import CATALOG_COLUMNS, DOMAIN_COLUMNS, NODULE_COLUMNS, conform
 
 CATALOG_FILE = "catalog.parquet"
@@ -29,7 +30,7 @@ def write_parquet_atomic(df: pd.DataFrame, path: str) -> None:
     Locally: a temporary file in the same folder, then os.replace. On object stores a single PUT is atomic.
     """
     if not is_local(path):
-        df.to_parquet(path, index=False)
+        retry_call(lambda: df.to_parquet(path, index=False), path)
         return
     path = path.removeprefix("file://")
     folder = os.path.dirname(os.path.abspath(path))
@@ -51,16 +52,18 @@ def _exists(path: str) -> bool:
     import fsspec
 
     fs, p = fsspec.core.url_to_fs(path)
-    return fs.exists(p)
+    return retry_call(lambda: fs.exists(p), path)
 
 
 def _read_parquet(path: str) -> pd.DataFrame:
     """A parquet table, or a ValueError naming the file when it is not one (damaged, cut short, another
-    format): the caller's users get one line, not pyarrow's traceback."""
+    format): the caller's users get one line, not pyarrow's traceback. A remote read that meets a transient
+    error (503, reset connection) is retried (:mod:`catalog.retry`), and raised as it is when the tries run out:
+    the file is not damaged then, the backend is."""
     try:
-        return pd.read_parquet(path)
+        return pd.read_parquet(path) if is_local(path) else retry_call(lambda: pd.read_parquet(path), path)
     except (OSError, ValueError) as exc:
-        if isinstance(exc, FileNotFoundError):
+        if isinstance(exc, FileNotFoundError) or is_transient(exc):
             raise
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ValueError(f"{path}: not a readable parquet table ({why}): the file is damaged; rebuild the "
@@ -71,7 +74,7 @@ def _write_if_changed(df: pd.DataFrame, path: str, columns: dict[str, str]) -> N
     """Write unless the file already holds exactly this table: a re-run that changed nothing touches nothing."""
     if _exists(path):
         try:
-            old = conform(pd.read_parquet(path), columns, path, fill_missing=False)
+            old = conform(_read_parquet(path), columns, path, fill_missing=False)
             if old.equals(df):
                 return
         except (ValueError, OSError):
