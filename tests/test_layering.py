@@ -18,7 +18,7 @@ def _imported_roots(package: str) -> dict[str, set[str]]:
     out = {}
     for path in sorted((ROOT / package).rglob("*.py")):
         roots = set()
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
             if isinstance(node, ast.Import):
                 roots |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -49,7 +49,7 @@ def test_networks_know_nothing_of_training_or_the_store():
     """model/nets/ (networks, weight files) imports no training loop, data stream or store code."""
     bad = {}
     for path in sorted((ROOT / "model" / "nets").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
             for name in names:
