@@ -1,6 +1,6 @@
 """Transfer recipes end to end (fine-tune, evaluate, compare), loader data wait, and liver inference time/memory.
 
-    python benchmarks/transfer.py [--quick] [--out DIR] [--sections 1,2,3,4]
+    python benchmarks/transfer.py [--quick] [--out DIR] [--sections 1,2,3,4,5]
 
 1. **Transfer on the sample data** (CPU, small): ``med3d-prep sample`` (tiny), the 3DSeg-8, LiTS, VISCERAL and
    LIDC stores built with the pipeline's Python API (in-process, ``workers=0``), a ResNet-10 pretrained on the
@@ -25,6 +25,13 @@
    ``FinetuneStepper``: Adam, augmentation, channels_last_3d) and liver inference time on the same CT, bf16 and
    fp32, with the card's name; then section 2's data-wait table again with the networks on CUDA (bf16), where
    steps are short enough for the loader to matter.
+5. **`finetune seg` on real scans**: the four real MSD hippocampus MR cases (``tests/data/real/msd`` or
+   ``../shared/data/real/msd``; train 3, val 1) fine-tuned for a few hundred CPU steps (ResNet-10 + U-Net
+   decoder, patch 32³) from scratch and from a ResNet-10 pretrained on the 3DSeg-8 sample store built *without*
+   ``Task04_Hippocampus`` (no hippocampus scan, real or synthetic, in pretraining); val Dice every N steps from
+   each run's ``metrics.jsonl`` as a table, ``evaluate`` after the last step, and the report page
+   (``build_report``, what ``med3d-prep report STORE OUT --runs RUN1 RUN2`` does) with both curves.
+   ``--seg-steps``, ``--seg-seeds 0,1`` for more than one run pair.
 
 Prints markdown tables. Everything is written under ``--out`` (default: a temporary folder, removed at the end).
 """
@@ -687,12 +694,129 @@ def section_cuda(work: Path, stores: dict[str, Any], dry_run: bool = False) -> N
     print(flush=True)
 
 
+# ------------------------------------------------------------------------ 5. seg on the real hippocampus scans
+HIPPO = "Task04_Hippocampus"
+
+
+def real_msd_root() -> Path | None:
+    """The folder holding the real ``Task04_Hippocampus`` (tests/data/real/msd, else ../shared/data/real/msd)."""
+    for root in (ROOT / "tests" / "data" / "real", ROOT.parent / "shared" / "data" / "real"):
+        if (root / "msd" / HIPPO / "dataset.json").is_file():
+            return root / "msd"
+    return None
+
+
+def seg_curve(run: Path) -> dict[int, float]:
+    """Step -> val metric (mean foreground Dice) of a seg run's ``metrics.jsonl``."""
+    from runlog.records import read_metrics
+
+    return {int(r["step"]): float(r["metric"]) for r in read_metrics(run, "val")
+            if isinstance(r.get("metric"), (int, float))}
+
+
+def section_seg_real(work: Path, quick: bool, steps: int | None, seeds: list[int]) -> None:
+    import torch
+
+    from model.evaluation.evaluate import evaluate
+    from model.training.config import TrainConfig
+    from model.training.finetune import finetune
+    from model.training.finetune_config import paper_lr
+    from model.training.pretrain import pretrain
+    from pipeline.config import PrepConfig
+    from pipeline.job import build
+    from pipeline.report import build_report
+    from pipeline.sample import write_all
+    from pipeline.sources.msd import TASKS_3DSEG8, scan_msd
+
+    print("## 5. `finetune seg` on the real hippocampus scans: scratch vs. an encoder pretrained on other domains\n")
+    msd = real_msd_root()
+    if msd is None:
+        print(f"No real {HIPPO} under tests/data/real/msd or ../shared/data/real/msd: skipped.\n")
+        return
+    with Timer() as t:
+        if not (work / "raw" / "msd" / "SAMPLE.json").is_file():
+            write_all(work / "raw", seed=0, size="tiny", only="msd")
+        found, _ = scan_msd(msd, [HIPPO])
+        hippo = str(work / "hippo_real_store")
+        r = build(found, hippo, PrepConfig(), workers=0, progress=False, log=quiet)
+        if not r.ok:
+            raise SystemExit(r.summary())
+        others = [task for task in TASKS_3DSEG8 if task != HIPPO]
+        found, _ = scan_msd(work / "raw" / "msd", others)
+        pre_store = str(work / "store_no_hippocampus")
+        r = build(found, pre_store, PrepConfig(), workers=0, progress=False, log=quiet)
+        if not r.ok:
+            raise SystemExit(r.summary())
+    from catalog import load_catalog
+
+    domains = sorted(load_catalog(pre_store)["domain"].unique())
+    print(f"Real scans: {msd / HIPPO} ({split_counts(hippo)}; MR, 3 classes). Pretraining store: the 3DSeg-8 "
+          f"sample built without {HIPPO} ({len(domains)} domains: {', '.join(domains)}; {split_counts(pre_store)}), "
+          f"so the encoder never saw a hippocampus scan, real or synthetic. Both stores built in {t.s:.1f} s.\n",
+          flush=True)
+
+    runs_dir = work / "runs_seg"
+    shutil.rmtree(runs_dir, ignore_errors=True)
+    pre_steps = 40 if quick else 150
+    cfg = TrainConfig(store=pre_store, out=str(runs_dir / "pretrain_no_hippocampus"), encoder="resnet10",
+                      steps=pre_steps, batch=2, patch=(32, 32, 32), workers=0, val_every=0, ckpt_every=0,
+                      device="cpu", seed=0)
+    with Timer() as t:
+        pre = pretrain(cfg, progress=False, log=quiet)
+    print(f"Pretraining: ResNet-10, {pre_steps} steps of batch 2 at 32³: {t.s:.1f} s wall, {t.cpu:.1f} s CPU "
+          f"(load average {os.getloadavg()[0]:.1f})\n", flush=True)
+
+    steps = steps or (60 if quick else 200)
+    every = max(1, steps // 10)
+    opts = {"steps": steps, "batch": 2, "patch": (32, 32, 32), "decoder": "unet", "val_every": every,
+            "ckpt_every": 0, "workers": 0, "device": "cpu", "log_every": 10}
+    curves: dict[tuple[str, int], dict[int, float]] = {}
+    rows, report_runs = [], []
+    for seed in seeds:
+        for init in ("scratch", str(pre.run_dir)):
+            label = "scratch" if init == "scratch" else "Med3D (other domains)"
+            run = runs_dir / f"hippo_{'scratch' if init == 'scratch' else 'med3d'}_seed{seed}"
+            with Timer() as tt:
+                finetune("seg", hippo, str(run), init=init, seed=seed, progress=False, log=quiet, **opts)
+            with Timer() as te:
+                summary = evaluate(run, hippo, progress=False, log=quiet)
+            curves[(label, seed)] = seg_curve(run)
+            lr = json.loads((run / "config.json").read_text()).get("lr") or paper_lr(init)
+            per_class = ", ".join(f"{name} {fmt(summary.get(f'dice_{name}_mean'))}" for name in summary["classes"])
+            hd95 = ", ".join(fmt(summary.get(f"hd95_mm_{name}_mean"), ".1f") for name in summary["classes"])
+            rows.append([label, seed, fmt(lr, "g"), f"{tt.s:.0f}", f"{tt.s / steps:.3f}",
+                         f"{fmt(summary['metric'])} ({per_class})", hd95,
+                         f"{summary['split']} ({summary['labelled_cases']})", f"{te.s:.1f}"])
+            if seed == seeds[0]:
+                report_runs.append(str(run))
+            print(f"  {run.name}: {tt.s:.1f} s train, {te.s:.1f} s evaluate", flush=True)
+
+    all_steps = sorted({s for c in curves.values() for s in c})
+    header = ["step", *[f"{label}, seed {seed}" for label, seed in curves]]
+    table = [[s, *[fmt(c.get(s)) for c in curves.values()]] for s in all_steps]
+    print(f"\nMean foreground Dice (anterior, posterior) on the val split every {every} steps "
+          f"(`metrics.jsonl`), ResNet-10 + U-Net decoder, patch 32³, batch 2, CE + Dice, a third of the patches "
+          f"on the hippocampus; Adam at each init's default lr:\n")
+    print(md_table(header, table, "r" * len(header)))
+    print("\n`evaluate` after the last step (on the source files' grid):\n")
+    print(md_table(["init", "seed", "lr", "train wall (s)", "wall s/step", "Dice: mean (per class)",
+                    "HD95 mm per class", "split (cases)", "evaluate (s)"], rows, "lrrrrllll"))
+    with Timer() as t:
+        rep = build_report(hippo, work / "report_hippo", runs=report_runs)
+    print(f"\nReport page with both runs' curves: {rep.index} "
+          f"({t.s:.1f} s); `med3d-prep report {hippo} OUT --runs {' '.join(report_runs)}` draws the same page.")
+    print(f"CPU, {torch.get_num_threads()} torch threads; load average at the end: {os.getloadavg()[0]:.1f}\n",
+          flush=True)
+
+
 # ------------------------------------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer steps, patch 64 only for inference (~ minutes)")
     ap.add_argument("--out", type=Path, default=None, help="work folder (kept); default a temp folder")
-    ap.add_argument("--sections", default="1,2,3,4", help="which sections to run, e.g. 1,3")
+    ap.add_argument("--sections", default="1,2,3,4,5", help="which sections to run, e.g. 1,3")
+    ap.add_argument("--seg-steps", type=int, default=None, help="section 5: fine-tuning steps (200; quick 60)")
+    ap.add_argument("--seg-seeds", default="0", help="section 5: comma-separated seeds, one run pair each")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for sections 1, 2 and 4 (default: torch's; section 3 always uses 2)")
     ap.add_argument("--lidc-patients", type=int, default=None, help="synthetic LIDC cohort size (8; quick 6)")
@@ -718,7 +842,9 @@ def main() -> None:
     print(f"# Transfer benchmark{' (--quick)' if args.quick else ''}\n")
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}\n", flush=True)
     try:
-        stores = build_stores(work, lidc_patients=args.lidc_patients or (6 if args.quick else 8))
+        stores: dict[str, Any] = {}
+        if sections & {1, 2, 3, 4}:
+            stores = build_stores(work, lidc_patients=args.lidc_patients or (6 if args.quick else 8))
         if 1 in sections:
             t = time.perf_counter()
             section_transfer(work, stores, args.quick)
@@ -748,6 +874,10 @@ def main() -> None:
                         print(f"data wait on CUDA failed: {type(exc).__name__}: {exc}\n")
             else:
                 print("## 4. CUDA\n\nNo CUDA device (torch.cuda.is_available() is False): skipped.\n")
+        if 5 in sections:
+            t = time.perf_counter()
+            section_seg_real(work, args.quick, args.seg_steps, [int(s) for s in args.seg_seeds.split(",") if s])
+            print(f"section 5: {time.perf_counter() - t:.0f} s\n", flush=True)
     finally:
         if args.out is None:
             shutil.rmtree(work, ignore_errors=True)
