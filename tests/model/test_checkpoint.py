@@ -138,6 +138,7 @@ def test_a_damaged_checkpoint_is_a_clear_error_naming_it(tmp_path, damage):
         load_checkpoint(path)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores
 def test_resume_falls_back_to_the_previous_checkpoint_and_says_so(tmp_path, fast_config):
     from model.evaluation.metrics import read_metrics
     from model.training.pretrain import PretrainError, pretrain

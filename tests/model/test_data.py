@@ -287,7 +287,7 @@ def test_real_hippocampus_patches(tmp_path) -> None:
     """Real MSD Task04 cases (about 35×52×35 voxels) with 48³ patches: padded where the volume is smaller,
     foreground-centred patches hold hippocampus, and every patch equals the crop of the whole volume."""
     if not (REAL_MSD / "Task04_Hippocampus" / "dataset.json").exists():
-        pytest.skip(f"real MSD sample not found at {REAL_MSD}")
+        pytest.fail(f"real MSD sample not found at {REAL_MSD}: it ships with the repository (tests/data/README.md)")
     from pipeline.sources.msd import scan_msd
 
     found, _ = scan_msd(REAL_MSD, ["Task04_Hippocampus"])

@@ -18,7 +18,7 @@ DEPTHS = ["resnet_10", "resnet_18", "resnet_34", "resnet_50", "resnet_101", "res
 @pytest.fixture(scope="module")
 def medicalnet_keys() -> dict:
     if not KEYS_JSON.is_file():
-        pytest.skip(f"MedicalNet key list not found at {KEYS_JSON} (it ships with the tests: tests/data/README.md)")
+        pytest.fail(f"MedicalNet key list not found at {KEYS_JSON} (it ships with the tests: tests/data/README.md)")
     return json.loads(KEYS_JSON.read_text())
 
 

@@ -189,6 +189,7 @@ def test_init_that_saw_the_evaluation_scans_is_refused(stores, tmp_path):
     assert results[0].step == 2
 
 
+@pytest.mark.slow  # over 5 s on 2 cores
 def test_cli_finetune_evaluate_predict_compare(stores, tmp_path):
     from model.cli import main
 

@@ -25,7 +25,7 @@ KEYS_JSON = Path(__file__).resolve().parents[1] / "data" / "medicalnet_checkpoin
 @pytest.fixture(scope="module")
 def medicalnet_keys() -> dict:
     if not KEYS_JSON.is_file():
-        pytest.skip(f"MedicalNet key list not found at {KEYS_JSON} (it ships with the tests: tests/data/README.md)")
+        pytest.fail(f"MedicalNet key list not found at {KEYS_JSON} (it ships with the tests: tests/data/README.md)")
     return json.loads(KEYS_JSON.read_text())
 
 

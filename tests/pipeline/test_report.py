@@ -107,6 +107,7 @@ def lidc_report(tmp_path_factory):
     return store, build_report(store, root / "report")
 
 
+@pytest.mark.slow  # the report fixture builds and draws a store (~8 s)
 def test_msd_report_links_every_figure_and_names_the_failure(msd_report):
     store, out, _ = msd_report
     images = _assert_every_link_exists(out / "index.html")
@@ -126,6 +127,7 @@ def test_msd_report_links_every_figure_and_names_the_failure(msd_report):
     assert html.escape(failed["error"].iloc[0], quote=True) in text
 
 
+@pytest.mark.slow  # the report fixture builds and draws a store (~8 s)
 def test_report_pngs_are_real_images(msd_report):
     import matplotlib.image as mpimg
 
@@ -136,6 +138,7 @@ def test_report_pngs_are_real_images(msd_report):
         assert img[..., :3].std() > 0.01, f"{png.name} is blank"
 
 
+@pytest.mark.slow  # the report fixture builds and draws a store (~8 s)
 def test_cli_runs_after_the_flag_and_refuses_stray_arguments(msd_report, tmp_path):
     store, _, run = msd_report
     res = CliRunner().invoke(main, ["report", store, str(tmp_path / "a"), run])
@@ -309,6 +312,7 @@ def _loaded_images(binary: str, profile: Path, page: Path) -> tuple[int, list[st
     return int(body.group(1)), body.group(2).split()
 
 
+@pytest.mark.slow  # the report fixture builds and draws a store (~8 s)
 @pytest.mark.chromium
 def test_page_renders_in_headless_chromium(chromium, msd_report, tmp_path):
     from PIL import Image

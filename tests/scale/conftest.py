@@ -16,8 +16,6 @@ from scale_helpers import BUCKET, S3, SECRET, forget_s3_clients, tiny_pretrain
 
 @pytest.fixture(scope="session")
 def s3():
-    pytest.importorskip("s3fs", reason="pip install -e '.[test]' (s3fs and moto[server])")
-    pytest.importorskip("moto", reason="pip install -e '.[test]' (s3fs and moto[server])")
     moto = MotoServer()
     proxy = FaultProxy(("127.0.0.1", moto.port))
     with pytest.MonkeyPatch.context() as mp:
