@@ -145,7 +145,7 @@ def measure(fns: dict[str, Callable], positions, every: dict[str, int] | None = 
 
 
 def direct_fn(store: str):
-    from model.data.zarr_read import ChunkedArrayReader
+    from catalog.chunk_read import ChunkedArrayReader
 
     readers, buf = {}, np.empty((1, *PATCH), np.float16)
 
@@ -405,7 +405,7 @@ def main() -> None:
             s3_table(store, index, positions, args.n, work)
             return
 
-        fns = {f"direct chunk reader (model.data.zarr_read), images {_codec_name(store, positions)}":
+        fns = {f"direct chunk reader (catalog.chunk_read), images {_codec_name(store, positions)}":
                direct_fn(store),
                "zarr-python 3.1 slicing (its default thread pool)": zarr_fn(store)}
         every = {}

@@ -26,7 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .io import load_catalog, load_domains, store_join
+from .io import load_catalog, load_domains
+from .store_format import node_meta
 
 __all__ = ["AXES", "CARD_FORMAT", "CARD_VERSION", "ORIENTATION", "CardError", "card_mismatches", "card_path",
            "case_recipe", "find_card", "intensity_rule", "make_card", "mismatch_warning", "read_card",
@@ -48,23 +49,16 @@ class CardError(ValueError):
     file and the fix."""
 
 
-def _zarr_attrs(store: str, *parts: str) -> dict[str, Any]:
-    import fsspec  # the store may be an fsspec URL (s3://...)
-
-    with fsspec.open(store_join(store, *parts, "zarr.json"), "rb") as fh:
-        return json.load(fh)
-
-
 def case_recipe(store: str | os.PathLike[str], store_path: str) -> dict[str, Any]:
     """The preprocessing of ``store``'s domain as a JSON-able dict, read from one built case (``store_path``,
     "<domain>/<case_id>") and its domain's frozen plan: ``domain``, ``target_spacing`` (z, y, x) mm, ``modality``,
     ``percentiles``, ``ct_window`` (HU or None), ``air_hu``, image ``dtype``, ``image_interpolation``."""
     store = os.fspath(store)
     domain = store_path.split("/", 1)[0]
-    plan = _zarr_attrs(store, domain)["attributes"]["plan"]
-    attrs = _zarr_attrs(store, store_path)["attributes"]
+    plan = node_meta(store, domain, required=True)["attributes"]["plan"]
+    attrs = node_meta(store, store_path, required=True)["attributes"]
     norm = attrs["normalization"]
-    dtype = _zarr_attrs(store, store_path, "image")["data_type"]
+    dtype = node_meta(store, store_path, "image", required=True)["data_type"]
     return {
         "domain": domain,
         "target_spacing": [float(s) for s in plan["target_spacing"]],

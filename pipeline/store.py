@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import math
 import os
 from typing import Any
@@ -27,11 +26,11 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from catalog.chunk_write import fill_array
 from catalog.remote_store import is_remote, open_store
+from catalog.store_format import MARKER, local_folder, node_meta
 
 from .config import FORMAT_VERSION, PrepConfig
-
-MARKER = "med3d_complete"
 
 
 def _version() -> str:
@@ -60,19 +59,14 @@ def open_root(store: str, mode: str = "a", storage_options: dict | None = None) 
 def case_marker(root: zarr.Group, store_path: str) -> dict[str, Any] | None:
     """The completion marker of a case, or None when the case is absent or was never finished.
 
-    In a local store the group's ``zarr.json`` is read directly (~0.05 ms; through zarr-python's async machinery
-    ~1.5 ms, which made a re-run of a thousand unchanged cases cost seconds); other stores go through zarr.
+    In a local store the group's ``zarr.json`` is read directly (:func:`catalog.store_format.node_meta`; through
+    zarr-python's async machinery ~1.5 ms, which made a re-run of a thousand unchanged cases cost seconds); other
+    stores go through zarr.
     """
-    local = _local_folder(root)
-    if local is not None:
-        try:
-            with open(os.path.join(local, store_path, "zarr.json"), "rb") as fh:
-                meta = json.load(fh)
-        except (OSError, ValueError):  # absent, or a torn zarr.json from a crash mid-write: incomplete
-            return None
-        if not isinstance(meta, dict) or meta.get("node_type") != "group":
-            return None
-        attrs = meta.get("attributes")
+    local = local_folder(root)
+    if local is not None:  # absent, or a torn zarr.json from a crash mid-write: incomplete
+        meta = node_meta(local, store_path) or {}
+        attrs = meta.get("attributes") if meta.get("node_type") == "group" else None
         return attrs.get(MARKER) if isinstance(attrs, dict) else None
     try:
         grp = root[store_path]
@@ -84,16 +78,6 @@ def case_marker(root: zarr.Group, store_path: str) -> dict[str, Any] | None:
         return grp.attrs.get(MARKER)
     except Exception:  # a torn zarr.json from a crash mid-write: treat as incomplete
         return None
-
-
-def _local_folder(node: zarr.Group | zarr.Array) -> str | None:
-    """The folder of a group or array when its store is a local zarr v3 folder, else None."""
-    from zarr.storage import LocalStore
-
-    store = node.store
-    if not isinstance(store, LocalStore) or node.metadata.zarr_format != 3:
-        return None
-    return os.path.join(str(store.root), node.path) if node.path else str(store.root)
 
 
 def compressor(cfg: PrepConfig, image: bool = False) -> BloscCodec:
@@ -164,7 +148,7 @@ def case_files(grp: zarr.Group) -> dict[str, int] | None:
     """Every file of a local case folder but its group's ``zarr.json`` (arrays' metadata and chunk files), as
     path relative to the case → bytes; None for other stores. Recorded in the completion marker so that
     ``--verify`` finds a chunk file cut short or lost after the case was written."""
-    folder = _local_folder(grp)
+    folder = local_folder(grp)
     if folder is None:
         return None
     out = {}
@@ -174,68 +158,6 @@ def case_files(grp: zarr.Group) -> dict[str, int] | None:
             if rel != "zarr.json":
                 out[rel] = os.path.getsize(os.path.join(top, name))
     return dict(sorted(out.items()))
-
-
-def fill_array(arr: zarr.Array, data: np.ndarray) -> None:
-    """Write ``data`` into ``arr``, a new and empty array (as :func:`write_case` creates them).
-
-    In a local store whose array is bytes (little endian) + Blosc with fill value 0, each chunk is Blosc-encoded
-    exactly as zarr-python encodes it (the array's codec, level, shuffle, block size and type size; edge chunks
-    padded with the fill value) and written straight to its file; chunks holding only the fill value get no
-    file, as with zarr. zarr-python's own write costs ~2 ms of async machinery per chunk: on a 512×512×120 CT
-    case ~0.4 s of its ~3 s conversion (0.2 s for the label alone, mostly empty chunks). Anything else is
-    written through zarr-python.
-    """
-    numeric = np.dtype(data.dtype).kind in "fiub" and np.dtype(data.dtype).itemsize in (1, 2, 4, 8)
-    codec = None if data.shape != arr.shape or not numeric or arr.metadata.fill_value != 0 else _blosc_of(arr)
-    folder = _local_folder(arr) if codec is not None else None
-    if folder is None:
-        arr[...] = data
-        return
-    data = np.asarray(data, dtype=arr.dtype.newbyteorder("<"))
-    # A chunk holds only the fill value when its bits are all zero but for floats' sign (-0.0 == 0): tested on the
-    # bits, since numpy's float16 arithmetic is slow.
-    bits = data.view(f"<u{data.itemsize}")
-    keep = ~np.array(1 << (8 * data.itemsize - 1) if data.dtype.kind == "f" else 0, bits.dtype)
-    chunks = arr.chunks
-    pad = np.zeros(chunks, data.dtype)
-    made: set[str] = set()
-    for index in np.ndindex(*(-(-n // c) for n, c in zip(data.shape, chunks))):
-        box = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, chunks, data.shape))
-        if not np.bitwise_or.reduce(bits[box], axis=None) & keep:  # zarr writes no such chunk either
-            continue
-        block = data[box]
-        if block.shape != chunks:
-            pad.fill(0)
-            pad[tuple(slice(0, b) for b in block.shape)] = block
-            block = pad
-        key = os.path.join(folder, *arr.metadata.encode_chunk_key(index).split("/"))
-        parent = os.path.dirname(key)
-        if parent not in made:
-            os.makedirs(parent, exist_ok=True)
-            made.add(parent)
-        with open(key, "wb") as fh:
-            fh.write(codec.encode(np.ascontiguousarray(block)))
-
-
-def _blosc_of(arr: zarr.Array):
-    """The numcodecs Blosc that encodes ``arr``'s chunks as zarr-python does, or None when its codec chain is
-    not exactly bytes (little endian) + Blosc."""
-    import numcodecs
-    from zarr.codecs import BytesCodec
-
-    codecs = arr.metadata.codecs
-    if len(codecs) != 2 or not isinstance(codecs[0], BytesCodec) or not isinstance(codecs[1], BloscCodec):
-        return None
-    if arr.dtype.itemsize > 1 and getattr(codecs[0].endian, "value", codecs[0].endian) != "little":
-        return None
-    blosc = codecs[1]
-    shuffle = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
-               "bitshuffle": numcodecs.Blosc.BITSHUFFLE}[getattr(blosc.shuffle, "value", blosc.shuffle)]
-    if blosc.typesize != arr.dtype.itemsize:
-        return None
-    return numcodecs.Blosc(cname=getattr(blosc.cname, "value", blosc.cname), clevel=blosc.clevel,
-                           shuffle=shuffle, blocksize=blosc.blocksize)
 
 
 def case_seed(store_path: str) -> int:

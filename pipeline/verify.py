@@ -10,7 +10,6 @@ case is converted again like a changed one.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
@@ -19,8 +18,10 @@ import click
 import numpy as np
 import zarr
 
+from catalog.store_format import local_folder, node_meta
+
 from .diagnose import one_line
-from .store import _local_folder, case_marker
+from .store import case_marker
 
 _BLOSC_HEADER = 16
 
@@ -58,7 +59,7 @@ def case_damage(root: zarr.Group, store_path: str, marker: dict[str, Any] | None
     if not marker:
         return "no completion marker"
     files = marker.get("files")
-    folder = _local_folder(root)
+    folder = local_folder(root)
     if files is not None and folder is not None:
         for rel, size in sorted(files.items()):
             path = os.path.join(folder, store_path, *rel.split("/"))
@@ -76,7 +77,7 @@ def _decode_all(root: zarr.Group, store_path: str) -> str | None:
     """Check every chunk of a case's arrays: in a local store each Blosc frame's sizes against its file and the
     chunk, then a decode; elsewhere a read through zarr. zarr-python alone is not enough: it decodes a raw
     (level 0) frame cut short into NaN without a word."""
-    folder = _local_folder(root)
+    folder = local_folder(root)
     if folder is None:
         try:
             for _, arr in root[store_path].arrays():
@@ -90,8 +91,7 @@ def _decode_all(root: zarr.Group, store_path: str) -> str | None:
         if not os.path.isfile(meta_path):
             continue
         try:
-            with open(meta_path, "rb") as fh:
-                meta = json.load(fh)
+            meta = node_meta(case, name, required=True)
             chunk_bytes = math.prod(meta["chunk_grid"]["configuration"]["chunk_shape"]) * \
                 np.dtype(meta["data_type"]).itemsize
             blosc = meta["codecs"][-1]["name"] == "blosc"

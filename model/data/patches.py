@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from catalog.chunk_read import ChunkedArrayReader
 from catalog.io import store_join
+from catalog.store_format import node_meta
 
-from .store_index import SPLITS, CaseEntry, StoreIndex, _node_meta, parse_exclude
-from .zarr_read import ChunkedArrayReader
+from .store_index import SPLITS, CaseEntry, StoreIndex, parse_exclude
 
 __all__ = ["SPLITS", "CaseEntry", "PatchConfig", "PatchSpec", "PretrainStream", "StepStream", "StoreIndex",
            "domain_for_step", "make_loader", "parse_exclude", "read_volume", "sample_patch_spec", "stream_loader"]
@@ -290,6 +291,6 @@ def read_volume(store: str | os.PathLike[str], store_path: str,
     raw = img.read((channel, 0, 0, 0), (channel + 1, *img.shape[1:]))[0]
     image = torch.from_numpy(raw).to(torch.float32).numpy()
     label = None
-    if _node_meta(store, store_path, "label") is not None:
+    if node_meta(store, store_path, "label") is not None:
         label = ChunkedArrayReader(store_join(store, store_path, "label")).read_all()
     return image, label

@@ -10,7 +10,6 @@ are both ``lits:7``) belongs to the first store that holds it, in whatever split
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import warnings
 from collections.abc import Iterable
@@ -20,10 +19,9 @@ from typing import Any
 import numpy as np
 
 from catalog import load_catalog, load_domains, scan_ids as catalog_scan_ids, select
-from catalog.io import is_local, store_join
-from pipeline.store import MARKER  # a case counts only once its group attrs hold the completion marker
-
-from .zarr_read import ChunkedArrayReader
+from catalog.chunk_read import ChunkedArrayReader
+from catalog.io import store_join
+from catalog.store_format import MARKER, node_meta  # a case counts once its attrs hold the completion marker
 
 SPLITS = ("train", "val", "test")
 
@@ -241,21 +239,5 @@ def parse_exclude(specs: str | Iterable[str]) -> set[str]:
     return out
 
 
-def _node_meta(store: str, *parts: str) -> dict[str, Any] | None:
-    """A group's or array's zarr.json (attributes under "attributes"), or None when it does not exist."""
-    if is_local(store):
-        try:
-            with open(store_join(store.removeprefix("file://"), *parts, "zarr.json"), "rb") as fh:
-                return json.load(fh)
-        except (OSError, ValueError):
-            return None
-    import zarr
-
-    try:
-        return {"attributes": dict(zarr.open(store_join(store, *parts), mode="r").attrs)}
-    except (KeyError, FileNotFoundError, ValueError):
-        return None
-
-
 def _case_complete(store: str, store_path: str) -> bool:
-    return bool((_node_meta(store, store_path) or {}).get("attributes", {}).get(MARKER))
+    return bool((node_meta(store, store_path) or {}).get("attributes", {}).get(MARKER))

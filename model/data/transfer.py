@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from catalog import load_catalog, load_domains, load_nodules
+from catalog.chunk_read import ChunkedArrayReader
 from catalog.io import store_join
 
 from .patches import StepStream, _empty, read_volume
 from .store_index import CaseEntry, StoreIndex
-from .zarr_read import ChunkedArrayReader
 
 __all__ = ["CoarseStream", "NoduleStream", "RoiPatchStream", "TaskData", "build_coarse_cache", "foreground_box",
            "nodule_labels", "resize_image", "resize_mask", "task_data"]

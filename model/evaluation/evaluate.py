@@ -39,15 +39,6 @@ def segmenter_for_run(run: str | Path, *, device: str | torch.device = "cpu", am
     return get_task(spec["task"]).segmenter(run, spec, device=device, amp=amp, batch=batch, overlap=overlap)
 
 
-def _case_attrs(store: str, store_path: str) -> dict[str, Any]:
-    import fsspec  # the store may be an fsspec URL (s3://...)
-
-    from catalog.io import store_join
-
-    with fsspec.open(store_join(store, store_path, "zarr.json"), "rb") as fh:
-        return json.load(fh)["attributes"]
-
-
 def ground_truth(row: Any, attrs: dict[str, Any]) -> sitk.Image | None:
     """A case's source label on its source grid (composed from its masks where it has several: VISCERAL), or
     None when the case has no label."""
@@ -106,6 +97,7 @@ def segment_cases(task: Any, store: str, split: str, rows: pd.DataFrame, seg: Se
     written path). Every path is checked to stay inside ``out/pred``."""
     from tqdm.auto import tqdm
 
+    from catalog.store_format import node_meta
     from model.data.patches import read_volume
     from model.tasks.run import inside
     from pipeline.geometry import to_original_grid
@@ -116,7 +108,7 @@ def segment_cases(task: Any, store: str, split: str, rows: pd.DataFrame, seg: Se
     folder.mkdir(parents=True, exist_ok=True)
     for row in tqdm(list(rows.itertuples(index=False)), desc=f"evaluate {split}", unit="case",
                     disable=not progress):
-        attrs = _case_attrs(store, row.store_path)
+        attrs = node_meta(store, row.store_path, required=True)["attributes"]
         image, _ = read_volume(store, row.store_path)
         label = seg(image)
         if label.shape != image.shape:

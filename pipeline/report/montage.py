@@ -3,8 +3,8 @@
 The planes come from the stored arrays (``STORE/<domain>/<case>/image`` (C, Z, Y, X) and ``label`` (Z, Y, X)),
 so a montage shows exactly what training sees, in the stored LPS orientation: z towards the head, y towards the
 back, x towards the patient's left. Only the three planes are read (zarr decodes just the chunks they cross),
-never whole volumes; zarr-python rather than ``model.data.zarr_read``, whose package imports torch, which
-``med3d-prep`` otherwise never loads. The planes pass through the label's centroid, estimated from the case's stored foreground
+never whole volumes, through zarr-python (a plane crosses few chunks; the direct reader
+:mod:`catalog.chunk_read` pays off on training's many random patches). The planes pass through the label's centroid, estimated from the case's stored foreground
 samples (``foreground``: up to 1,000 random voxels per class); when that point lies outside the structure (two
 lungs, two hippocampus parts, a crescent) they pass through the nearest sample instead, so that each plane cuts
 the structure. Unlabelled cases (and LIDC crops, centred on their nodule) use the volume centre.

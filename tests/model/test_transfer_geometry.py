@@ -163,3 +163,29 @@ def test_predict_cli_refuses_a_spacing_that_is_no_voxel_size(tmp_path, spacing):
                                            str(tmp_path / "out"), "--spacing", spacing])
     assert res.exit_code == 2 and "three positive spacings" in res.output, res.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("scheme", ["memory", "file"])
+def test_evaluate_reads_a_store_given_as_an_fsspec_url(real_lits, scheme):
+    """The same store as a ``memory://`` copy (what an object store looks like to the readers: no local folder,
+    every node's zarr.json and chunk one fsspec GET) or a ``file://`` URL gives the local store's measurements."""
+    import fsspec
+    import pandas as pd
+
+    run, local = real_lits["run"], real_lits["store"]
+    evaluate(run, local, split="val", segmenter=Oracle(local), progress=False, log=lambda s: None)
+    expected = pd.read_csv(run / "eval" / "val" / "cases.csv")
+    if scheme == "memory":
+        fs = fsspec.filesystem("memory")
+        fs.put(local, f"/geometry_{scheme}", recursive=True)
+        url = f"memory://geometry_{scheme}"
+    else:
+        url = Path(local).resolve().as_uri()
+    try:
+        summary = evaluate(run, url, split="val", segmenter=Oracle(local), progress=False, log=lambda s: None)
+    finally:
+        if scheme == "memory":
+            fs.rm(f"/geometry_{scheme}", recursive=True)
+    got = pd.read_csv(run / "eval" / "val" / "cases.csv")
+    assert summary["labelled_cases"] == len(expected) >= 1 and summary["dice_mean"] > 0.97
+    pd.testing.assert_frame_equal(got, expected)

@@ -6,7 +6,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from model.data.zarr_read import ChunkedArrayReader
+from catalog.chunk_read import ChunkedArrayReader
 
 
 def make_array(root, name: str, data: np.ndarray, chunks: tuple[int, ...], fill=0, **kw) -> str:

@@ -305,7 +305,7 @@ def _marker(store: Path, case: str) -> dict:
 
 
 def test_a_truncated_chunk_is_named_by_the_reader_and_healed_by_verify(real_dir, tmp_path):
-    from model.data.zarr_read import ChunkedArrayReader
+    from catalog.chunk_read import ChunkedArrayReader
 
     store = tmp_path / "store"
     args = ["build-3dseg8", real_dir / "msd", store, "--workers", "0", "--no-progress", "--chunks", "16"]

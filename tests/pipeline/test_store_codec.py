@@ -8,7 +8,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec
 
-from model.data.zarr_read import ChunkedArrayReader
+from catalog.chunk_read import ChunkedArrayReader
 from pipeline.config import PrepConfig
 from pipeline.store import open_root, write_case
 
@@ -81,7 +81,7 @@ def test_image_codec_compresses_images_when_asked(tmp_path) -> None:
 
 def test_raw_frames_are_read_by_byte_range_without_decoding(tmp_path, monkeypatch) -> None:
     """A small box reads only the bytes between its first and last voxel in each chunk, and Blosc never runs."""
-    import model.data.zarr_read as zr
+    import catalog.chunk_read as zr
 
     image, _ = _noisy_ct()
     write_case(open_root(str(tmp_path / "store")), "d/case", image, None, np.zeros((0, 4), np.int32), {},
@@ -148,7 +148,7 @@ def _files(folder) -> dict[str, bytes]:
 def test_direct_chunk_writes_are_the_bytes_zarr_writes(tmp_path, cname, clevel, shuffle) -> None:
     """write_case writes chunk files itself (zarr's async write costs ~2 ms a chunk): the same files, byte for
     byte, as zarr-python's own write, including padded edge chunks and the chunks it leaves out (all fill)."""
-    from pipeline.store import fill_array
+    from catalog.chunk_write import fill_array
 
     image, label = _noisy_ct(seed=2)
     image[:, :16] = 0
@@ -174,7 +174,7 @@ def test_direct_chunk_writes_are_the_bytes_zarr_writes(tmp_path, cname, clevel, 
 def test_other_fill_values_and_codecs_go_through_zarr(tmp_path) -> None:
     """A Blosc array whose fill value is not 0 must not take the direct write: it would leave out the all-zero
     chunk, which would then read back as the fill value."""
-    from pipeline.store import fill_array
+    from catalog.chunk_write import fill_array
 
     data = np.arange(20 * 21 * 22, dtype=np.float32).reshape(20, 21, 22)
     data[:8, :8, :8] = 0  # one whole chunk of zeros

@@ -91,7 +91,7 @@ def test_each_request_retries_when_the_backend_does_not(s3: S3, local_build, cap
     """With botocore told to make one attempt (s3fs does not retry a 503 ServiceUnavailable either), every
     request of a case write and of the patch reader fails once and gets through on our retry; plain zarr, which
     does not retry, fails on the same faults."""
-    from model.data.zarr_read import ChunkedArrayReader
+    from catalog.chunk_read import ChunkedArrayReader
     from pipeline.config import PrepConfig
     from pipeline.store import open_root, write_case
 

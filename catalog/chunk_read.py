@@ -8,7 +8,7 @@ A raw chunk (Blosc level 0, how the pipeline stores images by default) is not de
 fetches just the byte range that spans the box's rows. A compressed chunk is read whole and Blosc-decoded.
 ``benchmarks/loader.py`` measures both paths against zarr-python (2.6 against 19 ms per random 128³ patch of raw images).
 
-The fast path needs exactly what ``pipeline/store.py`` writes: a regular chunk grid, the ``default`` (or
+The fast path needs exactly what ``pipeline/store.py`` writes (through :mod:`catalog.chunk_write`): a regular chunk grid, the ``default`` (or
 ``v2``) chunk key encoding, the codec chain ``bytes`` (little endian) + ``blosc``, no sharding and no storage
 transformers, a numeric data type and a numeric fill value. Blosc frames carry their own header (type size,
 shuffle, compressor), so the codec's configuration is not needed to decode. Any other array (another codec
@@ -18,7 +18,6 @@ slower.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -26,6 +25,9 @@ from typing import Any
 
 import numpy as np
 import numcodecs
+
+from .io import is_local
+from .store_format import node_meta
 
 _NUMERIC = frozenset({
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -70,7 +72,7 @@ class ChunkedArrayReader:
         else:
             import zarr
 
-            from catalog.remote_store import is_remote, open_store
+            from .remote_store import is_remote, open_store
 
             # On an object store each request retries transient errors (503, resets): catalog/remote_store.py
             target = open_store(self.path, read_only=True) if is_remote(self.path) else self.path
@@ -91,14 +93,10 @@ class ChunkedArrayReader:
         return len(self.shape)
 
     def _local_metadata(self) -> dict[str, Any] | None:
-        if "://" in self.path and not self.path.startswith("file://"):
+        if not is_local(self.path):
             return None
         self.path = self.path.removeprefix("file://")
-        try:
-            with open(os.path.join(self.path, "zarr.json"), "rb") as fh:
-                return json.load(fh)
-        except (OSError, ValueError):
-            return None
+        return node_meta(self.path)
 
     def read(
         self,
