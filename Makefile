@@ -33,12 +33,12 @@ demo: venv
 	$(BIN)/med3d-prep build-nnunet $(DEMO)/raw/nnunet/Dataset004_Hippocampus $(DEMO)/hippo_store --no-progress
 	$(BIN)/med3d-prep info $(DEMO)/lidc_store
 	@echo "== 4. Med3D multi-branch pretraining of a ResNet-10 on the CPU (a few steps), keeping out of pretraining"
-	@echo "      the LiTS validation scans (MSD Task03_Liver holds them under other names) and the hippocampus"
-	@echo "      scans the seg run is measured on (val) and predicts (imagesTs = test): the 3DSeg-8 store holds"
-	@echo "      the same scans as MSD Task04_Hippocampus"
+	@echo "      the LiTS validation scans (MSD Task03_Liver holds them under other names) and every scan of the"
+	@echo "      'own data' hippocampus store (the 3DSeg-8 store holds the same scans as MSD Task04_Hippocampus):"
+	@echo "      7 domains are pretrained, and the seg and classify runs below are measured on unseen scans"
 	$(BIN)/med3d-train pretrain $(DEMO)/store --out $(DEMO)/runs/pretrain --depth 10 --steps 12 --batch 2 \
 		--patch 32 --device cpu --workers 0 --val-every 12 --ckpt-every 6 --exclude $(DEMO)/lits_store:val \
-		--exclude $(DEMO)/hippo_store:val --exclude $(DEMO)/hippo_store:test --no-progress
+		--exclude $(DEMO)/hippo_store --no-progress
 	@echo "== 5. export the encoder in MedicalNet's format"
 	$(BIN)/med3d-train export $(DEMO)/runs/pretrain/checkpoint.pt --format medicalnet $(DEMO)/runs/resnet_10_med3d.pth
 	@echo "== 6. transfer: the two-stage LiTS liver recipe (coarse whole-volume + fine ROI with DenseASPP) from the"
@@ -60,13 +60,29 @@ demo: venv
 	$(BIN)/med3d-train evaluate $(DEMO)/runs/hippocampus $(DEMO)/hippo_store --no-progress
 	$(BIN)/med3d-train predict $(DEMO)/runs/hippocampus $(DEMO)/raw/nnunet/Dataset004_Hippocampus/imagesTs \
 		--out $(DEMO)/predictions/hippocampus
-	@echo "== 10. the report: what the stores hold and how training went, a static page (open it in a browser)"
+	@echo "== 10. your own data, classification from a label table: each labelled hippocampus case is 'large' or"
+	@echo "      'small' (its mask's volume, catalog column foreground_mm3, above or below the median), every third"
+	@echo "      by volume to test; finetune classify on whole volumes resized to 32^3 from the demo's encoder;"
+	@echo "      evaluate (accuracy, balanced accuracy, macro AUC, confusion); predict class probabilities of imagesTs"
+	$(PY) -c "from catalog import load_catalog; c = load_catalog('$(DEMO)/hippo_store').query('has_label')\
+		.sort_values('foreground_mm3').reset_index(); v = c.foreground_mm3; c['label'] = (v > v.median())\
+		.map({True: 'large', False: 'small'}); c['split'] = ['test' if i % 3 == 1 else 'train' for i in c.index];\
+		c[['case_id', 'label', 'split', 'foreground_mm3']].to_csv('$(DEMO)/hippocampus_volume.csv', index=False)"
+	cat $(DEMO)/hippocampus_volume.csv
+	$(BIN)/med3d-train finetune classify $(DEMO)/hippo_store --labels $(DEMO)/hippocampus_volume.csv \
+		--out $(DEMO)/runs/hippocampus_volume --init $(DEMO)/runs/pretrain --shape 32,32,32 --steps 8 --batch 2 \
+		--device cpu --workers 0 --val-every 4 --ckpt-every 4 --no-progress
+	$(BIN)/med3d-train evaluate $(DEMO)/runs/hippocampus_volume $(DEMO)/hippo_store --no-progress
+	$(BIN)/med3d-train predict $(DEMO)/runs/hippocampus_volume $(DEMO)/raw/nnunet/Dataset004_Hippocampus/imagesTs \
+		--out $(DEMO)/predictions/hippocampus_volume
+	@echo "== 11. the report: what the stores hold and how training went, a static page (open it in a browser)"
 	$(BIN)/med3d-prep report $(DEMO)/store $(DEMO)/report --runs $(DEMO)/runs/pretrain $(DEMO)/runs/liver \
-		$(DEMO)/runs/hippocampus
+		$(DEMO)/runs/hippocampus $(DEMO)/runs/hippocampus_volume
 	@echo "== done: store in $(DEMO)/store, pretraining run $(DEMO)/runs/pretrain (weights"
-	@echo "   $(DEMO)/runs/resnet_10_med3d.pth), liver run $(DEMO)/runs/liver (metrics in eval/val/), hippocampus"
-	@echo "   seg run $(DEMO)/runs/hippocampus (eval/val/cases.csv), masks in $(DEMO)/predictions."
-	@echo "   A dozen CPU steps on miniature data: the Dice shows the machinery, not the paper."
+	@echo "   $(DEMO)/runs/resnet_10_med3d.pth), liver run $(DEMO)/runs/liver (metrics in eval/val/), 'own data' runs"
+	@echo "   $(DEMO)/runs/hippocampus (seg, eval/val/cases.csv) and $(DEMO)/runs/hippocampus_volume (classify,"
+	@echo "   eval/test/predictions.csv); masks and class probabilities in $(DEMO)/predictions."
+	@echo "   A dozen CPU steps on miniature data: the metrics show the machinery, not the paper."
 	@echo "   Open $(DEMO)/report/index.html in a browser."
 
 test: venv
