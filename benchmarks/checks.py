@@ -1,4 +1,4 @@
-"""What the input integrity checks (pipeline/integrity.py) cost against a case's conversion time.
+"""What the input integrity checks (volume/integrity.py) cost against a case's conversion time.
 
     python benchmarks/checks.py [--data data/bench] [--repeat 3]
 
@@ -49,7 +49,7 @@ def main() -> None:
 
     import SimpleITK as sitk
 
-    from pipeline import geometry, integrity
+    from volume import geometry, integrity
     from pipeline.config import PrepConfig
     from pipeline.convert import case_params_hash, check_case_headers, convert_case
     from pipeline.executor import single_threaded

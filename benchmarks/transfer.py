@@ -487,8 +487,8 @@ def liver_inference(scan: str, recipe: dict[str, Any], patch: int, device: str, 
 
     from model.nets.transfer import build_transfer_net
     from model.training.finetune_config import FinetuneConfig
-    from pipeline.geometry import to_original_grid
-    from pipeline.preprocess import preprocess_scan
+    from volume.geometry import to_original_grid
+    from volume.preprocess import preprocess_scan
 
     torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -544,7 +544,7 @@ def liver_inference(scan: str, recipe: dict[str, Any], patch: int, device: str, 
 
 def lits_recipe(stores: dict[str, Any]) -> dict[str, Any]:
     from catalog import load_catalog, select
-    from pipeline.preprocess import recipe_from_store
+    from volume.preprocess import recipe_from_store
 
     rows = select(load_catalog(stores["lits"]), split="train", labelled=True)
     return recipe_from_store(stores["lits"], str(rows["store_path"].iloc[0]))

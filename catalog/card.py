@@ -15,7 +15,7 @@ A card is plain JSON (torch-free, read by both halves)::
                                  "cases": {"ok": 4, "train": 3, "val": 1, ..., "trained_on": 3}}},
      "config": {... the run's config ...}, "metrics": {... the checkpoint's summary ...}}
 
-A domain entry holds the *recipe* of :func:`case_recipe` (what ``pipeline.preprocess`` replays for one scan)
+A domain entry holds the *recipe* of :func:`case_recipe` (what ``volume.preprocess`` replays for one scan)
 plus where it came from. Spacings are (z, y, x) mm on the stored grid, which is reoriented to LPS.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ CARD_FORMAT = "med3d-card"
 CARD_VERSION = 1
 AXES = ("z", "y", "x")
 ORIENTATION = "LPS"
-"""Stored grids are reoriented to LPS (axis permutation and flips; pipeline.geometry.CANONICAL)."""
+"""Stored grids are reoriented to LPS (axis permutation and flips; volume.geometry.CANONICAL)."""
 SPACING_RTOL = 1e-3
 """Spacings closer than this (relative) count as equal: float noise of a median, not another grid."""
 
@@ -238,7 +238,7 @@ def recipe_differences(recipe: dict[str, Any], reference: dict[str, Any]) -> lis
 
 
 def card_mismatches(card: dict[str, Any], store_recipe: dict[str, Any]) -> list[str]:
-    """How the store behind ``store_recipe`` (``pipeline.preprocess.recipe_from_store``: a domain's recipe) was
+    """How the store behind ``store_recipe`` (``volume.preprocess.recipe_from_store``: a domain's recipe) was
     preprocessed differently from the card's data, one line each; empty when it matches a card domain of its
     modality. Compared against the card domain of that modality with the fewest differences (a "CT/MR" domain
     counts for both); a card without any domain of the modality gives one line saying so."""

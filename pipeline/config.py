@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from catalog.names import unsafe_name as unsafe_case_id  # one rule for building and reading a store
+from volume.integrity import DEFAULT_MAX_VOXELS
 
 from .blosc_codecs import CODECS, IMAGE_CODECS
-from .integrity import DEFAULT_MAX_VOXELS
 
 FORMAT_VERSION = 1
 

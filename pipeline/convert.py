@@ -12,13 +12,15 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from . import geometry, integrity, intensity
+from volume import geometry, integrity
+from volume.diagnose import CaseError, unreadable_file
+from volume.preprocess import check_headers, normalize_channels
+
 from .config import Case, DomainSpec, PrepConfig
-from .diagnose import unreadable_file
-from .labels import CaseError, compose_label, resample_label, summarize_label
+from .labels import compose_label, resample_label, summarize_label
 from .store import case_marker, case_seed, jsonable, open_root, write_case
 
-__all__ = ["CaseError", "check_case_headers", "compose_label", "convert_case", "convert_or_fail", "failed_row",
+__all__ = ["check_case_headers", "compose_label", "convert_case", "convert_or_fail", "failed_row",
            "is_up_to_date"]
 
 
@@ -42,29 +44,9 @@ def case_sources(case: Case) -> list[str]:
 
 
 def check_case_headers(case: Case, max_voxels: int | None = integrity.DEFAULT_MAX_VOXELS) -> None:
-    """Header-only checks of every file of a case, before any voxel is read (planning and conversion).
-
-    Raises CaseError naming the file: missing or empty, not NIfTI, truncated (file size or gzip trailer against
-    the header's data length), 2D or 5D, more than ``max_voxels`` voxels × channels, spacing zero, negative or
-    NaN (unless the case overrides the spacing), direction cosines that are not orthonormal.
-    """
-    for path in case_sources(case):
-        try:
-            integrity.check_file(path, max_voxels=max_voxels,
-                                 check_header_spacing=case.spacing_override is None)
-            hdr = geometry.read_header(path)
-            integrity.check_voxel_count(path, hdr.n_voxels * hdr.n_channels, max_voxels,
-                                        f" ({hdr.n_channels} channel(s) of {' × '.join(map(str, hdr.size))})")
-            integrity.check_extent(path, hdr.size)
-            if "complex" in hdr.pixel_type:
-                integrity.check_pixel_type(path, np.complex64)
-            integrity.check_spacing(path, hdr.spacing if case.spacing_override is None else case.spacing_override,
-                                    "header spacing" if case.spacing_override is None else "spacing override")
-            integrity.check_direction(path, hdr.direction)
-        except (ValueError, OSError) as exc:  # OSError: a file that cannot be opened (permissions, I/O error)
-            raise CaseError(str(exc)) from None
-        except (ArithmeticError, RuntimeError, TypeError) as exc:  # a header field no check foresaw
-            raise CaseError(unreadable_file(path, exc)) from None
+    """Header-only checks of every file of a case, before any voxel is read (planning and conversion):
+    :func:`volume.preprocess.check_headers` with the case's spacing override. Raises CaseError naming the file."""
+    check_headers(case_sources(case), max_voxels, case.spacing_override)
 
 
 def case_params_hash(case: Case, cfg: PrepConfig, target_spacing_zyx, spec: DomainSpec) -> str:
@@ -121,7 +103,7 @@ def convert_case(case: Case, spec: DomainSpec, target_spacing_zyx, cfg: PrepConf
         orig["header_spacing_xyz"] = list(geometry.read_header(case.images[0]).spacing)
     spacing_xyz = geometry.zyx_to_xyz(target_spacing_zyx)
     modality = case.effective_modality(spec)
-    image_out, stats, grid = normalize_channels(channels, spacing_xyz, cfg, modality == "CT", case)
+    image_out, stats, grid = normalize_channels(channels, spacing_xyz, cfg, modality == "CT", case.images)
     del channels
 
     label_out, label_values, label_voxels = None, [], []
@@ -213,48 +195,6 @@ def read_case(case: Case, spec: DomainSpec) -> tuple[list[sitk.Image], sitk.Imag
         label_img, overlap = compose_label(case, ref)
         return channels, label_img, overlap
     return channels, None, 0
-
-
-def normalize_channels(channels: list[sitk.Image], spacing_xyz, cfg: PrepConfig, is_ct: bool,
-                       case: Case) -> tuple[np.ndarray, list[intensity.ChannelStats], sitk.Image]:
-    """Reorient, take statistics on the source voxels, resample, clip + z-score each channel.
-
-    Returns the (C, Z, Y, X) array in ``cfg.dtype``, per-channel statistics (source units) and the reoriented
-    channel 0, whose origin and direction the resampled grid keeps (for the attrs).
-    """
-    stats: list[intensity.ChannelStats] = []
-    out, grid = None, None
-    for c, ch in enumerate(channels):
-        ch = geometry.reorient(ch)
-        air_frac = 0.0
-        if is_ct:
-            view = sitk.GetArrayViewFromImage(ch)
-            if view.min() < cfg.air_hu:
-                air_frac = float(np.count_nonzero(view < cfg.air_hu)) / view.size
-                ch = sitk.Clamp(ch, ch.GetPixelID(), lowerBound=cfg.air_hu)
-        try:
-            st = intensity.channel_stats(sitk.GetArrayViewFromImage(ch), cfg.clip_percentiles,
-                                         cfg.ct_window if is_ct else None, air_frac)
-        except ValueError as exc:
-            raise CaseError(f"{case.images[min(c, len(case.images) - 1)]}: channel {c}: {exc}") from None
-        try:
-            integrity.check_contrast(case.images[min(c, len(case.images) - 1)], sitk.GetArrayViewFromImage(ch),
-                                     st.p_lo, st.p_hi, st.std)
-        except ValueError as exc:
-            raise CaseError(f"{exc}" if len(channels) == 1 else f"{exc} (channel {c})") from None
-        stats.append(st)
-        if out is None:
-            nx, ny, nz = geometry.target_size(ch.GetSize(), ch.GetSpacing(), spacing_xyz)
-            try:  # before allocating the grid: a header's spacing decides its size
-                integrity.check_resampled_voxels(case.images[0], ch.GetSize()[::-1], ch.GetSpacing()[::-1],
-                                                 spacing_xyz[::-1], len(channels), cfg.max_voxels)
-            except ValueError as exc:
-                raise CaseError(str(exc)) from None
-            out = np.empty((len(channels), nz, ny, nx), dtype=cfg.dtype)
-            grid = ch  # the resampled grid keeps the reoriented image's origin and direction
-        for z0, z1, slab in geometry.resample_slabs(ch, spacing_xyz, cfg.image_interpolation):
-            intensity.normalize_into(sitk.GetArrayViewFromImage(slab), out[c, z0:z1], st)
-    return out, stats, grid
 
 
 def failed_row(case: Case, spec: DomainSpec | None, params_hash: str, error: str) -> dict[str, Any]:

@@ -18,12 +18,12 @@ import pandas as pd
 
 from catalog import assign_splits, load_catalog, load_domains, save_catalog, save_domains
 from catalog.splits import duplicate_scans
+from volume import geometry
+from volume.diagnose import unreadable_file
+from volume.integrity import check_resampled_voxels
 
-from . import geometry
 from .config import Case, DomainSpec, PrepConfig
 from .convert import case_params_hash, check_case_headers, convert_or_fail, failed_row, is_up_to_date
-from .diagnose import unreadable_file
-from .integrity import check_resampled_voxels
 from .store import domain_plan, freeze_plan, open_root
 from .executor import Task, dask_client, run_tasks
 from .sources.naming import check_store_domains

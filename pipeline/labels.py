@@ -7,13 +7,11 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from . import geometry
+from volume import geometry
+from volume.diagnose import CaseError
+
 from .config import Case, DomainSpec
 from .store import foreground_rows
-
-
-class CaseError(ValueError):
-    """A problem with one case's input files; the message names the file."""
 
 
 def compose_label(case: Case, ref: sitk.Image) -> tuple[sitk.Image, int]:

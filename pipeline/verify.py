@@ -19,8 +19,8 @@ import numpy as np
 import zarr
 
 from catalog.store_format import local_folder, node_meta
+from volume.diagnose import one_line
 
-from .diagnose import one_line
 from .store import case_marker
 
 _BLOSC_HEADER = 16

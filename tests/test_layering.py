@@ -1,5 +1,6 @@
-"""The layers import downwards only: ``catalog/`` and ``runlog/`` below both halves, ``pipeline/`` (raw -> store)
-never imports ``model/`` (store -> weights), and the report page (with its training curves) needs no torch."""
+"""The layers import downwards only: ``catalog/`` (with the store format), ``volume/`` (one scan: headers,
+geometry, normalization) and ``runlog/`` below both halves, ``pipeline/`` (raw -> store) and ``model/`` (store ->
+weights) never import each other, and the report page (with its training curves) needs no torch."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ def _imported_roots(package: str) -> dict[str, set[str]]:
 
 @pytest.mark.parametrize("package, forbidden", [
     ("pipeline", {"model"}),
-    ("catalog", {"model", "pipeline", "torch"}),
+    ("model", {"pipeline"}),
+    ("catalog", {"model", "pipeline", "volume", "torch"}),
+    ("volume", {"model", "pipeline", "runlog", "torch", "dask", "zarr"}),
     ("runlog", {"model", "pipeline", "catalog", "torch"}),
 ])
 def test_no_upward_imports(package, forbidden):

@@ -6,7 +6,7 @@ holds ``accuracy``, ``balanced_accuracy``, ``auc_macro`` (binary: the ROC AUC of
 the mean one-vs-rest AUC) and ``confusion`` (rows the true class, columns the predicted one, in class order) of
 :func:`~model.evaluation.classification.multiclass_metrics`.
 
-``predict`` preprocesses each raw scan as the store was built (:func:`pipeline.preprocess.preprocess_scan`
+``predict`` preprocesses each raw scan as the store was built (:func:`volume.preprocess.preprocess_scan`
 with the run's recorded recipe), resizes it as in training, and writes ``OUT/predictions.csv``: ``case_id`` (the
 file name without its ending and nnU-Net channel suffix), ``scan`` (the path), ``pred`` and the ``prob_<class>``
 columns, one row per scan.
@@ -113,8 +113,8 @@ def predict_classes(run: str | Path, spec: dict[str, Any], scans: Sequence[str |
     from model.evaluation.predict import ScansSkippedError, check_case, collect_cases
     from model.tasks.base import FinetuneError
     from model.tasks.run import inside, load_stage
-    from pipeline.integrity import DEFAULT_MAX_VOXELS
-    from pipeline.preprocess import preprocess_scan
+    from volume.integrity import DEFAULT_MAX_VOXELS
+    from volume.preprocess import preprocess_scan
 
     if spec.get("crop") == "mask":
         raise FinetuneError(f"{run} was trained on crops around the mask (--crop mask) and a raw scan has no mask: "

@@ -2,8 +2,8 @@
 
 The run records the preprocessing of the store it was trained on (``finetune.json``: target spacing,
 percentiles or CT window, air clamp, dtype); each scan goes through the same code path as the build
-(:func:`pipeline.preprocess.preprocess_scan`), is segmented on that grid, and the label map (one value per
-class, as the store's labels) is pasted back onto the scan's own grid (:func:`pipeline.geometry.to_original_grid`),
+(:func:`volume.preprocess.preprocess_scan`), is segmented on that grid, and the label map (one value per
+class, as the store's labels) is pasted back onto the scan's own grid (:func:`volume.geometry.to_original_grid`),
 whatever its orientation.
 
 Inputs are files or folders of files. Files named as nnU-Net names channels (``CASE_0000.nii.gz``,
@@ -109,16 +109,14 @@ def collect_scans(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
 
 def check_case(case: ScanCase, target_spacing_zyx: Sequence[float], *, max_voxels: int | None,
                spacing_xyz: tuple[float, float, float] | None = None) -> None:
-    """The build's header checks (:func:`pipeline.convert.check_case_headers`) on every file of ``case``, then
+    """The build's header checks (:func:`volume.preprocess.check_headers`) on every file of ``case``, then
     the size of the scan resampled to ``target_spacing_zyx`` (mm) against ``max_voxels``: header bytes only, no
     voxel is read. ``spacing_xyz`` (mm) replaces the headers' spacing, as ``--spacing`` does. Raises ValueError
     whose one-line message names the file and the fix."""
-    from pipeline import geometry, integrity
-    from pipeline.config import Case
-    from pipeline.convert import check_case_headers
+    from volume import geometry, integrity
+    from volume.preprocess import check_headers
 
-    check_case_headers(Case(domain="predict", case_id="predict", scan_id="predict", patient_id="predict",
-                            images=tuple(map(str, case.files)), spacing_override=spacing_xyz), max_voxels)
+    check_headers([str(f) for f in case.files], max_voxels, spacing_xyz)
     header = geometry.read_header(str(case.scan))
     if spacing_xyz is not None:
         header = dataclasses.replace(header, spacing=tuple(spacing_xyz))
@@ -144,7 +142,7 @@ def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, se
 
     Before any voxel is read, every file of every case passes the build's header checks (:func:`check_case`:
     damaged or truncated files, impossible spacings, more than ``max_voxels`` voxels as stored or resampled;
-    None: the build's default, :data:`pipeline.integrity.DEFAULT_MAX_VOXELS`). A case that fails is skipped with
+    None: the build's default, :data:`volume.integrity.DEFAULT_MAX_VOXELS`). A case that fails is skipped with
     a line through ``log`` and the others are predicted; then :class:`ScansSkippedError` says which were skipped
     (a ValueError: the CLI exits non-zero). When every case fails, nothing is loaded or written.
 
@@ -154,9 +152,9 @@ def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, se
     """
     from model.tasks import get_task
     from model.tasks.run import inside, read_run
-    from pipeline.geometry import to_original_grid
-    from pipeline.integrity import DEFAULT_MAX_VOXELS
-    from pipeline.preprocess import preprocess_scan
+    from volume.geometry import to_original_grid
+    from volume.integrity import DEFAULT_MAX_VOXELS
+    from volume.preprocess import preprocess_scan
 
     spec = read_run(run)
     task = get_task(spec["task"])

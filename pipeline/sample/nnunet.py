@@ -15,7 +15,8 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ..geometry import read_channels
+from volume.geometry import read_channels
+
 from ..sources.msd import _case_id as _stem  # the file name less its ending
 from ..sources.nnunet import FILE_ENDINGS as _ENDINGS
 

@@ -45,11 +45,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from catalog.store_format import MARKER
+from volume import intensity
+from volume.diagnose import unreadable_file
 
-from .. import intensity
 from ..config import Case, DomainSpec, PrepConfig
 from ..convert import failed_row, file_fingerprint, sha256_file
-from ..diagnose import unreadable_file
 from ..store import case_marker, case_seed, jsonable, open_root, sample_foreground, write_case
 from .lidc_crop import nodule_crop
 from .lidc_nodules import AIR_HU, Nodule, consensus_mask, group_marks, nodules_table, reader_marks

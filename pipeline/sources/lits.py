@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from catalog.files import image_stem
+from volume import geometry
+from volume.preprocess import has_usable_spacing
 
-from .. import geometry
 from ..config import Case, DomainSpec
 
 DOMAIN = "lits"
@@ -85,25 +86,6 @@ def read_spacing_csv(path: str | Path) -> dict[str, tuple[float, float, float]]:
             raise ValueError(f"{path}: row {row_no}: {name} is listed twice")
         table[name] = spacing
     return table
-
-
-def has_usable_spacing(hdr: geometry.Header) -> bool:
-    """False for a header whose spacing cannot be trusted: zero, negative or NaN spacing, or exactly 1 × 1 × 1 mm
-    with an axis-aligned, unpermuted direction (diagonal ±1: an identity NIfTI affine reads as diag(-1, -1, 1)
-    in ITK's LPS frame). The second is what LiTS 28–47 look like; a real CT at exactly 1 mm isotropic with such
-    a header would be caught too, which is why the result is flagged and can be overridden."""
-    sp = np.asarray(hdr.spacing, dtype=float)
-    if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        return False
-    return not identity_unit_spacing(hdr)
-
-
-def identity_unit_spacing(hdr: geometry.Header) -> bool:
-    """Exactly 1 × 1 × 1 mm with an axis-aligned, unpermuted direction: what an identity NIfTI affine (no spacing
-    written at all) reads as."""
-    d = np.asarray(hdr.direction, dtype=float).reshape(3, 3)
-    axis_aligned = np.allclose(np.abs(d), np.eye(3), atol=1e-6)
-    return bool(np.allclose(np.asarray(hdr.spacing, dtype=float), 1.0, atol=1e-6) and axis_aligned)
 
 
 def _file_spacing(spacing_zyx, direction) -> tuple[float, float, float]:

@@ -31,8 +31,8 @@ import numpy as np
 
 from catalog.files import image_stem
 from catalog.splits import hash_unit
+from volume import geometry
 
-from .. import geometry
 from ..config import Case, DomainSpec
 
 DOMAIN = "visceral"

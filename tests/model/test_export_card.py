@@ -74,7 +74,7 @@ def test_pretraining_card_holds_architecture_spacing_intensity_and_counts(pretra
 def test_finetuning_card_records_its_store_preprocessing(pretrained, tiny_store, tmp_path):
     """A fine-tuning checkpoint (the keys ``finetune`` saves: task, stage, preprocessing, scan_ids) exports with the
     recipe it recorded, even where the store has since been rebuilt differently."""
-    from pipeline.preprocess import recipe_from_store
+    from volume.preprocess import recipe_from_store
 
     run, _ = pretrained
     ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)

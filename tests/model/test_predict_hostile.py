@@ -98,16 +98,16 @@ HOSTILE = {  # maker, file name, --max-voxels, what the message must say
 
 def _no_voxel_read(monkeypatch) -> list[str]:
     """Make any voxel read of the predict path (preprocess_scan) record its file, so a test can assert none."""
-    import pipeline.preprocess
+    import volume.preprocess
 
     reads: list[str] = []
-    real = pipeline.preprocess.preprocess_scan
+    real = volume.preprocess.preprocess_scan
 
     def spy(path, *args, **kwargs):
         reads.append(Path(path).name)
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline.preprocess, "preprocess_scan", spy)
+    monkeypatch.setattr(volume.preprocess, "preprocess_scan", spy)
     return reads
 
 

@@ -20,11 +20,11 @@ import SimpleITK as sitk
 from click.testing import CliRunner
 
 from catalog import load_catalog, load_domains
-from pipeline import integrity
 from pipeline.cli import EXIT_FAILED_CASES, main
 from pipeline.sample.lits import write_lits_sample
 from pipeline.sample.visceral import write_visceral_sample
 from pipeline.sources.lidc_series import find_lidc_series
+from volume import integrity
 
 GOOD = ("hippocampus_001", "hippocampus_003")  # uint8 and float32 images
 
@@ -476,7 +476,7 @@ def test_integrity_error_messages_for_a_truncated_real_file(real_dir, tmp_path):
 def test_a_vector_nifti_is_no_5d_image(tmp_path):
     """NIfTI stores a vector image as (x, y, z, 1, components): its components are channels, as the reader
     splits them, not a fifth dimension to refuse; a real fifth axis (five_d above) still is one."""
-    from pipeline.geometry import read_channels
+    from volume.geometry import read_channels
 
     rng = np.random.default_rng(0)
     path = tmp_path / "vector.nii.gz"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipeline import geometry
+from volume import geometry
 
 from helpers import write_nifti
 
@@ -164,7 +164,7 @@ def test_multi_member_gzip_and_scaled_nifti_read_like_simpleitk(real_dir, tmp_pa
 def test_corrupt_gzip_that_simpleitk_reads_silently_is_refused(tmp_path):
     """Bytes flipped deep inside a larger .nii.gz: header and trailer are intact (the header checks pass, ITK
     reads the file), but the one decompression that feeds the build checks the CRC-32."""
-    from pipeline import integrity
+    from volume import integrity
 
     rng = np.random.default_rng(0)
     path = write_nifti(tmp_path / "big.nii.gz", rng.integers(0, 200, (64, 96, 96)).astype(np.int16))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.intensity import ChannelStats, channel_stats, clamp_air, denormalize, normalize_
+from volume.intensity import ChannelStats, channel_stats, clamp_air, denormalize, normalize_
 
 
 @pytest.mark.parametrize("n", [7, 1000, 12345])
@@ -59,7 +59,7 @@ def test_normalize_and_back():
 
 
 def test_slab_helpers_equal_whole_array_numpy():
-    from pipeline import intensity
+    from volume import intensity
 
     rng = np.random.default_rng(3)
     src = rng.integers(-1100, 3000, size=(2_100_000,)).astype(np.int16)

@@ -15,9 +15,9 @@ from catalog.card import make_card, store_domains, write_card
 from pipeline.cli import main
 from pipeline.config import PrepConfig
 from pipeline.job import build
-from pipeline.preprocess import recipe_from_store
 from pipeline.sources.msd import scan_msd
 from pipeline.sources.totalseg import scan_totalseg
+from volume.preprocess import recipe_from_store
 
 HIPPO = ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006"]
 

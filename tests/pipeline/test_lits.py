@@ -20,8 +20,9 @@ from click.testing import CliRunner
 from catalog import load_catalog, load_domains
 from pipeline.cli import main
 from pipeline.sample import write_lits_sample
-from pipeline.geometry import Header, to_original_grid
-from pipeline.sources.lits import has_usable_spacing, read_spacing_csv, scan_lits
+from pipeline.sources.lits import read_spacing_csv, scan_lits
+from volume.geometry import Header, to_original_grid
+from volume.preprocess import has_usable_spacing
 
 from helpers import source_label_stats, stored_label_stats
 

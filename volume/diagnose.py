@@ -64,3 +64,8 @@ def unreadable_file(path: str, exc: BaseException) -> str:
     return (f"{path}: cannot read the file ({type(exc).__name__}: {one_line(exc)}): it is damaged or in a form we "
             "do not read; check that it opens in a viewer (ITK-SNAP, 3D Slicer) and re-export or re-download it "
             "(if it opens there, report this message as a med3d bug)")
+
+
+class CaseError(ValueError):
+    """A problem with one case's input files (of a build, or a scan given to ``predict``); the message names the
+    file."""
