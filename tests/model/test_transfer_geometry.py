@@ -189,3 +189,27 @@ def test_evaluate_reads_a_store_given_as_an_fsspec_url(real_lits, scheme):
     got = pd.read_csv(run / "eval" / "val" / "cases.csv")
     assert summary["labelled_cases"] == len(expected) >= 1 and summary["dice_mean"] > 0.97
     pd.testing.assert_frame_equal(got, expected)
+
+
+def test_a_run_trained_on_a_memory_url_store_predicts_as_the_local_one(real_lits, tmp_path):
+    """finetune reads the recipe, catalog and patches of a ``memory://`` store; predict then replays the same
+    recipe as for the local store's run, and the masks agree voxel for voxel."""
+    import fsspec
+
+    from model.tasks.run import read_run
+
+    fs = fsspec.filesystem("memory")
+    fs.put(real_lits["store"], "/geometry_run_store", recursive=True)
+    try:
+        finetune("liver", "memory://geometry_run_store", str(tmp_path / "run"), steps=1, batch=1,
+                 patch=(16, 16, 16), coarse_shape=(16, 16, 16), aspp_rates=(1, 2), workers=0, device="cpu",
+                 ckpt_every=0, val_every=0, progress=False, log=lambda s: None)
+    finally:
+        fs.rm("/geometry_run_store", recursive=True)
+    assert read_run(tmp_path / "run")["preprocessing"] == read_run(real_lits["run"])["preprocessing"]
+    scan = real_lits["raw"] / "test-volume-0.nii"
+    oracle = Oracle(real_lits["store"])
+    [remote] = predict(tmp_path / "run", [scan], tmp_path / "remote", segmenter=oracle, log=lambda s: None)
+    [local] = predict(real_lits["run"], [scan], tmp_path / "local", segmenter=oracle, log=lambda s: None)
+    a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in (remote, local))
+    assert a.shape == b.shape and a.any() and np.array_equal(a, b)
