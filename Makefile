@@ -55,7 +55,7 @@ demo: venv
 	@echo "      dataset.json) from the demo's encoder with a U-Net decoder; evaluate (per-class Dice, HD95, ASSD"
 	@echo "      in mm on the val scan's own grid); predict the imagesTs folder (<case>.nii.gz, as nnU-Net names it)"
 	$(BIN)/med3d-train finetune seg $(DEMO)/hippo_store --out $(DEMO)/runs/hippocampus --init $(DEMO)/runs/pretrain \
-		--decoder unet --steps 12 --batch 2 --patch 32 --device cpu --workers 0 --val-every 6 --ckpt-every 6 \
+		--decoder unet --steps 8 --batch 2 --patch 32 --device cpu --workers 0 --val-every 4 --ckpt-every 4 \
 		--no-progress
 	$(BIN)/med3d-train evaluate $(DEMO)/runs/hippocampus $(DEMO)/hippo_store --no-progress
 	$(BIN)/med3d-train predict $(DEMO)/runs/hippocampus $(DEMO)/raw/nnunet/Dataset004_Hippocampus/imagesTs \
@@ -68,10 +68,10 @@ demo: venv
 		.sort_values('foreground_mm3').reset_index(); v = c.foreground_mm3; c['label'] = (v > v.median())\
 		.map({True: 'large', False: 'small'}); c['split'] = ['test' if i % 3 == 1 else 'train' for i in c.index];\
 		c[['case_id', 'label', 'split', 'foreground_mm3']].to_csv('$(DEMO)/hippocampus_volume.csv', index=False)"
-	cat $(DEMO)/hippocampus_volume.csv
+	@cat $(DEMO)/hippocampus_volume.csv
 	$(BIN)/med3d-train finetune classify $(DEMO)/hippo_store --labels $(DEMO)/hippocampus_volume.csv \
-		--out $(DEMO)/runs/hippocampus_volume --init $(DEMO)/runs/pretrain --shape 32,32,32 --steps 8 --batch 2 \
-		--device cpu --workers 0 --val-every 4 --ckpt-every 4 --no-progress
+		--out $(DEMO)/runs/hippocampus_volume --init $(DEMO)/runs/pretrain --shape 32,32,32 --steps 6 --batch 2 \
+		--device cpu --workers 0 --val-every 3 --ckpt-every 3 --no-progress
 	$(BIN)/med3d-train evaluate $(DEMO)/runs/hippocampus_volume $(DEMO)/hippo_store --no-progress
 	$(BIN)/med3d-train predict $(DEMO)/runs/hippocampus_volume $(DEMO)/raw/nnunet/Dataset004_Hippocampus/imagesTs \
 		--out $(DEMO)/predictions/hippocampus_volume
