@@ -24,7 +24,7 @@ import torch
 
 from .patches import StepStream, _empty, read_volume
 from .store_index import CaseEntry
-from .transfer import foreground_box, resize_image
+from .transfer import _rng, flip_randomly, foreground_box, resize_image
 
 __all__ = ["CROPS", "ClassifyStream", "build_input_cache", "classify_input", "crop_box"]
 
@@ -126,13 +126,9 @@ class ClassifyStream(StepStream):
         label = _empty((self.batch_size,), torch.int64)
         paths = []
         for item in range(self.batch_size):
-            rng = np.random.default_rng([self.seed, step, self.rank, item])
+            rng = _rng(self.seed, step, self.rank, item)
             case = self.cases[int(rng.integers(len(self.cases)))]
-            arr = cached_input(self.store, case)
-            flips = [a + 1 for a in range(3) if rng.random() < 0.5]
-            if flips:
-                arr = np.flip(arr, axis=flips)
-            image[item].copy_(torch.from_numpy(np.ascontiguousarray(arr)))
+            image[item].copy_(torch.from_numpy(flip_randomly(cached_input(self.store, case), rng)))
             label[item] = self.targets[case.store_path]
             paths.append(case.store_path)
         return {"image": image, "label": label, "domain": "classify", "step": int(step), "cases": paths}

@@ -28,8 +28,8 @@ from catalog.io import store_join
 from .patches import StepStream, _empty, read_volume
 from .store_index import CaseEntry, StoreIndex
 
-__all__ = ["CoarseStream", "NoduleStream", "RoiPatchStream", "TaskData", "build_coarse_cache", "foreground_box",
-           "nodule_labels", "resize_image", "resize_mask", "task_data"]
+__all__ = ["CoarseStream", "NoduleStream", "RoiPatchStream", "TaskData", "build_coarse_cache", "flip_randomly",
+           "foreground_box", "nodule_labels", "resize_image", "resize_mask", "task_data"]
 
 NODULE_CLASSES = {"benign": 0, "malignant": 1}
 
@@ -71,6 +71,13 @@ def task_data(store: str | os.PathLike[str], split: str, domain: str | None = No
 
 def _rng(seed: int, step: int, rank: int, item: int) -> np.random.Generator:
     return np.random.default_rng([seed, step, rank, item])
+
+
+def flip_randomly(arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``arr`` (C, Z, Y, X) flipped along each spatial axis with probability 1/2 (three draws from ``rng``, in
+    axis order), as a contiguous array: the augmentation of whole-input classification batches."""
+    flips = [a + 1 for a in range(3) if rng.random() < 0.5]
+    return np.ascontiguousarray(np.flip(arr, axis=flips) if flips else arr)
 
 
 # ---------------------------------------------------------------------------------------------- liver, fine
@@ -275,11 +282,7 @@ class NoduleStream(StepStream):
         for item in range(self.batch_size):
             rng = _rng(self.seed, step, self.rank, item)
             case = self.cases[int(rng.integers(len(self.cases)))]
-            crop = self.read_crop(case)
-            flips = [a + 1 for a in range(3) if rng.random() < 0.5]
-            if flips:
-                crop = np.flip(crop, axis=flips)
-            image[item].copy_(torch.from_numpy(np.ascontiguousarray(crop)))
+            image[item].copy_(torch.from_numpy(flip_randomly(self.read_crop(case), rng)))
             label[item] = self.labels[case.store_path]
             paths.append(case.store_path)
         return {"image": image, "label": label, "domain": "nodule", "step": int(step), "cases": paths}

@@ -34,6 +34,7 @@ __all__ = [
     "previous_path",
     "REQUIRED_KEYS",
     "load_checkpoint",
+    "restore_training_state",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
@@ -103,6 +104,16 @@ def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike[str], *,
         return atomic_torch_save(data, path)
     # Rotate only once the new file is complete: a crash between the two renames leaves the previous one.
     return atomic_torch_save(data, path, before_replace=lambda: os.replace(path, previous_path(path)))
+
+
+def restore_training_state(ckpt: Mapping[str, Any], optimizer: torch.optim.Optimizer,
+                           scheduler: Any) -> tuple[int, dict[str, Any]]:
+    """Put a loaded checkpoint's optimiser, scheduler and random number generator states back; returns (the
+    completed step to continue from, the metrics summary saved with it)."""
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    set_rng_state(ckpt["rng"])
+    return int(ckpt["step"]), dict(ckpt.get("metrics") or {})
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:

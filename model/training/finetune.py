@@ -29,7 +29,7 @@ from model.nets.transfer import TransferNet, build_transfer_net
 from model.nets.weights import LoadReport
 from model.tasks import FinetuneError, Task, get_task
 from model.tasks.run import RUN_FILE, load_stage, net_options, read_run
-from model.training.checkpoint import CHECKPOINT_NAME, rng_state, save_checkpoint, set_rng_state
+from model.training.checkpoint import CHECKPOINT_NAME, restore_training_state, rng_state, save_checkpoint
 from model.training.finetune_config import FINETUNE_RUNTIME_FIELDS, FinetuneConfig
 from model.training.finetune_step import FinetuneStepper
 from model.training.loop import DistEnv, init_distributed, make_optimizer, make_scheduler, resolve_device, run_loop
@@ -170,11 +170,7 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
         scheduler = make_scheduler(optimizer, opt_cfg)
         start, summary = 0, {}
         if ckpt is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            set_rng_state(ckpt["rng"])
-            start = int(ckpt["step"])
-            summary = dict(ckpt.get("metrics") or {})
+            start, summary = restore_training_state(ckpt, optimizer, scheduler)
             if env.is_main:
                 log(f"resuming {ckpt_path} at step {start} of {cfg.steps}")
         elif env.is_main:

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from model.training.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, load_latest_checkpoint, previous_path,
-                                       rng_state, save_checkpoint, set_rng_state)
+                                       restore_training_state, rng_state, save_checkpoint)
 from model.training.config import RUNTIME_FIELDS, TrainConfig, config_conflicts
 from model.nets.heads import Med3DPretrainNet, MultiBranchHead
 from model.evaluation.inference import sliding_window_probs
@@ -245,11 +245,7 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
         start = 0
         summary: dict[str, Any] = {}
         if ckpt is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            set_rng_state(ckpt["rng"])
-            start = int(ckpt["step"])
-            summary = dict(ckpt.get("metrics") or {})
+            start, summary = restore_training_state(ckpt, optimizer, scheduler)
             init_report = ckpt.get("init_report")
             if env.is_main:
                 log(f"resuming {ckpt_path} at step {start} of {cfg.steps}")
