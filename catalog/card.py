@@ -21,12 +21,14 @@ plus where it came from. Spacings are (z, y, x) mm on the stored grid, which is 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from .io import load_catalog, load_domains
+from .names import unsafe_name
 from .store_format import node_meta
 
 __all__ = ["AXES", "CARD_FORMAT", "CARD_VERSION", "ORIENTATION", "CardError", "card_mismatches", "card_path",
@@ -194,7 +196,36 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
         missing = [k for k in _RECIPE_KEYS if not isinstance(dom, dict) or k not in dom]
         if missing:
             raise CardError(f"{path}: domain {name!r} lacks {', '.join(missing)}; export the weights again")
+        problem = unsafe_name(name) or _recipe_problem(dom)
+        if problem:
+            raise CardError(f"{path}: domain {name!r}: {problem}; the card is damaged, export the weights again")
     return card
+
+
+def _numbers(value: Any, n: int) -> list[float] | None:
+    """``value`` as ``n`` finite numbers, or None."""
+    if not isinstance(value, (list, tuple)) or len(value) != n:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        return None
+    return [float(v) for v in value]
+
+
+def _recipe_problem(dom: dict[str, Any]) -> str | None:
+    """What is wrong with a card domain's recipe values (they become a build's settings), or None."""
+    spacing = _numbers(dom["target_spacing"], 3)
+    if spacing is None or min(spacing) <= 0:
+        return f"target_spacing {dom['target_spacing']!r} is not three positive finite mm values"
+    pct = _numbers(dom["percentiles"], 2)
+    if pct is None or not 0 <= pct[0] < pct[1] <= 100:
+        return f"percentiles {dom['percentiles']!r} are not lo < hi within 0..100"
+    window = dom["ct_window"]
+    if window is not None and ((w := _numbers(window, 2)) is None or not w[0] < w[1]):
+        return f"ct_window {window!r} is not lo < hi in HU"
+    air = dom["air_hu"]
+    if air is not None and _numbers([air], 1) is None:
+        return f"air_hu {air!r} is not a finite HU value"
+    return None
 
 
 def find_card(weights: str | os.PathLike[str]) -> dict[str, Any] | None:

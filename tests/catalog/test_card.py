@@ -97,3 +97,29 @@ def test_intensity_rule_says_what_the_pipeline_does():
                                         "and standard deviation (per scan, per channel); stored as float16")
     assert intensity_rule(LIVER).startswith("CT: values below -1024 HU clamped to it; clip to the CT window "
                                             "[-200, 250] HU; z-score")
+
+
+@pytest.mark.parametrize("changes, why", [
+    ({"target_spacing": [float("nan"), 1.0, 1.0]}, "target_spacing .* not three positive finite mm values"),
+    ({"target_spacing": [0.0, 1.0, 1.0]}, "target_spacing"),
+    ({"target_spacing": [1.0, 1.0]}, "target_spacing"),
+    ({"percentiles": [99.0, 1.0]}, "percentiles .* not lo < hi"),
+    ({"percentiles": [1.0, float("inf")]}, "percentiles"),
+    ({"ct_window": [250.0, -200.0]}, "ct_window .* not lo < hi"),
+    ({"air_hu": "cold"}, "air_hu 'cold' is not a finite HU value"),
+])
+def test_a_card_with_values_no_build_can_use_is_refused_naming_the_file(tmp_path, changes, why):
+    """A card's recipe becomes a build's settings: a NaN spacing made every case fail with "cannot convert float
+    NaN to integer"; now the card is refused before anything is built."""
+    path = tmp_path / "w.json"
+    write_card(card(hippocampus=recipe(**changes)), path)
+    with pytest.raises(CardError, match=why) as err:
+        read_card(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_card_domain_that_is_no_safe_name_is_refused(tmp_path):
+    path = tmp_path / "w.json"
+    write_card(card(**{"../evil": recipe()}), path)
+    with pytest.raises(CardError, match=r"domain '\.\./evil'"):
+        read_card(path)

@@ -93,6 +93,15 @@ def test_like_refuses_contradicting_options_and_a_card_without_the_modality(hipp
     assert res.exit_code == 2, res.output
     assert f"{card} has no CT domain" in res.output and "hippocampus (MR" in res.output
     assert not (tmp_path / "ct").exists()
+    # A card whose spacing is NaN: a one-line usage error naming it, no store written.
+    damaged = json.loads(Path(card).read_text())
+    for dom in damaged["domains"].values():
+        dom["target_spacing"] = [float("nan"), 1.0, 1.0]
+    bad = tmp_path / "nan_card.json"
+    bad.write_text(json.dumps(damaged))
+    res = invoke("build-msd", task, tmp_path / "nan", "--like", bad, "--workers", "0")
+    assert res.exit_code == 2 and f"{bad}: domain 'hippocampus': target_spacing" in res.output
+    assert not (tmp_path / "nan").exists()
 
 
 def _totalseg_layout(real_dir: Path, root: Path) -> Path:
