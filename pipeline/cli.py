@@ -182,17 +182,12 @@ def sample(out: Path, seed: int, size: str, only: str) -> None:
 def build_3dseg8(msd_root, store, tasks, workers, scheduler, dtype, chunks, image_codec, codec, replan,
                  no_progress, max_voxels, like, like_domain) -> None:
     """Build the eight 3DSeg-8 MSD tasks found under MSD_ROOT into STORE."""
+    from .cli_sources import scanned_tasks
     from .job import build
     from .sources.msd import scan_msd
 
-    try:
-        found, missing = scan_msd(msd_root, tasks.split(",") if tasks else None)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    if missing:
-        click.echo(f"not found under {msd_root} (skipped): {', '.join(missing)}")
-    if not found:
-        raise click.UsageError(f"no 3DSeg-8 task folder under {msd_root}")
+    found, missing = scanned_tasks(scan_msd, msd_root, tasks.split(",") if tasks else None,
+                                   "no 3DSeg-8 task folder")
     click.echo("building: " + ", ".join(f"{spec.source_dataset} ({len(c)} cases)" for spec, c in found))
     like_cfg, spacing = _like(like, like_domain, [spec for spec, _ in found])
     cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec, like=like_cfg)

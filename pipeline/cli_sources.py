@@ -19,6 +19,26 @@ def _csv(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
+def scanned(scan, *args, **kwargs):
+    """``scan(*args, **kwargs)``, a source's scan of its raw layout; its ValueError (a layout it cannot read)
+    becomes a one-line usage error."""
+    try:
+        return scan(*args, **kwargs)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def scanned_tasks(scan, root, tasks, none_found: str):
+    """The ``(found, missing)`` task folders of an MSD-style ``scan(root, tasks)``: the missing ones are listed,
+    none found is a usage error (``none_found``, "under ROOT" appended)."""
+    found, missing = scanned(scan, root, tasks)
+    if missing:
+        click.echo(f"not found under {root} (skipped): {', '.join(missing)}")
+    if not found:
+        raise click.UsageError(f"{none_found} under {root}")
+    return found, missing
+
+
 def _build(found, store, *, workers, scheduler, dtype, chunks, image_codec, codec, replan, no_progress,
            max_voxels, like, like_domain, missing: list[str] | None = None) -> None:
     from .cli import _config, _finish, _like
@@ -45,14 +65,7 @@ def build_msd(root, store, tasks, **common) -> None:
     """
     from .sources.msd_tasks import scan_msd_tasks
 
-    try:
-        found, missing = scan_msd_tasks(root, _csv(tasks))
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    if missing:
-        click.echo(f"not found under {root} (skipped): {', '.join(missing)}")
-    if not found:
-        raise click.UsageError(f"none of the requested tasks is under {root}")
+    found, missing = scanned_tasks(scan_msd_tasks, root, _csv(tasks), "none of the requested tasks is")
     _build(found, store, missing=missing, **common)
 
 
@@ -68,10 +81,7 @@ def build_nnunet(dataset, store, domain, **common) -> None:
     """
     from .sources.nnunet import scan_nnunet
 
-    try:
-        spec, cases, notes = scan_nnunet(dataset, domain)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    spec, cases, notes = scanned(scan_nnunet, dataset, domain)
     for note in notes:
         click.echo(note)
     _build([(spec, cases)], store, **common)
@@ -94,10 +104,7 @@ def build_totalseg(root, store, classes, groups, domain, **common) -> None:
     """
     from .sources.totalseg import scan_totalseg
 
-    try:
-        spec, cases, notes = scan_totalseg(root, _csv(classes), _csv(groups), domain=domain)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    spec, cases, notes = scanned(scan_totalseg, root, _csv(classes), _csv(groups), domain=domain)
     for note in notes:
         click.echo(note)
     click.echo(f"classes: {', '.join(f'{v} {n}' for v, n in spec.labels.items() if v)}")

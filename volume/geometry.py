@@ -37,18 +37,18 @@ class Header:
 
     def canonical_spacing_zyx(self) -> tuple[float, float, float]:
         """Spacing (z, y, x) mm of the array after reorientation to LPS: axis permutation only."""
-        perm = canonical_permutation(self.direction)
-        spacing_lps = [0.0, 0.0, 0.0]
-        for file_axis, phys_axis in enumerate(perm):
-            spacing_lps[phys_axis] = self.spacing[file_axis]
-        return (spacing_lps[2], spacing_lps[1], spacing_lps[0])
+        return self._canonical_zyx(self.spacing)
 
     def canonical_size_zyx(self) -> tuple[int, int, int]:
-        perm = canonical_permutation(self.direction)
-        size_lps = [0, 0, 0]
-        for file_axis, phys_axis in enumerate(perm):
-            size_lps[phys_axis] = self.size[file_axis]
-        return (size_lps[2], size_lps[1], size_lps[0])
+        """Size (z, y, x) in voxels of the array after reorientation to LPS."""
+        return self._canonical_zyx(self.size)
+
+    def _canonical_zyx(self, per_file_axis: tuple) -> tuple:
+        """``per_file_axis`` (x, y, z of the file) permuted to the physical axes, in (z, y, x) order."""
+        lps = [per_file_axis[0]] * 3
+        for file_axis, phys_axis in enumerate(canonical_permutation(self.direction)):
+            lps[phys_axis] = per_file_axis[file_axis]
+        return (lps[2], lps[1], lps[0])
 
 
 _BYTES = {
@@ -125,6 +125,12 @@ def read_channels(path: str, spacing_override: tuple[float, float, float] | None
     channels = _read_nifti_channels(str(path)) if integrity.is_nifti(path) else None
     if channels is not None:
         return _override_spacing(channels, spacing_override)
+    return _override_spacing(read_channels_itk(path), spacing_override)
+
+
+def read_channels_itk(path: str) -> list[sitk.Image]:
+    """:func:`read_channels` through ITK's own readers (every format ITK reads; for NIfTI the reference our
+    header-exact reader is tested against)."""
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -140,13 +146,12 @@ def read_channels(path: str, spacing_override: tuple[float, float, float] | None
             extractor.SetIndex([0, 0, 0, c])
             extractor.SetDirectionCollapseToStrategy(extractor.DIRECTIONCOLLAPSETOSUBMATRIX)
             channels.append(extractor.Execute(img))
-    elif img.GetNumberOfComponentsPerPixel() > 1:
-        channels = [sitk.VectorIndexSelectionCast(img, c) for c in range(img.GetNumberOfComponentsPerPixel())]
-    elif img.GetDimension() == 3:
-        channels = [img]
-    else:
-        raise ValueError(f"{path}: expected a 3D or 4D image, got {img.GetDimension()}D")
-    return _override_spacing(channels, spacing_override)
+        return channels
+    if img.GetNumberOfComponentsPerPixel() > 1:
+        return [sitk.VectorIndexSelectionCast(img, c) for c in range(img.GetNumberOfComponentsPerPixel())]
+    if img.GetDimension() == 3:
+        return [img]
+    raise ValueError(f"{path}: expected a 3D or 4D image, got {img.GetDimension()}D")
 
 
 def _override_spacing(channels: list[sitk.Image], spacing_override) -> list[sitk.Image]:

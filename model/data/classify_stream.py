@@ -17,19 +17,18 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from .patches import StepStream, _empty, read_volume
+from .case_cache import MANIFEST, build_case_cache, cache_file_name
+from .patches import read_volume
 from .store_index import CaseEntry
-from .transfer import _rng, flip_randomly, foreground_box, resize_image
+from .transfer import CaseStream, flip_randomly, foreground_box, resize_image
 
 __all__ = ["CROPS", "ClassifyStream", "build_input_cache", "classify_input", "crop_box"]
 
 CROPS = ("none", "mask")
-MANIFEST = "manifest.json"
 
 
 def crop_box(label: np.ndarray, margin_mm: float, spacing: Sequence[float]
@@ -69,10 +68,6 @@ def store_input(store: str, case: CaseEntry, shape: Sequence[int], *, crop: str,
         raise ValueError(f"{store}/{case.store_path}: {exc}") from exc
 
 
-def _name(store_path: str) -> str:
-    return store_path.replace("/", "__") + ".npy"
-
-
 def build_input_cache(store: str, cases: Sequence[CaseEntry], spacings: dict[str, Sequence[float]],
                       folder: str | os.PathLike[str], *, shape: Sequence[int], crop: str, margin_mm: float,
                       progress: Callable[[int], None] | None = None) -> Path:
@@ -81,33 +76,21 @@ def build_input_cache(store: str, cases: Sequence[CaseEntry], spacings: dict[str
     Files are replaced atomically, so several processes (DDP ranks) may build the same cache."""
     from catalog import load_catalog
 
-    folder = Path(folder)
     hashes = load_catalog(store).set_index("store_path")["params_hash"].astype(str)
     manifest = {"store": store, "shape": [int(s) for s in shape], "crop": crop, "margin_mm": float(margin_mm),
                 "cases": {p: hashes.get(p, "") for p in sorted(c.store_path for c in cases)}}
-    path = folder / MANIFEST
-    if path.is_file() and json.loads(path.read_text()) == manifest:
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for case in cases:
-        arr = store_input(store, case, shape, crop=crop, margin_mm=margin_mm, spacing=spacings[case.store_path])
-        tmp = folder / f".{os.getpid()}.{_name(case.store_path)}"
-        np.save(tmp, arr)
-        os.replace(tmp, folder / _name(case.store_path))
-        if progress is not None:
-            progress(1)
-    tmp = folder / f".{os.getpid()}.{MANIFEST}"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, path)
-    return folder
+    return build_case_cache(
+        folder, manifest, cases, ending=".npy", progress=progress,
+        arrays=lambda case: store_input(store, case, shape, crop=crop, margin_mm=margin_mm,
+                                        spacing=spacings[case.store_path]))
 
 
 def cached_input(folder: str | os.PathLike[str], case: CaseEntry) -> np.ndarray:
     """A case's input from a cache of :func:`build_input_cache`, float32 (1, *shape)."""
-    return np.load(Path(folder) / _name(case.store_path))
+    return np.load(Path(folder) / cache_file_name(case.store_path, ".npy"))
 
 
-class ClassifyStream(StepStream):
+class ClassifyStream(CaseStream):
     """Classification batches from an input cache: ``image`` float32 (B, 1, *shape), ``label`` int64 (B,) (the
     class index); cases drawn uniformly, each flipped along every axis with probability 1/2."""
 
@@ -120,15 +103,8 @@ class ClassifyStream(StepStream):
             raise ValueError(f"{cache}: no labelled case to train on")
         self.targets, self.batch_size, self.seed = targets, int(batch), int(seed)
         self.shape = tuple(json.loads((Path(cache) / MANIFEST).read_text())["shape"])
+        self.domain_name, self.image_shape, self.label_shape = "classify", self.shape, ()
 
-    def batch(self, step: int) -> dict[str, Any]:
-        image = _empty((self.batch_size, 1, *self.shape), torch.float32)
-        label = _empty((self.batch_size,), torch.int64)
-        paths = []
-        for item in range(self.batch_size):
-            rng = _rng(self.seed, step, self.rank, item)
-            case = self.cases[int(rng.integers(len(self.cases)))]
-            image[item].copy_(torch.from_numpy(flip_randomly(cached_input(self.store, case), rng)))
-            label[item] = self.targets[case.store_path]
-            paths.append(case.store_path)
-        return {"image": image, "label": label, "domain": "classify", "step": int(step), "cases": paths}
+    def fill(self, case: CaseEntry, rng: np.random.Generator, image: torch.Tensor, label: torch.Tensor) -> None:
+        image.copy_(torch.from_numpy(flip_randomly(cached_input(self.store, case), rng)))
+        label.fill_(self.targets[case.store_path])

@@ -67,10 +67,9 @@ class StoreIndex:
         """The ok, labelled, complete cases of ``split``, minus those whose scan id is in ``exclude_scan_ids``."""
         store = os.fspath(store)
         part = _StorePart.read(store, split, frozenset(exclude_scan_ids))
-        if not part.cases:
+        if not part.index.cases:
             raise ValueError(part.empty_message())
-        return cls(store=store, split=split, cases=part.cases, num_classes=part.num_classes,
-                   excluded=part.excluded)
+        return part.index
 
     @classmethod
     def from_stores(cls, stores: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], split: str = "train",
@@ -97,28 +96,29 @@ class StoreIndex:
         for part in parts:
             for domain in part.all_domains:
                 if domain in owner:
-                    raise ValueError(f"domain {domain!r} is in both {owner[domain]} and {part.store}: domain names "
-                                     "must be unique across the stores; rebuild one of them under another name "
-                                     "(build-nnunet/build-totalseg --domain)")
-                owner[domain] = part.store
+                    raise ValueError(f"domain {domain!r} is in both {owner[domain]} and {part.index.store}: domain "
+                                     "names must be unique across the stores; rebuild one of them under another "
+                                     "name (build-nnunet/build-totalseg --domain)")
+                owner[domain] = part.index.store
         cases: dict[str, tuple[CaseEntry, ...]] = {}
         num_classes: dict[str, int] = {}
         seen: set[str] = set()
         duplicates: set[str] = set()
         for part in parts:
-            for domain, entries in part.cases.items():
-                kept = tuple(dataclasses.replace(c, store=part.store) for c in entries if c.scan_id not in seen)
+            ix = part.index
+            for domain, entries in ix.cases.items():
+                kept = tuple(dataclasses.replace(c, store=ix.store) for c in entries if c.scan_id not in seen)
                 duplicates |= {c.scan_id for c in entries if c.scan_id in seen}
                 if kept:
                     cases[domain] = kept
-                    num_classes[domain] = part.num_classes[domain]
+                    num_classes[domain] = ix.num_classes[domain]
             seen |= part.held_scan_ids
         if not cases:
             raise ValueError("; ".join(p.empty_message() for p in parts))
         return cls(
             store=paths[0], split=split, cases=dict(sorted(cases.items())),
             num_classes=dict(sorted(num_classes.items())),
-            excluded=tuple(sorted({s for p in parts for s in p.excluded})), stores=tuple(paths),
+            excluded=tuple(sorted({s for p in parts for s in p.index.excluded})), stores=tuple(paths),
             duplicates=tuple(sorted(duplicates)),
         )
 
@@ -169,17 +169,14 @@ class StoreIndex:
 
 @dataclass(frozen=True)
 class _StorePart:
-    """What one store contributes to an index: its trainable cases of a split, per domain."""
+    """What one store contributes to an index: its own index of a split (possibly empty) and what merging several
+    stores checks."""
 
-    store: str
-    split: str
-    cases: dict[str, tuple[CaseEntry, ...]]
-    num_classes: dict[str, int]
+    index: StoreIndex
     all_domains: tuple[str, ...]
     """Every domain of the store's domains table (for the uniqueness check across stores)."""
     held_scan_ids: frozenset[str]
     """Scan ids of every ok case of the store, any split (a later store's copy of one of them is dropped)."""
-    excluded: tuple[str, ...]
     incomplete: int
 
     @classmethod
@@ -205,19 +202,20 @@ class _StorePart:
         missing = sorted(set(cases) - set(doms.index))
         if missing:
             raise ValueError(f"{store}: domains {missing} are in the catalog but not in domains.parquet")
-        return cls(
+        index = StoreIndex(
             store=store, split=split,
             cases={d: tuple(sorted(cs, key=lambda c: c.store_path)) for d, cs in sorted(cases.items())},
             num_classes={d: int(doms.loc[d, "num_classes"]) for d in sorted(cases)},
-            all_domains=tuple(sorted(set(doms.index) | set(catalog["domain"]))),
-            held_scan_ids=frozenset(catalog_scan_ids(select(catalog))),
-            excluded=tuple(sorted(set(dropped["scan_id"]))), incomplete=len(incomplete),
+            excluded=tuple(sorted(set(dropped["scan_id"]))),
         )
+        return cls(index=index, all_domains=tuple(sorted(set(doms.index) | set(catalog["domain"]))),
+                   held_scan_ids=frozenset(catalog_scan_ids(select(catalog))), incomplete=len(incomplete))
 
     def empty_message(self) -> str:
-        return (f"{self.store}: no case to train on in split {self.split!r} (ok, labelled, complete cases; "
-                f"{len(self.excluded)} excluded by scan id, {self.incomplete} incomplete). Check the store with "
-                f"`med3d-prep info {self.store}` and the --exclude options.")
+        ix = self.index
+        return (f"{ix.store}: no case to train on in split {ix.split!r} (ok, labelled, complete cases; "
+                f"{len(ix.excluded)} excluded by scan id, {self.incomplete} incomplete). Check the store with "
+                f"`med3d-prep info {ix.store}` and the --exclude options.")
 
 
 def parse_exclude(specs: str | Iterable[str]) -> set[str]:

@@ -25,10 +25,11 @@ from catalog import load_catalog, load_domains, load_nodules
 from catalog.chunk_read import ChunkedArrayReader
 from catalog.io import store_join
 
+from .case_cache import MANIFEST, build_case_cache, cache_file_name
 from .patches import StepStream, _empty, read_volume
 from .store_index import CaseEntry, StoreIndex
 
-__all__ = ["CoarseStream", "NoduleStream", "RoiPatchStream", "TaskData", "build_coarse_cache", "flip_randomly",
+__all__ = ["CaseStream", "CoarseStream", "NoduleStream", "RoiPatchStream", "TaskData", "build_coarse_cache", "flip_randomly",
            "foreground_box", "nodule_labels", "resize_image", "resize_mask", "task_data"]
 
 NODULE_CLASSES = {"benign": 0, "malignant": 1}
@@ -80,6 +81,37 @@ def flip_randomly(arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(np.flip(arr, axis=flips) if flips else arr)
 
 
+class CaseStream(StepStream):
+    """Base of the transfer streams: each item of a batch draws one of :attr:`cases` uniformly from its own
+    generator ``(seed, step, rank, item)`` and :meth:`fill` writes it into the batch. A subclass sets
+    :attr:`cases`, :attr:`batch_size`, :attr:`seed`, :attr:`domain_name` and the item shapes."""
+
+    cases: list[CaseEntry]
+    batch_size: int
+    seed: int
+    domain_name: str
+    image_shape: tuple[int, ...]
+    """(Z, Y, X) of an item's image (one channel)."""
+    label_shape: tuple[int, ...]
+    """(Z, Y, X) of an item's label map, or () for a class index."""
+
+    def fill(self, case: CaseEntry, rng: np.random.Generator, image: torch.Tensor, label: torch.Tensor) -> None:
+        """Write ``case``'s item into ``image`` (1, *image_shape) and ``label`` (*label_shape), views of the
+        batch; ``rng`` is the item's generator (the case draw already taken from it)."""
+        raise NotImplementedError
+
+    def batch(self, step: int) -> dict[str, Any]:
+        image = _empty((self.batch_size, 1, *self.image_shape), torch.float32)
+        label = _empty((self.batch_size, *self.label_shape), torch.int64)
+        paths = []
+        for item in range(self.batch_size):
+            rng = _rng(self.seed, step, self.rank, item)
+            case = self.cases[int(rng.integers(len(self.cases)))]
+            self.fill(case, rng, image[item], label[item])
+            paths.append(case.store_path)
+        return {"image": image, "label": label, "domain": self.domain_name, "step": int(step), "cases": paths}
+
+
 # ---------------------------------------------------------------------------------------------- liver, fine
 def foreground_box(label: np.ndarray) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
     """Bounding box (lo, hi exclusive), (z, y, x) voxels, of ``label > 0``; None when there is none."""
@@ -120,7 +152,7 @@ def roi_patch_start(box: tuple[Sequence[int], Sequence[int]], margin: Sequence[i
     return tuple(start)  # type: ignore[return-value]
 
 
-class RoiPatchStream(StepStream):
+class RoiPatchStream(CaseStream):
     """Liver ``fine`` batches: ``image`` float32 (B, 1, *patch), ``label`` int64 (B, *patch) with 1 = liver
     (LiTS liver and tumour), 0 elsewhere; patches drawn inside each case's liver box grown by a margin drawn
     from ``margin_mm`` (per axis, in mm, converted with ``spacing``)."""
@@ -134,24 +166,17 @@ class RoiPatchStream(StepStream):
         self.boxes = boxes
         self.patch, self.batch_size, self.seed, self.task = tuple(patch), int(batch), int(seed), task
         self.margin_mm, self.spacing = margin_mm, tuple(float(s) for s in spacing)
+        self.domain_name, self.image_shape, self.label_shape = task, self.patch, self.patch
 
-    def batch(self, step: int) -> dict[str, Any]:
-        image = _empty((self.batch_size, 1, *self.patch), torch.float32)
-        label = _empty((self.batch_size, *self.patch), torch.int64)
-        paths = []
-        for item in range(self.batch_size):
-            rng = _rng(self.seed, step, self.rank, item)
-            case = self.cases[int(rng.integers(len(self.cases)))]
-            margin = [int(round(rng.uniform(*self.margin_mm) / s)) for s in self.spacing]
-            start = roi_patch_start(self.boxes[case.store_path], margin, case.shape, self.patch, rng)
-            stop = [a + p for a, p in zip(start, self.patch)]
-            img_r, lab_r = self._open(case.store_path)
-            buf = img_r.read((0, *start), (1, *stop), pad=0.0, out=self._buffer(img_r.dtype, (1, *self.patch)))
-            image[item].copy_(torch.from_numpy(buf))
-            lab = lab_r.read(start, stop, pad=0, out=self._buffer(lab_r.dtype, self.patch))
-            label[item].copy_(torch.from_numpy(lab > 0))
-            paths.append(case.store_path)
-        return {"image": image, "label": label, "domain": self.task, "step": int(step), "cases": paths}
+    def fill(self, case: CaseEntry, rng: np.random.Generator, image: torch.Tensor, label: torch.Tensor) -> None:
+        margin = [int(round(rng.uniform(*self.margin_mm) / s)) for s in self.spacing]
+        start = roi_patch_start(self.boxes[case.store_path], margin, case.shape, self.patch, rng)
+        stop = [a + p for a, p in zip(start, self.patch)]
+        img_r, lab_r = self._open(case.store_path)
+        buf = img_r.read((0, *start), (1, *stop), pad=0.0, out=self._buffer(img_r.dtype, (1, *self.patch)))
+        image.copy_(torch.from_numpy(buf))
+        lab = lab_r.read(start, stop, pad=0, out=self._buffer(lab_r.dtype, self.patch))
+        label.copy_(torch.from_numpy(lab > 0))
 
 
 # -------------------------------------------------------------------------------------------- liver, coarse
@@ -170,44 +195,26 @@ def resize_mask(mask: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return resize_image((mask > 0).to(torch.float32), shape) >= 0.5
 
 
-COARSE_MANIFEST = "manifest.json"
-
-
 def build_coarse_cache(data: TaskData, shape: Sequence[int], folder: str | os.PathLike[str],
                        progress: Callable[[int], None] | None = None) -> Path:
-    """Write every case of ``data`` at the coarse resolution: ``folder/<case_id>.npz`` holding ``image``
+    """Write every case of ``data`` at the coarse resolution: ``folder/<domain>__<case_id>.npz`` holding ``image``
     (float16, *shape) and ``label`` (uint8, 1 = liver), plus a manifest (shape, cases, their params hashes).
 
     Computed once per run (one full decode per case); an existing cache with the same manifest is kept.
     """
-    folder = Path(folder)
     rows = load_catalog(data.store).set_index("store_path")
     manifest = {"shape": [int(s) for s in shape], "store": data.store,
                 "cases": {c.store_path: str(rows.loc[c.store_path, "params_hash"]) for c in data.cases}}
-    path = folder / COARSE_MANIFEST
-    if path.is_file() and json.loads(path.read_text()) == manifest:
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for case in data.cases:
+
+    def arrays(case: CaseEntry) -> dict[str, np.ndarray]:
         image, label = read_volume(data.store, case.store_path)
-        small = resize_image(torch.from_numpy(image), shape).to(torch.float16).numpy()
-        lab = resize_mask(torch.from_numpy(label), shape).numpy().astype(np.uint8)
-        tmp = folder / f".{_cache_name(case.store_path)}.tmp.npz"
-        np.savez(tmp, image=small, label=lab)
-        os.replace(tmp, folder / f"{_cache_name(case.store_path)}.npz")
-        if progress is not None:
-            progress(1)
-    tmp = folder / f".{COARSE_MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, path)
-    return folder
+        return {"image": resize_image(torch.from_numpy(image), shape).to(torch.float16).numpy(),
+                "label": resize_mask(torch.from_numpy(label), shape).numpy().astype(np.uint8)}
+
+    return build_case_cache(folder, manifest, data.cases, arrays, ".npz", progress)
 
 
-def _cache_name(store_path: str) -> str:
-    return store_path.replace("/", "__")
-
-
-class CoarseStream(StepStream):
+class CoarseStream(CaseStream):
     """Liver ``coarse`` batches from the cache: ``image`` (B, 1, *shape) float32, ``label`` (B, *shape) int64,
     whole volumes drawn uniformly; a random flip of the left-right axis with probability 1/2."""
 
@@ -217,23 +224,16 @@ class CoarseStream(StepStream):
         super().__init__(os.fspath(cache), start_step, num_steps, rank, world_size)
         self.cases = list(cases)
         self.batch_size, self.seed, self.task = int(batch), int(seed), task
-        self.shape = tuple(json.loads((Path(cache) / COARSE_MANIFEST).read_text())["shape"])
+        self.shape = tuple(json.loads((Path(cache) / MANIFEST).read_text())["shape"])
+        self.domain_name, self.image_shape, self.label_shape = task, self.shape, self.shape
 
-    def batch(self, step: int) -> dict[str, Any]:
-        image = _empty((self.batch_size, 1, *self.shape), torch.float32)
-        label = _empty((self.batch_size, *self.shape), torch.int64)
-        paths = []
-        for item in range(self.batch_size):
-            rng = _rng(self.seed, step, self.rank, item)
-            case = self.cases[int(rng.integers(len(self.cases)))]
-            with np.load(Path(self.store) / f"{_cache_name(case.store_path)}.npz") as z:
-                img, lab = z["image"], z["label"]
-            if rng.random() < 0.5:  # x is the left-right axis in the LPS store
-                img, lab = img[..., ::-1], lab[..., ::-1]
-            image[item, 0].copy_(torch.from_numpy(np.ascontiguousarray(img)))
-            label[item].copy_(torch.from_numpy(np.ascontiguousarray(lab)))
-            paths.append(case.store_path)
-        return {"image": image, "label": label, "domain": self.task, "step": int(step), "cases": paths}
+    def fill(self, case: CaseEntry, rng: np.random.Generator, image: torch.Tensor, label: torch.Tensor) -> None:
+        with np.load(Path(self.store) / cache_file_name(case.store_path, ".npz")) as z:
+            img, lab = z["image"], z["label"]
+        if rng.random() < 0.5:  # x is the left-right axis in the LPS store
+            img, lab = img[..., ::-1], lab[..., ::-1]
+        image[0].copy_(torch.from_numpy(np.ascontiguousarray(img)))
+        label.copy_(torch.from_numpy(np.ascontiguousarray(lab)))
 
 
 # ----------------------------------------------------------------------------------------------------- nodule
@@ -252,7 +252,7 @@ def nodule_labels(store: str, cases: Sequence[CaseEntry]) -> dict[str, int]:
     return out
 
 
-class NoduleStream(StepStream):
+class NoduleStream(CaseStream):
     """Nodule batches: ``image`` float32 (B, 1, *crop), ``label`` int64 (B,) (0 benign, 1 malignant); crops
     drawn uniformly, each flipped along every axis with probability 1/2. Crops of another size than ``crop``
     are centre-cropped or padded with 0 (the series mean)."""
@@ -266,6 +266,7 @@ class NoduleStream(StepStream):
             raise ValueError(f"{store}: no rated nodule crop to train on")
         self.labels, self.crop = labels, tuple(int(c) for c in crop)
         self.batch_size, self.seed = int(batch), int(seed)
+        self.domain_name, self.image_shape, self.label_shape = "nodule", self.crop, ()
 
     def read_crop(self, case: CaseEntry) -> np.ndarray:
         """The crop of ``case`` at size ``crop`` (centred), float32 (1, *crop)."""
@@ -275,14 +276,6 @@ class NoduleStream(StepStream):
         buf = img_r.read((0, *start), (1, *stop), pad=0.0, out=self._buffer(img_r.dtype, (1, *self.crop)))
         return torch.from_numpy(buf).to(torch.float32).numpy()
 
-    def batch(self, step: int) -> dict[str, Any]:
-        image = _empty((self.batch_size, 1, *self.crop), torch.float32)
-        label = _empty((self.batch_size,), torch.int64)
-        paths = []
-        for item in range(self.batch_size):
-            rng = _rng(self.seed, step, self.rank, item)
-            case = self.cases[int(rng.integers(len(self.cases)))]
-            image[item].copy_(torch.from_numpy(flip_randomly(self.read_crop(case), rng)))
-            label[item] = self.labels[case.store_path]
-            paths.append(case.store_path)
-        return {"image": image, "label": label, "domain": "nodule", "step": int(step), "cases": paths}
+    def fill(self, case: CaseEntry, rng: np.random.Generator, image: torch.Tensor, label: torch.Tensor) -> None:
+        image.copy_(torch.from_numpy(flip_randomly(self.read_crop(case), rng)))
+        label.fill_(self.labels[case.store_path])

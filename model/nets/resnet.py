@@ -73,8 +73,9 @@ class ShortcutA(nn.Module):
         return f"out_channels={self.out_channels}, stride={self.stride}"
 
 
-class BasicBlock(nn.Module):
-    """Two 3×3×3 convolutions with BN and ReLU, plus the shortcut. Output channels: ``planes``."""
+class _Block(nn.Module):
+    """What the residual blocks share: the constructor, the ReLU and the shortcut (``downsample``, registered
+    after the block's own layers, as in the released weights). A block defines :meth:`layers` and ``forward``."""
 
     expansion = 1
 
@@ -82,47 +83,55 @@ class BasicBlock(nn.Module):
         self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None
     ) -> None:
         super().__init__()
+        self.layers(inplanes, planes, stride, dilation)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def layers(self, inplanes: int, planes: int, stride: int, dilation: int) -> None:
+        raise NotImplementedError
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.downsample is None else self.downsample(x)
+
+
+class BasicBlock(_Block):
+    """Two 3×3×3 convolutions with BN and ReLU, plus the shortcut. Output channels: ``planes``."""
+
+    expansion = 1
+
+    def layers(self, inplanes: int, planes: int, stride: int, dilation: int) -> None:
         self.conv1 = _conv3(inplanes, planes, stride, dilation)
         self.bn1 = nn.BatchNorm3d(planes)
-        self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv3(planes, planes, 1, dilation)
         self.bn2 = nn.BatchNorm3d(planes)
-        self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
+        return self.relu(out + self.shortcut(x))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
     """1×1×1 reduce, 3×3×3 (strided, dilated), 1×1×1 expand; BN after each. Output channels: ``4 * planes``."""
 
     expansion = 4
 
-    def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None
-    ) -> None:
-        super().__init__()
+    def layers(self, inplanes: int, planes: int, stride: int, dilation: int) -> None:
         self.conv1 = _conv1(inplanes, planes)
         self.bn1 = nn.BatchNorm3d(planes)
         self.conv2 = _conv3(planes, planes, stride, dilation)
         self.bn2 = nn.BatchNorm3d(planes)
         self.conv3 = _conv1(planes, planes * self.expansion)
         self.bn3 = nn.BatchNorm3d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
+        return self.relu(out + self.shortcut(x))
 
 
-class PreActBottleneck(nn.Module):
+class PreActBottleneck(_Block):
     """Pre-activation bottleneck (He et al. 2016): BN-ReLU before each conv, no activation after the sum.
 
     ``bn1`` normalizes the block input (``inplanes`` channels); the shortcut takes the raw input. Output channels:
@@ -131,26 +140,20 @@ class PreActBottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None
-    ) -> None:
-        super().__init__()
+    def layers(self, inplanes: int, planes: int, stride: int, dilation: int) -> None:
         self.bn1 = nn.BatchNorm3d(inplanes)
         self.conv1 = _conv1(inplanes, planes)
         self.bn2 = nn.BatchNorm3d(planes)
         self.conv2 = _conv3(planes, planes, stride, dilation)
         self.bn3 = nn.BatchNorm3d(planes)
         self.conv3 = _conv1(planes, planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Not in-place: x itself is still needed for the identity shortcut.
         out = self.conv1(F.relu(self.bn1(x)))
         out = self.conv2(self.relu(self.bn2(out)))
         out = self.conv3(self.relu(self.bn3(out)))
-        identity = x if self.downsample is None else self.downsample(x)
-        return out + identity
+        return out + self.shortcut(x)
 
 
 Block = type[BasicBlock] | type[Bottleneck] | type[PreActBottleneck]
@@ -268,57 +271,32 @@ def register_encoder(fn: Callable[..., ResNet3D]) -> Callable[..., ResNet3D]:
     return fn
 
 
-def _build(name: str, depth: int, block: Block, layers: tuple[int, int, int, int], shortcut: Shortcut,
-           in_chans: int) -> ResNet3D:
-    return ResNet3D(block, layers, shortcut=shortcut, in_chans=in_chans, name=name, depth=depth)
+_RESNETS: dict[str, tuple[int, Block, tuple[int, int, int, int], Shortcut]] = {
+    # name: (depth, block, blocks per stage, shortcut); all but the last are MedicalNet's resnet_<depth>.pth
+    "resnet10": (10, BasicBlock, (1, 1, 1, 1), "B"),
+    "resnet18": (18, BasicBlock, (2, 2, 2, 2), "A"),
+    "resnet34": (34, BasicBlock, (3, 4, 6, 3), "A"),
+    "resnet50": (50, Bottleneck, (3, 4, 6, 3), "B"),
+    "resnet101": (101, Bottleneck, (3, 4, 23, 3), "B"),
+    "resnet152": (152, Bottleneck, (3, 8, 36, 3), "B"),
+    "resnet200": (200, Bottleneck, (3, 24, 36, 3), "B"),
+    "preact_resnet200": (200, PreActBottleneck, (3, 24, 36, 3), "B"),  # no MedicalNet release
+}
 
 
-@register_encoder
-def resnet10(in_chans: int = 1) -> ResNet3D:
-    """ResNet-10: basic blocks [1, 1, 1, 1], shortcut B (MedicalNet ``resnet_10.pth``)."""
-    return _build("resnet10", 10, BasicBlock, (1, 1, 1, 1), "B", in_chans)
+def _resnet_builder(name: str) -> Callable[..., ResNet3D]:
+    depth, block, layers, shortcut = _RESNETS[name]
+
+    def build(in_chans: int = 1) -> ResNet3D:
+        return ResNet3D(block, layers, shortcut=shortcut, in_chans=in_chans, name=name, depth=depth)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = (f"{name}: {block.__name__} blocks {list(layers)}, shortcut {shortcut}, {depth} layers.")
+    return build
 
 
-@register_encoder
-def resnet18(in_chans: int = 1) -> ResNet3D:
-    """ResNet-18: basic blocks [2, 2, 2, 2], shortcut A (MedicalNet ``resnet_18.pth``)."""
-    return _build("resnet18", 18, BasicBlock, (2, 2, 2, 2), "A", in_chans)
-
-
-@register_encoder
-def resnet34(in_chans: int = 1) -> ResNet3D:
-    """ResNet-34: basic blocks [3, 4, 6, 3], shortcut A (MedicalNet ``resnet_34.pth``)."""
-    return _build("resnet34", 34, BasicBlock, (3, 4, 6, 3), "A", in_chans)
-
-
-@register_encoder
-def resnet50(in_chans: int = 1) -> ResNet3D:
-    """ResNet-50: bottlenecks [3, 4, 6, 3], shortcut B (MedicalNet ``resnet_50.pth``)."""
-    return _build("resnet50", 50, Bottleneck, (3, 4, 6, 3), "B", in_chans)
-
-
-@register_encoder
-def resnet101(in_chans: int = 1) -> ResNet3D:
-    """ResNet-101: bottlenecks [3, 4, 23, 3], shortcut B (MedicalNet ``resnet_101.pth``)."""
-    return _build("resnet101", 101, Bottleneck, (3, 4, 23, 3), "B", in_chans)
-
-
-@register_encoder
-def resnet152(in_chans: int = 1) -> ResNet3D:
-    """ResNet-152: bottlenecks [3, 8, 36, 3], shortcut B (MedicalNet ``resnet_152.pth``)."""
-    return _build("resnet152", 152, Bottleneck, (3, 8, 36, 3), "B", in_chans)
-
-
-@register_encoder
-def resnet200(in_chans: int = 1) -> ResNet3D:
-    """ResNet-200: bottlenecks [3, 24, 36, 3], shortcut B (MedicalNet ``resnet_200.pth``)."""
-    return _build("resnet200", 200, Bottleneck, (3, 24, 36, 3), "B", in_chans)
-
-
-@register_encoder
-def preact_resnet200(in_chans: int = 1) -> ResNet3D:
-    """Pre-activation ResNet-200: pre-activation bottlenecks [3, 24, 36, 3], shortcut B (no MedicalNet release)."""
-    return _build("preact_resnet200", 200, PreActBottleneck, (3, 24, 36, 3), "B", in_chans)
+for _name in _RESNETS:
+    register_encoder(_resnet_builder(_name))
 
 
 def create_encoder(name: str, in_chans: int = 1) -> ResNet3D:

@@ -23,6 +23,7 @@ and the CLI look tasks up with :func:`get_task` and hold no task names. What a t
 ``validator(...)``           ``net -> {"metric", "split", "cases"}`` for ``val`` rows of metrics.jsonl
 ``segmenter(run, spec)``     (segmentation tasks) the trained run as a segmenter (image -> label map)
 ``evaluate(...)``            measure a run on a split: ``(summary, cases table)``
+                             (:class:`BinarySegTask`: the binary metrics; ``summarize`` adds to them)
 ``pred_name(case_id, ...)``  the file name of a predicted mask
 ``write_run_files(root, cfg)`` files the run folder needs besides ``finetune.json`` (e.g. a copy of an input)
 ``eval_rows(run, store, ...)`` the catalog rows ``evaluate`` measures on a split (default: the split's ok rows)
@@ -142,6 +143,24 @@ class Task:
     def pred_name(self, case_id: str, labelled: bool) -> str:
         """File name of the mask predicted for ``case_id`` in ``RUN/eval/<split>/pred``."""
         return f"{case_id}.nii.gz"
+
+
+class BinarySegTask(Task):
+    """A task segmenting one foreground class (liver, lung): ``evaluate`` writes the masks and the binary
+    metrics of :func:`~model.evaluation.evaluate.evaluate_binary`; :meth:`summarize` may add to the summary."""
+
+    def evaluate(self, run: str | Path, spec: dict[str, Any], store: str, split: str, rows: pd.DataFrame,
+                 out: Path, *, segmenter: Callable | None, device: Any, amp: bool, progress: bool
+                 ) -> tuple[dict[str, Any], pd.DataFrame]:
+        from model.evaluation.evaluate import evaluate_binary
+
+        seg = segmenter or self.segmenter(run, spec, device=device, amp=amp)
+        summary, table = evaluate_binary(self, store, split, rows, seg, out, progress)
+        return self.summarize(summary, table), table
+
+    def summarize(self, summary: dict[str, Any], table: pd.DataFrame) -> dict[str, Any]:
+        """The evaluation summary, given the per-case table; default as is."""
+        return summary
 
 
 TASKS: dict[str, Task] = {}

@@ -62,9 +62,7 @@ class ClassifyTask(Task):
     name = "classify"
     help = ("any store + a label table (--labels CSV: case_id or scan_id, label, optional split): whole volume "
             "resized to --shape, or --crop mask")
-    stages = ("main",)
     metric = "accuracy"
-    eval_split = "test"
     segmentation = False
 
     # ---------------------------------------------------------------------------------------------- store

@@ -9,10 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.tasks.base import Task, TaskStoreError, register_task
+from model.tasks.base import BinarySegTask, TaskStoreError, register_task
 
 if TYPE_CHECKING:
-    import pandas as pd
     import torch
 
     from model.data.transfer import TaskData
@@ -21,11 +20,10 @@ if TYPE_CHECKING:
 
 
 @register_task
-class LiverTask(Task):
+class LiverTask(BinarySegTask):
     name = "liver"
     help = "LiTS store (build-lits): liver, coarse then fine stage"
     stages = ("coarse", "fine")
-    metric = "dice"
     eval_split = "val"
 
     def check_store(self, store: str, options: dict[str, Any] | None = None) -> None:
@@ -128,14 +126,6 @@ class LiverTask(Task):
                               margin_mm=sum(fcfg.roi_margin_mm) / 2,
                               overlap=fcfg.overlap if overlap is None else overlap, batch=batch, device=device,
                               amp=amp)
-
-    def evaluate(self, run: str | Path, spec: dict[str, Any], store: str, split: str, rows: pd.DataFrame,
-                 out: Path, *, segmenter: Callable | None, device: Any, amp: bool, progress: bool
-                 ) -> tuple[dict[str, Any], pd.DataFrame]:
-        from model.evaluation.evaluate import evaluate_binary
-
-        seg = segmenter or self.segmenter(run, spec, device=device, amp=amp)
-        return evaluate_binary(self, store, split, rows, seg, out, progress)
 
     def pred_name(self, case_id: str, labelled: bool) -> str:
         """LiTS test volumes are named as a LiTS submission (``test-segmentation-N.nii``)."""

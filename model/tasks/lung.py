@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.tasks.base import Task, TaskStoreError, register_task
+from model.tasks.base import BinarySegTask, TaskStoreError, register_task
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,12 +41,9 @@ def whole_volume_dice(cfg: FinetuneConfig, data: TaskData, n_classes: int, *, de
 
 
 @register_task
-class LungTask(Task):
+class LungTask(BinarySegTask):
     name = "lung"
     help = "VISCERAL store (build-visceral): lungs"
-    stages = ("main",)
-    metric = "dice"
-    eval_split = "test"
 
     def check_store(self, store: str, options: dict[str, Any] | None = None) -> None:
         from catalog import load_domains
@@ -83,14 +80,9 @@ class LungTask(Task):
                               overlap=cfg.overlap if overlap is None else overlap, batch=batch, device=device,
                               amp=amp)
 
-    def evaluate(self, run: str | Path, spec: dict[str, Any], store: str, split: str, rows: pd.DataFrame,
-                 out: Path, *, segmenter: Callable | None, device: Any, amp: bool, progress: bool
-                 ) -> tuple[dict[str, Any], pd.DataFrame]:
-        from model.evaluation.evaluate import evaluate_binary
-
-        seg = segmenter or self.segmenter(run, spec, device=device, amp=amp)
-        summary, table = evaluate_binary(self, store, split, rows, seg, out, progress)
+    def summarize(self, summary: dict[str, Any], table: pd.DataFrame) -> dict[str, Any]:
+        """Adds ``dice_per_modality`` (VISCERAL has CT and MR scans)."""
         if summary["labelled_cases"]:
             summary["dice_per_modality"] = {str(k): float(v) for k, v in
                                             table.groupby("modality")["dice"].mean().items()}
-        return summary, table
+        return summary

@@ -22,9 +22,7 @@ if TYPE_CHECKING:
 class NoduleTask(Task):
     name = "nodule"
     help = "LIDC store (build-lidc): benign / malignant nodule crops"
-    stages = ("main",)
     metric = "accuracy"
-    eval_split = "test"
     segmentation = False
 
     def check_store(self, store: str, options: dict[str, Any] | None = None) -> None:

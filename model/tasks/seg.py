@@ -64,9 +64,6 @@ def per_class_scores(pred: np.ndarray, truth: np.ndarray, classes: int,
 class SegTask(Task):
     name = "seg"
     help = "any segmentation store (build-msd, build-nnunet, build-totalseg, build-3dseg8); --domain, --decoder"
-    stages = ("main",)
-    metric = "dice"
-    eval_split = "test"
     default_loss = "ce+dice"
 
     # ---------------------------------------------------------------------------------------------- store

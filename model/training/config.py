@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RUNTIME_FIELDS", "JsonConfig", "TrainConfig", "config_conflicts"]
+__all__ = ["RUNTIME_FIELDS", "JsonConfig", "RunSettings", "TrainConfig", "config_conflicts"]
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("poly", "cosine", "constant")
@@ -63,7 +63,39 @@ def _known_fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig(JsonConfig):
+class RunSettings(JsonConfig):
+    """The fields every run shares, pretraining and fine-tuning: its seed, and where, how fast and how often it
+    validates, saves and reports (all but ``seed`` may change on resume)."""
+
+    seed: int = 0
+    val_every: int = 0
+    """Validate every N steps and at the last step; 0 never validates."""
+    val_max_cases: int = 0
+    """Validate on at most this many val cases per domain (0: all)."""
+    ckpt_every: int = 500
+    """Write a checkpoint every N steps (and always at the end); 0 only at the end."""
+    log_every: int = 10
+    """Refresh the progress bar every N steps (metrics.jsonl gets every step)."""
+    device: str | None = None
+    """``cpu``, ``cuda``, ``cuda:1``; None picks CUDA when available (under torchrun: ``cuda:LOCAL_RANK``)."""
+    amp: bool | None = None
+    """bf16 autocast; None means on for CUDA, off for CPU."""
+    compile: bool = False
+    workers: int = 2
+    """DataLoader worker processes per rank."""
+
+    def check_run_settings(self) -> None:
+        """Raise ``ValueError`` naming the first out-of-range count (call from ``__post_init__``)."""
+        for name in ("steps", "batch", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("val_every", "val_max_cases", "ckpt_every", "workers"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(RunSettings):
     """Everything a pretraining run needs, as plain values (JSON round-trip via :meth:`to_dict`/:meth:`from_dict`).
 
     Sizes are voxels in (z, y, x) order; ``steps`` counts optimiser steps (one batch of ``batch`` patches per
@@ -99,24 +131,8 @@ class TrainConfig(JsonConfig):
     """``STORE[:SPLIT]`` specs whose scans are kept out of pretraining (and out of validation)."""
     init: str = "scratch"
     """``scratch`` or a checkpoint path (MedicalNet, Kinetics or ours) for the encoder."""
-    seed: int = 0
-    val_every: int = 0
-    """Validate every N steps and at the last step; 0 never validates."""
-    val_max_cases: int = 0
-    """Validate on at most this many val cases per domain (0: all)."""
     val_overlap: float = 0.25
     """Overlap of the sliding-window tiles, as a fraction of the patch size."""
-    ckpt_every: int = 500
-    """Write a checkpoint every N steps (and always at the end); 0 only at the end."""
-    log_every: int = 10
-    """Refresh the progress bar every N steps (metrics.jsonl gets every step)."""
-    device: str | None = None
-    """``cpu``, ``cuda``, ``cuda:1``; None picks CUDA when available (under torchrun: ``cuda:LOCAL_RANK``)."""
-    amp: bool | None = None
-    """bf16 autocast; None means on for CUDA, off for CPU."""
-    compile: bool = False
-    workers: int = 2
-    """DataLoader worker processes per rank."""
 
     def __post_init__(self) -> None:
         for name, allowed in (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS), ("loss", LOSSES),
@@ -135,14 +151,7 @@ class TrainConfig(JsonConfig):
         if len(set(stores)) != len(stores):
             raise ValueError(f"store: a store is given twice in {list(stores)}")
         object.__setattr__(self, "store", stores)
-        for name in ("steps", "batch"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("val_every", "val_max_cases", "ckpt_every", "workers"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.log_every < 1:
-            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+        self.check_run_settings()
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.fg_fraction <= 1:
@@ -158,12 +167,12 @@ class TrainConfig(JsonConfig):
 
 def config_conflicts(saved: Any, new: Any, runtime: frozenset[str] = RUNTIME_FIELDS) -> list[str]:
     """Fields in which ``new`` differs from ``saved`` (two configs of one dataclass, e.g. :class:`TrainConfig`)
-    in a way that would change the weights of a resumed run; fields in ``runtime`` may differ.
+    in a way that would change the weights of a resumed run, by field name; fields in ``runtime`` may differ.
 
     ``steps`` may grow only with the constant schedule: poly and cosine rates depend on the total.
     """
     out = []
-    for f in dataclasses.fields(saved):
+    for f in sorted(dataclasses.fields(saved), key=lambda f: f.name):
         a, b = getattr(saved, f.name), getattr(new, f.name)
         if f.name in runtime or a == b:
             continue

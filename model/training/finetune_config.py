@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from model.training.config import JsonConfig, _known_fields
+from model.training.config import RunSettings, _known_fields
 
 __all__ = ["FINETUNE_RUNTIME_FIELDS", "FinetuneConfig", "paper_lr"]
 
@@ -27,7 +27,7 @@ def paper_lr(init: str) -> float:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FinetuneConfig(JsonConfig):
+class FinetuneConfig(RunSettings):
     """One stage of one transfer task. Sizes are voxels (z, y, x) of the store grid unless they say mm."""
 
     task: str
@@ -83,17 +83,8 @@ class FinetuneConfig(JsonConfig):
     crop_margin_mm: float = 10.0
     measure_split: str = ""
     """The split the run is measured on; "" means the task's default (:attr:`eval_split`)."""
-    seed: int = 0
-    val_every: int = 0
-    val_max_cases: int = 0
     overlap: float = 0.25
     """Sliding-window overlap (fraction of the patch) at validation and inference."""
-    ckpt_every: int = 500
-    log_every: int = 10
-    device: str | None = None
-    amp: bool | None = None
-    compile: bool = False
-    workers: int = 2
 
     def __post_init__(self) -> None:
         from model.tasks import TASKS
@@ -130,12 +121,7 @@ class FinetuneConfig(JsonConfig):
             raise ValueError(f"scheduler must be poly, cosine or constant, got {self.scheduler!r}")
         if self.loss not in ("ce", "ce+dice"):
             raise ValueError(f"loss must be ce or ce+dice, got {self.loss!r}")
-        for name in ("steps", "batch", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("val_every", "val_max_cases", "ckpt_every", "workers"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        self.check_run_settings()
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.fg_fraction <= 1 or not 0 <= self.overlap < 1:

@@ -100,21 +100,6 @@ def test_slab_resampling_equals_whole_volume_resampling(new_spacing):
     assert np.allclose(stacked, whole, atol=1e-4, rtol=0)
 
 
-def _itk_channels(path) -> list[sitk.Image]:
-    img = sitk.ReadImage(str(path))
-    if img.GetDimension() == 3:
-        return [img]
-    sx, sy, sz, nc = img.GetSize()
-    out = []
-    for c in range(nc):
-        ex = sitk.ExtractImageFilter()
-        ex.SetSize([sx, sy, sz, 0])
-        ex.SetIndex([0, 0, 0, c])
-        ex.SetDirectionCollapseToStrategy(ex.DIRECTIONCOLLAPSETOSUBMATRIX)
-        out.append(ex.Execute(img))
-    return out
-
-
 def _assert_same_images(ours: list[sitk.Image], ref: list[sitk.Image]) -> None:
     assert len(ours) == len(ref)
     for a, b in zip(ours, ref):
@@ -138,7 +123,7 @@ def test_verified_nifti_read_equals_simpleitk(real_dir, tmp_path):
     files = [p for p in files if not p.name.startswith("._")]  # macOS junk the sources never list
     assert len(files) > 20
     for path in files:
-        _assert_same_images(geometry.read_channels(str(path)), _itk_channels(path))
+        _assert_same_images(geometry.read_channels(str(path)), geometry.read_channels_itk(path))
     assert any(len(geometry.read_channels(str(p))) == 4 for p in files)
 
 
@@ -149,7 +134,7 @@ def test_multi_member_gzip_and_scaled_nifti_read_like_simpleitk(real_dir, tmp_pa
     raw = gzip.decompress(src.read_bytes())
     multi = tmp_path / "multi.nii.gz"  # two gzip members, as pigz/bgzip write: legal, and its ISIZE is partial
     multi.write_bytes(gzip.compress(raw[:100_000]) + gzip.compress(raw[100_000:]))
-    _assert_same_images(geometry.read_channels(str(multi)), _itk_channels(src))
+    _assert_same_images(geometry.read_channels(str(multi)), geometry.read_channels_itk(src))
     img = sitk.GetImageFromArray(np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6))
     scaled = tmp_path / "scaled.nii.gz"
     sitk.WriteImage(img, str(scaled))
@@ -157,7 +142,7 @@ def test_multi_member_gzip_and_scaled_nifti_read_like_simpleitk(real_dir, tmp_pa
     data[112:120] = np.array([2.0, -1.0], "<f4").tobytes()  # scl_slope, scl_inter: ITK returns floats
     scaled.write_bytes(gzip.compress(bytes(data)))
     ours = geometry.read_channels(str(scaled))
-    _assert_same_images(ours, _itk_channels(scaled))
+    _assert_same_images(ours, geometry.read_channels_itk(scaled))
     assert sitk.GetArrayViewFromImage(ours[0])[0, 0, 1] == 2 * 1 - 1
 
 
