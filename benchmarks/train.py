@@ -5,7 +5,8 @@
 
 Model throughput uses synthetic tensors (random image, random labels) and the real training step
 (``model.training.loop.PretrainStepper``: Adam, cross-entropy, autocast and channels_last_3d as in training), so data
-loading is excluded. Defaults: CPU, depths 10/18/34/50 at 64³, batch 2, fp32. With CUDA available the default
+loading is excluded. ``TFLOP/sample`` is counted by ``torch.utils.flop_counter`` on the meta device (forward +
+backward of one patch; the optimiser step is not counted) and ``TFLOP/s`` is what the step achieved. Defaults: CPU, depths 10/18/34/50 at 64³, batch 2, fp32. With CUDA available the default
 is every depth in fp32 and bf16 at 128³, and the table names the GPU (``torch.cuda.get_device_name()``).
 ``--store`` adds an end-to-end row: ``model.training.pretrain.pretrain`` on a real store (loader workers, patch reads,
 logging), patches/s and data-wait from its metrics.jsonl.
@@ -61,6 +62,20 @@ def model_throughput(encoder: str, patch: tuple[int, int, int], batch: int, devi
     return {"s_per_step": s, "samples_per_s": batch / s, "params_m": params, "peak_gb": peak}
 
 
+def train_tflop_per_sample(encoder: str, patch: tuple[int, int, int]) -> float:
+    """Forward + backward TFLOP of one patch through the pretraining network (convolutions and matmuls, as
+    ``torch.utils.flop_counter`` counts them), on the meta device: no memory, no compute."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        net = build_pretrain_net(encoder, {"a": 2, "b": 3})
+        x = torch.randn(1, 1, *patch)
+        y = torch.zeros(1, *patch, dtype=torch.long)
+        with FlopCounterMode(display=False) as counter:
+            torch.nn.functional.cross_entropy(net(x, "a"), y).backward()
+    return counter.get_total_flops() / 1e12
+
+
 def end_to_end(store: str, encoder: str, patch: tuple[int, int, int], batch: int, device: torch.device,
                steps: int, workers: int) -> dict[str, float]:
     """pretrain() on a store: median patches/s, data-wait and step time over the steps after the first two."""
@@ -101,19 +116,20 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if on_gpu else f"CPU, {torch.get_num_threads()} threads"
     print(f"Device: {where}; torch {torch.__version__}; patch {side}³, batch {args.batch}, "
           f"median of {args.steps} steps after {args.warmup} warm-up; synthetic tensors, Adam, cross-entropy\n")
-    print("| encoder | params (M) | precision | s/step | samples/s | peak GPU mem (GiB) |")
-    print("| --- | ---: | --- | ---: | ---: | ---: |")
+    print("| encoder | params (M) | precision | s/step | samples/s | TFLOP/sample | TFLOP/s | peak GPU mem (GiB) |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     for name in names:
+        tflop = train_tflop_per_sample(name, patch)
         for prec in precisions:
             try:
                 r = model_throughput(name, patch, args.batch, device, prec == "bf16", args.steps, args.warmup)
             except torch.OutOfMemoryError:
-                print(f"| {name} | | {prec} | out of memory | | |")
+                print(f"| {name} | | {prec} | out of memory | | {tflop:.3f} | | |")
                 torch.cuda.empty_cache()
                 continue
             mem = f"{r['peak_gb']:.1f}" if on_gpu else "-"
             print(f"| {name} | {r['params_m']:.1f} | {prec} | {r['s_per_step']:.3f} | {r['samples_per_s']:.2f} "
-                  f"| {mem} |", flush=True)
+                  f"| {tflop:.3f} | {tflop * r['samples_per_s']:.2f} | {mem} |", flush=True)
     if args.store:
         r = end_to_end(args.store, names[0], patch, args.batch, device, args.e2e_steps, args.workers)
         print(f"\nEnd to end ({names[0]}, store {args.store}, {args.workers} loader workers, median over steps):\n")
