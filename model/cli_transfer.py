@@ -3,7 +3,7 @@
     med3d-train finetune liver  LITS_STORE     --out RUN --init scratch|RUN_OR_CKPT|medicalnet.pth|kinetics.pth
     med3d-train finetune lung   VISCERAL_STORE --out RUN --init ...
     med3d-train finetune nodule LIDC_STORE     --out RUN --init ...
-    med3d-train finetune seg    ANY_SEG_STORE  --out RUN [--domain D] [--decoder med3d|unet] --init ...
+    med3d-train finetune seg    ANY_SEG_STORE  --out RUN [--domain D] [--decoder med3d|unet] [--channels all] ...
     med3d-train finetune classify ANY_STORE    --out RUN --labels labels.csv [--shape 64,64,64] [--crop mask]
     med3d-train evaluate RUN STORE [--split val|test]
     med3d-train predict  RUN scan.nii.gz|FOLDER|imagesTs [more...] --out DIR
@@ -68,6 +68,9 @@ def _tasks_help() -> str:
 @click.option("--decoder", type=click.Choice(["med3d", "unet"]), default="med3d", show_default=True,
               help="seg: the paper's upsampling head on the dilated encoder, or a U-Net decoder with skip "
                    "connections from every encoder stage.")
+@click.option("--channels", type=click.Choice(["first", "all"]), default="first", show_default=True,
+              help="seg: the first channel of a multi-channel domain (what the encoder was pretrained on), or all "
+                   "of them (the first convolution takes every channel, initialised from the pretrained one).")
 @click.option("--labels", type=click.Path(dir_okay=False), default=None,
               help="classify: the label table (CSV: case_id or scan_id, label, optional split).")
 @click.option("--shape", default="64,64,64", show_default=True, help="classify: inputs resized to z,y,x.")

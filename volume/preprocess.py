@@ -165,11 +165,13 @@ def recipe_from_store(store: str | os.PathLike[str], store_path: str) -> dict[st
 
 
 def preprocess_scan(path: str | os.PathLike[str], recipe: dict[str, Any], *, modality: str | None = None,
-                    spacing_xyz: tuple[float, float, float] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read a one-channel scan and preprocess it as ``recipe`` says.
+                    spacing_xyz: tuple[float, float, float] | None = None, in_chans: int = 1,
+                    channel_files: Sequence[str | os.PathLike[str]] = ()) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a one-channel scan (``in_chans`` channels: the channels of ``path`` and then of ``channel_files``,
+    e.g. an nnU-Net case's ``_0001``, ``_0002``... files) and preprocess it as ``recipe`` says.
 
-    Returns the image (Z, Y, X) float32 on the stored grid (values rounded through the store's dtype, as
-    training saw them) and attrs like a stored case's (``spacing``, ``origin``, ``direction``, ``original``) for
+    Returns the image (Z, Y, X) float32 on the stored grid ((C, Z, Y, X) when ``in_chans`` > 1; values rounded
+    through the store's dtype, as training saw them) and attrs like a stored case's (``spacing``, ``origin``, ``direction``, ``original``) for
     :func:`volume.geometry.to_original_grid`. ``modality`` ("CT" or "MR") is needed when the recipe's domain
     mixes modalities (VISCERAL: "CT/MR"): it decides the CT air clamp. ``spacing_xyz`` (mm, file axis order)
     replaces the header's spacing; a header without usable spacing (zero, NaN, or a CT with the 1 × 1 × 1 mm
@@ -189,8 +191,16 @@ def preprocess_scan(path: str | os.PathLike[str], recipe: dict[str, Any], *, mod
                          "the 1 x 1 x 1 mm identity affine that LiTS 28-47 carry); give the scan's spacing with "
                          "--spacing X,Y,Z (mm)")
     channels = geometry.read_channels(path, spacing_xyz)
-    if len(channels) != 1:
-        raise ValueError(f"{path}: {len(channels)} channels; the network takes one-channel scans")
+    files = [path]
+    for extra in channel_files:
+        more = geometry.read_channels(os.fspath(extra), spacing_xyz)
+        _check_same_grid(channels[0], more, path, os.fspath(extra))
+        files += [os.fspath(extra)] * len(more)
+        channels += more
+    if len(channels) != in_chans:
+        given = path if not channel_files else f"{path} and {len(channel_files)} more channel file(s)"
+        raise ValueError(f"{given}: {len(channels)} channel(s); the network takes {in_chans}"
+                         + ("" if in_chans == 1 else " (nnU-Net: CASE_0000, CASE_0001, ... files of one case)"))
     ref = channels[0]
     original = {"size_xyz": list(ref.GetSize()), "spacing_xyz": list(ref.GetSpacing()),
                 "origin": list(ref.GetOrigin()), "direction": list(ref.GetDirection())}
@@ -201,7 +211,20 @@ def preprocess_scan(path: str | os.PathLike[str], recipe: dict[str, Any], *, mod
                         ct_window=tuple(recipe["ct_window"]) if recipe.get("ct_window") else None,
                         image_interpolation=recipe.get("image_interpolation", "linear"))
     image, _, grid = normalize_channels(channels, geometry.zyx_to_xyz(recipe["target_spacing"]), cfg,
-                                        mod == "CT", (path,))
+                                        mod == "CT", tuple(files))
     attrs = {"spacing": list(recipe["target_spacing"]), "origin": list(grid.GetOrigin()),
              "direction": list(grid.GetDirection()), "original": original}
-    return image[0].astype(np.float32), attrs
+    return (image[0] if in_chans == 1 else image).astype(np.float32), attrs
+
+
+def _check_same_grid(ref: sitk.Image, others: list[sitk.Image], ref_path: str, path: str) -> None:
+    """Channel files of one case must share the first file's grid (size, spacing, origin, direction)."""
+    for img in others:
+        same = (img.GetSize() == ref.GetSize()
+                and np.allclose(img.GetSpacing(), ref.GetSpacing(), rtol=1e-4, atol=1e-5)
+                and np.allclose(img.GetOrigin(), ref.GetOrigin(), rtol=1e-4, atol=1e-3)
+                and np.allclose(img.GetDirection(), ref.GetDirection(), atol=1e-4))
+        if not same:
+            raise ValueError(f"{path}: its grid (size {img.GetSize()}, spacing {img.GetSpacing()}, origin "
+                             f"{img.GetOrigin()}) differs from {ref_path}'s ({ref.GetSize()}, {ref.GetSpacing()}, "
+                             f"{ref.GetOrigin()}); the channels of a case must share one grid")

@@ -47,7 +47,8 @@ class PatchConfig:
     domain_sampling: str = "size"
     """"size": domains drawn in proportion to their number of training cases; "uniform": equally often."""
     channel: str = "first"
-    """Which channel of a multi-channel domain feeds the one-channel encoder: "first", or "random" (augmentation)."""
+    """Which channel of a multi-channel domain feeds the one-channel encoder: "first", or "random" (augmentation);
+    "all": every channel (the domain's cases must have one number of channels; fine-tuning a C-channel encoder)."""
     seed: int = 0
     pad_value: float = 0.0
     """Image value outside the volume (0 = the volume mean in z-scored units); labels are padded with 0."""
@@ -62,8 +63,8 @@ class PatchConfig:
             raise ValueError(f"fg_fraction must be in [0, 1], got {self.fg_fraction}")
         if self.domain_sampling not in ("size", "uniform"):
             raise ValueError(f"domain_sampling must be 'size' or 'uniform', got {self.domain_sampling!r}")
-        if self.channel not in ("first", "random"):
-            raise ValueError(f"channel must be 'first' or 'random', got {self.channel!r}")
+        if self.channel not in ("first", "random", "all"):
+            raise ValueError(f"channel must be 'first', 'random' or 'all', got {self.channel!r}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0 (it seeds numpy's SeedSequence), got {self.seed}")
 
@@ -206,7 +207,8 @@ class StepStream(IterableDataset):
 class PretrainStream(StepStream):
     """Batches for multi-branch pretraining, one per step, each from one domain (see :class:`StepStream`).
 
-    Each item: ``image`` float32 (B, 1, Z, Y, X), ``label`` int64 (B, Z, Y, X), ``domain`` str, ``step`` int,
+    Each item: ``image`` float32 (B, C, Z, Y, X) (C = 1, or every channel with ``channel="all"``), ``label``
+    int64 (B, Z, Y, X), ``domain`` str, ``step`` int,
     ``cases`` list of store paths. Cases of a multi-store index are read from their own store (``CaseEntry.store``),
     the others from ``store``.
     """
@@ -216,13 +218,19 @@ class PretrainStream(StepStream):
         super().__init__(store, start_step, num_steps, rank, world_size)
         self.index, self.cfg = index, cfg
         self._weights = index.weights(cfg.domain_sampling)
+        self.in_chans = 1
+        if cfg.channel == "all":
+            counts = sorted({c.n_channels for cs in index.cases.values() for c in cs})
+            if len(counts) != 1:
+                raise ValueError(f"channel 'all' needs one number of channels in every case, the index has {counts}")
+            self.in_chans = counts[0]
 
     def batch(self, step: int) -> dict[str, Any]:
         """The batch of ``step`` for this rank (pure: the same on every call)."""
         cfg = self.cfg
         domain = domain_for_step(cfg.seed, step, self.index.domains, self._weights)
         cases = self.index.cases[domain]
-        image = _empty((cfg.batch, 1, *cfg.patch), torch.float32)
+        image = _empty((cfg.batch, self.in_chans, *cfg.patch), torch.float32)
         label = _empty((cfg.batch, *cfg.patch), torch.int64)
         paths = []
         for item in range(cfg.batch):
@@ -231,8 +239,8 @@ class PretrainStream(StepStream):
             img_r, lab_r = self._open(case.store_path, store=case.store)
             stop = [s + p for s, p in zip(spec.start, cfg.patch)]
             # Read in the stored dtype, then cast with torch: numpy's float16 -> float32 cast is ~30x slower.
-            buf = img_r.read((spec.channel, *spec.start), (spec.channel + 1, *stop), pad=cfg.pad_value,
-                             out=self._buffer(img_r.dtype, (1, *cfg.patch)))
+            buf = img_r.read((spec.channel, *spec.start), (spec.channel + self.in_chans, *stop), pad=cfg.pad_value,
+                             out=self._buffer(img_r.dtype, (self.in_chans, *cfg.patch)))
             image[item].copy_(torch.from_numpy(buf))
             lab = lab_r.read(spec.start, stop, pad=0, out=self._buffer(lab_r.dtype, cfg.patch))
             label[item].copy_(torch.from_numpy(lab))
@@ -281,14 +289,18 @@ def stream_loader(ds: StepStream, workers: int = 2, prefetch_factor: int = 2) ->
 
 
 def read_volume(store: str | os.PathLike[str], store_path: str,
-                channel: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
-    """A whole stored case for validation: image channel as float32 (Z, Y, X) z-scored units, and the label
-    uint8 (Z, Y, X) (int16 if stored so), or None for an unlabelled case."""
+                channel: int | None = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """A whole stored case for validation: image channel as float32 (Z, Y, X) z-scored units (``channel=None``:
+    every channel, (C, Z, Y, X)), and the label uint8 (Z, Y, X) (int16 if stored so), or None for an unlabelled
+    case."""
     store = os.fspath(store)
     img = ChunkedArrayReader(store_join(store, store_path, "image"))
-    if not 0 <= channel < img.shape[0]:
+    if channel is None:
+        raw = img.read((0, 0, 0, 0), tuple(img.shape))
+    elif not 0 <= channel < img.shape[0]:
         raise ValueError(f"{store}/{store_path}: channel {channel} out of range (it has {img.shape[0]})")
-    raw = img.read((channel, 0, 0, 0), (channel + 1, *img.shape[1:]))[0]
+    else:
+        raw = img.read((channel, 0, 0, 0), (channel + 1, *img.shape[1:]))[0]
     image = torch.from_numpy(raw).to(torch.float32).numpy()
     label = None
     if node_meta(store, store_path, "label") is not None:

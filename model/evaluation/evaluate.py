@@ -94,7 +94,8 @@ def segment_cases(task: Any, store: str, split: str, rows: pd.DataFrame, seg: Se
                   progress: bool) -> Iterator[tuple[Any, dict[str, Any], sitk.Image, sitk.Image | None, Path]]:
     """Segment every case of ``rows`` on the stored grid, paste the label map onto the source file's grid and
     write it to ``out/pred/<task.pred_name>``; yields (row, stored attrs, prediction, source label or None,
-    written path). Every path is checked to stay inside ``out/pred``."""
+    written path). Every path is checked to stay inside ``out/pred``. A segmenter with ``in_chans`` above 1 is
+    given every stored channel."""
     from tqdm.auto import tqdm
 
     from catalog.store_format import node_meta
@@ -109,9 +110,13 @@ def segment_cases(task: Any, store: str, split: str, rows: pd.DataFrame, seg: Se
     for row in tqdm(list(rows.itertuples(index=False)), desc=f"evaluate {split}", unit="case",
                     disable=not progress):
         attrs = node_meta(store, row.store_path, required=True)["attributes"]
-        image, _ = read_volume(store, row.store_path)
+        n_chans = getattr(seg, "in_chans", 1)
+        image, _ = read_volume(store, row.store_path, None if n_chans > 1 else 0)
+        if n_chans > 1 and image.shape[0] != n_chans:
+            raise ValueError(f"{store}/{row.store_path}: {image.shape[0]} channel(s); the run reads {n_chans} "
+                             "(trained with --channels all on another kind of store)")
         label = seg(image)
-        if label.shape != image.shape:
+        if label.shape != image.shape[-3:]:
             raise ValueError(f"{row.store_path}: the segmenter returned {label.shape} for an image of {image.shape}")
         pred = to_original_grid(label.astype(np.uint8), attrs)
         truth = ground_truth(row, attrs)

@@ -3,7 +3,8 @@ transfer tasks (one patch network; the liver's coarse-then-fine chain).
 
 A *segmenter* is any callable ``(image (Z, Y, X) float32 z-scored, on the stored grid) -> label (Z, Y, X)
 uint8``: :mod:`model.evaluation.evaluate` and :mod:`model.evaluation.predict` only need that, so tests can put
-an oracle in place of a network and check the geometry path alone.
+an oracle in place of a network and check the geometry path alone. A segmenter whose ``in_chans`` attribute is
+above 1 (a network fine-tuned with ``--channels all``) is given every channel, (C, Z, Y, X).
 """
 
 from __future__ import annotations
@@ -39,18 +40,19 @@ def sliding_window_probs(predict: Callable[[torch.Tensor], torch.Tensor], image:
                          box: Box | None = None) -> torch.Tensor:
     """Softmax probabilities by tiled inference at patch size, averaged uniformly where tiles overlap.
 
-    ``predict`` maps a batch (N, 1, *patch) on ``device`` to logits (N, n_classes, *patch). image (Z, Y, X)
-    float32 on the CPU; ``box`` (lo, hi) restricts inference to that sub-volume, and the result has the box's
+    ``predict`` maps a batch (N, C, *patch) on ``device`` to logits (N, n_classes, *patch). image (Z, Y, X)
+    (C = 1) or (C, Z, Y, X) float32 on the CPU; ``box`` (lo, hi) restricts inference to that sub-volume, and the result has the box's
     shape: (n_classes, *box size) float32 on the CPU. Memory: the box's image and n_classes + 1 float32
     accumulators of its size, whatever the volume's size. A box (or volume) smaller than the patch is
     zero-padded (zero is the mean of a z-scored volume).
     """
     device = torch.device(device)
-    lo, hi = box if box is not None else ((0, 0, 0), tuple(int(s) for s in image.shape))
+    image = image[None] if image.dim() == 3 else image
+    lo, hi = box if box is not None else ((0, 0, 0), tuple(int(s) for s in image.shape[1:]))
     size = tuple(b - a for a, b in zip(lo, hi))
     padded = tuple(max(s, p) for s, p in zip(size, patch))
-    vol = torch.zeros(padded, dtype=torch.float32)
-    vol[: size[0], : size[1], : size[2]] = image[lo[0]: hi[0], lo[1]: hi[1], lo[2]: hi[2]]
+    vol = torch.zeros((image.shape[0], *padded), dtype=torch.float32)
+    vol[:, : size[0], : size[1], : size[2]] = image[:, lo[0]: hi[0], lo[1]: hi[1], lo[2]: hi[2]]
     acc = torch.zeros((n_classes, *padded), dtype=torch.float32)
     hits = torch.zeros(padded, dtype=torch.float32)
     starts = [(z, y, x) for z in tile_starts(padded[0], patch[0], overlap)
@@ -58,7 +60,7 @@ def sliding_window_probs(predict: Callable[[torch.Tensor], torch.Tensor], image:
     pz, py, px = patch
     for i in range(0, len(starts), batch):
         group = starts[i: i + batch]
-        x = torch.stack([vol[z: z + pz, y: y + py, w: w + px] for z, y, w in group])[:, None]
+        x = torch.stack([vol[:, z: z + pz, y: y + py, w: w + px] for z, y, w in group])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = predict(x.to(device))
         probs = logits.float().softmax(dim=1).cpu()
@@ -80,12 +82,14 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 class PatchSegmenter:
-    """A segmentation network run by sliding window over the whole stored volume; argmax labels (uint8)."""
+    """A segmentation network run by sliding window over the whole stored volume; argmax labels (uint8).
+    ``in_chans``: the channels the network reads (its encoder's), so callers give it (C, Z, Y, X) when above 1."""
 
     def __init__(self, net: torch.nn.Module, patch: Sequence[int], n_classes: int, *, overlap: float = 0.25,
                  batch: int = 2, device: torch.device | str = "cpu", amp: bool = False) -> None:
         self.net, self.patch, self.n_classes = net.eval(), tuple(patch), int(n_classes)
         self.overlap, self.batch, self.device, self.amp = overlap, batch, torch.device(device), amp
+        self.in_chans = int(getattr(getattr(net, "encoder", None), "in_chans", 1))
 
     def probs(self, image: np.ndarray, box: Box | None = None) -> torch.Tensor:
         return sliding_window_probs(self.net, torch.from_numpy(np.asarray(image, np.float32)), self.patch,
@@ -93,6 +97,8 @@ class PatchSegmenter:
                                     amp=self.amp, box=box)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
+        if (image.ndim == 4 and image.shape[0] != self.in_chans) or (image.ndim == 3 and self.in_chans != 1):
+            raise ValueError(f"the network reads {self.in_chans} channel(s), the image has shape {image.shape}")
         return self.probs(image).argmax(dim=0).to(torch.uint8).numpy()
 
 

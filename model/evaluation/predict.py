@@ -9,7 +9,8 @@ whatever its orientation.
 Inputs are files or folders of files. Files named as nnU-Net names channels (``CASE_0000.nii.gz``,
 ``CASE_0001.nii.gz``, ... as in an ``imagesTs`` folder) are one case: the mask is ``CASE.nii.gz`` (nnU-Net's name
 for predictions), on the grid of ``CASE_0000``, which is the channel the network reads (the first channel, as in
-training). Any other file ``NAME.nii.gz`` gives ``NAME_mask.nii.gz``; a LiTS ``test-volume-N.nii`` gives
+training); a run fine-tuned with ``--channels all`` reads every channel file, in ``_NNNN`` order, which must share
+``CASE_0000``'s grid. Any other file ``NAME.nii.gz`` gives ``NAME_mask.nii.gz``; a LiTS ``test-volume-N.nii`` gives
 ``test-segmentation-N.nii``.
 
 Before any voxel is read, every file of every case (each channel file of an nnU-Net case) passes the build's
@@ -175,15 +176,18 @@ def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, se
             log(f"skipped: {exc}")
             skipped.append((case.scan, str(exc)))
         else:
-            good.append((case.scan, path))
+            good.append((case, path))
     written: list[Path] = []
     if good:
         seg = segmenter or task.segmenter(run, spec, device=device, amp=amp)
         out.mkdir(parents=True, exist_ok=True)
-    for scan, path in good:
-        image, attrs = preprocess_scan(scan, recipe, modality=modality, spacing_xyz=spacing_xyz)
+    n_chans = int(getattr(seg, "in_chans", 1)) if good else 1
+    for case, path in good:
+        scan = case.scan
+        image, attrs = preprocess_scan(scan, recipe, modality=modality, spacing_xyz=spacing_xyz, in_chans=n_chans,
+                                       channel_files=[f for f in case.files if f != scan] if n_chans > 1 else ())
         label = seg(image)
-        if label.shape != image.shape:
+        if label.shape != image.shape[-3:]:
             raise ValueError(f"{scan}: the segmenter returned {label.shape} for an image of {image.shape}")
         mask = to_original_grid(label, attrs)
         sitk.WriteImage(mask, str(path))

@@ -61,7 +61,7 @@ class TransferNet(nn.Module):
         self.segmentation = segmentation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 1, D, H, W) -> (N, classes, D, H, W) for segmentation, (N, classes) for classification."""
+        """(N, in_chans, D, H, W) -> (N, classes, D, H, W) for segmentation, (N, classes) for classification."""
         if getattr(self.head, "multiscale", False):
             return self.head(self.encoder.forward_intermediates(x), x)
         features = self.encoder(x)
@@ -104,14 +104,15 @@ HEADS: dict[str, tuple[Any, bool]] = {
 
 def build_transfer_net(kind: str, encoder: str, num_classes: int, options: Mapping[str, Any] | None = None
                        ) -> TransferNet:
-    """The network of ``kind`` (a key of :data:`HEADS`) on a fresh ``encoder`` (registry name, 1 input channel).
+    """The network of ``kind`` (a key of :data:`HEADS`) on a fresh ``encoder`` (registry name).
 
-    ``options``: ``aspp_rates`` (liver_fine), ``decoder_widths`` (lung, seg_med3d), ``unet_widths`` (seg_unet).
+    ``options``: ``aspp_rates`` (liver_fine), ``decoder_widths`` (lung, seg_med3d), ``unet_widths`` (seg_unet),
+    ``in_chans`` (input channels, default 1).
     """
     if kind not in HEADS:
         raise ValueError(f"unknown transfer network {kind!r}; one of {', '.join(HEADS)}")
     build, seg = HEADS[kind]
-    enc = create_encoder(encoder, in_chans=1)
+    enc = create_encoder(encoder, in_chans=int((options or {}).get("in_chans", 1)))
     opts = {**dict(options or {}), "feature_channels": [int(f["channels"]) for f in enc.feature_info]}
     return TransferNet(enc, build(enc.out_channels, int(num_classes), opts), task=kind,
                        segmentation=seg)

@@ -19,6 +19,8 @@ and the CLI look tasks up with :func:`get_task` and hold no task names. What a t
 ``run_info(cfg)``            extra entries of ``finetune.json`` (e.g. class names)
 ``kind(cfg)``                the network kind (a key of :data:`model.nets.transfer.HEADS`) of ``cfg``'s stage
 ``num_classes(train, cfg)``  output classes of the network
+``multichannel``             whether ``--channels all`` (every channel of the domain) is allowed
+``in_chans(train, cfg)``     input channels of the network (1 unless ``--channels all``)
 ``loader(...)``              the stage's DataLoader and on-device augmentation
 ``validator(...)``           ``net -> {"metric", "split", "cases"}`` for ``val`` rows of metrics.jsonl
 ``segmenter(run, spec)``     (segmentation tasks) the trained run as a segmenter (image -> label map)
@@ -71,6 +73,7 @@ class Task:
     eval_split: str = "test"
     segmentation: bool = True
     default_loss: str = "ce"
+    multichannel: bool = False
 
     # ---------------------------------------------------------------------------------------------- store
     def check_store(self, store: str, options: dict[str, Any] | None = None) -> None:
@@ -104,6 +107,16 @@ class Task:
 
     def num_classes(self, train: TaskData, cfg: FinetuneConfig) -> int:
         return int(train.num_classes)
+
+    def in_chans(self, train: TaskData, cfg: FinetuneConfig) -> int:
+        """Input channels of the network: 1, or with ``cfg.channels == "all"`` the domain's channels."""
+        if cfg.channels != "all":
+            return 1
+        counts = sorted({c.n_channels for c in train.cases})
+        if len(counts) != 1:
+            raise FinetuneError(f"{cfg.store}: the train cases of domain {train.domain!r} have {counts} channels; "
+                                "--channels all needs one number")
+        return counts[0]
 
     def loader(self, cfg: FinetuneConfig, train: TaskData, run_dir: Path, *, start: int, steps: int,
                env: DistEnv, progress: bool) -> tuple[Any, Callable | None]:

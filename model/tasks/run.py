@@ -32,9 +32,10 @@ def read_run(run: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def net_options(cfg: FinetuneConfig) -> dict[str, Any]:
-    """The head options of :func:`model.nets.transfer.build_transfer_net` that ``cfg`` sets."""
-    return {"aspp_rates": cfg.aspp_rates, "decoder_widths": cfg.decoder_widths}
+def net_options(cfg: FinetuneConfig, in_chans: int = 1) -> dict[str, Any]:
+    """The options of :func:`model.nets.transfer.build_transfer_net` that ``cfg`` sets, and the input channels
+    (which the store decides; a checkpoint records them)."""
+    return {"aspp_rates": cfg.aspp_rates, "decoder_widths": cfg.decoder_widths, "in_chans": int(in_chans)}
 
 
 def load_stage(run: str | Path, stage: str, device: torch.device | str = "cpu"
@@ -49,7 +50,7 @@ def load_stage(run: str | Path, stage: str, device: torch.device | str = "cpu"
     ckpt = load_checkpoint(folder / CHECKPOINT_NAME)
     cfg = FinetuneConfig.from_dict(ckpt["config"])
     net = build_transfer_net(get_task(cfg.task).kind(cfg), cfg.encoder, int(ckpt["num_classes"]),
-                             net_options(cfg))
+                             net_options(cfg, int(ckpt.get("in_chans", 1))))
     net.load_state_dict(ckpt["model"])
     if int(ckpt["step"]) < cfg.steps:
         print(f"note: {folder} stopped at step {ckpt['step']} of {cfg.steps} (resume it with --resume)")

@@ -65,6 +65,7 @@ class SegTask(Task):
     name = "seg"
     help = "any segmentation store (build-msd, build-nnunet, build-totalseg, build-3dseg8); --domain, --decoder"
     default_loss = "ce+dice"
+    multichannel = True
 
     # ---------------------------------------------------------------------------------------------- store
     def _domains(self, store: str) -> pd.DataFrame:
@@ -109,7 +110,7 @@ class SegTask(Task):
 
     def run_info(self, cfg: FinetuneConfig) -> dict[str, Any]:
         doms = self._domains(cfg.store)
-        return {"domain": cfg.domain, "decoder": cfg.decoder,
+        return {"domain": cfg.domain, "decoder": cfg.decoder, "channels": cfg.channels,
                 "classes": class_names(doms.loc[cfg.domain, "labels"], int(doms.loc[cfg.domain, "num_classes"]))}
 
     # ------------------------------------------------------------------------------------------- training
@@ -138,7 +139,7 @@ class SegTask(Task):
                                  device=device, amp=amp)
             scores = []
             for case in cases:
-                image, label = read_volume(data.store, case.store_path)
+                image, label = read_volume(data.store, case.store_path, None if cfg.channels == "all" else 0)
                 dice = [r["dice"] for r in per_class_scores(seg(image), label, data.num_classes)]
                 scores.append(float(np.nanmean(dice)) if not np.isnan(dice).all() else float("nan"))
             return val_result(scores, data.split)

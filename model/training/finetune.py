@@ -151,9 +151,9 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
         record = record if record is not None else init_record(cfg.init)
         if ckpt is None and env.is_main and evaluation is not None:
             _check_leakage(record, set(evaluation.scan_ids), cfg.init, cfg.eval_split, log)
-        classes = task.num_classes(train, cfg)
+        classes, in_chans = task.num_classes(train, cfg), task.in_chans(train, cfg)
         torch.manual_seed(cfg.seed)
-        net = build_transfer_net(task.kind(cfg), cfg.encoder, classes, net_options(cfg))
+        net = build_transfer_net(task.kind(cfg), cfg.encoder, classes, net_options(cfg, in_chans))
         init_report = None
         if ckpt is not None:
             net.load_state_dict(ckpt["model"])
@@ -193,7 +193,7 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
                     "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "step": step, "config": cfg.to_dict(), "rng": rng_state(),
                     "encoder": cfg.encoder, "task": cfg.task, "stage": cfg.stage, "kind": task.kind(cfg),
-                    "num_classes": classes, "scan_ids": train_ids, "init_scan_ids": record["scan_ids"] or [],
+                    "num_classes": classes, "in_chans": in_chans, "scan_ids": train_ids, "init_scan_ids": record["scan_ids"] or [],
                     "init_kind": record["kind"], "init_report": init_report, "metrics": summary,
                     "preprocessing": preprocessing or {}, "world_size": env.world_size,
                 }, ckpt_path)

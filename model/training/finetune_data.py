@@ -53,7 +53,8 @@ def patch_loader(cfg: FinetuneConfig, train: TaskData, *, start: int, steps: int
 
     index = StoreIndex(store=train.store, split="train", cases={train.domain: train.cases},
                        num_classes={train.domain: train.num_classes})
-    pc = PatchConfig(patch=cfg.patch, batch=cfg.batch, fg_fraction=cfg.fg_fraction, seed=cfg.seed)
+    pc = PatchConfig(patch=cfg.patch, batch=cfg.batch, fg_fraction=cfg.fg_fraction, seed=cfg.seed,
+                     channel="all" if cfg.channels == "all" else "first")
     stream = PretrainStream(train.store, index, pc, start_step=start, num_steps=steps, rank=env.rank,
                             world_size=env.world_size)
     return stream_loader(stream, cfg.workers), make_augment(cfg, train.spacing, env.rank)
