@@ -69,8 +69,9 @@ def _tasks_help() -> str:
               help="seg: the paper's upsampling head on the dilated encoder, or a U-Net decoder with skip "
                    "connections from every encoder stage.")
 @click.option("--channels", type=click.Choice(["first", "all"]), default="first", show_default=True,
-              help="seg: the first channel of a multi-channel domain (what the encoder was pretrained on), or all "
-                   "of them (the first convolution takes every channel, initialised from the pretrained one).")
+              help="seg, classify: the first channel of a multi-channel domain (what the encoder was pretrained "
+                   "on), or all of them (the first convolution takes every channel, initialised from the "
+                   "pretrained one).")
 @click.option("--labels", type=click.Path(dir_okay=False), default=None,
               help="classify: the label table (CSV: case_id or scan_id, label, optional split).")
 @click.option("--shape", default="64,64,64", show_default=True, help="classify: inputs resized to z,y,x.")

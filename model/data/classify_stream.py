@@ -46,22 +46,25 @@ def crop_box(label: np.ndarray, margin_mm: float, spacing: Sequence[float]
 
 def classify_input(image: np.ndarray, label: np.ndarray | None, shape: Sequence[int], *, crop: str = "none",
                    margin_mm: float = 0.0, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
-    """(Z, Y, X) image (and mask for ``crop="mask"``) -> the network's input, float32 (1, *shape)."""
+    """(Z, Y, X) or (C, Z, Y, X) image (and mask for ``crop="mask"``) -> the network's input, float32 (1, *shape)
+    or (C, *shape), each channel cropped and resized alike."""
     if crop not in CROPS:
         raise ValueError(f"crop must be one of {', '.join(CROPS)}, got {crop!r}")
+    channels = image[None] if image.ndim == 3 else image
     if crop == "mask":
         if label is None:
             raise ValueError("--crop mask needs the case's mask, and it has none")
         lo, hi = crop_box(label, margin_mm, spacing)
-        image = image[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    small = resize_image(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), shape)
-    return small[None].numpy()
+        channels = channels[:, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    return torch.stack([resize_image(torch.from_numpy(np.ascontiguousarray(ch, dtype=np.float32)), shape)
+                        for ch in channels]).numpy()
 
 
 def store_input(store: str, case: CaseEntry, shape: Sequence[int], *, crop: str, margin_mm: float,
-                spacing: Sequence[float]) -> np.ndarray:
-    """:func:`classify_input` of a stored case (``store``/``case.store_path``); errors name the case."""
-    image, label = read_volume(store, case.store_path)
+                spacing: Sequence[float], channels: str = "first") -> np.ndarray:
+    """:func:`classify_input` of a stored case (``store``/``case.store_path``): its first channel, or with
+    ``channels="all"`` every channel; errors name the case."""
+    image, label = read_volume(store, case.store_path, None if channels == "all" else 0)
     try:
         return classify_input(image, label, shape, crop=crop, margin_mm=margin_mm, spacing=spacing)
     except ValueError as exc:
@@ -70,8 +73,8 @@ def store_input(store: str, case: CaseEntry, shape: Sequence[int], *, crop: str,
 
 def build_input_cache(store: str, cases: Sequence[CaseEntry], spacings: dict[str, Sequence[float]],
                       folder: str | os.PathLike[str], *, shape: Sequence[int], crop: str, margin_mm: float,
-                      progress: Callable[[int], None] | None = None) -> Path:
-    """Write :func:`store_input` of every case to ``folder/<domain>__<case>.npy`` (float32, (1, *shape)) and a
+                      channels: str = "first", progress: Callable[[int], None] | None = None) -> Path:
+    """Write :func:`store_input` of every case to ``folder/<domain>__<case>.npy`` (float32, (C, *shape)) and a
     manifest of the settings and the cases' preprocessing hashes; a folder whose manifest matches is kept as is.
     Files are replaced atomically, so several processes (DDP ranks) may build the same cache."""
     from catalog import load_catalog
@@ -79,19 +82,21 @@ def build_input_cache(store: str, cases: Sequence[CaseEntry], spacings: dict[str
     hashes = load_catalog(store).set_index("store_path")["params_hash"].astype(str)
     manifest = {"store": store, "shape": [int(s) for s in shape], "crop": crop, "margin_mm": float(margin_mm),
                 "cases": {p: hashes.get(p, "") for p in sorted(c.store_path for c in cases)}}
+    if channels == "all":  # a key only then, so the caches of runs made before the option stay valid
+        manifest["channels"] = "all"
     return build_case_cache(
         folder, manifest, cases, ending=".npy", progress=progress,
         arrays=lambda case: store_input(store, case, shape, crop=crop, margin_mm=margin_mm,
-                                        spacing=spacings[case.store_path]))
+                                        spacing=spacings[case.store_path], channels=channels))
 
 
 def cached_input(folder: str | os.PathLike[str], case: CaseEntry) -> np.ndarray:
-    """A case's input from a cache of :func:`build_input_cache`, float32 (1, *shape)."""
+    """A case's input from a cache of :func:`build_input_cache`, float32 (C, *shape)."""
     return np.load(Path(folder) / cache_file_name(case.store_path, ".npy"))
 
 
 class ClassifyStream(CaseStream):
-    """Classification batches from an input cache: ``image`` float32 (B, 1, *shape), ``label`` int64 (B,) (the
+    """Classification batches from an input cache: ``image`` float32 (B, C, *shape), ``label`` int64 (B,) (the
     class index); cases drawn uniformly, each flipped along every axis with probability 1/2."""
 
     def __init__(self, cache: str | os.PathLike[str], cases: Sequence[CaseEntry], targets: dict[str, int], *,
@@ -104,6 +109,7 @@ class ClassifyStream(CaseStream):
         self.targets, self.batch_size, self.seed = targets, int(batch), int(seed)
         self.shape = tuple(json.loads((Path(cache) / MANIFEST).read_text())["shape"])
         self.domain_name, self.image_shape, self.label_shape = "classify", self.shape, ()
+        self.in_chans = int(cached_input(cache, self.cases[0]).shape[0])
 
     def fill(self, case: CaseEntry, rng: np.random.Generator, image: torch.Tensor, label: torch.Tensor) -> None:
         image.copy_(torch.from_numpy(flip_randomly(cached_input(self.store, case), rng)))

@@ -90,18 +90,20 @@ class CaseStream(StepStream):
     batch_size: int
     seed: int
     domain_name: str
+    in_chans: int = 1
+    """Channels of an item's image."""
     image_shape: tuple[int, ...]
-    """(Z, Y, X) of an item's image (one channel)."""
+    """(Z, Y, X) of an item's image."""
     label_shape: tuple[int, ...]
     """(Z, Y, X) of an item's label map, or () for a class index."""
 
     def fill(self, case: CaseEntry, rng: np.random.Generator, image: torch.Tensor, label: torch.Tensor) -> None:
-        """Write ``case``'s item into ``image`` (1, *image_shape) and ``label`` (*label_shape), views of the
+        """Write ``case``'s item into ``image`` (in_chans, *image_shape) and ``label`` (*label_shape), views of the
         batch; ``rng`` is the item's generator (the case draw already taken from it)."""
         raise NotImplementedError
 
     def batch(self, step: int) -> dict[str, Any]:
-        image = _empty((self.batch_size, 1, *self.image_shape), torch.float32)
+        image = _empty((self.batch_size, self.in_chans, *self.image_shape), torch.float32)
         label = _empty((self.batch_size, *self.label_shape), torch.int64)
         paths = []
         for item in range(self.batch_size):

@@ -65,7 +65,7 @@ def evaluate_classifier(run: str | Path, spec: dict[str, Any], table: LabelTable
     for r in tqdm(list(rows.itertuples(index=False)), desc="evaluate", unit="case", disable=not progress):
         case = CaseEntry(r.store_path, r.scan_id, tuple(int(s) for s in r.shape), int(r.n_channels))
         x = store_input(table.store, case, cfg.shape, crop=cfg.crop, margin_mm=cfg.crop_margin_mm,
-                        spacing=spacings[r.store_path])
+                        spacing=spacings[r.store_path], channels=cfg.channels)
         probs.append(probabilities(net, x, device=device, amp=amp))
         truth.append(targets[r.store_path])
     p, t = np.stack(probs), np.asarray(truth, dtype=np.int64)
@@ -127,15 +127,18 @@ def predict_classes(run: str | Path, spec: dict[str, Any], scans: Sequence[str |
         try:
             check_case(case, recipe["target_spacing"], spacing_xyz=spacing_xyz,
                        max_voxels=DEFAULT_MAX_VOXELS if max_voxels is None else max_voxels)
-            good.append(case.scan)
+            good.append(case)
         except ValueError as exc:
             log(f"skipped: {exc}")
             skipped.append((case.scan, str(exc)))
     rows = []
     if good:
         net, cfg = load_stage(run, "main", device)
-    for scan in good:
-        image, _ = preprocess_scan(scan, recipe, modality=modality, spacing_xyz=spacing_xyz)
+        n_chans = int(net.encoder.in_chans)
+    for case in good:
+        scan = case.scan
+        image, _ = preprocess_scan(scan, recipe, modality=modality, spacing_xyz=spacing_xyz, in_chans=n_chans,
+                                   channel_files=[f for f in case.files if f != scan] if n_chans > 1 else ())
         p = probabilities(net, classify_input(image, None, cfg.shape), device=device, amp=amp)
         rows.append({"case_id": scan_name(scan), "scan": str(scan), "pred": classes[int(p.argmax())],
                      **dict(zip(_prob_columns(classes), p.tolist()))})

@@ -63,6 +63,7 @@ class ClassifyTask(Task):
     help = ("any store + a label table (--labels CSV: case_id or scan_id, label, optional split): whole volume "
             "resized to --shape, or --crop mask")
     metric = "accuracy"
+    multichannel = True
     segmentation = False
 
     # ---------------------------------------------------------------------------------------------- store
@@ -108,7 +109,8 @@ class ClassifyTask(Task):
     def run_info(self, cfg: FinetuneConfig) -> dict[str, Any]:
         table = self._table(cfg.labels, cfg.store, cfg.crop)
         return {"classes": list(table.classes), "labels": TABLE_FILE, "labels_source": cfg.labels,
-                "shape": list(cfg.shape), "crop": cfg.crop, "crop_margin_mm": cfg.crop_margin_mm}
+                "shape": list(cfg.shape), "crop": cfg.crop, "crop_margin_mm": cfg.crop_margin_mm,
+                "channels": cfg.channels}
 
     def write_run_files(self, root: Path, cfg: FinetuneConfig) -> None:
         """Copy the label table to ``root/labels.csv``; a run folder holding another table is refused."""
@@ -133,7 +135,7 @@ class ClassifyTask(Task):
         with progress_bar(len(data.cases), f"classify inputs ({data.split})", progress) as bar:
             return build_input_cache(cfg.store, data.cases, table.spacings, run_dir / "cache" / data.split,
                                      shape=cfg.shape, crop=cfg.crop, margin_mm=cfg.crop_margin_mm,
-                                     progress=bar.update)
+                                     channels=cfg.channels, progress=bar.update)
 
     def loader(self, cfg: FinetuneConfig, train: TaskData, run_dir: Path, *, start: int, steps: int,
                env: DistEnv, progress: bool) -> tuple[Any, Callable | None]:

@@ -75,9 +75,9 @@ class FinetuneConfig(RunSettings):
     """seg: ``med3d`` (the paper's upsampling decoder on the stride-8 features) or ``unet`` (skip connections
     from every encoder stage)."""
     channels: str = "first"
-    """seg: ``first`` (the first channel of a multi-channel domain, as the one-channel encoder was pretrained) or
-    ``all`` (every channel; the encoder's first convolution takes them all, initialised from the one-channel
-    weights repeated and divided by the number of channels)."""
+    """seg, classify: ``first`` (the first channel of a multi-channel domain, as the one-channel encoder was
+    pretrained) or ``all`` (every channel; the encoder's first convolution takes them all, initialised from the
+    one-channel weights repeated and divided by the number of channels)."""
     labels: str = ""
     """classify: the label table (CSV: case id, class, optional split), copied into the run as labels.csv."""
     shape: tuple[int, int, int] = (64, 64, 64)
@@ -103,7 +103,8 @@ class FinetuneConfig(RunSettings):
         if self.channels not in ("first", "all"):
             raise ValueError(f"channels must be first or all, got {self.channels!r}")
         if self.channels == "all" and not TASKS[self.task].multichannel:
-            raise ValueError(f"channels all: task {self.task!r} reads one channel; finetune seg takes every channel")
+            raise ValueError(f"channels all: task {self.task!r} reads one channel; finetune seg and classify take "
+                             "every channel")
         if self.measure_split not in ("", "train", "val", "test"):
             raise ValueError(f"measure_split must be train, val or test, got {self.measure_split!r}")
         if self.crop not in ("none", "mask") or not self.crop_margin_mm >= 0:

@@ -163,10 +163,44 @@ def test_a_first_channel_run_reads_channel_0000_only(two_channel, tmp_path):
     assert mask.is_file()
 
 
-@pytest.mark.parametrize("task", ["liver", "lung", "nodule", "classify"])
-def test_channels_all_is_for_seg_only(task):
+@pytest.mark.parametrize("task", ["liver", "lung", "nodule"])
+def test_channels_all_is_for_seg_and_classify_only(task):
     from model.training.finetune_config import FinetuneConfig
 
     stage = "coarse" if task == "liver" else "main"
     with pytest.raises(ValueError, match=f"task '{task}' reads one channel"):
         FinetuneConfig(task=task, store="s", out="o", stage=stage, channels="all")
+
+
+def test_classify_with_every_channel(two_channel, our_checkpoint, tmp_path):  # noqa: F811
+    """classify --channels all: the cached inputs hold both channels, the network takes two, evaluate and
+    predict (from the two channel files) give probabilities."""
+    from model.data.classify_stream import cached_input
+    from model.data.transfer import task_data
+    from model.evaluation.classify_eval import predict_classes
+    from model.evaluation.evaluate import evaluate
+
+    data = task_data(two_channel["store"], "train")
+    table = tmp_path / "labels.csv"
+    cases = sorted(c.store_path.split("/")[1] for c in task_data(two_channel["store"], "val").cases + data.cases)
+    table.write_text("case_id,label,split\n" + "".join(
+        f"{c},{'AD' if i % 2 else 'CN'},{'test' if i == len(cases) - 1 else 'train'}\n" for i, c in enumerate(cases)))
+    run = tmp_path / "cls"
+    finetune("classify", two_channel["store"], str(run), labels=str(table), shape=(16, 16, 16), channels="all",
+             init=our_checkpoint, progress=False, log=lambda s: None, **{k: v for k, v in TINY.items() if k != "patch"})
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    assert ckpt["in_chans"] == 2 and ckpt["model"]["encoder.conv1.weight"].shape[1] == 2
+    assert json.loads((run / "finetune.json").read_text())["channels"] == "all"
+    cache = run / "cache" / "train"
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["channels"] == "all" and len(manifest["cases"]) == len(cases) - 1
+    arrays = [cached_input(cache, c) for c in data.cases if c.store_path in manifest["cases"]]
+    assert arrays and all(a.shape == (2, 16, 16, 16) for a in arrays)
+    assert not np.allclose(arrays[0][0], arrays[0][1])
+    summary = evaluate(run, two_channel["store"], progress=False, log=lambda s: None)
+    assert summary["split"] == "test" and sum(summary["class_counts"].values()) == 1
+    path = predict_classes(run, json.loads((run / "finetune.json").read_text()),
+                           [two_channel["dataset"] / "imagesTs"], tmp_path / "probs", log=lambda s: None)
+    rows = pd.read_csv(path)
+    assert list(rows["case_id"]) == [two_channel["test_case"]]
+    assert np.isclose(rows[["prob_AD", "prob_CN"]].sum(axis=1).iloc[0], 1.0)
