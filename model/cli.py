@@ -137,7 +137,7 @@ def export(checkpoint: str, out: str, fmt: str, card: bool) -> None:
         raise click.ClickException(f"{exc}; pass --no-card to export the weights without a card") from exc
     except (ValueError, WeightsMismatchError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(str(report))
+    click.echo(report.short())
     written = export_medicalnet(encoder, out)
     click.echo(f"wrote {encoder.name} encoder ({fmt} format) to {written}")
     if content is not None:

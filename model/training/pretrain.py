@@ -296,11 +296,12 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
 
 
 def load_pretrained_encoder(checkpoint: str | Path) -> tuple[nn.Module, Any]:
-    """The encoder of one of our checkpoints (architecture from its config) and the load report."""
+    """The encoder of one of our checkpoints (architecture from its config, input channels as it recorded them:
+    a ``--channels all`` fine-tuning run has several) and the load report."""
     from model.nets.weights import load_encoder_weights
 
     ckpt = load_checkpoint(checkpoint)
     name = ckpt.get("encoder") or TrainConfig.from_dict(ckpt["config"]).encoder
-    encoder = create_encoder(name, in_chans=1)
+    encoder = create_encoder(name, in_chans=int(ckpt.get("in_chans", 1)))
     report = load_encoder_weights(encoder, ckpt)
     return encoder, report

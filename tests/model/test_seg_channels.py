@@ -106,6 +106,26 @@ def test_first_conv_takes_both_channels_from_a_one_channel_encoder(run_all, our_
     assert "repeated 1 input channels to 2" in " ".join(map(str, ckpt["init_report"].values()))
 
 
+def test_export_keeps_both_input_channels(run_all, tmp_path):
+    from click.testing import CliRunner
+
+    from catalog.card import find_card
+    from model.cli import main
+    from model.nets.resnet import create_encoder
+    from model.nets.weights import load_encoder_weights
+
+    out = tmp_path / "enc.pth"
+    res = CliRunner().invoke(main, ["export", str(run_all), str(out)])
+    assert res.exit_code == 0, res.output
+    assert "summed" not in res.output  # conv1 taken as it is, not folded to one channel
+    sd = torch.load(out, weights_only=True)["state_dict"]
+    conv1 = load_checkpoint(run_all / "checkpoint.pt")["model"]["encoder.conv1.weight"]
+    torch.testing.assert_close(sd["module.conv1.weight"], conv1, rtol=0, atol=0)
+    assert find_card(out)["architecture"]["in_chans"] == 2
+    enc = create_encoder("resnet10", in_chans=2)
+    assert load_encoder_weights(enc, out).loaded == 72
+
+
 def test_the_segmenter_reads_the_second_channel(run_all):
     from model.evaluation.inference import PatchSegmenter
     from model.tasks.run import load_stage
