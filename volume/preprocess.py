@@ -23,7 +23,7 @@ from catalog.card import case_recipe
 from . import geometry, integrity, intensity
 from .diagnose import CaseError, unreadable_file
 
-__all__ = ["Normalization", "check_headers", "has_usable_spacing", "identity_unit_spacing", "normalize_channels",
+__all__ = ["Normalization", "check_headers", "check_scan_header", "has_usable_spacing", "identity_unit_spacing", "normalize_channels",
            "preprocess_scan", "recipe_from_store"]
 
 
@@ -164,6 +164,26 @@ def recipe_from_store(store: str | os.PathLike[str], store_path: str) -> dict[st
     return case_recipe(store, store_path)
 
 
+def check_scan_header(path: str | os.PathLike[str], recipe: dict[str, Any], *, modality: str | None = None,
+                      spacing_xyz: tuple[float, float, float] | None = None) -> tuple[geometry.Header, str]:
+    """What :func:`preprocess_scan` requires of a scan's header alone, before any voxel is read: a modality
+    (``modality`` or the recipe's; a mixed CT/MR recipe needs it said) and a spacing that can be trusted (or
+    ``spacing_xyz`` given). Returns (header, modality); raises ``ValueError`` naming the file and the fix."""
+    path = os.fspath(path)
+    mod = modality or recipe["modality"]
+    if mod not in ("CT", "MR"):
+        raise ValueError(f"{path}: the network was trained on a {recipe['modality']} domain; say which modality "
+                         "this scan is (--modality CT or MR)")
+    if spacing_xyz is not None and not (len(spacing_xyz) == 3 and all(math.isfinite(v) and v > 0 for v in spacing_xyz)):
+        raise ValueError(f"{path}: the given spacing {tuple(spacing_xyz)} is not three positive voxel sizes (mm)")
+    header = geometry.read_header(path)
+    if spacing_xyz is None and not _usable_spacing(header, mod):
+        raise ValueError(f"{path}: the header's spacing {tuple(header.spacing)} mm cannot be trusted (zero, NaN, or "
+                         "the 1 x 1 x 1 mm identity affine that LiTS 28-47 carry); give the scan's spacing with "
+                         "--spacing X,Y,Z (mm)")
+    return header, mod
+
+
 def preprocess_scan(path: str | os.PathLike[str], recipe: dict[str, Any], *, modality: str | None = None,
                     spacing_xyz: tuple[float, float, float] | None = None, in_chans: int = 1,
                     channel_files: Sequence[str | os.PathLike[str]] = ()) -> tuple[np.ndarray, dict[str, Any]]:
@@ -179,17 +199,7 @@ def preprocess_scan(path: str | os.PathLike[str], recipe: dict[str, Any], *, mod
     size. Raises ``ValueError`` naming the file.
     """
     path = os.fspath(path)
-    mod = modality or recipe["modality"]
-    if mod not in ("CT", "MR"):
-        raise ValueError(f"{path}: the network was trained on a {recipe['modality']} domain; say which modality "
-                         "this scan is (--modality CT or MR)")
-    if spacing_xyz is not None and not (len(spacing_xyz) == 3 and all(math.isfinite(v) and v > 0 for v in spacing_xyz)):
-        raise ValueError(f"{path}: the given spacing {tuple(spacing_xyz)} is not three positive voxel sizes (mm)")
-    header = geometry.read_header(path)
-    if spacing_xyz is None and not _usable_spacing(header, mod):
-        raise ValueError(f"{path}: the header's spacing {tuple(header.spacing)} mm cannot be trusted (zero, NaN, or "
-                         "the 1 x 1 x 1 mm identity affine that LiTS 28-47 carry); give the scan's spacing with "
-                         "--spacing X,Y,Z (mm)")
+    header, mod = check_scan_header(path, recipe, modality=modality, spacing_xyz=spacing_xyz)
     channels = geometry.read_channels(path, spacing_xyz)
     files = [path]
     for extra in channel_files:

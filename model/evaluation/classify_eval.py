@@ -123,9 +123,10 @@ def predict_classes(run: str | Path, spec: dict[str, Any], scans: Sequence[str |
     path = inside(out, PREDICTIONS_FILE)
     recipe, classes = spec["preprocessing"], list(spec["classes"])
     good, skipped = [], []
-    for case in collect_cases(scans):
+    cases = collect_cases(scans)
+    for case in cases:
         try:
-            check_case(case, recipe["target_spacing"], spacing_xyz=spacing_xyz,
+            check_case(case, recipe, modality=modality, spacing_xyz=spacing_xyz,
                        max_voxels=DEFAULT_MAX_VOXELS if max_voxels is None else max_voxels)
             good.append(case)
         except ValueError as exc:
@@ -137,8 +138,13 @@ def predict_classes(run: str | Path, spec: dict[str, Any], scans: Sequence[str |
         n_chans = int(net.encoder.in_chans)
     for case in good:
         scan = case.scan
-        image, _ = preprocess_scan(scan, recipe, modality=modality, spacing_xyz=spacing_xyz, in_chans=n_chans,
-                                   channel_files=[f for f in case.files if f != scan] if n_chans > 1 else ())
+        try:
+            image, _ = preprocess_scan(scan, recipe, modality=modality, spacing_xyz=spacing_xyz, in_chans=n_chans,
+                                       channel_files=[f for f in case.files if f != scan] if n_chans > 1 else ())
+        except ValueError as exc:  # what the header could not tell: the voxels, the channel files
+            log(f"skipped: {exc}")
+            skipped.append((scan, str(exc)))
+            continue
         p = probabilities(net, classify_input(image, None, cfg.shape), device=device, amp=amp)
         rows.append({"case_id": scan_name(scan), "scan": str(scan), "pred": classes[int(p.argmax())],
                      **dict(zip(_prob_columns(classes), p.tolist()))})
@@ -148,7 +154,7 @@ def predict_classes(run: str | Path, spec: dict[str, Any], scans: Sequence[str |
         pd.DataFrame(rows, columns=["case_id", "scan", "pred", *_prob_columns(classes)]).to_csv(path, index=False)
         log(f"wrote {path} ({len(rows)} scan(s))")
     if skipped:
-        raise ScansSkippedError(f"{len(skipped)} of {len(skipped) + len(good)} scan(s) skipped (see the 'skipped:' "
+        raise ScansSkippedError(f"{len(skipped)} of {len(cases)} scan(s) skipped (see the 'skipped:' "
                                 f"lines); {len(rows)} row(s) written{f' to {path}' if rows else ''}",
                                 [path] if rows else [], skipped)
     return path

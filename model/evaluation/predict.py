@@ -27,6 +27,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import SimpleITK as sitk
 import torch
@@ -108,17 +109,19 @@ def collect_scans(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
     return [(c.scan, c.mask) for c in collect_cases(inputs)]
 
 
-def check_case(case: ScanCase, target_spacing_zyx: Sequence[float], *, max_voxels: int | None,
+def check_case(case: ScanCase, recipe: dict[str, Any], *, max_voxels: int | None, modality: str | None = None,
                spacing_xyz: tuple[float, float, float] | None = None) -> None:
-    """The build's header checks (:func:`volume.preprocess.check_headers`) on every file of ``case``, then
-    the size of the scan resampled to ``target_spacing_zyx`` (mm) against ``max_voxels``: header bytes only, no
-    voxel is read. ``spacing_xyz`` (mm) replaces the headers' spacing, as ``--spacing`` does. Raises ValueError
-    whose one-line message names the file and the fix."""
-    from volume import geometry, integrity
-    from volume.preprocess import check_headers
+    """The build's header checks (:func:`volume.preprocess.check_headers`) on every file of ``case``, what
+    preprocessing needs of the scan's header (:func:`volume.preprocess.check_scan_header`: a modality, a
+    trustworthy spacing), then the size of the scan resampled to the recipe's target spacing against
+    ``max_voxels``: header bytes only, no voxel is read. ``spacing_xyz`` (mm) replaces the headers' spacing, as
+    ``--spacing`` does. Raises ValueError whose one-line message names the file and the fix."""
+    from volume import integrity
+    from volume.preprocess import check_headers, check_scan_header
 
     check_headers([str(f) for f in case.files], max_voxels, spacing_xyz)
-    header = geometry.read_header(str(case.scan))
+    header, _ = check_scan_header(case.scan, recipe, modality=modality, spacing_xyz=spacing_xyz)
+    target_spacing_zyx = recipe["target_spacing"]
     if spacing_xyz is not None:
         header = dataclasses.replace(header, spacing=tuple(spacing_xyz))
     integrity.check_resampled_voxels(str(case.scan), header.canonical_size_zyx(), header.canonical_spacing_zyx(),
@@ -171,7 +174,7 @@ def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, se
     good, skipped = [], []
     for case, path in zip(cases, targets):
         try:
-            check_case(case, recipe["target_spacing"], max_voxels=limit, spacing_xyz=spacing_xyz)
+            check_case(case, recipe, max_voxels=limit, modality=modality, spacing_xyz=spacing_xyz)
         except ValueError as exc:
             log(f"skipped: {exc}")
             skipped.append((case.scan, str(exc)))
@@ -184,8 +187,14 @@ def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, se
     n_chans = int(getattr(seg, "in_chans", 1)) if good else 1
     for case, path in good:
         scan = case.scan
-        image, attrs = preprocess_scan(scan, recipe, modality=modality, spacing_xyz=spacing_xyz, in_chans=n_chans,
-                                       channel_files=[f for f in case.files if f != scan] if n_chans > 1 else ())
+        try:
+            image, attrs = preprocess_scan(scan, recipe, modality=modality, spacing_xyz=spacing_xyz,
+                                           in_chans=n_chans,
+                                           channel_files=[f for f in case.files if f != scan] if n_chans > 1 else ())
+        except ValueError as exc:  # what the header could not tell: the voxels, the channel files
+            log(f"skipped: {exc}")
+            skipped.append((scan, str(exc)))
+            continue
         label = seg(image)
         if label.shape != image.shape[-3:]:
             raise ValueError(f"{scan}: the segmenter returned {label.shape} for an image of {image.shape}")

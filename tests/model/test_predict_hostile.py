@@ -192,3 +192,32 @@ def test_cli_skips_the_bad_file_predicts_the_good_one_and_exits_non_zero(run, re
     res = CliRunner().invoke(main, ["predict", str(run), str(good), "--out", str(tmp_path / "p2"),
                                     "--max-voxels", "lots"])
     assert res.exit_code == 2 and "positive whole number" in res.output
+
+
+def test_a_scan_whose_spacing_cannot_be_trusted_is_skipped_not_fatal(run, real_dir, tmp_path, monkeypatch):
+    """A CT run given a scan with the 1 x 1 x 1 mm identity affine (LiTS 28-47) next to a good one: the header
+    check skips that scan with the --spacing hint before any voxel is read; the good one is predicted."""
+    import json
+    import shutil
+
+    ct_run = tmp_path / "ct_run"
+    shutil.copytree(run, ct_run)
+    spec = json.loads((ct_run / "finetune.json").read_text())
+    spec["preprocessing"]["modality"] = "CT"
+    (ct_run / "finetune.json").write_text(json.dumps(spec))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    img = sitk.ReadImage(str(real_dir / HIPPO))
+    img.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, 1))
+    sitk.WriteImage(img, str(folder / "a_no_spacing.nii.gz"))  # sorted first: it used to end the whole call
+    img.SetSpacing((0.9, 0.9, 1.1))
+    sitk.WriteImage(img, str(folder / "b_good.nii.gz"))
+    reads = _no_voxel_read(monkeypatch)
+    lines: list[str] = []
+    with pytest.raises(ScansSkippedError) as err:
+        predict(ct_run, [folder], tmp_path / "out", segmenter=_zeros, log=lines.append)
+    assert reads == ["b_good.nii.gz"]
+    assert [p.name for p in err.value.written] == ["b_good_mask.nii.gz"]
+    [(skipped, why)] = err.value.skipped
+    assert skipped.name == "a_no_spacing.nii.gz" and "cannot be trusted" in why and "--spacing" in why
+    assert "1 of 2 case(s) skipped" in str(err.value)
