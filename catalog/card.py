@@ -23,10 +23,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_atomic
 from .io import load_catalog, load_domains
 from .names import unsafe_name
 from .store_format import node_meta
@@ -159,17 +159,13 @@ def card_path(weights: str | os.PathLike[str]) -> Path:
 def write_card(card: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write ``card`` as indented JSON, atomically (a temporary file in the same folder, then a rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(card, fh, indent=2, sort_keys=False)
             fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    write_atomic(path, write, ".json")
     return path
 
 

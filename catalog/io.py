@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import pandas as pd
 
+from .atomic import write_atomic
 from .names import check_table_names
 from .retry import is_transient, retry_call
 from .schema import CATALOG_COLUMNS, DOMAIN_COLUMNS, NODULE_COLUMNS, conform
@@ -32,18 +32,7 @@ def write_parquet_atomic(df: pd.DataFrame, path: str) -> None:
     if not is_local(path):
         retry_call(lambda: df.to_parquet(path, index=False), path)
         return
-    path = path.removeprefix("file://")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=folder)
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path.removeprefix("file://"), lambda tmp: df.to_parquet(tmp, index=False), ".parquet")
 
 
 def _exists(path: str) -> bool:

@@ -12,17 +12,9 @@ from typing import Any
 
 import torch
 
+from catalog.atomic import usual_mode
+
 __all__ = ["atomic_torch_save"]
-
-
-def _read_umask() -> int:
-    # Reading the umask means setting it; done once at import, before any worker threads write files.
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str], before_replace: Any = None) -> Path:
@@ -37,7 +29,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str], before_replace: An
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, usual_mode())
         if before_replace is not None:
             before_replace()
         os.replace(tmp, path)
