@@ -109,20 +109,24 @@ def _read_run(folder: Path) -> dict[str, Any]:
     curve, final_step = _read_curve(metrics_path, folder)
     notes, metric, split, metric_name = [], math.nan, None, str(spec["metric"])
     files = [spec_path, metrics_path]
-    for candidate in ("test", "val"):
+    # The run's own evaluation split first (liver: val; LiTS test volumes have no labels, so an eval/test
+    # folder there holds predictions, not a metric), then test, then val for runs that do not record one.
+    order = [s for s in dict.fromkeys([spec.get("eval_split"), "test", "val"]) if s]
+    for candidate in order:
         summary_path = folder / "eval" / candidate / "summary.json"
-        if summary_path.is_file():
-            summary = _read_json(summary_path, folder)
-            value = summary.get("metric")
-            metric = math.nan if value is None else float(value)
-            split = str(summary.get("split", candidate))
-            metric_name = str(summary.get("metric_name", metric_name))
-            files.append(summary_path)
-            if value is None:
-                notes.append(f"eval/{candidate}/summary.json has no metric")
-            break
+        if not summary_path.is_file():
+            continue
+        summary = _read_json(summary_path, folder)
+        files.append(summary_path)
+        if summary.get("metric") is None:
+            notes.append(f"eval/{candidate}/summary.json has no metric")
+            continue
+        metric = float(summary["metric"])
+        split = str(summary.get("split", candidate))
+        metric_name = str(summary.get("metric_name", metric_name))
+        break
     else:
-        notes.append("no evaluation yet (run `med3d-train evaluate RUN STORE --split test`)")
+        notes.append(f"no evaluation yet (run `med3d-train evaluate RUN STORE --split {order[0]}`)")
     if not curve:
         notes.append("no val metric in metrics.jsonl")
     return {"run": str(folder), "task": str(spec["task"]), "encoder": str(spec["encoder"]),

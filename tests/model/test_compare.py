@@ -185,3 +185,20 @@ def test_missing_runs_is_empty_for_full_rows_and_one_compare_for_several_rows(ru
     assert "--init PRETRAIN_RUN" in lines[-3] and lines[-1].startswith("med3d-train compare ")
     assert sum(line.startswith("med3d-train compare") for line in lines) == 1
     assert missing_runs(collect_runs(runs[:4])) == []
+
+
+def test_a_run_is_read_on_its_own_evaluation_split(tmp_path):
+    """A liver run is measured on val; its eval/test folder (LiTS test volumes, no labels: predictions only,
+    metric null) must not hide the val metric."""
+    from model.evaluation.compare import collect_runs
+
+    folder = _run(tmp_path, "liver10_med3d", task="liver", encoder="resnet10", init_kind="med3d",
+                  curve=[(100, 0.9)], evals={"val": 0.93, "test": None})
+    spec = json.loads((folder / "finetune.json").read_text())
+    (folder / "finetune.json").write_text(json.dumps({**spec, "eval_split": "val"}))
+    [row] = collect_runs([folder]).to_dict("records")
+    assert row["split"] == "val" and row["metric"] == pytest.approx(0.93) and row["note"] == ""
+    (folder / "eval" / "val" / "summary.json").unlink()
+    [row] = collect_runs([folder]).to_dict("records")
+    assert "evaluate RUN STORE --split val" in row["note"] and "eval/test/summary.json has no metric" in row["note"]
+    assert row["metric"] != row["metric"]  # NaN
