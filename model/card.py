@@ -97,6 +97,10 @@ def checkpoint_card(ckpt: dict[str, Any], encoder: nn.Module, weights: str | os.
     finetuned = "task" in ckpt
     extra = {"task": ckpt["task"], "stage": ckpt.get("stage")} if finetuned else \
         {"excluded_scan_ids": list(ckpt.get("excluded") or [])}
+    # Every scan the weights were trained on, through their own --init too: finetune --init OUT.pth checks
+    # with it that they never saw the scans a task is measured on, as it does for our checkpoints.
+    extra["scan_ids"] = sorted({str(s) for s in (ckpt.get("scan_ids") or [])}
+                               | {str(s) for s in (ckpt.get("init_scan_ids") or [])})
     return make_card(kind="finetune" if finetuned else "pretrain", architecture=encoder_architecture(encoder),
                      domains=_finetune_domains(ckpt) if finetuned else _pretrain_domains(ckpt),
                      config=dict(ckpt["config"]), metrics=dict(ckpt.get("metrics") or {}),

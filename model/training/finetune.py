@@ -16,6 +16,7 @@ A run folder::
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,23 @@ def init_record(init: str) -> dict[str, Any]:
         encoder = detect_depth(state)
     except ValueError:
         encoder = None
+    card = _init_card(path)
+    if card is not None and card.get("kind") in ("pretrain", "finetune"):
+        # weights we exported (``med3d-train export``): ours, with the scans they saw when the card lists them
+        ids = card.get("scan_ids")
+        return {"kind": "med3d", "encoder": encoder, "scan_ids": None if ids is None else sorted(map(str, ids)),
+                "path": str(path)}
     return {"kind": fmt, "encoder": encoder, "scan_ids": None, "path": str(path)}
+
+
+def _init_card(path: Path) -> dict[str, Any] | None:
+    """The card beside ``--init`` weights, or None; a damaged card is a :class:`FinetuneError` naming it."""
+    from catalog.card import CardError, find_card
+
+    try:
+        return find_card(path)
+    except CardError as exc:
+        raise FinetuneError(str(exc)) from exc
 
 
 def _check_leakage(record: dict[str, Any], eval_ids: set[str], init: str, split: str,
@@ -279,13 +296,21 @@ def finetune(task: str, store: str, out: str, *, stage: str = "both", resume: bo
     _check_init_card(record, str(store), preprocessing, log)
     results = []
     report_init = _report_once(root, log, verbose)
-    for name in chosen:
-        stage_dir = root if name == "main" else root / name
-        cfg = FinetuneConfig(task=task, store=str(store), out=str(stage_dir), stage=name, **options)
-        if DistEnv.from_environ().is_main:
-            _write_run_file(root, cfg, spec, record, preprocessing)
-        results.append(finetune_stage(cfg, resume=resume, stop_after=stop_after, progress=progress, log=log,
-                                      record=record, preprocessing=preprocessing, report_init=report_init))
+    fresh = not root.exists()
+    try:
+        for name in chosen:
+            stage_dir = root if name == "main" else root / name
+            cfg = FinetuneConfig(task=task, store=str(store), out=str(stage_dir), stage=name, **options)
+            if DistEnv.from_environ().is_main:
+                _write_run_file(root, cfg, spec, record, preprocessing)
+            results.append(finetune_stage(cfg, resume=resume, stop_after=stop_after, progress=progress, log=log,
+                                          record=record, preprocessing=preprocessing, report_init=report_init))
+    except FinetuneError:
+        # A refusal (weights that saw the measured scans, no such device...) before any checkpoint: the folder
+        # this call created holds only its own files, and left behind it would block the corrected re-run.
+        if fresh and DistEnv.from_environ().is_main and not any(root.rglob(CHECKPOINT_NAME)):
+            shutil.rmtree(root, ignore_errors=True)
+        raise
     return results
 
 

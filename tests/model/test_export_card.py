@@ -135,3 +135,24 @@ def test_finetune_init_warns_when_the_store_was_preprocessed_differently(pretrai
     bad.with_suffix(".json").write_text("{not json")
     with pytest.raises(FinetuneError, match="damaged.json"):
         _check_init_card({"path": str(bad)}, tiny_store, recipe, said.append)
+
+
+def test_exported_weights_with_their_card_count_as_ours_and_carry_their_scans(pretrained, tiny_store, tmp_path):
+    """finetune --init OUT.pth (our export, its card beside it): init_kind med3d (compare's "Med3D (ours)"
+    column), and the scans the card lists are checked against the split the task is measured on."""
+    from model.training.finetune import FinetuneError, finetune, init_record
+
+    run, out = pretrained
+    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    card = find_card(out)
+    assert card["scan_ids"] == sorted(ckpt["scan_ids"]) and card["scan_ids"]
+    record = init_record(str(out))
+    assert (record["kind"], record["encoder"], record["scan_ids"]) == ("med3d", "resnet10", card["scan_ids"])
+    bare = tmp_path / "bare.pth"
+    bare.write_bytes(out.read_bytes())  # the same weights without a card: MedicalNet's format, scans unknown
+    assert (init_record(str(bare))["kind"], init_record(str(bare))["scan_ids"]) == ("medicalnet", None)
+    # tiny_store's train scans, which the pretraining saw, measured as if they were the held-out split
+    with pytest.raises(FinetuneError, match="was trained on .* scan"):
+        finetune("seg", tiny_store, str(tmp_path / "leak"), domain="alpha", init=str(out), measure_split="train",
+                 steps=1, batch=1, patch=(24, 24, 24), workers=0, device="cpu", progress=False, log=lambda s: None)
+    assert not (tmp_path / "leak").exists()  # the refused run left no folder to block the corrected re-run
