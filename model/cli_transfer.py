@@ -140,6 +140,8 @@ def finetune(task: str, store: str, out: str, **opts: Any) -> None:
     stages = get_task(task).stages
     if stage != "both" and stage not in stages:
         raise click.UsageError(f"--stage: task {task} has stages {', '.join(stages)} (or both), got {stage!r}")
+    if resume:
+        _options_of_the_run(out, stages, kw)
     try:
         results = run_finetune(task, store, out, stage=stage, resume=resume, progress=progress, log=click.echo,
                                verbose=verbose, **kw)
@@ -152,6 +154,36 @@ def finetune(task: str, store: str, out: str, **opts: Any) -> None:
         what = get_task(task).metric
         note = f"; {what} on {val.get('split')} {val['metric']:.4f}" if val.get("metric") is not None else ""
         click.echo(f"{r.run_dir}: {r.step} steps, checkpoint {r.checkpoint}{note}")
+
+
+# finetune's CLI parameter -> the FinetuneConfig field it sets, where the names differ.
+_FIELD = {"depth": "encoder", "compile_": "compile", "roi_margin": "roi_margin_mm"}
+_NOT_CONFIG = {"task", "store", "out", "stage"}  # fields the command's arguments set
+
+
+def _options_of_the_run(out: str, stages: tuple[str, ...], kw: dict[str, Any]) -> None:
+    """``--resume``: the options the command line left at their defaults take the run's own values (its first
+    stage's ``config.json``), as ``pretrain --resume`` does, so a run started with ``--steps 6 --patch 32``
+    resumes with ``--resume`` alone; what the user did give still wins (and is checked against the checkpoint)."""
+    import json
+    from pathlib import Path
+
+    from click.core import ParameterSource
+
+    folders = [Path(out) if st == "main" else Path(out) / st for st in stages]
+    saved = next((f / "config.json" for f in folders if (f / "config.json").is_file()), None)
+    if saved is None:
+        return
+    try:
+        config = json.loads(saved.read_text())
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"{saved}: not readable as JSON ({exc}); resume needs the run's config") from exc
+    ctx = click.get_current_context()
+    given = {_FIELD.get(name, name) for name in ctx.params
+             if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}
+    for field, value in config.items():  # every field, also those without an option (decoder_widths...)
+        if field not in given and field not in _NOT_CONFIG:
+            kw[field] = tuple(value) if isinstance(value, list) else value
 
 
 @click.command()

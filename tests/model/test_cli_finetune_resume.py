@@ -1,0 +1,35 @@
+"""``finetune --resume`` takes the run's own options where the command line leaves the defaults, as
+``pretrain --resume`` does; what the user does give still has to fit the checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from model.cli import main
+from model.training.checkpoint import load_checkpoint
+from model.training.finetune import finetune
+
+
+def test_resume_alone_continues_a_run_started_with_other_options(tiny_store, tmp_path):
+    run = tmp_path / "run"
+    opts = dict(domain="alpha", steps=4, batch=1, patch=(16, 16, 16), decoder="unet", decoder_widths=(8, 8, 8),
+                workers=0, device="cpu", ckpt_every=2, val_every=0, scheduler="constant")
+    finetune("seg", tiny_store, str(run), stop_after=2, progress=False, log=lambda s: None, **opts)
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 2
+    res = CliRunner().invoke(main, ["finetune", "seg", tiny_store, "--out", str(run), "--resume", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "resuming" in res.output and "at step 2 of 4" in res.output
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    assert ckpt["step"] == 4 and ckpt["config"]["patch"] == [16, 16, 16] and ckpt["config"]["decoder"] == "unet"
+    # what is given is still checked against the checkpoint
+    res = CliRunner().invoke(main, ["finetune", "seg", tiny_store, "--out", str(run), "--resume", "--patch", "24",
+                                    "--no-progress"])
+    assert res.exit_code == 1 and "patch" in res.output
+    # the constant schedule may grow: --steps given on the command line wins over the saved 4
+    res = CliRunner().invoke(main, ["finetune", "seg", tiny_store, "--out", str(run), "--resume", "--steps", "5",
+                                    "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 5
+    assert json.loads((run / "config.json").read_text())["steps"] == 5
