@@ -277,8 +277,24 @@ def card_mismatches(card: dict[str, Any], store_recipe: dict[str, Any]) -> list[
         return [f"{name} is {store_recipe['modality']}, but the weights saw no {store_recipe['modality']} data "
                 f"(card domains: {have})"]
     diffs = {n: recipe_differences(store_recipe, d) for n, d in candidates.items()}
-    best = min(diffs, key=lambda n: (len(diffs[n]), n))
+    # the card domain of the store's own name when there is one (a LiTS store against the card's liver), else
+    # the closest; ties by name
+    best = min(diffs, key=lambda n: (n != name, len(diffs[n]), n))
     return [f"{d} (store domain {name} vs card domain {best})" for d in diffs[best]]
+
+
+def _like_domain(card: dict[str, Any], store_recipe: dict[str, Any]) -> str | None:
+    """The card domain ``--like`` must be told (``--like-domain``) for the store's modality: None when the card
+    has one domain of that modality (``--like`` picks it alone), else the one :func:`card_mismatches` compares
+    with."""
+    mods = _modalities(store_recipe["modality"])
+    names = sorted(n for n, d in card["domains"].items() if _modalities(d["modality"]) & mods)
+    if len(names) <= 1:
+        return None
+    name = store_recipe.get("domain")
+    if name in names:
+        return name
+    return min(names, key=lambda n: (len(recipe_differences(store_recipe, card["domains"][n])), n))
 
 
 def mismatch_warning(weights: str | os.PathLike[str], store: str, store_recipe: dict[str, Any]) -> str | None:
@@ -290,6 +306,8 @@ def mismatch_warning(weights: str | os.PathLike[str], store: str, store_recipe: 
     lines = card_mismatches(card, store_recipe)
     if not lines:
         return None
+    pick = _like_domain(card, store_recipe)
+    like = f"--like {card_path(weights)}" + (f" --like-domain {pick}" if pick else "")
     return (f"warning: {store} was preprocessed differently from the data the --init weights saw "
             f"(card {card_path(weights)}):\n  " + "\n  ".join(lines) +
-            f"\n  rebuild the store with `med3d-prep build-... --like {card_path(weights)}` to match")
+            f"\n  rebuild the store with `med3d-prep build-... {like}` to match")

@@ -123,3 +123,24 @@ def test_a_card_domain_that_is_no_safe_name_is_refused(tmp_path):
     write_card(card(**{"../evil": recipe()}), path)
     with pytest.raises(CardError, match=r"domain '\.\./evil'"):
         read_card(path)
+
+
+def test_the_store_domain_of_the_same_name_is_compared_and_the_fix_names_it(tmp_path):
+    """A LiTS store (domain liver) against a card with four CT domains: compared with the card's liver, not the
+    alphabetically first equally close one, and the --like fix says --like-domain liver (--like alone refuses a
+    card with several domains of the modality)."""
+    kits = {**LIVER, "domain": "kits", "target_spacing": [3.0, 0.8, 0.8]}
+    c = card(hepatic_vessel={**LIVER, "target_spacing": [1.5, 0.8, 0.8]}, kits=kits, liver=LIVER,
+             spleen={**LIVER, "target_spacing": [1.5, 0.8, 0.8]})
+    store = {**LIVER, "target_spacing": [1.5, 0.8, 0.8]}  # as close to hepatic_vessel and spleen (0) as to liver (1)
+    assert card_mismatches(c, store) == [
+        "target spacing 1.5 x 0.8 x 0.8 mm (z, y, x) vs 2.5 x 0.8 x 0.8 mm (z, y, x) (store domain liver vs card "
+        "domain liver)"]
+    weights = tmp_path / "w.pth"
+    write_card(c, card_path(weights))
+    assert f"--like {card_path(weights)} --like-domain liver`" in mismatch_warning(weights, "lits_store", store)
+    other = {**LIVER, "domain": "pancreas", "target_spacing": [2.0, 0.8, 0.8], "air_hu": -1000.0}
+    assert "--like-domain hepatic_vessel`" in mismatch_warning(weights, "p_store", other)  # closest, by name
+    one = tmp_path / "one.pth"
+    write_card(card(liver=LIVER), card_path(one))
+    assert mismatch_warning(one, "s", store).endswith(f"--like {card_path(one)}` to match")
