@@ -159,7 +159,7 @@ def _catalog_rows(table: pd.DataFrame, kind: str, store: str, path: str) -> pd.D
         raise LabelTableError(
             f"{path}: line(s) {_lines(unknown)} name cases that {store} does not hold "
             f"({', '.join(table.loc[unknown, 'id'].head(5))}); use the store's {kind}s (e.g. {', '.join(example)}: "
-            f"`med3d-prep info {store}` lists them) or delete those rows")
+            f"the {kind} column of {store}/catalog.parquet lists them all) or delete those rows")
     ambiguous = [i for i, tid in zip(table.index, table["id"]) if len(where[tid]) > 1]
     if ambiguous:
         raise LabelTableError(f"{path}: line(s) {_lines(ambiguous)} name a {kind} that {store} holds more than "

@@ -97,8 +97,9 @@ class StoreIndex:
             for domain in part.all_domains:
                 if domain in owner:
                     raise ValueError(f"domain {domain!r} is in both {owner[domain]} and {part.index.store}: domain "
-                                     "names must be unique across the stores; rebuild one of them under another "
-                                     "name (build-nnunet/build-totalseg --domain)")
+                                     "names must be unique across the stores: give only one of the stores that "
+                                     "hold it, or rebuild one under another name (build-nnunet and build-totalseg "
+                                     "take --domain)")
                 owner[domain] = part.index.store
         cases: dict[str, tuple[CaseEntry, ...]] = {}
         num_classes: dict[str, int] = {}
@@ -213,9 +214,10 @@ class _StorePart:
 
     def empty_message(self) -> str:
         ix = self.index
-        return (f"{ix.store}: no case to train on in split {ix.split!r} (ok, labelled, complete cases; "
-                f"{len(ix.excluded)} excluded by scan id, {self.incomplete} incomplete). Check the store with "
-                f"`med3d-prep info {ix.store}` and the --exclude options.")
+        hint = " and the --exclude options" if ix.excluded else ""
+        return (f"{ix.store}: no ok, labelled, complete case in split {ix.split!r} ({len(ix.excluded)} excluded "
+                f"by scan id, {self.incomplete} incomplete). Check the store with `med3d-prep info {ix.store}`"
+                f"{hint}.")
 
 
 def parse_exclude(specs: str | Iterable[str]) -> set[str]:

@@ -35,9 +35,10 @@ class LiverTask(BinarySegTask):
         if len(doms) != 1 or not liver:
             found = ", ".join(f"{r.domain} ({r.modality}: {', '.join(map(str, r.labels or []))})"
                               for r in doms.itertuples(index=False))
-            raise TaskStoreError(f"{store}: the liver task needs a LiTS-like CT store with one domain labelled "
-                                 f"'liver' (build it with `med3d-prep build-lits`); this store holds {found}. For "
-                                 "any other labelled store use `med3d-train finetune seg`")
+            raise TaskStoreError(f"{store}: the liver task needs a LiTS-like store: exactly one domain, CT, with a "
+                                 f"class named 'liver' (build it with `med3d-prep build-lits`); this store holds "
+                                 f"{len(doms)} domain(s): {found}. For any other labelled store use `med3d-train "
+                                 "finetune seg --domain NAME`")
 
     def kind(self, cfg: FinetuneConfig) -> str:
         return f"liver_{cfg.stage}"

@@ -126,7 +126,8 @@ def test_index_holds_only_train_cases_minus_excluded(stores) -> None:
 
 def test_index_without_cases_says_why(stores) -> None:
     everything = set(load_catalog(stores["main"])["scan_id"])
-    with pytest.raises(ValueError, match=r"no case to train on in split 'train'.*\d+ excluded by scan id"):
+    with pytest.raises(ValueError, match=r"no ok, labelled, complete case in split 'train' \(\d+ excluded by scan "
+                       r"id.* and the --exclude options"):
         StoreIndex.from_store(stores["main"], "train", exclude_scan_ids=everything)
 
 
