@@ -68,7 +68,7 @@ def evaluate(run: str | Path, store: str, *, split: str | None = None, segmenter
     written."""
     from catalog import load_catalog
     from model.tasks import get_task
-    from model.tasks.run import read_run
+    from model.tasks.run import read_run, stage_steps
 
     spec = read_run(run)
     task = get_task(spec["task"])
@@ -81,8 +81,11 @@ def evaluate(run: str | Path, store: str, *, split: str | None = None, segmenter
         raise ValueError(f"{store}: no ok case in split {split!r}; splits there: "
                          f"{sorted(set(load_catalog(store)['split']))}")
     out = Path(run) / "eval" / split
+    steps = None if segmenter is not None else stage_steps(run, spec, log)
     summary, table = task.evaluate(run, spec, store, split, rows, out, segmenter=segmenter, device=device, amp=amp,
                                    progress=progress)
+    if steps is not None:
+        summary["checkpoint_steps"] = steps  # which weights were measured: compare pairs them with the curves
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "cases.csv", index=False)
     (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")

@@ -155,7 +155,7 @@ def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, se
     whose header has none (the masks keep the files' own header).
     """
     from model.tasks import get_task
-    from model.tasks.run import inside, read_run
+    from model.tasks.run import inside, read_run, stage_steps
     from volume.geometry import to_original_grid
     from volume.integrity import DEFAULT_MAX_VOXELS
     from volume.preprocess import preprocess_scan
@@ -182,6 +182,8 @@ def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, se
             good.append((case, path))
     written: list[Path] = []
     if good:
+        if segmenter is None:
+            stage_steps(run, spec, log)  # says so when the run has not finished
         seg = segmenter or task.segmenter(run, spec, device=device, amp=amp)
         out.mkdir(parents=True, exist_ok=True)
     n_chans = int(getattr(seg, "in_chans", 1)) if good else 1

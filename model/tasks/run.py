@@ -8,6 +8,7 @@ Only the configuration and checkpoint files of training are read here (:mod:`mod
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,9 +53,37 @@ def load_stage(run: str | Path, stage: str, device: torch.device | str = "cpu"
     net = build_transfer_net(get_task(cfg.task).kind(cfg), cfg.encoder, int(ckpt["num_classes"]),
                              net_options(cfg, int(ckpt.get("in_chans", 1))))
     net.load_state_dict(ckpt["model"])
-    if int(ckpt["step"]) < cfg.steps:
-        print(f"note: {folder} stopped at step {ckpt['step']} of {cfg.steps} (resume it with --resume)")
     return net.to(device).eval(), cfg
+
+
+def stage_steps(run: str | Path, spec: dict[str, Any], log: Callable[[str], None]) -> dict[str, list[int]]:
+    """{stage: [checkpoint step, planned steps]} of every stage of ``run``, read without loading the weights
+    (mmap); says so through ``log`` when a stage has not finished (training still running, or stopped), and
+    raises FileNotFoundError naming the fix when a stage has no checkpoint yet."""
+    import torch
+
+    from model.training.checkpoint import CHECKPOINT_NAME
+
+    out: dict[str, list[int]] = {}
+    for stage in spec.get("stages") or ["main"]:
+        path = Path(run) / CHECKPOINT_NAME if stage == "main" else Path(run) / stage / CHECKPOINT_NAME
+        if not path.is_file() and out:  # a later stage not trained (yet): the earlier ones are measured
+            log(f"note: {path} does not exist: the {stage} stage has not been trained (yet)")
+            continue
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist yet: the run has written no checkpoint of its {stage} "
+                                    "stage (still in its first --ckpt-every steps, or never started); evaluate it "
+                                    "once training has written one")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            step, planned = int(ckpt["step"]), int(ckpt["config"]["steps"])
+        except Exception:  # a damaged file: loading the stage says so properly
+            continue
+        out[stage] = [step, planned]
+        if step < planned:
+            log(f"note: {path} is at step {step} of {planned}: the run is still training or stopped; this measures "
+                "those weights (summary.json: checkpoint_steps)")
+    return out
 
 
 def inside(folder: str | Path, name: str) -> Path:

@@ -33,3 +33,22 @@ def test_resume_alone_continues_a_run_started_with_other_options(tiny_store, tmp
     assert res.exit_code == 0, res.output
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 5
     assert json.loads((run / "config.json").read_text())["steps"] == 5
+
+
+def test_evaluate_says_which_checkpoint_it_measured_of_an_unfinished_run(tiny_store, tmp_path):
+    import pytest
+
+    from model.evaluation.evaluate import evaluate
+
+    run = tmp_path / "run"
+    opts = dict(domain="alpha", steps=4, batch=1, patch=(16, 16, 16), decoder_widths=(8, 8, 8), workers=0,
+                device="cpu", ckpt_every=2, val_every=0)
+    finetune("seg", tiny_store, str(run), stop_after=2, progress=False, log=lambda s: None, **opts)
+    lines: list[str] = []
+    summary = evaluate(run, tiny_store, split="val", progress=False, log=lines.append)
+    assert summary["checkpoint_steps"] == {"main": [2, 4]}
+    assert any("is at step 2 of 4: the run is still training or stopped" in line for line in lines)
+    assert json.loads((run / "eval" / "val" / "summary.json").read_text())["checkpoint_steps"] == {"main": [2, 4]}
+    (run / "checkpoint.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="has written no checkpoint of its main stage"):
+        evaluate(run, tiny_store, split="val", progress=False, log=lines.append)
