@@ -15,7 +15,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from model.cli_types import EncoderChoice, PatchSize
+from model.cli_types import EncoderChoice, PatchSize, loader_error
 
 __all__ = ["main"]
 
@@ -99,6 +99,8 @@ def pretrain(ctx: click.Context, stores: tuple[str, ...], out: str, **opts: Any)
         result = run_pretrain(cfg, resume=resume, progress=progress, log=click.echo)
     except (PretrainError, WeightsMismatchError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # a damaged store met while training (read in a DataLoader worker)
+        raise loader_error(exc) from exc
     if not DistEnv.from_environ().is_main:
         return
     click.echo(f"trained {result.step} steps; checkpoint {result.checkpoint}")

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from model.cli_types import EncoderChoice, PatchSize
+from model.cli_types import EncoderChoice, PatchSize, loader_error
 
 __all__ = ["compare", "evaluate", "finetune", "plot", "predict"]
 
@@ -149,6 +149,8 @@ def finetune(task: str, store: str, out: str, **opts: Any) -> None:
         raise click.ClickException(str(exc)) from exc
     except ValueError as exc:  # a FinetuneConfig field out of range
         raise click.UsageError(str(exc)) from exc
+    except OSError as exc:  # a damaged store met while training (read in a DataLoader worker)
+        raise loader_error(exc) from exc
     for r in results:
         val = r.summary.get("val") or {}
         what = get_task(task).metric

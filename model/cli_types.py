@@ -8,7 +8,15 @@ from typing import Any
 
 import click
 
-__all__ = ["EncoderChoice", "PatchSize"]
+__all__ = ["EncoderChoice", "PatchSize", "loader_error"]
+
+
+def loader_error(exc: BaseException) -> click.ClickException:
+    """A one-line error for an ``OSError`` of training, such as a damaged chunk met by a DataLoader worker: torch
+    re-raises it with the worker's whole traceback in the message, whose last line is the original message."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    return click.ClickException(re.sub(r"^\w+(Error|Exception): ", "", last))
 
 
 class EncoderChoice(click.Choice):

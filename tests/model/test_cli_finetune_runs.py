@@ -1,5 +1,7 @@
-"""``finetune --resume`` takes the run's own options where the command line leaves the defaults, as
-``pretrain --resume`` does; what the user does give still has to fit the checkpoint."""
+"""Running finetune from the command line and measuring it: ``--resume`` takes the run's own options where the
+command line leaves the defaults, as ``pretrain --resume`` does (what the user gives still has to fit the
+checkpoint); evaluate says which checkpoint of an unfinished run it measured; a damaged store met by a loader
+worker is one line, not the worker's traceback."""
 
 from __future__ import annotations
 
@@ -52,3 +54,20 @@ def test_evaluate_says_which_checkpoint_it_measured_of_an_unfinished_run(tiny_st
     (run / "checkpoint.pt").unlink()
     with pytest.raises(FileNotFoundError, match="has written no checkpoint of its main stage"):
         evaluate(run, tiny_store, split="val", progress=False, log=lines.append)
+
+
+def test_a_damaged_chunk_met_by_a_loader_worker_is_one_line(tiny_store, tmp_path):
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    for chunk in store.glob("alpha/*/image/c/**/*"):
+        if chunk.is_file():
+            chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+    res = CliRunner().invoke(main, ["finetune", "seg", str(store), "--domain", "alpha", "--out", str(tmp_path / "r"),
+                                    "--steps", "2", "--batch", "1", "--patch", "16", "--device", "cpu", "--workers",
+                                    "1", "--val-every", "0", "--no-progress"])
+    assert res.exit_code == 1
+    [error] = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert "chunk file is truncated" in error and "--verify" in error and not error.startswith("Error: OSError")
+    assert "Traceback" not in res.output
