@@ -84,7 +84,7 @@ def _tasks_help() -> str:
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True, help="Steps per stage.")
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--patch", type=PatchSize(), default="64", show_default=True,
-              help="Patch (lung, liver fine): 64 or z,y,x.")
+              help="Patch (lung, seg, liver fine): 64 or z,y,x.")
 @click.option("--coarse-shape", default="64,128,128", show_default=True,
               help="Liver coarse stage: whole volumes resized to z,y,x.")
 @click.option("--aspp-rates", default="2,4,6,8,12", show_default=True, help="Liver fine: DenseASPP dilation rates.")

@@ -89,7 +89,8 @@ def evaluate(run: str | Path, store: str, *, split: str | None = None, segmenter
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "cases.csv", index=False)
     (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
-    log(f"wrote {out}/cases.csv, summary.json" + (" and pred/" if task.segmentation else ""))
+    written = ["cases.csv", "summary.json"] + [n for n in ("predictions.csv", "pred/") if (out / n).exists()]
+    log(f"wrote {out}/: {', '.join(written)}")
     return summary
 
 
