@@ -168,9 +168,13 @@ def sample(out: Path, seed: int, size: str, only: str) -> None:
     OUT/nnunet)."""
     from .sample import write_all
 
-    written = write_all(out, seed=seed, size=size, only=only)
-    for name, paths in written.items():
-        click.echo(f"{name}: {len(paths)} files under {out / name}")
+    try:
+        written = write_all(out, seed=seed, size=size, only=only)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    for name, paths in written.items():  # a writer may return folders (LIDC: one per patient)
+        files = sum(1 for p in paths for f in (p.rglob("*") if p.is_dir() else [p]) if f.is_file())
+        click.echo(f"{name}: {files} files under {out / name}")
 
 
 @main.command("build-3dseg8")

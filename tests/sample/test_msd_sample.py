@@ -262,3 +262,25 @@ def test_sample_cli_writes_the_nnunet_layout_of_the_hippocampus_task(tmp_path):
     meta = json.loads((ds / "dataset.json").read_text())
     assert meta["numTraining"] == len(train) and meta["file_ending"] == ".nii.gz"
     assert f"nnunet: {len(train) * 2 + len(msd['test']) + 1} files" in res.output
+
+
+def test_sample_refuses_to_mix_two_seeds_in_one_folder(tmp_path):
+    """A re-run with the same seed and size rewrites the same files; another seed into the same folder is refused
+    before anything is written (it used to leave two LIDC studies per patient and MSD files of both seeds)."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main as prep
+
+    res = CliRunner().invoke(prep, ["sample", str(tmp_path), "--only", "lits"])
+    assert res.exit_code == 0, res.output
+    before = {p: p.read_bytes() for p in (tmp_path / "lits").iterdir()}
+    res = CliRunner().invoke(prep, ["sample", str(tmp_path), "--only", "lits"])
+    assert res.exit_code == 0, res.output
+    assert {p: p.read_bytes() for p in (tmp_path / "lits").iterdir()} == before
+    res = CliRunner().invoke(prep, ["sample", str(tmp_path), "--only", "lits", "--seed", "1"])
+    assert res.exit_code == 2 and "already holds a sample of seed 0, size tiny" in res.output
+    assert {p: p.read_bytes() for p in (tmp_path / "lits").iterdir()} == before
+    (tmp_path / "mine" / "lits").mkdir(parents=True)
+    (tmp_path / "mine" / "lits" / "notes.txt").write_text("mine")
+    res = CliRunner().invoke(prep, ["sample", str(tmp_path / "mine"), "--only", "lits"])
+    assert res.exit_code == 2 and "files that are not a sample" in res.output
