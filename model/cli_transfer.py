@@ -271,15 +271,22 @@ def compare(runs: tuple[str, ...], out: str) -> None:
     """The paper's table from finished RUNS: task x depth rows, scratch / Kinetics / MedicalNet / Med3D columns."""
     from model.evaluation.compare import collect_runs, compare_table, missing_runs, write_compare
 
-    try:
-        df = collect_runs(runs)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(compare_table(df).to_markdown() if _has_tabulate() else compare_table(df).to_string())
-    fill = missing_runs(df)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # said once each as a line, not with source lines
+        warnings.simplefilter("always")
+        try:
+            df = collect_runs(runs)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        table = compare_table(df)
+        fill = missing_runs(df)
+        md, csv = write_compare(df, out)
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        click.echo(f"note: {message}")
+    click.echo(table.to_markdown() if _has_tabulate() else table.to_string())
     if fill:
         click.echo("\n".join(["", "Empty columns, and the commands that fill them:", *fill, ""]))
-    md, csv = write_compare(df, out)
     click.echo(f"wrote {md} and {csv}")
 
 

@@ -202,3 +202,15 @@ def test_a_run_is_read_on_its_own_evaluation_split(tmp_path):
     [row] = collect_runs([folder]).to_dict("records")
     assert "evaluate RUN STORE --split val" in row["note"] and "eval/test/summary.json has no metric" in row["note"]
     assert row["metric"] != row["metric"]  # NaN
+
+
+def test_cli_says_a_shared_cell_once_as_a_note(runs, tmp_path):
+    from click.testing import CliRunner
+
+    from model.cli import main
+
+    res = CliRunner().invoke(main, ["compare", *map(str, runs), "--out", str(tmp_path / "cmp")])
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.output.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "2 runs for nodule / depth 50 / med3d: using the last modified" in notes[0]
+    assert "warnings.warn" not in res.output and "UserWarning" not in res.output
