@@ -195,6 +195,9 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
         problem = unsafe_name(name) or _recipe_problem(dom)
         if problem:
             raise CardError(f"{path}: domain {name!r}: {problem}; the card is damaged, export the weights again")
+    ids = card.get("scan_ids")
+    if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+        raise CardError(f"{path}: scan_ids is not a list of scan ids; the card is damaged, export the weights again")
     return card
 
 

@@ -167,6 +167,7 @@ def _options_of_the_run(out: str, stages: tuple[str, ...], kw: dict[str, Any]) -
     """``--resume``: the options the command line left at their defaults take the run's own values (its first
     stage's ``config.json``), as ``pretrain --resume`` does, so a run started with ``--steps 6 --patch 32``
     resumes with ``--resume`` alone; what the user did give still wins (and is checked against the checkpoint)."""
+    import dataclasses
     import json
     from pathlib import Path
 
@@ -183,6 +184,14 @@ def _options_of_the_run(out: str, stages: tuple[str, ...], kw: dict[str, Any]) -
     ctx = click.get_current_context()
     given = {_FIELD.get(name, name) for name in ctx.params
              if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}
+    if not isinstance(config, dict):
+        raise click.ClickException(f"{saved}: not a run config (a JSON object of FinetuneConfig fields)")
+    from model.training.finetune_config import FinetuneConfig
+
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    unknown = sorted(set(config) - fields)
+    if unknown:
+        raise click.ClickException(f"{saved}: unknown fields {unknown}; was it written by another med3d version?")
     for field, value in config.items():  # every field, also those without an option (decoder_widths...)
         if field not in given and field not in _NOT_CONFIG:
             kw[field] = tuple(value) if isinstance(value, list) else value

@@ -144,3 +144,11 @@ def test_the_store_domain_of_the_same_name_is_compared_and_the_fix_names_it(tmp_
     one = tmp_path / "one.pth"
     write_card(card(liver=LIVER), card_path(one))
     assert mismatch_warning(one, "s", store).endswith(f"--like {card_path(one)}` to match")
+
+
+def test_a_card_whose_scan_ids_are_not_a_list_of_ids_is_damaged(tmp_path):
+    weights = tmp_path / "w.pth"
+    for bad in (5, "abc", [1, 2], {"a": 1}):
+        write_card({**card(hippocampus=recipe()), "scan_ids": bad}, card_path(weights))
+        with pytest.raises(CardError, match=r"w\.json: scan_ids is not a list of scan ids"):
+            find_card(weights)

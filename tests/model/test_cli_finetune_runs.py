@@ -35,6 +35,14 @@ def test_resume_alone_continues_a_run_started_with_other_options(tiny_store, tmp
     assert res.exit_code == 0, res.output
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 5
     assert json.loads((run / "config.json").read_text())["steps"] == 5
+    # a crafted config.json: one line naming it, not a traceback
+    for crafted in ({"steps": 5, "evil": 1}, ["not", "an", "object"]):
+        saved = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps(crafted))
+        res = CliRunner().invoke(main, ["finetune", "seg", tiny_store, "--out", str(run), "--resume",
+                                        "--no-progress"])
+        assert res.exit_code == 1 and str(run / "config.json") in res.output and "Traceback" not in res.output
+        (run / "config.json").write_text(json.dumps(saved))
 
 
 def test_evaluate_says_which_checkpoint_it_measured_of_an_unfinished_run(tiny_store, tmp_path):
