@@ -173,6 +173,8 @@ def _options_of_the_run(out: str, stages: tuple[str, ...], kw: dict[str, Any]) -
 
     from click.core import ParameterSource
 
+    from model.training.finetune_config import FinetuneConfig
+
     folders = [Path(out) if st == "main" else Path(out) / st for st in stages]
     saved = next((f / "config.json" for f in folders if (f / "config.json").is_file()), None)
     if saved is None:
@@ -181,17 +183,14 @@ def _options_of_the_run(out: str, stages: tuple[str, ...], kw: dict[str, Any]) -
         config = json.loads(saved.read_text())
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"{saved}: not readable as JSON ({exc}); resume needs the run's config") from exc
+    if not isinstance(config, dict):
+        raise click.ClickException(f"{saved}: not a run config (a JSON object of FinetuneConfig fields)")
+    unknown = sorted(set(config) - {f.name for f in dataclasses.fields(FinetuneConfig)})
+    if unknown:
+        raise click.ClickException(f"{saved}: unknown fields {unknown}; was it written by another med3d version?")
     ctx = click.get_current_context()
     given = {_FIELD.get(name, name) for name in ctx.params
              if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}
-    if not isinstance(config, dict):
-        raise click.ClickException(f"{saved}: not a run config (a JSON object of FinetuneConfig fields)")
-    from model.training.finetune_config import FinetuneConfig
-
-    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    unknown = sorted(set(config) - fields)
-    if unknown:
-        raise click.ClickException(f"{saved}: unknown fields {unknown}; was it written by another med3d version?")
     for field, value in config.items():  # every field, also those without an option (decoder_widths...)
         if field not in given and field not in _NOT_CONFIG:
             kw[field] = tuple(value) if isinstance(value, list) else value

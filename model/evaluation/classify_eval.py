@@ -110,11 +110,10 @@ def predict_classes(run: str | Path, spec: dict[str, Any], scans: Sequence[str |
     :class:`~model.evaluation.predict.ScansSkippedError` names the skipped ones. Nothing is written when every
     case fails."""
     from model.data.classify_stream import classify_input
-    from model.evaluation.predict import ScansSkippedError, check_case, collect_cases
+    from model.evaluation.predict import ScansSkippedError, check_case, collect_cases, preprocess_case
     from model.tasks.base import FinetuneError
     from model.tasks.run import inside, load_stage
     from volume.integrity import DEFAULT_MAX_VOXELS
-    from volume.preprocess import preprocess_scan
 
     if spec.get("crop") == "mask":
         raise FinetuneError(f"{run} was trained on crops around the mask (--crop mask) and a raw scan has no mask: "
@@ -139,8 +138,7 @@ def predict_classes(run: str | Path, spec: dict[str, Any], scans: Sequence[str |
     for case in good:
         scan = case.scan
         try:
-            image, _ = preprocess_scan(scan, recipe, modality=modality, spacing_xyz=spacing_xyz, in_chans=n_chans,
-                                       channel_files=[f for f in case.files if f != scan] if n_chans > 1 else ())
+            image, _ = preprocess_case(case, recipe, in_chans=n_chans, modality=modality, spacing_xyz=spacing_xyz)
         except ValueError as exc:  # what the header could not tell: the voxels, the channel files
             log(f"skipped: {exc}")
             skipped.append((scan, str(exc)))

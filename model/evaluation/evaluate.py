@@ -111,10 +111,10 @@ def segment_cases(task: Any, store: str, split: str, rows: pd.DataFrame, seg: Se
     names = {row.case_id: inside(folder, task.pred_name(row.case_id, bool(row.has_label)))
              for row in rows.itertuples(index=False)}  # all checked before the first write
     folder.mkdir(parents=True, exist_ok=True)
+    n_chans = getattr(seg, "in_chans", 1)
     for row in tqdm(list(rows.itertuples(index=False)), desc=f"evaluate {split}", unit="case",
                     disable=not progress):
         attrs = node_meta(store, row.store_path, required=True)["attributes"]
-        n_chans = getattr(seg, "in_chans", 1)
         image, _ = read_volume(store, row.store_path, None if n_chans > 1 else 0)
         if n_chans > 1 and image.shape[0] != n_chans:
             raise ValueError(f"{store}/{row.store_path}: {image.shape[0]} channel(s); the run reads {n_chans} "

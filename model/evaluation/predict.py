@@ -128,6 +128,17 @@ def check_case(case: ScanCase, recipe: dict[str, Any], *, max_voxels: int | None
                                      target_spacing_zyx, header.n_channels, max_voxels)
 
 
+def preprocess_case(case: ScanCase, recipe: dict[str, Any], *, in_chans: int, modality: str | None,
+                    spacing_xyz: tuple[float, float, float] | None) -> tuple[Any, dict[str, Any]]:
+    """:func:`volume.preprocess.preprocess_scan` of ``case``: its scan, and with ``in_chans`` above 1 its other
+    channel files too (a network fine-tuned with ``--channels all``)."""
+    from volume.preprocess import preprocess_scan
+
+    extra = [f for f in case.files if f != case.scan] if in_chans > 1 else []
+    return preprocess_scan(case.scan, recipe, modality=modality, spacing_xyz=spacing_xyz, in_chans=in_chans,
+                           channel_files=extra)
+
+
 class ScansSkippedError(ValueError):
     """Some cases failed the header checks and were skipped; the others were predicted. ``written``: the masks
     written, ``skipped``: (file, reason) of each skipped case."""
@@ -158,7 +169,6 @@ def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, se
     from model.tasks.run import inside, read_run, stage_steps
     from volume.geometry import to_original_grid
     from volume.integrity import DEFAULT_MAX_VOXELS
-    from volume.preprocess import preprocess_scan
 
     spec = read_run(run)
     task = get_task(spec["task"])
@@ -190,9 +200,7 @@ def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, se
     for case, path in good:
         scan = case.scan
         try:
-            image, attrs = preprocess_scan(scan, recipe, modality=modality, spacing_xyz=spacing_xyz,
-                                           in_chans=n_chans,
-                                           channel_files=[f for f in case.files if f != scan] if n_chans > 1 else ())
+            image, attrs = preprocess_case(case, recipe, in_chans=n_chans, modality=modality, spacing_xyz=spacing_xyz)
         except ValueError as exc:  # what the header could not tell: the voxels, the channel files
             log(f"skipped: {exc}")
             skipped.append((scan, str(exc)))
