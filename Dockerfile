@@ -6,10 +6,10 @@ FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /opt/med3d
-COPY pyproject.toml README.md ./
-COPY pipeline ./pipeline
-COPY catalog ./catalog
-COPY model ./model
+# The project as a whole: every package pyproject.toml installs (pipeline, catalog, model, runlog, volume), the
+# README it names, and tests/ and benchmarks/ to run on the GPU; .dockerignore leaves out what belongs to one
+# checkout (.git, .venv, data/, runs/, build output, caches). tests/test_dockerfile.py builds these files.
+COPY . .
 # torch>=2.4 is already satisfied by the base image's CUDA build, so pip keeps it.
 RUN pip install ".[bench]" && python -c "import torch, SimpleITK, zarr, dask; print(torch.__version__, torch.version.cuda)"
 WORKDIR /work

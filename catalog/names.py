@@ -4,7 +4,8 @@ A case id and a domain name become folders (``STORE/<domain>/<case_id>/``), and 
 from them: ``evaluate`` and ``predict`` write ``<case_id>.nii.gz`` into their run folders. A catalog is a
 file anyone can hand over with a store, so its names are checked whenever a catalog is read, with the same
 rule the build applies to the cases it creates: a crafted row such as ``../../../../../x`` must never steer
-where a file is read or written.
+where a file is read or written. Any other name that becomes part of a written path (the split a run file asks
+``evaluate`` to measure, a mask named after an input file) passes :func:`path_component` where the path is built.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-__all__ = ["RESERVED_NAMES", "MAX_NAME_BYTES", "UnsafeNameError", "check_table_names", "unsafe_name"]
+__all__ = ["RESERVED_NAMES", "MAX_NAME_BYTES", "UnsafeNameError", "check_table_names", "path_component",
+           "unsafe_name"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -29,7 +31,25 @@ MAX_NAME_BYTES = 255
 
 
 class UnsafeNameError(ValueError):
-    """A catalog row names a folder that is not one safe path component; the message names file, row, value."""
+    """A name that becomes a path (a catalog row's folder, a field of a run file) is not one safe path component;
+    the message names the file, the row or field, and the value."""
+
+
+def _component_problem(name: object, folder: str) -> str | None:
+    """Why ``name`` is not one safe path component below ``folder`` (words for the message), or None."""
+    if not isinstance(name, str):
+        return f"is a {type(name).__name__}, not a string"
+    if not name or not name.strip():
+        return "is empty"
+    if name in (".", ".."):
+        return f"is {name!r}, which would escape {folder}"
+    if "/" in name or "\\" in name:  # an absolute path starts with one too
+        return f"contains a path separator, which would escape {folder}"
+    if _CONTROL.search(name):
+        return "contains control characters"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        return f"is longer than {MAX_NAME_BYTES} bytes, too long for a file name"
+    return None
 
 
 def unsafe_name(name: str) -> str | None:
@@ -39,21 +59,27 @@ def unsafe_name(name: str) -> str | None:
     parent folder or over another, with no control characters, at most :data:`MAX_NAME_BYTES` bytes, and not
     one of :data:`RESERVED_NAMES`.
     """
-    if not isinstance(name, str):
-        return f"is a {type(name).__name__}, not a string"
-    if not name or not name.strip():
-        return "is empty"
-    if name in (".", ".."):
-        return f"is {name!r}, which would escape the store folder"
-    if "/" in name or "\\" in name:
-        return "contains a path separator, which would escape the store folder"
-    if _CONTROL.search(name):
-        return "contains control characters"
-    if name.lower() in RESERVED_NAMES:
+    problem = _component_problem(name, "the store folder")
+    if problem is None and name.lower() in RESERVED_NAMES:
         return f"is a name the store uses for its own files ({sorted(RESERVED_NAMES)})"
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        return f"is longer than {MAX_NAME_BYTES} bytes, too long for a file name"
-    return None
+    return problem
+
+
+def path_component(value: object, what: str, source: object) -> str:
+    """``value``, checked to be one safe component of a path that is written to: a name read from a file or
+    given by a caller (a split, a domain, a case id, a class, task or run name, an input's file name) that
+    becomes a folder or file name. Not empty, not ``.`` or ``..``, no ``/`` or ``\\`` (so not absolute), no
+    control characters, at most :data:`MAX_NAME_BYTES` bytes. Check it where the path is built.
+
+    Raises :class:`UnsafeNameError` (a ValueError), one line naming ``source`` (the file or option the value came
+    from) and ``what`` (its field), e.g. ``runs/x/finetune.json: eval_split '../../y' contains a path
+    separator...``.
+    """
+    problem = _component_problem(value, "its folder")
+    if problem:
+        raise UnsafeNameError(f"{source}: {what} {value!r} {problem}; a name that becomes part of a path must be one "
+                              "plain file or folder name")
+    return value  # type: ignore[return-value]  (a str: _component_problem refuses anything else)
 
 
 def check_table_names(df: pd.DataFrame, what: str, *, names: Iterable[str] = (), store_path: bool = False,

@@ -150,9 +150,10 @@ def export(checkpoint: str, out: str, fmt: str, card: bool) -> None:
 
 
 def _add_transfer_commands() -> None:
+    from model.cli_study import study
     from model.cli_transfer import compare, evaluate, finetune, plot, predict
 
-    for command in (finetune, evaluate, predict, compare, plot):
+    for command in (finetune, evaluate, predict, compare, plot, study):
         main.add_command(command)
 
 

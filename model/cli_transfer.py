@@ -20,7 +20,7 @@ import click
 
 from model.cli_types import EncoderChoice, PatchSize, loader_error
 
-__all__ = ["compare", "evaluate", "finetune", "plot", "predict"]
+__all__ = ["compare", "evaluate", "finetune", "finetune_kwargs", "plot", "predict"]
 
 
 def _ints(value: str, name: str) -> tuple[int, ...]:
@@ -74,6 +74,9 @@ def _tasks_help() -> str:
                    "pretrained one).")
 @click.option("--labels", type=click.Path(dir_okay=False), default=None,
               help="classify: the label table (CSV: case_id or scan_id, label, optional split).")
+@click.option("--splits", type=click.Path(dir_okay=False), default=None,
+              help="seg: a split table (CSV: case_id, split = train|val|test) in place of the store's splits; cases "
+                   "it does not list are not used.")
 @click.option("--shape", default="64,64,64", show_default=True, help="classify: inputs resized to z,y,x.")
 @click.option("--crop", type=click.Choice(["none", "mask"]), default="none", show_default=True,
               help="classify: the whole volume, or the mask's bounding box grown by --crop-margin.")
@@ -119,24 +122,8 @@ def finetune(task: str, store: str, out: str, **opts: Any) -> None:
     from model.tasks import FinetuneError, get_task
     from model.training.finetune import finetune as run_finetune
 
-    depth = opts.pop("depth")
-    kw = dict(opts)
-    kw["compile"] = kw.pop("compile_")
-    progress, resume, stage, verbose = kw.pop("progress"), kw.pop("resume"), kw.pop("stage"), kw.pop("verbose")
-    kw["encoder"] = f"resnet{depth}" if depth else None
-    if kw["loss"] is None:
-        del kw["loss"]
-    if kw["domain"] is None:
-        del kw["domain"]
-    if kw["labels"] is None:
-        del kw["labels"]
-    kw["shape"] = _ints(kw["shape"], "--shape")
-    kw["coarse_shape"] = _ints(kw["coarse_shape"], "--coarse-shape")
-    kw["aspp_rates"] = _ints(kw["aspp_rates"], "--aspp-rates")
-    try:
-        kw["roi_margin_mm"] = tuple(float(v) for v in kw.pop("roi_margin").split(","))
-    except ValueError:
-        raise click.BadParameter("give lo,hi in mm", param_hint="--roi-margin") from None
+    progress, resume, stage, verbose = opts.pop("progress"), opts.pop("resume"), opts.pop("stage"), opts.pop("verbose")
+    kw = finetune_kwargs(opts)
     stages = get_task(task).stages
     if stage != "both" and stage not in stages:
         raise click.UsageError(f"--stage: task {task} has stages {', '.join(stages)} (or both), got {stage!r}")
@@ -156,6 +143,26 @@ def finetune(task: str, store: str, out: str, **opts: Any) -> None:
         what = get_task(task).metric
         note = f"; {what} on {val.get('split')} {val['metric']:.4f}" if val.get("metric") is not None else ""
         click.echo(f"{r.run_dir}: {r.step} steps, checkpoint {r.checkpoint}{note}")
+
+
+def finetune_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
+    """finetune's (and study's) command-line options as :class:`FinetuneConfig` fields: options left unset
+    dropped, sizes parsed."""
+    kw = dict(opts)
+    depth = kw.pop("depth", None)
+    kw["compile"] = kw.pop("compile_", False)
+    kw["encoder"] = f"resnet{depth}" if depth else None
+    for name in ("loss", "domain", "labels", "splits"):
+        if kw.get(name, 0) is None:
+            del kw[name]
+    kw["shape"] = _ints(kw["shape"], "--shape")
+    kw["coarse_shape"] = _ints(kw["coarse_shape"], "--coarse-shape")
+    kw["aspp_rates"] = _ints(kw["aspp_rates"], "--aspp-rates")
+    try:
+        kw["roi_margin_mm"] = tuple(float(v) for v in kw.pop("roi_margin").split(","))
+    except ValueError:
+        raise click.BadParameter("give lo,hi in mm", param_hint="--roi-margin") from None
+    return kw
 
 
 # finetune's CLI parameter -> the FinetuneConfig field it sets, where the names differ.
@@ -239,14 +246,17 @@ def evaluate(run: str, store: str, split: str | None, device: str, amp: bool, li
 @click.option("--max-voxels", default=None, metavar="N", callback=lambda ctx, param, v: _voxel_count(v),
               help="Largest scan (voxels × channels, as stored and after resampling) to read, e.g. 2e9 (the "
                    "default, as the build's); a header announcing more is skipped as damaged before any read.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace output files that exist already (an earlier predict's). Inputs are never replaced.")
 def predict(run: str, scans: tuple[str, ...], out: str, modality: str | None, spacing: str | None, device: str,
-            amp: bool, max_voxels: int | None) -> None:
+            amp: bool, max_voxels: int | None, overwrite: bool) -> None:
     """Segment raw SCANS (files or folders, an nnU-Net imagesTs folder too) with RUN; one mask per case in OUT,
     in that scan's own geometry (nnU-Net channel files CASE_0000... give CASE.nii.gz). A classify RUN writes
     OUT/predictions.csv instead: one row of class probabilities per scan.
 
     Every file passes the build's header checks first; a case that fails is skipped with a line naming the file,
-    the others are predicted, and the exit status is then non-zero."""
+    the others are predicted, and the exit status is then non-zero. An output that is an input file is refused,
+    and one that exists already unless --overwrite, before anything is written."""
     from model.evaluation.predict import predict as run_predict
     from model.tasks import get_task
     from model.tasks.run import read_run
@@ -263,10 +273,11 @@ def predict(run: str, scans: tuple[str, ...], out: str, modality: str | None, sp
         spec = read_run(run)
         if not get_task(spec["task"]).segmentation:  # classify: one row of class probabilities per scan
             get_task(spec["task"]).predict_scans(run, spec, scans, out, modality=modality, spacing_xyz=spacing_xyz,
-                                                 device=device, amp=amp, max_voxels=max_voxels, log=click.echo)
+                                                 device=device, amp=amp, max_voxels=max_voxels, overwrite=overwrite,
+                                                 log=click.echo)
             return
         run_predict(run, scans, out, modality=modality, spacing_xyz=spacing_xyz, device=device, amp=amp,
-                    max_voxels=max_voxels, log=click.echo)
+                    max_voxels=max_voxels, overwrite=overwrite, log=click.echo)
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -318,6 +318,30 @@ def build_lidc(lidc_root, store, min_readers, crop_mm, crop_spacing, test_fracti
     _finish(result)
 
 
+@main.command("build-medmnist")
+@click.argument("npz", type=click.Path(exists=True, dir_okay=False))
+@click.argument("store", type=click.Path(file_okay=False))
+@click.option("--flag", default=None, help="The 3D MedMNIST set (organmnist3d, nodulemnist3d, adrenalmnist3d, "
+              "fracturemnist3d, vesselmnist3d, synapsemnist3d); default: read from the file name.")
+@click.option("--image-codec", type=click.Choice(IMAGE_CODECS), default="lz4hc", show_default=True,
+              help="Image chunks' codec (volumes are read whole, once per run; shape masks compress ~30x).")
+def build_medmnist(npz, store, flag, image_codec) -> None:
+    """Build a 3D MedMNIST file (FLAG.npz 28³, FLAG_64.npz 64³) into a new STORE with STORE/labels.csv
+    (case_id, label, split: the file's classes and splits) for `med3d-train finetune classify`.
+
+    Image: each volume z-scored with its own mean and std (no clip), float32; `value × std + mean` (catalog
+    columns) gives the file's uint8 volume back. Spacing: unknown, 1 mm recorded (spacing_flag no_spacing:1mm).
+    A non-empty STORE is refused unless it was built from the same file (then it is left as it is).
+    """
+    from .job_medmnist import build_medmnist as build
+    from .sources.medmnist import MedmnistError
+
+    try:
+        click.echo(build(npz, store, flag=flag, image_codec=image_codec, log=click.echo).summary())
+    except MedmnistError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def _add_source_commands() -> None:
     """build-msd, build-nnunet, build-totalseg (pipeline/cli_sources.py), with the common and --like options."""
     from .cli_sources import SOURCE_COMMANDS
@@ -364,7 +388,8 @@ def info(store: str, as_json: bool) -> None:
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.argument("more_runs", nargs=-1, metavar="", type=click.Path(exists=True, file_okay=False))
 @click.option("--runs", multiple=True, type=click.Path(exists=True, file_okay=False),
-              help="Run folders whose loss / Dice / throughput curves the page includes: --runs RUN [RUN ...].")
+              help="Run folders whose loss / Dice / throughput curves the page includes, and study folders "
+                   "(med3d-train study) whose table and figures it shows: --runs RUN [RUN ...].")
 @click.option("--montage-cases", type=click.IntRange(min=0), default=4, show_default=True,
               help="Cases per domain drawn (seeded) for the mid-slice montages.")
 @click.option("--nodule-cases", type=click.IntRange(min=0), default=12, show_default=True,

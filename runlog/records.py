@@ -36,16 +36,35 @@ def json_safe(v: Any) -> Any:
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
     """The records of ``RUN_DIR/metrics.jsonl`` (optionally of one ``kind``), in order; [] without the file.
 
-    A line that is not JSON raises ValueError naming the file and the line number."""
+    A line that is not a record (not JSON, JSON that is not an object, a ``step`` that is not a whole number, a
+    number JSON cannot hold such as ``1e400``) is skipped; how many were skipped is said once as a warning naming
+    the file, so resume, plot, report, compare and study read what is readable of a damaged log."""
+    import warnings
+
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    rows, bad = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{n}: not a JSON record ({exc.msg}); the run's metrics log is damaged") from None
+            rec = json.loads(line, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            bad.append(n)
+            continue
+        step = rec.get("step") if isinstance(rec, dict) else None
+        if not isinstance(rec, dict) or isinstance(step, bool) or not isinstance(step, int) \
+                or any(isinstance(v, float) and not math.isfinite(v) for v in rec.values()):
+            bad.append(n)
+            continue
+        rows.append(rec)
+    if bad:
+        warnings.warn(f"{path}: skipped {len(bad)} line(s) that are not metric records (line "
+                      f"{', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''}); the log is damaged",
+                      stacklevel=2)
     return [r for r in rows if kind is None or r.get("kind") == kind]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from catalog.io import store_join
 
 from .case_cache import MANIFEST, build_case_cache, cache_file_name
 from .patches import StepStream, _empty, read_volume
-from .store_index import CaseEntry, StoreIndex
+from .store_index import SPLITS, CaseEntry, StoreIndex
 
 __all__ = ["CaseStream", "CoarseStream", "NoduleStream", "RoiPatchStream", "TaskData", "build_coarse_cache", "flip_randomly",
            "foreground_box", "nodule_labels", "resize_image", "resize_mask", "task_data"]
@@ -52,11 +52,17 @@ class TaskData:
         return tuple(sorted({c.scan_id for c in self.cases}))
 
 
-def task_data(store: str | os.PathLike[str], split: str, domain: str | None = None) -> TaskData:
+def task_data(store: str | os.PathLike[str], split: str, domain: str | None = None,
+              splits: Mapping[str, str] | None = None) -> TaskData:
     """The complete, labelled ok cases of ``split`` of one domain of a store: ``domain``, or the store's only
-    domain when None (LiTS, VISCERAL or LIDC)."""
+    domain when None (LiTS, VISCERAL or LIDC). ``splits`` (``{store_path: split}``, a split table of
+    :mod:`model.data.split_table`) replaces the catalog's splits: the cases it puts in ``split``, from any of the
+    catalog's splits."""
     store = os.fspath(store)
-    index = StoreIndex.from_store(store, split=split)
+    if splits is None:
+        index = StoreIndex.from_store(store, split=split)
+    else:
+        index = _table_index(store, split, splits)
     if domain is None:
         if len(index.domains) != 1:
             raise ValueError(f"{store}: a transfer store holds one domain, this one has "
@@ -68,6 +74,28 @@ def task_data(store: str | os.PathLike[str], split: str, domain: str | None = No
     doms = load_domains(store).set_index("domain")
     spacing = tuple(float(s) for s in doms.loc[domain, "target_spacing"])
     return TaskData(store, domain, split, index.cases[domain], index.num_classes[domain], spacing)  # type: ignore
+
+
+def _table_index(store: str, split: str, splits: Mapping[str, str]) -> StoreIndex:
+    """The index of the cases ``splits`` puts in ``split``, gathered from every split of the catalog."""
+    wanted = {p for p, s in splits.items() if s == split}
+    cases: dict[str, list[CaseEntry]] = {}
+    num_classes: dict[str, int] = {}
+    for part in SPLITS:
+        try:
+            index = StoreIndex.from_store(store, split=part)
+        except ValueError:  # no labelled case in that split of the catalog
+            continue
+        for dom, entries in index.cases.items():
+            kept = [c for c in entries if c.store_path in wanted]
+            if kept:
+                cases.setdefault(dom, []).extend(kept)
+                num_classes[dom] = index.num_classes[dom]
+    if not cases:
+        raise ValueError(f"{store}: the split table puts no ok, labelled case in split {split!r}")
+    return StoreIndex(store=store, split=split,
+                      cases={d: tuple(sorted(cs, key=lambda c: c.store_path)) for d, cs in sorted(cases.items())},
+                      num_classes=num_classes)
 
 
 def _rng(seed: int, step: int, rank: int, item: int) -> np.random.Generator:

@@ -100,7 +100,7 @@ def scan_name(scan: str | Path) -> str:
 def predict_classes(run: str | Path, spec: dict[str, Any], scans: Sequence[str | Path], out: str | Path, *,
                     modality: str | None = None, spacing_xyz: tuple[float, float, float] | None = None,
                     device: Any = "cpu", amp: bool = False, max_voxels: int | None = None,
-                    log: Callable[[str], None] = print) -> Path:
+                    overwrite: bool = False, log: Callable[[str], None] = print) -> Path:
     """Class probabilities of raw ``scans`` (files or folders, as segmentation ``predict`` takes them) with the
     whole-volume classify ``run``; writes and returns ``out/predictions.csv``.
 
@@ -108,9 +108,10 @@ def predict_classes(run: str | Path, spec: dict[str, Any], scans: Sequence[str |
     header checks (:func:`model.evaluation.predict.check_case`, ``max_voxels`` as there); a case that fails is
     skipped with a ``skipped:`` line, the others are written, then
     :class:`~model.evaluation.predict.ScansSkippedError` names the skipped ones. Nothing is written when every
-    case fails."""
+    case fails. ``out/predictions.csv`` is never an input, nor, unless ``overwrite``, a file that exists already
+    (:func:`~model.evaluation.predict.check_outputs`, before anything is read)."""
     from model.data.classify_stream import classify_input
-    from model.evaluation.predict import ScansSkippedError, check_case, collect_cases, preprocess_case
+    from model.evaluation.predict import ScansSkippedError, check_case, check_outputs, collect_cases, preprocess_case
     from model.tasks.base import FinetuneError
     from model.tasks.run import inside, load_stage
     from volume.integrity import DEFAULT_MAX_VOXELS
@@ -123,6 +124,7 @@ def predict_classes(run: str | Path, spec: dict[str, Any], scans: Sequence[str |
     recipe, classes = spec["preprocessing"], list(spec["classes"])
     good, skipped = [], []
     cases = collect_cases(scans)
+    check_outputs([path], [f for case in cases for f in case.files], overwrite=overwrite)
     for case in cases:
         try:
             check_case(case, recipe, modality=modality, spacing_xyz=spacing_xyz,

@@ -67,20 +67,28 @@ def evaluate(run: str | Path, store: str, *, split: str | None = None, segmenter
     to check the geometry alone). A store of the wrong kind for the run's task is refused before anything is
     written."""
     from catalog import load_catalog
+    from catalog.names import path_component
+    from model.data.store_index import SPLITS
     from model.tasks import get_task
-    from model.tasks.run import read_run, stage_steps
+    from model.tasks.run import RUN_FILE, read_run, stage_steps
 
     spec = read_run(run)
+    # The split names the output folder: from finetune.json (a file anyone can hand over) it must not steer
+    # the writes elsewhere (``../../x``, an absolute path), so it is checked before anything else.
+    source, what = (Path(run) / RUN_FILE, "eval_split") if split is None else ("evaluate", "split")
+    split = spec.get("eval_split") if split is None else split
+    if split not in SPLITS:
+        raise ValueError(f"{source}: {what} {split!r} is not one of {', '.join(SPLITS)}; give --split "
+                         f"{'|'.join(SPLITS)}")
+    out = Path(run) / "eval" / path_component(split, what, source)
     task = get_task(spec["task"])
     task.check_store(store, spec)
-    split = split or spec["eval_split"]
     rows = task.eval_rows(run, store, spec, split)
     if limit:
         rows = rows.head(limit)
     if rows.empty:
         raise ValueError(f"{store}: no ok case in split {split!r}; splits there: "
                          f"{sorted(set(load_catalog(store)['split']))}")
-    out = Path(run) / "eval" / split
     steps = None if segmenter is not None else stage_steps(run, spec, log)
     summary, table = task.evaluate(run, spec, store, split, rows, out, segmenter=segmenter, device=device, amp=amp,
                                    progress=progress)
@@ -108,7 +116,8 @@ def segment_cases(task: Any, store: str, split: str, rows: pd.DataFrame, seg: Se
     from volume.geometry import to_original_grid
 
     folder = out / "pred"
-    names = {row.case_id: inside(folder, task.pred_name(row.case_id, bool(row.has_label)))
+    names = {row.case_id: inside(folder, task.pred_name(row.case_id, bool(row.has_label)), what="case_id",
+                                 source=f"the catalog of {store}")
              for row in rows.itertuples(index=False)}  # all checked before the first write
     folder.mkdir(parents=True, exist_ok=True)
     n_chans = getattr(seg, "in_chans", 1)

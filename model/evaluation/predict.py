@@ -17,14 +17,20 @@ Before any voxel is read, every file of every case (each channel file of an nnU-
 header checks and ``--max-voxels`` (as stored and as resampled): a damaged or crafted header (a 32767³ claim, a
 ``vox_offset`` of inf, a 300 mm voxel, a gzip bomb) skips its case with one line naming the file; the other
 cases are predicted, and :class:`ScansSkippedError` then ends the call (docs/DECISIONS.md).
+
+Before anything is written, every output path is checked (:func:`check_outputs`): one that is an input file (``OUT``
+the scans' own folder, where ``CASE_0000`` gives ``CASE.nii.gz`` and ``CASE.nii.gz`` is a scan too) is refused,
+and one that exists already is refused unless ``overwrite`` (``--overwrite``) is given: predict never replaces a
+file it has not written in the same call, and never an input.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +41,8 @@ import torch
 from catalog.files import IMAGE_ENDINGS, image_stem
 from model.evaluation.inference import Segmenter
 
-__all__ = ["SCAN_ENDINGS", "ScanCase", "ScansSkippedError", "check_case", "collect_cases", "collect_scans", "mask_name",
-           "predict"]
+__all__ = ["SCAN_ENDINGS", "ScanCase", "ScansSkippedError", "check_case", "check_outputs", "collect_cases",
+           "collect_scans", "mask_name", "predict"]
 
 SCAN_ENDINGS = IMAGE_ENDINGS
 """File endings ``predict`` takes as scans in a folder: the project's one list (:mod:`catalog.files`)."""
@@ -139,6 +145,34 @@ def preprocess_case(case: ScanCase, recipe: dict[str, Any], *, in_chans: int, mo
                            channel_files=extra)
 
 
+def check_outputs(targets: Sequence[Path], inputs: Iterable[str | Path], *, overwrite: bool = False) -> None:
+    """Refuse outputs that would replace an input file (the same path, or the same file under another name: a
+    hard link, a symbolic link, another letter case), whatever ``overwrite`` says, and outputs that exist
+    already unless ``overwrite``. Call it before the first write. Raises ValueError, one line naming the paths."""
+    given: dict[Any, Path] = {}
+    for f in map(Path, inputs):
+        given[f.resolve()] = f
+        with contextlib.suppress(OSError):
+            st = f.stat()
+            given[(st.st_dev, st.st_ino)] = f
+    existing = []
+    for target in map(Path, targets):
+        try:
+            st = target.stat()
+        except FileNotFoundError:
+            st = None
+        scan = given.get(target.resolve()) or (given.get((st.st_dev, st.st_ino)) if st else None)
+        if scan is not None:
+            raise ValueError(f"refusing to write {target}: it is the input {scan}; predict never replaces its "
+                             "inputs: give another --out folder")
+        if st is not None:
+            existing.append(target)
+    if existing and not overwrite:
+        more, they = (f" and {len(existing) - 1} more", "they exist") if len(existing) > 1 else ("", "it exists")
+        raise ValueError(f"refusing to write {existing[0]}{more}: {they} already, and predict replaces no file it "
+                         "has not written in this call; give --overwrite to replace, or another --out folder")
+
+
 class ScansSkippedError(ValueError):
     """Some cases failed the header checks and were skipped; the others were predicted. ``written``: the masks
     written, ``skipped``: (file, reason) of each skipped case."""
@@ -151,7 +185,7 @@ class ScansSkippedError(ValueError):
 def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, segmenter: Segmenter | None = None,
             modality: str | None = None, spacing_xyz: tuple[float, float, float] | None = None,
             device: str | torch.device = "cpu", amp: bool = False, max_voxels: int | None = None,
-            log: Callable[[str], None] = print) -> list[Path]:
+            overwrite: bool = False, log: Callable[[str], None] = print) -> list[Path]:
     """Segment every scan of ``scans`` (files or folders, see :func:`collect_cases`) with ``run`` and write one
     mask per case into ``out``; returns the paths.
 
@@ -163,7 +197,8 @@ def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, se
 
     ``segmenter`` replaces the run's networks (an oracle in tests). ``modality`` (CT or MR) is needed for runs
     trained on a mixed-modality store (VISCERAL). ``spacing_xyz`` (mm) replaces the headers' spacing, for scans
-    whose header has none (the masks keep the files' own header).
+    whose header has none (the masks keep the files' own header). A mask path that is an input file is
+    refused, and one that exists already unless ``overwrite`` (:func:`check_outputs`), before anything is read.
     """
     from model.tasks import get_task
     from model.tasks.run import inside, read_run, stage_steps
@@ -178,7 +213,9 @@ def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, se
         raise ValueError(f"the given spacing {tuple(spacing_xyz)} is not three positive voxel sizes (mm)")
     cases = collect_cases(scans)
     out = Path(out)
-    targets = [inside(out, case.mask) for case in cases]  # every name checked before the first write
+    # every name checked before the first write: one plain file name in OUT, no input, nothing there already
+    targets = [inside(out, case.mask, what="mask name", source=case.scan) for case in cases]
+    check_outputs(targets, [f for case in cases for f in case.files], overwrite=overwrite)
     recipe = spec["preprocessing"]
     limit = DEFAULT_MAX_VOXELS if max_voxels is None else max_voxels
     good, skipped = [], []

@@ -147,9 +147,10 @@ class Task:
 
     def predict_scans(self, run: str | Path, spec: dict[str, Any], scans: Any, out: str | Path, *,
                       modality: str | None, spacing_xyz: tuple[float, float, float] | None, device: Any,
-                      amp: bool, max_voxels: int | None = None, log: Callable[[str], None]) -> Path:
+                      amp: bool, max_voxels: int | None = None, overwrite: bool = False,
+                      log: Callable[[str], None]) -> Path:
         """``predict`` of a task that classifies: one row of class probabilities per raw scan, written to a
-        table in ``out``; returns its path."""
+        table in ``out`` (which must not be an input, nor exist unless ``overwrite``); returns its path."""
         raise FinetuneError(f"{run}: a {self.name} run classifies its store's crops; predict takes segmentation "
                             "and classify runs")
 

@@ -193,8 +193,9 @@ class ClassifyTask(Task):
 
     def predict_scans(self, run: str | Path, spec: dict[str, Any], scans: Any, out: str | Path, *,
                       modality: str | None, spacing_xyz: tuple[float, float, float] | None, device: Any,
-                      amp: bool, max_voxels: int | None = None, log: Callable[[str], None]) -> Path:
+                      amp: bool, max_voxels: int | None = None, overwrite: bool = False,
+                      log: Callable[[str], None]) -> Path:
         from model.evaluation.classify_eval import predict_classes
 
         return predict_classes(run, spec, scans, out, modality=modality, spacing_xyz=spacing_xyz, device=device,
-                               amp=amp, max_voxels=max_voxels, log=log)
+                               amp=amp, max_voxels=max_voxels, overwrite=overwrite, log=log)

@@ -62,10 +62,12 @@ def stage_steps(run: str | Path, spec: dict[str, Any], log: Callable[[str], None
     raises FileNotFoundError naming the fix when a stage has no checkpoint yet."""
     import torch
 
+    from catalog.names import path_component
     from model.training.checkpoint import CHECKPOINT_NAME
 
     out: dict[str, list[int]] = {}
     for stage in spec.get("stages") or ["main"]:
+        path_component(stage, "stages", Path(run) / RUN_FILE)  # a folder of the run, never one elsewhere
         path = Path(run) / CHECKPOINT_NAME if stage == "main" else Path(run) / stage / CHECKPOINT_NAME
         if not path.is_file() and out:  # a later stage not trained (yet): the earlier ones are measured
             log(f"note: {path} does not exist: the {stage} stage has not been trained (yet)")
@@ -86,12 +88,20 @@ def stage_steps(run: str | Path, spec: dict[str, Any], log: Callable[[str], None
     return out
 
 
-def inside(folder: str | Path, name: str) -> Path:
+def inside(folder: str | Path, name: str, *, what: str = "file name",
+           source: object = "the store's catalog (case_id) or the input's file name") -> Path:
     """``folder/name`` resolved, checked to lie inside ``folder``: a name from a store's catalog (a case id like
-    ``../../x``) or from a file name must never steer a write elsewhere. Raises ValueError naming both."""
+    ``../../x``) or from a file name must never steer a write elsewhere, nor may an existing symbolic link there.
+    ``name`` must be one plain path component (:func:`catalog.names.path_component`); ``what`` and ``source``
+    name its field and where it came from in the message. Raises ValueError naming both."""
+    from catalog.names import path_component
+
     root = Path(folder).resolve()
+    if isinstance(name, str) and ("/" in name or name == "..") and "\0" not in name:
+        raise ValueError(f"refusing to write {name!r}: it would land at {(root / name).resolve()}, outside {root}; "
+                         f"{source} is malformed")
+    path_component(name, what, source)
     path = (root / name).resolve()
-    if path.parent != root or not name or Path(name).name != name:
-        raise ValueError(f"refusing to write {name!r}: it would land at {path}, outside {root}; the store's "
-                         "catalog (case_id) or the input's file name is malformed")
+    if path.parent != root:  # an existing symbolic link that points elsewhere
+        raise ValueError(f"refusing to write {name!r}: {root / name} is a link to {path}, outside {root}")
     return path

@@ -60,6 +60,10 @@ def per_class_scores(pred: np.ndarray, truth: np.ndarray, classes: int,
     return out
 
 
+SPLITS_FILE = "splits.csv"
+"""The run's copy of its ``--splits`` table."""
+
+
 @register_task
 class SegTask(Task):
     name = "seg"
@@ -94,24 +98,65 @@ class SegTask(Task):
     def finetune_options(self, store: str, options: dict[str, Any]) -> dict[str, Any]:
         if options.get("domain") is None:
             options["domain"] = str(self._domains(store).index[0])
+        if options.get("splits"):
+            self._splits(str(options["splits"]), store, str(options["domain"]))  # refused before anything is written
+            options["splits"] = str(Path(options["splits"]).resolve())
         return options
 
+    def _splits(self, table: str, store: str, domain: str) -> dict[str, str]:
+        """``{store_path: split}`` of a split table; its refusals as :class:`TaskStoreError`."""
+        from model.data.split_table import SplitTableError, read_split_table
+
+        try:
+            return read_split_table(table, store, domain)
+        except SplitTableError as exc:
+            raise TaskStoreError(str(exc)) from exc
+
     def choose_eval_split(self, store: str, options: dict[str, Any]) -> str:
-        """``test`` when the domain has labelled ok test cases, else ``val``."""
+        """``test`` when the domain has labelled ok test cases (in the ``--splits`` table when given), else
+        ``val``."""
         from catalog import load_catalog, select
 
+        if options.get("splits"):
+            return "test" if "test" in self._splits(options["splits"], store, options["domain"]).values() else "val"
         rows = select(load_catalog(store), domain=options.get("domain"), split="test", labelled=True)
         return "test" if not rows.empty else "val"
 
     def data(self, cfg: FinetuneConfig, split: str) -> TaskData:
         from model.data.transfer import task_data
 
-        return task_data(cfg.store, split, cfg.domain)
+        splits = self._splits(cfg.splits, cfg.store, str(cfg.domain)) if cfg.splits else None
+        return task_data(cfg.store, split, cfg.domain, splits)
 
     def run_info(self, cfg: FinetuneConfig) -> dict[str, Any]:
         doms = self._domains(cfg.store)
-        return {"domain": cfg.domain, "decoder": cfg.decoder, "channels": cfg.channels,
+        info = {"domain": cfg.domain, "decoder": cfg.decoder, "channels": cfg.channels,
                 "classes": class_names(doms.loc[cfg.domain, "labels"], int(doms.loc[cfg.domain, "num_classes"]))}
+        return {**info, "splits": SPLITS_FILE} if cfg.splits else info
+
+    def write_run_files(self, root: Path, cfg: FinetuneConfig) -> None:
+        """With ``--splits``: copy the table to ``root/splits.csv``; a run folder holding another table is
+        refused."""
+        import filecmp
+        import shutil
+
+        if not cfg.splits:
+            return
+        dest = root / SPLITS_FILE
+        if dest.is_file() and not filecmp.cmp(dest, cfg.splits, shallow=False):
+            raise TaskStoreError(f"{root} was trained with another split table ({dest} differs from {cfg.splits}); "
+                                 "pass that table again to resume, or choose another --out")
+        shutil.copyfile(cfg.splits, dest)
+
+    def eval_rows(self, run: str | Path, store: str, spec: dict[str, Any], split: str) -> pd.DataFrame:
+        """The ok cases of ``split`` of the run's domain: the catalog's split, or the run's own split table."""
+        from catalog import load_catalog, select
+
+        if not spec.get("splits"):
+            return super().eval_rows(run, store, spec, split)
+        splits = self._splits(str(Path(run) / spec["splits"]), store, str(spec["domain"]))
+        rows = select(load_catalog(store), domain=spec["domain"])
+        return rows[rows["store_path"].map(splits).eq(split)]
 
     # ------------------------------------------------------------------------------------------- training
     def kind(self, cfg: FinetuneConfig) -> str:

@@ -132,6 +132,32 @@ def _device(cfg: FinetuneConfig, env: DistEnv) -> torch.device:
         raise FinetuneError(f"--device {cfg.device!r} is not a device: {exc}; use cpu, cuda or cuda:N") from exc
 
 
+def _measured_and_validation(task: Task, cfg: FinetuneConfig, env: DistEnv, log: Callable[[str], None]
+                             ) -> tuple[Any, Any]:
+    """The split the run is measured on (for the leakage check) and the one it validates on while training.
+
+    Validation (the curve in metrics.jsonl, and anything chosen from it) reads ``val`` only: a run measured on
+    ``test`` never sees a test case before ``evaluate``. A run measured on ``val`` (liver: the LiTS test labels are
+    not public) validates on it too, as the paper's protocol does. Either may be None (no such split)."""
+    try:
+        evaluation = task.data(cfg, cfg.eval_split)
+    except ValueError as exc:
+        evaluation = None
+        if env.is_main:
+            log(f"note: no {cfg.eval_split} split to measure on ({exc})")
+    if cfg.eval_split == "val":
+        validation = evaluation
+    else:
+        try:
+            validation = task.data(cfg, "val")
+        except ValueError:
+            validation = None
+    if validation is None and env.is_main and cfg.val_every > 0:
+        log(f"note: no val split to validate on; training without validation (the {cfg.eval_split} split is "
+            "measured by evaluate only)")
+    return evaluation, validation
+
+
 def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int | None = None,
                    progress: bool = True, log: Callable[[str], None] = print,
                    preprocessing: dict[str, Any] | None = None, record: dict[str, Any] | None = None,
@@ -143,7 +169,6 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
     ``record`` is :func:`init_record` of ``cfg.init`` when the caller has it already (it reads the whole file).
     ``report_init`` receives the weight-loading report (default: its short line through ``log``).
     """
-    from model.data.transfer import TaskData
     from model.nets.weights import load_encoder_weights
 
     task = get_task(cfg.task)
@@ -159,12 +184,7 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
             train = task.data(cfg, "train")
         except (ValueError, FileNotFoundError) as exc:
             raise FinetuneError(str(exc)) from exc
-        try:
-            evaluation: TaskData | None = task.data(cfg, cfg.eval_split)
-        except ValueError as exc:
-            evaluation = None
-            if env.is_main:
-                log(f"note: no {cfg.eval_split} split to measure on ({exc}); training without validation")
+        evaluation, validation = _measured_and_validation(task, cfg, env, log)
         record = record if record is not None else init_record(cfg.init)
         if ckpt is None and env.is_main and evaluation is not None:
             _check_leakage(record, set(evaluation.scan_ids), cfg.init, cfg.eval_split, log)
@@ -215,8 +235,8 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
                     "preprocessing": preprocessing or {}, "world_size": env.world_size,
                 }, ckpt_path)
 
-        validator = task.validator(cfg, evaluation, run_dir, device=device, amp=amp) \
-            if cfg.val_every > 0 and env.is_main and evaluation is not None else None
+        validator = task.validator(cfg, validation, run_dir, device=device, amp=amp) \
+            if cfg.val_every > 0 and env.is_main and validation is not None else None
 
         def run_validation(step: int) -> dict[str, Any]:
             return validator(net) if validator is not None else {}

@@ -78,6 +78,9 @@ class FinetuneConfig(RunSettings):
     """seg, classify: ``first`` (the first channel of a multi-channel domain, as the one-channel encoder was
     pretrained) or ``all`` (every channel; the encoder's first convolution takes them all, initialised from the
     one-channel weights repeated and divided by the number of channels)."""
+    splits: str = ""
+    """seg: a split table (CSV: case_id, split) replacing the catalog's splits; cases it does not list are not used
+    (:mod:`model.data.split_table`). Copied into the run as splits.csv. "" : the catalog's splits."""
     labels: str = ""
     """classify: the label table (CSV: case id, class, optional split), copied into the run as labels.csv."""
     shape: tuple[int, int, int] = (64, 64, 64)

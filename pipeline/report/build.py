@@ -188,6 +188,32 @@ def _runs_section(runs: Sequence[str], w: _Writer) -> H.Section:
     return H.Section("runs", "Training runs", body)
 
 
+def _study_section(i: int, study: Path, w: _Writer) -> H.Section:
+    """A ``med3d-train study`` folder: its summary table (mean, 95 % interval, difference to scratch, steps to
+    target) and its two figures, copied beside the page."""
+    import shutil
+
+    slug = _slug(i, study.name)
+    (w.out / "studies" / slug).mkdir(parents=True, exist_ok=True)
+    parts = [H.paragraph(f"Study {study}: every cell a finetune run measured on one fixed held-out split.")]
+    summary = study / "summary.csv"
+    if summary.is_file():
+        frame = pd.read_csv(summary)
+        parts.append(H.table(frame.round(4)))
+    else:
+        parts.append(H.paragraph("No finished cell yet (no summary.csv).", "warn"))
+    captions = {"label_efficiency.png": "Test metric against labelled training patients: mean over seeds and its "
+                                        "95 % Student-t interval, per init.",
+                "convergence.png": "Validation metric against step, mean over seeds, per training fraction."}
+    for name, caption in captions.items():
+        if (study / name).is_file():
+            dest = w.out / "studies" / slug / name
+            shutil.copyfile(study / name, dest)
+            w.paths.append(dest)
+            parts.append(H.figure(f"studies/{slug}/{name}", caption))
+    return H.Section(f"study-{slug}", f"Study: {study.name}", "\n".join(parts))
+
+
 def build_report(store: str, out_dir: str | os.PathLike[str], *, runs: Sequence[str] = (), montage_cases: int = 4,
                  nodule_cases: int = 12, seed: int = 0, dpi: int = 90,
                  log: Callable[[str], None] | None = None) -> ReportResult:
@@ -222,9 +248,14 @@ def build_report(store: str, out_dir: str | os.PathLike[str], *, runs: Sequence[
         lidc = by_domain.loc["lidc"]["labels"] if "lidc" in by_domain.index else ["", "nodule"]
         sections.append(_nodule_section(store, cat, nodules, list(lidc), nodule_cases=nodule_cases, seed=seed,
                                         w=w))
+    studies = [Path(r) for r in runs if (Path(r) / "study.json").is_file()]
+    runs = [r for r in runs if Path(r) not in studies]
     if runs:
         log("report: training curves")
         sections.append(_runs_section(runs, w))
+    for i, study in enumerate(studies):
+        log(f"report: study {study}")
+        sections.append(_study_section(i, study, w))
     stamp = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     text = H.page(f"Med3D store report: {Path(str(store)).name}", f"{store} · generated {stamp}", sections)
     index = out / "index.html"

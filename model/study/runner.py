@@ -1,0 +1,194 @@
+"""``med3d-train study``: run every cell of a study (an ordinary finetune run, then ``evaluate``), resumably.
+
+A study folder::
+
+    STUDY/study.json                          the grid (a re-run with other options is refused)
+    STUDY/tables/f<fraction>_s<seed>.csv      the cell's cases (seg: a split table; classify: a label table),
+                                              shared by every init: a paired design
+    STUDY/runs/<init>/f<fraction>/s<seed>/    a finetune run folder (config.json, checkpoint.pt, metrics.jsonl,
+                                              eval/<split>/...) and cell.json, written when the cell is done
+    STUDY/logs/<init>_f<fraction>_s<seed>.log what finetune and evaluate said
+    STUDY/study.csv, summary.csv, summary.md, label_efficiency.png, convergence.png
+
+A killed study re-run goes on where it stopped: a cell with an ok ``cell.json`` is never re-trained; a run with a
+checkpoint resumes from it; a run folder without one (killed in its first steps) starts again. A cell that fails
+is a row with its error and the other cells go on; a re-run tries it again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from model.study.grid import GRID_FILE, Cell, Plan, StudyError, StudyGrid, plan_study, read_saved_grid
+
+__all__ = ["CELL_FILE", "StudyError", "cell_dir", "run_study", "study_rows"]
+
+CELL_FILE = "cell.json"
+
+
+def cell_dir(study: Path, cell: Cell) -> Path:
+    return study / "runs" / cell.init / f"f{cell.fraction:g}" / f"s{cell.seed}"
+
+
+def _table_path(study: Path, fraction: float, seed: int) -> Path:
+    return study / "tables" / f"f{fraction:g}_s{seed}.csv"
+
+
+def _write_table(plan: Plan, study: Path, fraction: float, seed: int) -> Path:
+    """The cell's case table: a split table (seg) or a label table with splits (classify)."""
+    from catalog.atomic import write_atomic
+
+    rows = plan.table(fraction, seed)
+    if plan.grid.task == "seg":
+        frame = pd.DataFrame({"case_id": rows["store_path"], "split": rows["split"]})
+    else:
+        ids = "case_id" if not rows["case_id"].duplicated().any() else "scan_id"
+        frame = pd.DataFrame({ids: rows[ids], "label": rows["label"], "split": rows["split"]})
+    path = _table_path(study, fraction, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = frame.to_csv(index=False)
+    if not path.is_file() or path.read_text() != text:
+        write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
+def _metrics(task: str, summary: dict[str, Any]) -> dict[str, float]:
+    """The numbers of an evaluate summary a study row keeps."""
+    if task == "classify":
+        keys = ("auc_macro", "accuracy", "balanced_accuracy")
+        return {k: float(summary[k]) if summary.get(k) is not None else float("nan") for k in keys}
+    out = {"dice": float(summary["metric"]) if summary.get("metric") is not None else float("nan")}
+    for name in summary.get("classes", []):
+        v = summary.get(f"dice_{name}_mean")
+        out[f"dice_{name}"] = float(v) if v is not None else float("nan")
+    return out
+
+
+def _trained_steps(run: Path) -> int | None:
+    """The step of ``run``'s checkpoint, or None without one."""
+    import torch
+
+    from model.training.checkpoint import CHECKPOINT_NAME
+
+    path = run / CHECKPOINT_NAME
+    if not path.is_file():
+        return None
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+
+
+def _run_cell(plan: Plan, study: Path, cell: Cell, log_file: Path) -> dict[str, Any]:
+    """Train (or resume) and evaluate one cell; its row."""
+    from model.evaluation.evaluate import evaluate
+    from model.training.finetune import finetune
+
+    grid = plan.grid
+    run = cell_dir(study, cell)
+    table = _write_table(plan, study, cell.fraction, cell.seed)
+    steps = _trained_steps(run)
+    if run.exists() and steps is None:
+        shutil.rmtree(run)  # killed before its first checkpoint: nothing to resume
+    options = dict(grid.options)
+    options["splits" if grid.task == "seg" else "labels"] = str(table)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("a", encoding="utf-8") as fh:
+        def log(line: str) -> None:
+            fh.write(line + "\n")
+            fh.flush()
+
+        t0 = time.perf_counter()
+        if steps is None or steps < int(options.get("steps", 1000)):
+            finetune(grid.task, grid.store, str(run), resume=steps is not None, progress=False, log=log,
+                     init=cell.weights, seed=cell.seed, **options)
+        t1 = time.perf_counter()
+        summary = evaluate(run, grid.store, device=options.get("device") or "cpu", progress=False, log=log)
+        t2 = time.perf_counter()
+    rows = plan.table(cell.fraction, cell.seed)
+    train = rows[rows["split"].eq("train")]
+    return {"status": "ok", "error": "", **_metrics(grid.task, summary), "split": summary.get("split"),
+            "n_train": int(train["patient"].nunique()), "n_train_cases": len(train),
+            "train_s": round(t1 - t0, 2), "eval_s": round(t2 - t1, 2)}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    from catalog.atomic import write_atomic
+    from runlog.records import json_safe
+
+    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(json_safe(data), indent=2) + "\n"))
+
+
+def _read_cell(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def run_study(grid: StudyGrid, study: str | Path, *, log: Callable[[str], None] = print,
+              figures: bool = True) -> pd.DataFrame:
+    """Run (or finish) every cell of ``grid`` in ``study``; returns the rows of ``study.csv``."""
+    from model.study.report import write_outputs
+
+    study = Path(study)
+    saved = read_saved_grid(study)
+    if saved is not None:
+        diff = grid.differences(saved)
+        if diff:
+            raise StudyError(f"{study} holds a study with other {', '.join(diff)} ({study / GRID_FILE}); a re-run "
+                             "must ask for the same grid: give the same options, or another --out")
+    elif study.exists() and any(study.iterdir()):
+        raise StudyError(f"{study} is not empty and holds no {GRID_FILE}; choose another --out")
+    t_plan = time.perf_counter()
+    plan = plan_study(grid)
+    study.mkdir(parents=True, exist_ok=True)
+    if saved is None:
+        _write_json(study / GRID_FILE, grid.to_dict())
+    cells = plan.cells()
+    log(f"study: {len(grid.inits)} init(s) x {len(grid.fractions)} fraction(s) x {len(grid.seeds)} seed(s) = "
+        f"{len(cells)} cells, measured on {int(plan.cases['split'].eq(plan.eval_split).sum())} {plan.eval_split} "
+        f"cases; training pool {int(plan.cases['split'].eq('train').sum())} cases "
+        f"(planned in {time.perf_counter() - t_plan:.2f} s)")
+    for n, cell in enumerate(cells, start=1):
+        path = cell_dir(study, cell) / CELL_FILE
+        done = _read_cell(path)
+        if done is not None and done.get("status") == "ok":
+            continue
+        t0 = time.perf_counter()
+        base = {"init": cell.init, "fraction": cell.fraction, "seed": cell.seed, "run": str(cell_dir(study, cell))}
+        try:
+            row = {**base, **_run_cell(plan, study, cell, study / "logs" /
+                                       f"{cell.init}_f{cell.fraction:g}_s{cell.seed}.log")}
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # a failed cell is a row; the others go on
+            row = {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:500]}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(path, row)
+        main = next((k for k in ("dice", "auc_macro") if k in row), None)
+        what = f"{main} {row[main]:.4f}" if main and row["status"] == "ok" else f"FAILED: {row['error']}"
+        log(f"[{n}/{len(cells)}] {cell.key}: {what} ({time.perf_counter() - t0:.0f} s)")
+        write_outputs(study, plan, study_rows(study, plan), figures=False)
+    rows = study_rows(study, plan)
+    write_outputs(study, plan, rows, figures=figures)
+    return rows
+
+
+def study_rows(study: Path, plan: Plan) -> pd.DataFrame:
+    """Every cell's row (finished, failed, or missing when not run yet), with steps to target from the curves."""
+    from model.study.curves import add_steps_to_target
+
+    rows = []
+    for cell in plan.cells():
+        data = _read_cell(cell_dir(study, cell) / CELL_FILE)
+        rows.append(data if data is not None else {"init": cell.init, "fraction": cell.fraction, "seed": cell.seed,
+                                                   "status": "missing", "error": "",
+                                                   "run": str(cell_dir(study, cell))})
+    frame = pd.DataFrame(rows)
+    return add_steps_to_target(frame)
