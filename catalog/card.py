@@ -21,7 +21,6 @@ plus where it came from. Spacings are (z, y, x) mm on the stored grid, which is 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,13 @@ from typing import Any
 from .atomic import write_atomic
 from .io import load_catalog, load_domains
 from .names import unsafe_name
+from .safetensors_header import embedded_card, has_embedded_card
 from .store_format import node_meta
+from .values import MAX_SPACING_MM, MIN_SPACING_MM, finite_number, read_json, show
 
 __all__ = ["AXES", "CARD_FORMAT", "CARD_VERSION", "ORIENTATION", "CardError", "card_mismatches", "card_path",
            "case_recipe", "find_card", "intensity_rule", "make_card", "mismatch_warning", "read_card",
-           "recipe_differences", "store_domains", "write_card"]
+           "recipe_differences", "recipe_problem", "store_domains", "write_card"]
 
 CARD_FORMAT = "med3d-card"
 CARD_VERSION = 1
@@ -44,6 +45,10 @@ SPACING_RTOL = 1e-3
 """Spacings closer than this (relative) count as equal: float noise of a median, not another grid."""
 
 _RECIPE_KEYS = ("target_spacing", "modality", "percentiles", "ct_window", "air_hu", "dtype", "image_interpolation")
+DTYPES = ("float16", "float32")
+"""Image dtypes a store is built with (``pipeline.config.PrepConfig.dtype``)."""
+INTERPOLATIONS = ("linear", "bspline")
+"""Image interpolations of a build (``PrepConfig.image_interpolation``)."""
 
 
 class CardError(ValueError):
@@ -152,13 +157,19 @@ def make_card(*, kind: str, architecture: dict[str, Any], domains: dict[str, dic
 
 
 def card_path(weights: str | os.PathLike[str]) -> Path:
-    """Where the card of a weights file lies: ``OUT.pth`` -> ``OUT.json``."""
-    return Path(weights).with_suffix(".json")
+    """Where the card of a weights file lies: ``OUT.pth`` -> ``OUT.json``; a ``.safetensors`` file carries its card
+    in its metadata (:mod:`catalog.safetensors_header`): itself."""
+    path = Path(weights)
+    return path if path.suffix == ".safetensors" else path.with_suffix(".json")
 
 
 def write_card(card: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write ``card`` as indented JSON, atomically (a temporary file in the same folder, then a rename)."""
+    """Write ``card`` as indented JSON, atomically (a temporary file in the same folder, then a rename), with
+    credentials in URLs redacted (:func:`catalog.redact.redact_url`)."""
+    from .redact import redact_urls
+
     path = Path(path)
+    card = redact_urls(card)
 
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -176,15 +187,18 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise CardError(f"{path}: no such card (`med3d-train export` writes OUT.json beside OUT.pth)")
     try:
-        card = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CardError(f"{path}: not a readable JSON card ({exc}); export the weights again") from None
+        card = embedded_card(path) if path.suffix == ".safetensors" else read_json(path, "JSON card")
+    except ValueError as exc:  # not JSON, a 5000-digit number, nesting deeper than the recursion limit
+        raise CardError(f"{exc}; export the weights again") from None
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise CardError(f"{path}: not a Med3D weights card (no \"format\": \"{CARD_FORMAT}\")")
     version = card.get("format_version")
-    if not isinstance(version, int) or version > CARD_VERSION:
-        raise CardError(f"{path}: card format version {version!r}; this Med3D reads up to {CARD_VERSION}: "
+    if not finite_number(version, integer=True) or version > CARD_VERSION:
+        raise CardError(f"{path}: card format version {show(version)}; this Med3D reads up to {CARD_VERSION}: "
                         "update Med3D")
+    if "step" in card and not (finite_number(card["step"], integer=True) and card["step"] >= 0):
+        raise CardError(f"{path}: step {show(card['step'])} is not a step count; the card is damaged, export the "
+                        "weights again")
     domains = card.get("domains")
     if not isinstance(domains, dict) or not domains:
         raise CardError(f"{path}: the card lists no domain")
@@ -192,7 +206,7 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
         missing = [k for k in _RECIPE_KEYS if not isinstance(dom, dict) or k not in dom]
         if missing:
             raise CardError(f"{path}: domain {name!r} lacks {', '.join(missing)}; export the weights again")
-        problem = unsafe_name(name) or _recipe_problem(dom)
+        problem = unsafe_name(name) or recipe_problem(dom) or _record_problem(dom)
         if problem:
             raise CardError(f"{path}: domain {name!r}: {problem}; the card is damaged, export the weights again")
     ids = card.get("scan_ids")
@@ -202,28 +216,52 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _numbers(value: Any, n: int) -> list[float] | None:
-    """``value`` as ``n`` finite numbers, or None."""
-    if not isinstance(value, (list, tuple)) or len(value) != n:
-        return None
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+    """``value`` as ``n`` finite numbers (bools are not numbers), or None."""
+    if not isinstance(value, (list, tuple)) or len(value) != n or not all(finite_number(v) for v in value):
         return None
     return [float(v) for v in value]
 
 
-def _recipe_problem(dom: dict[str, Any]) -> str | None:
-    """What is wrong with a card domain's recipe values (they become a build's settings), or None."""
-    spacing = _numbers(dom["target_spacing"], 3)
-    if spacing is None or min(spacing) <= 0:
-        return f"target_spacing {dom['target_spacing']!r} is not three positive finite mm values"
-    pct = _numbers(dom["percentiles"], 2)
+def recipe_problem(recipe: Any) -> str | None:
+    """What is wrong with a recipe (a card domain's, a run's ``preprocessing``: it becomes a build's settings or
+    the grid a scan is resampled to), in words naming the field, or None: a field missing, a target spacing outside
+    the voxel sizes a scan header may have (:data:`catalog.values.MIN_SPACING_MM`-:data:`MAX_SPACING_MM`),
+    a number that is not a finite number, a dtype or interpolation no build knows, a modality that is no name."""
+    if not isinstance(recipe, dict):
+        return f"the recipe {show(recipe)} is not a JSON object of {', '.join(_RECIPE_KEYS)}"
+    missing = [k for k in _RECIPE_KEYS if k not in recipe]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    spacing = _numbers(recipe["target_spacing"], 3)
+    if spacing is None or not all(MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in spacing):
+        return (f"target_spacing {show(recipe['target_spacing'])} is not three positive finite mm values within "
+                f"{MIN_SPACING_MM:g}-{MAX_SPACING_MM:g} mm (z, y, x), the voxel sizes a scan header may have")
+    pct = _numbers(recipe["percentiles"], 2)
     if pct is None or not 0 <= pct[0] < pct[1] <= 100:
-        return f"percentiles {dom['percentiles']!r} are not lo < hi within 0..100"
-    window = dom["ct_window"]
+        return f"percentiles {show(recipe['percentiles'])} are not lo < hi within 0..100"
+    window = recipe["ct_window"]
     if window is not None and ((w := _numbers(window, 2)) is None or not w[0] < w[1]):
-        return f"ct_window {window!r} is not lo < hi in HU"
-    air = dom["air_hu"]
-    if air is not None and _numbers([air], 1) is None:
-        return f"air_hu {air!r} is not a finite HU value"
+        return f"ct_window {show(window)} is not lo < hi in HU"
+    air = recipe["air_hu"]
+    if air is not None and not finite_number(air):
+        return f"air_hu {show(air)} is not a finite HU value"
+    for key, allowed in (("dtype", DTYPES), ("image_interpolation", INTERPOLATIONS)):
+        if not isinstance(recipe[key], str) or recipe[key] not in allowed:
+            return f"{key} {show(recipe[key])} is not one of {', '.join(allowed)}"
+    modality = recipe["modality"]
+    if not isinstance(modality, str) or not modality.strip() or len(modality) > 64 or not modality.isprintable():
+        return f"modality {show(modality)} is not a modality name (CT, MR, CT/MR...)"
+    return None
+
+
+def _record_problem(dom: dict[str, Any]) -> str | None:
+    """What is wrong with a card domain's record fields (shown to people, not built with), or None."""
+    rule = dom.get("intensity_rule", "")
+    if not isinstance(rule, str):
+        return f"intensity_rule {show(rule)} is not a sentence"
+    cases = dom.get("cases", {})
+    if not isinstance(cases, dict) or not all(finite_number(n, integer=True) and n >= 0 for n in cases.values()):
+        return f"cases {show(cases)} are not case counts"
     return None
 
 
@@ -231,6 +269,8 @@ def find_card(weights: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The card beside a weights file (``OUT.json`` for ``OUT.pth``), or None when there is none. A file there that
     is not a usable card raises :class:`CardError` naming it."""
     path = card_path(weights)
+    if path.suffix == ".safetensors" and path.is_file() and not has_embedded_card(path):
+        return None  # safetensors weights without a card, as a .pth without its .json
     return read_card(path) if path.is_file() else None
 
 

@@ -13,13 +13,23 @@ The fast path needs exactly what ``pipeline/store.py`` writes (through :mod:`cat
 transformers, a numeric data type and a numeric fill value. Blosc frames carry their own header (type size,
 shuffle, compressor), so the codec's configuration is not needed to decode. Any other array (another codec
 chain, sharding, a remote ``s3://`` store) is opened with zarr-python and read through it: same results,
-slower.
+slower (a local one after the same file checks; an object store has no links or devices to check).
+
+A store read for training may have been copied, cut short or crafted, so nothing in it is trusted further than
+it can be checked before the read (README "Damaged inputs"): the array's shape must be the one the caller
+expects (the catalog row's, :mod:`catalog.case_arrays`) and its chunk no larger than the array, before any
+buffer is allocated; a chunk file is opened only where it lies inside the store (a symbolic link is resolved and
+must stay in the store root) and only when it is a regular file of a size its codec can produce (a raw chunk:
+exactly its header and bytes; a Blosc frame: at most the chunk's bytes and the header), so a link to
+``/dev/zero`` or a huge sparse file is refused, not read. Every such refusal is a :class:`DamagedStoreError`.
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import math
 import os
+import stat
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +46,20 @@ _NUMERIC = frozenset({
 _NAMED_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _BLOSC_HEADER = 16  # Blosc 1 frame header: version, versionlz, flags, typesize, nbytes, blocksize, cbytes
 _MEMCPYED = 0x02  # flags bit: the frame holds the bytes as they are (no shuffle, no compression)
+# A chunk may be larger than its array (a 35-voxel axis in 64-voxel chunks) but not by more than this: the
+# reader allocates one chunk, so a crafted chunk_shape must not decide how much memory that is.
+_MAX_CHUNK_VOXELS = 512 ** 3
+_FALLBACK_SLACK = 1 << 16  # bytes any codec chain may add to a chunk (headers, checksums, a shard index)
+
+
+class DamagedStoreError(OSError):
+    """A store file that cannot be what the store wrote: a chunk cut short, of another size, not a regular file or
+    outside the store, array metadata that disagrees with the catalog. Its message is one line naming the file and
+    the fix (``--verify`` rebuilds damaged cases); an OSError, so training's error handling reports it as one
+    line even from a DataLoader worker."""
+
+
+_FIX = "the store is damaged; re-run its build (med3d-prep build-...) with --verify to rebuild the damaged cases"
 
 
 class ChunkedArrayReader:
@@ -50,7 +74,11 @@ class ChunkedArrayReader:
     volumes to hit). The reader holds no open files or thread pools; create readers inside DataLoader workers.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, expect_shape: Sequence[int] | None = None,
+                 max_shape: Sequence[int] | None = None, expected_by: str = "the catalog") -> None:
+        """``expect_shape``: the shape the array must have; ``max_shape``: per axis the most it may have (both
+        checked, with the chunk's size, before anything is allocated or read; a mismatch is a
+        :class:`DamagedStoreError` naming ``expected_by``)."""
         self.path = os.fspath(path)
         self._zarr: Any = None
         meta = self._local_metadata()
@@ -59,6 +87,7 @@ class ChunkedArrayReader:
             self.shape: tuple[int, ...] = tuple(int(s) for s in meta["shape"])
             self.chunks: tuple[int, ...] = tuple(int(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"])
             self.dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+            self._check_metadata(expect_shape, max_shape, expected_by)
             self.fill_value = _fill_value(meta["fill_value"], self.dtype)
             enc = meta["chunk_key_encoding"]
             sep = enc.get("configuration", {}).get("separator", "/" if enc["name"] == "default" else ".")
@@ -66,6 +95,8 @@ class ChunkedArrayReader:
             self._sep = sep
             self._codec = numcodecs.Blosc()
             self._raw = meta["codecs"][1].get("configuration", {}).get("clevel") == 0
+            self._root = store_root(self.path)
+            self._dirs_inside: set[str] = set()
             self._buf = np.empty(math.prod(self.chunks) * self.dtype.itemsize, np.uint8)
             self._chunk_view = self._buf.view(self.dtype).reshape(self.chunks)
             self.fallback_reason = ""
@@ -80,8 +111,28 @@ class ChunkedArrayReader:
             self.shape = tuple(int(s) for s in self._zarr.shape)
             self.chunks = tuple(int(c) for c in self._zarr.chunks)
             self.dtype = np.dtype(self._zarr.dtype)
+            self._check_metadata(expect_shape, max_shape, expected_by)
+            if meta is not None:  # a local array zarr-python will read: its files pass the same checks first
+                _check_local_files(self.path, math.prod(self.chunks) * self.dtype.itemsize)
             self.fill_value = self._zarr.fill_value
             self.fallback_reason = why_not
+
+    def _check_metadata(self, expect_shape: Sequence[int] | None, max_shape: Sequence[int] | None,
+                        expected_by: str) -> None:
+        """Refuse metadata that disagrees with what the caller knows of the array, or a chunk larger than the
+        array and :data:`_MAX_CHUNK_VOXELS`, before a byte is allocated for it."""
+        meta = os.path.join(self.path, "zarr.json")
+        if expect_shape is not None and self.shape != tuple(int(s) for s in expect_shape):
+            raise DamagedStoreError(f"{meta}: shape {list(self.shape)} differs from {expected_by}'s "
+                                    f"{[int(s) for s in expect_shape]}: {_FIX}")
+        if max_shape is not None and (len(self.shape) != len(max_shape)
+                                      or any(s > int(m) for s, m in zip(self.shape, max_shape))):
+            raise DamagedStoreError(f"{meta}: shape {list(self.shape)} exceeds the {[int(m) for m in max_shape]} "
+                                    f"{expected_by} allows: {_FIX}")
+        if len(self.chunks) != len(self.shape) or min(self.chunks, default=1) < 1 or \
+                math.prod(self.chunks) > max(math.prod(self.shape), _MAX_CHUNK_VOXELS):
+            raise DamagedStoreError(f"{meta}: chunk shape {list(self.chunks)} does not fit the array's shape "
+                                    f"{list(self.shape)}: {_FIX}")
 
     @property
     def direct(self) -> bool:
@@ -96,7 +147,12 @@ class ChunkedArrayReader:
         if not is_local(self.path):
             return None
         self.path = self.path.removeprefix("file://")
-        return node_meta(self.path)
+        meta = node_meta(self.path)
+        meta_path = os.path.join(self.path, "zarr.json")
+        if meta is None and os.path.lexists(meta_path):  # there but unreadable: zarr-python must not read it either
+            problem = file_problem(meta_path, store_root(self.path)) or "not readable as JSON metadata"
+            raise DamagedStoreError(f"{meta_path}: {problem}, in place of the array's metadata: {_FIX}")
+        return meta
 
     def read(
         self,
@@ -153,9 +209,8 @@ class ChunkedArrayReader:
         for combo in itertools.product(*per_axis):
             key = self._prefix + self._sep.join([part[0] for part in combo])
             src = tuple([part[1] for part in combo])
-            try:
-                fd = os.open(key, os.O_RDONLY)
-            except FileNotFoundError:  # zarr does not write chunks that hold only the fill value
+            fd = self._open_chunk(key)
+            if fd is None:  # zarr does not write chunks that hold only the fill value
                 out[tuple([part[2] for part in combo])] = self.fill_value
                 continue
             first = last = 0
@@ -167,6 +222,53 @@ class ChunkedArrayReader:
             finally:
                 os.close(fd)
             out[tuple([part[2] for part in combo])] = view[src]
+
+    def _open_chunk(self, key: str) -> int | None:
+        """The chunk file ``key`` open for reading, or None when there is none (a chunk of fill values).
+
+        The one place chunk files are opened, so the one place they are checked: the file and its folder must lie
+        inside the store root (a symbolic link is followed only when its target does), and it must be a regular
+        file of a size its codec can produce (:meth:`_check_size`). Each folder is resolved once per reader, and
+        the file itself is opened without following a link, so a plain chunk costs one open and one fstat.
+        """
+        folder = key.rpartition(os.sep)[0]
+        if folder not in self._dirs_inside:
+            _inside(folder, self._root, key)
+            self._dirs_inside.add(folder)
+        # O_NONBLOCK: opening a named pipe must not wait for a writer (it is refused just after).
+        flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(key, flags)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:  # ELOOP: the file is a symbolic link
+                raise
+            _inside(key, self._root, key)
+            try:
+                fd = os.open(key, os.O_RDONLY | os.O_NONBLOCK)
+            except FileNotFoundError:
+                raise DamagedStoreError(f"{key}: a broken symbolic link in place of a chunk file: {_FIX}") from None
+        try:
+            self._check_size(key, os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _check_size(self, key: str, st: os.stat_result) -> None:
+        """Refuse a chunk file that is not a regular file, or whose size its codec cannot produce: a raw array's
+        chunk is exactly its 16-byte header and bytes, a Blosc frame never more (Blosc stores a chunk it cannot
+        shrink as it is)."""
+        if not stat.S_ISREG(st.st_mode):
+            raise DamagedStoreError(f"{key}: not a regular file (a device, pipe or folder) in place of a chunk "
+                                    f"file: {_FIX}")
+        bound = self._buf.nbytes + _BLOSC_HEADER
+        if self._raw and st.st_size < bound:
+            raise _truncated(key, st.st_size, bound, "a raw chunk has")
+        if st.st_size > bound:
+            rule = "a raw chunk has" if self._raw else "a Blosc frame of this chunk has at most"
+            raise DamagedStoreError(f"{key}: chunk file has {st.st_size:,} bytes; {rule} {bound:,}: {_FIX}")
 
     def _load_chunk(self, fd: int, key: str, first: int, stop: int) -> None:
         """Fill the decode buffer with (at least) bytes ``[first, stop)`` of the chunk in the file open as ``fd``.
@@ -201,10 +303,71 @@ class ChunkedArrayReader:
         return self.read([0] * self.ndim, self.shape, out=out)
 
 
-def _truncated(key: str, found: int, expected: int, rule: str) -> OSError:
+def _truncated(key: str, found: int, expected: int, rule: str) -> DamagedStoreError:
     """The error for a chunk file cut short: the bytes expected and found, the file, and how to heal the store."""
-    return OSError(f"{key}: chunk file is truncated ({found:,} bytes; {rule} {expected:,}): the store is damaged; "
-                   "re-run its build (med3d-prep build-...) with --verify to rebuild the damaged cases")
+    return DamagedStoreError(f"{key}: chunk file is truncated ({found:,} bytes; {rule} {expected:,}): {_FIX}")
+
+
+def store_root(path: str) -> str:
+    """The resolved root of the zarr hierarchy holding the node folder ``path``: its topmost ancestor (or itself)
+    whose folder holds a ``zarr.json`` (every group of a zarr v3 store has one). Chunk files must lie inside."""
+    top = os.path.abspath(path)
+    while True:
+        parent = os.path.dirname(top)
+        if parent == top or not os.path.isfile(os.path.join(parent, "zarr.json")):
+            return os.path.realpath(top)
+        top = parent
+
+
+def _leaves(path: str, root: str) -> str | None:
+    """Where ``path`` leads, links resolved, when that is outside the folder ``root`` (resolved); else None."""
+    real = os.path.realpath(path)
+    return None if real == root or real.startswith(root.rstrip(os.sep) + os.sep) else real
+
+
+def _inside(path: str, root: str, name: str) -> None:
+    """Refuse ``path`` (the file ``name`` or a folder on its way) when, links resolved, it lies outside ``root``."""
+    real = _leaves(path, root)
+    if real is not None:
+        raise DamagedStoreError(f"{name}: a symbolic link that leaves the store (to {real}) in place of a chunk "
+                                f"file or its folder: {_FIX}")
+
+
+def file_problem(path: str, root: str) -> str | None:
+    """Why the store file ``path`` cannot be read as one (None when it can): outside the store root ``root`` once
+    links are resolved, missing or a broken link, not a regular file. For ``--verify`` and the fallback path."""
+    real = _leaves(path, root)
+    if real is not None:
+        return f"a symbolic link that leaves the store (to {real})"
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing (or a broken symbolic link)"
+    return None if stat.S_ISREG(st.st_mode) else "not a regular file (a device, pipe or folder)"
+
+
+def _check_local_files(path: str, chunk_bytes: int) -> None:
+    """The direct path's file checks for a local array that zarr-python reads (another codec chain): every file
+    under its folder inside the store, regular, and at most ``chunk_bytes`` plus what any codec chain may add
+    (twice the chunk and 64 KiB: generous, since the chain is not known here, yet bounded)."""
+    root, seen = store_root(path), set()
+    bound = 2 * chunk_bytes + _FALLBACK_SLACK
+    for top, dirs, files in os.walk(path, followlinks=True):
+        _inside(top, root, top)
+        real = os.path.realpath(top)
+        if real in seen:  # a link back up the tree: walk each folder once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in files:
+            file = os.path.join(top, name)
+            problem = file_problem(file, root)
+            if problem:
+                raise DamagedStoreError(f"{file}: {problem}, in place of a chunk file: {_FIX}")
+            size = os.path.getsize(file)
+            if name != "zarr.json" and size > bound:
+                raise DamagedStoreError(f"{file}: chunk file has {size:,} bytes, more than any codec makes of a "
+                                        f"{chunk_bytes:,}-byte chunk: {_FIX}")
 
 
 def _unsupported(meta: dict[str, Any]) -> str | None:

@@ -24,6 +24,15 @@ def is_local(store: str) -> bool:
     return "://" not in store or store.startswith("file://")
 
 
+def local_path(store: str) -> str:
+    """A ``file://`` URL as the local path it names (``file:///data/store`` and ``file://localhost/data/store``
+    -> ``/data/store``, ``file://store`` -> ``store``, as fsspec reads them); any other path or URL as it is."""
+    if not store.startswith("file://"):
+        return store
+    path = store.removeprefix("file://")
+    return path.removeprefix("localhost") if path.startswith("localhost/") else path
+
+
 def write_parquet_atomic(df: pd.DataFrame, path: str) -> None:
     """Write a parquet file so that readers see the old file or the new one, never half of one.
 
@@ -49,6 +58,9 @@ def _read_parquet(path: str) -> pd.DataFrame:
     format): the caller's users get one line, not pyarrow's traceback. A remote read that meets a transient
     error (503, reset connection) is retried (:mod:`catalog.retry`), and raised as it is when the tries run out:
     the file is not damaged then, the backend is."""
+    if is_local(path) and os.path.exists(local_path(path)) and not os.path.isfile(local_path(path)):
+        raise ValueError(f"{path}: not a regular file (a device such as /dev/zero, a pipe or a folder): the store "
+                         "is damaged; rebuild the store (med3d-prep build-*) or copy the file again")
     try:
         return pd.read_parquet(path) if is_local(path) else retry_call(lambda: pd.read_parquet(path), path)
     except (OSError, ValueError) as exc:

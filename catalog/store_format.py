@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from typing import Any
 
 from .io import is_local, store_join
 from .retry import retry_call
 
 __all__ = ["MARKER", "local_folder", "node_meta"]
+
+_MAX_META_BYTES = 64 << 20  # a case's marker lists its files: ~40 bytes each, so megabytes for the largest cases
 
 MARKER = "med3d_complete"
 """Key of a case group's attributes that holds its completion record; written last, so its presence means done."""
@@ -37,8 +40,16 @@ def node_meta(store: str | os.PathLike[str], *parts: str, required: bool = False
     why = ""
     try:
         if is_local(path):
-            with open(path.removeprefix("file://"), "rb") as fh:
-                raw = fh.read()
+            # Read no more than metadata can be: a zarr.json linked to /dev/zero or a huge sparse file is
+            # damage, not something to read until memory runs out (O_NONBLOCK: a named pipe does not block).
+            fd = os.open(path.removeprefix("file://"), os.O_RDONLY | os.O_NONBLOCK)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_META_BYTES:
+                os.close(fd)
+                raise OSError("not a regular file" if not stat.S_ISREG(st.st_mode) else
+                              f"{st.st_size:,} bytes, more than metadata has")
+            with os.fdopen(fd, "rb") as fh:
+                raw = fh.read(_MAX_META_BYTES + 1)
         else:
             import fsspec
 
@@ -52,7 +63,7 @@ def node_meta(store: str | os.PathLike[str], *parts: str, required: bool = False
     except (OSError, ValueError) as exc:
         if not is_local(path) and not isinstance(exc, ValueError):
             raise
-        why = f"unreadable ({type(exc).__name__})"
+        why = f"unreadable ({type(exc).__name__}{': ' + str(exc) if type(exc) is OSError else ''})"
     if not why:
         return meta
     if required:

@@ -5,6 +5,8 @@ torch is imported inside the commands, so ``med3d-train --help`` answers at once
     med3d-train pretrain STORE [STORE ...] --out RUN_DIR [--depth 10] [--steps N] [--batch B]
         [--patch 64|32,128,128] ...
     med3d-train export RUN_DIR/checkpoint.pt --format medicalnet OUT.pth      (and its card OUT.json)
+    med3d-train export RUN_DIR --format safetensors OUT_DIR                    (model.safetensors, README.md)
+    med3d-train export FINETUNE_RUN --format onnx|torchscript OUT.onnx|OUT.pt  (the whole network)
 """
 
 from __future__ import annotations
@@ -20,7 +22,17 @@ from model.cli_types import EncoderChoice, PatchSize, loader_error
 __all__ = ["main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+class _TrainGroup(click.Group):
+    """Says no credential of a store URL (``s3://KEY:SECRET@...``): every line, error and traceback redacted."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from catalog.redact import redacted_cli
+
+        with redacted_cli():
+            return super().invoke(ctx)
+
+
+@click.group(cls=_TrainGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 def main() -> None:
     """Med3D training: multi-domain pretraining, transfer (finetune, evaluate, predict, compare), export."""
 
@@ -89,8 +101,12 @@ def pretrain(ctx: click.Context, stores: tuple[str, ...], out: str, **opts: Any)
     saved = Path(out) / CONFIG_FILE
     try:
         if resume and saved.is_file():
+            try:  # a damaged config.json is the file's fault, not the command line's: one line naming it
+                run_cfg = TrainConfig.read_json(saved)
+            except ValueError as exc:
+                raise click.ClickException(f"{exc}; resume needs the run's config") from None
             # The run's own config, changed only where the user said so: defaults must not silently differ.
-            cfg = TrainConfig.read_json(saved).replace(store=stores, out=out, **{k: values[k] for k in given})
+            cfg = run_cfg.replace(store=stores, out=out, **{k: values[k] for k in given})
         else:
             cfg = TrainConfig(store=stores, out=out, **values)
     except ValueError as exc:
@@ -112,34 +128,70 @@ def pretrain(ctx: click.Context, stores: tuple[str, ...], out: str, **opts: Any)
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(exists=True))
-@click.argument("out", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["medicalnet"]), default="medicalnet",
-              help="medicalnet: {'state_dict': {'module.*'}}, loadable by MedicalNet and MONAI.")
+@click.argument("out", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["medicalnet", "safetensors", "onnx", "torchscript"]),
+              default="medicalnet",
+              help="medicalnet: {'state_dict': {'module.*'}} OUT.pth, loadable by MedicalNet and MONAI. safetensors: "
+                   "OUT_DIR/model.safetensors (or OUT.safetensors), card in its metadata, README.md model card "
+                   "beside it. onnx, torchscript: a fine-tuned seg/classify RUN's whole network, its preprocessing "
+                   "card embedded.")
 @click.option("--card/--no-card", default=True,
               help="Also write OUT.json: architecture, per-domain spacing and intensity rule, case counts, the "
-                   "run's config and metrics (read by `med3d-prep build-* --like` and `finetune --init`).")
-def export(checkpoint: str, out: str, fmt: str, card: bool) -> None:
+                   "run's config and metrics (read by `med3d-prep build-* --like` and `finetune --init`); "
+                   "safetensors: the card in the metadata and the README.md.")
+@click.option("--license", "license_", default="other",
+              help="safetensors: the model card's license id (the weights inherit their datasets' terms).")
+def export(checkpoint: str, out: str, fmt: str, card: bool, license_: str) -> None:
     """Write the encoder of CHECKPOINT (a run's checkpoint.pt, or its RUN_DIR) to OUT, heads dropped, and its card
-    (how its training data was preprocessed) to OUT with the suffix .json."""
+    (how its training data was preprocessed) to OUT with the suffix .json; with --format safetensors, OUT_DIR (or
+    OUT.safetensors) gets the weights, the card in their metadata and a README.md model card. With --format onnx or
+    torchscript, CHECKPOINT is a fine-tuning RUN (seg, classify) and OUT gets its whole network."""
     from catalog.card import CardError, card_path, write_card
     from model.card import checkpoint_card
     from model.training.checkpoint import load_checkpoint
     from model.training.pretrain import load_pretrained_encoder
     from model.nets.weights import WeightsMismatchError, export_medicalnet
 
+    if fmt in ("onnx", "torchscript"):
+        from model.export.onnx_export import export_network
+
+        try:
+            click.echo(export_network(checkpoint, out, fmt, log=click.echo).summary())
+        except (ValueError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        return
     path = Path(checkpoint)
     if path.is_dir():
         path = path / "checkpoint.pt"
-    if card and card_path(out) == Path(out):
+    weights = Path(out)
+    if fmt == "safetensors":
+        from model.export.safetensors_card import export_safetensors, safetensors_target
+
+        try:
+            weights = safetensors_target(out)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
+    elif weights.suffix == ".safetensors" or weights.is_dir():
+        raise click.UsageError(f"OUT {out}: --format medicalnet writes one OUT.pth file; for a folder or "
+                               ".safetensors give --format safetensors")
+    elif card and card_path(out) == Path(out):
         raise click.UsageError(f"OUT {out} ends in .json, where its card would go; name the weights OUT.pth")
     try:
         encoder, report = load_pretrained_encoder(path)
-        content = checkpoint_card(load_checkpoint(path), encoder, out, path) if card else None
+        content = checkpoint_card(load_checkpoint(path), encoder, weights, path) if card else None
     except CardError as exc:
         raise click.ClickException(f"{exc}; pass --no-card to export the weights without a card") from exc
     except (ValueError, WeightsMismatchError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(report.short())
+    if fmt == "safetensors":
+        try:
+            done = export_safetensors(encoder, content, weights, license=license_)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"wrote {encoder.name} encoder ({done.tensors} tensors, safetensors) to {done.weights}"
+                   + (f", its card in the metadata and the model card {done.readme}" if done.readme else ""))
+        return
     written = export_medicalnet(encoder, out)
     click.echo(f"wrote {encoder.name} encoder ({fmt} format) to {written}")
     if content is not None:

@@ -175,11 +175,11 @@ def _options_of_the_run(out: str, stages: tuple[str, ...], kw: dict[str, Any]) -
     stage's ``config.json``), as ``pretrain --resume`` does, so a run started with ``--steps 6 --patch 32``
     resumes with ``--resume`` alone; what the user did give still wins (and is checked against the checkpoint)."""
     import dataclasses
-    import json
     from pathlib import Path
 
     from click.core import ParameterSource
 
+    from catalog.values import read_json
     from model.training.finetune_config import FinetuneConfig
 
     folders = [Path(out) if st == "main" else Path(out) / st for st in stages]
@@ -187,14 +187,18 @@ def _options_of_the_run(out: str, stages: tuple[str, ...], kw: dict[str, Any]) -
     if saved is None:
         return
     try:
-        config = json.loads(saved.read_text())
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(f"{saved}: not readable as JSON ({exc}); resume needs the run's config") from exc
+        config = read_json(saved)
+    except ValueError as exc:  # not JSON, a 5000-digit number, nesting deeper than the recursion limit
+        raise click.ClickException(f"{exc}; resume needs the run's config") from None
     if not isinstance(config, dict):
         raise click.ClickException(f"{saved}: not a run config (a JSON object of FinetuneConfig fields)")
     unknown = sorted(set(config) - {f.name for f in dataclasses.fields(FinetuneConfig)})
     if unknown:
         raise click.ClickException(f"{saved}: unknown fields {unknown}; was it written by another med3d version?")
+    try:  # every value of the file checked here, so an error names the file ("amp": "no", "device": "meta")
+        FinetuneConfig.from_dict(config)
+    except (ValueError, TypeError) as exc:
+        raise click.ClickException(f"{saved}: {exc}") from None
     ctx = click.get_current_context()
     given = {_FIELD.get(name, name) for name in ctx.params
              if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}
@@ -224,6 +228,8 @@ def evaluate(run: str, store: str, split: str | None, device: str, amp: bool, li
                                log=click.echo)
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # a damaged store (catalog.chunk_read.DamagedStoreError), a damaged checkpoint
+        raise loader_error(exc) from exc
     rows = [(k, v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     click.echo(f"| {summary['task']} on {summary['split']} | value |\n|---|---:|")
     for k, v in rows:
@@ -248,8 +254,12 @@ def evaluate(run: str, store: str, split: str | None, device: str, amp: bool, li
                    "default, as the build's); a header announcing more is skipped as damaged before any read.")
 @click.option("--overwrite", is_flag=True,
               help="Replace output files that exist already (an earlier predict's). Inputs are never replaced.")
+@click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="onnx: the run's network exported to ONNX and run by onnxruntime (seg and classify runs).")
+@click.option("--onnx", "onnx_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --engine onnx: this export of RUN (`export RUN --format onnx`). Default: export now.")
 def predict(run: str, scans: tuple[str, ...], out: str, modality: str | None, spacing: str | None, device: str,
-            amp: bool, max_voxels: int | None, overwrite: bool) -> None:
+            amp: bool, max_voxels: int | None, overwrite: bool, engine: str, onnx_file: str | None) -> None:
     """Segment raw SCANS (files or folders, an nnU-Net imagesTs folder too) with RUN; one mask per case in OUT,
     in that scan's own geometry (nnU-Net channel files CASE_0000... give CASE.nii.gz). A classify RUN writes
     OUT/predictions.csv instead: one row of class probabilities per scan.
@@ -269,7 +279,17 @@ def predict(run: str, scans: tuple[str, ...], out: str, modality: str | None, sp
             raise click.BadParameter("give three spacings in mm, e.g. 0.7,0.7,2.5", param_hint="--spacing") from None
         if len(spacing_xyz) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing_xyz):
             raise click.BadParameter("give three positive spacings in mm, e.g. 0.7,0.7,2.5", param_hint="--spacing")
+    if onnx_file is not None and engine != "onnx":
+        raise click.UsageError("--onnx FILE needs --engine onnx")
+    if engine == "onnx" and amp:
+        raise click.UsageError("--amp is torch's autocast; the ONNX engine runs the exported float32 network")
     try:
+        if engine == "onnx":
+            from model.export.onnx_engine import predict_onnx
+
+            predict_onnx(run, scans, out, onnx_file=onnx_file, modality=modality, spacing_xyz=spacing_xyz,
+                         device=device, max_voxels=max_voxels, overwrite=overwrite, log=click.echo)
+            return
         spec = read_run(run)
         if not get_task(spec["task"]).segmentation:  # classify: one row of class probabilities per scan
             get_task(spec["task"]).predict_scans(run, spec, scans, out, modality=modality, spacing_xyz=spacing_xyz,

@@ -14,7 +14,7 @@ import torch
 
 from catalog.atomic import usual_mode
 
-__all__ = ["atomic_torch_save"]
+__all__ = ["atomic_torch_save", "overreaching_tensor"]
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str], before_replace: Any = None) -> Path:
@@ -47,3 +47,23 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str], before_replace: An
     finally:
         os.close(dir_fd)
     return path
+
+
+def overreaching_tensor(obj: Any, key: str = "") -> str | None:
+    """Where a loaded file (nested dicts, lists, tuples) holds a tensor whose elements need more bytes than its
+    storage has, and how many: ``"model.conv1.weight: 2,000,000,000 elements over 4 bytes of storage"``; None when
+    no tensor does. Such a tensor is a stride-0 or expanded view (``torch.zeros(1).expand(2_000_000_000)`` saves as
+    4 bytes); any copy of it (``.clone()``, ``load_state_dict``, ``.numpy().astype``, ``.tolist()``) would allocate
+    what its shape claims, so a file holding one is refused before anything is copied out of it."""
+    stack = [(key, obj)]  # a loop, not recursion: a crafted file may nest lists deeper than the stack goes
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            need, have = item.numel() * item.element_size(), item.untyped_storage().nbytes()
+            if need > have:
+                return f"{where or 'the file'}: {item.numel():,} elements over {have:,} bytes of storage"
+        elif isinstance(item, dict):
+            stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in reversed(list(item.items())))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((f"{where}.{i}" if where else str(i), v) for i, v in reversed(list(enumerate(item))))
+    return None

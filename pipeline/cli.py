@@ -140,15 +140,20 @@ def _like(like: str | None, like_domain: str | None, specs) -> tuple[dict, dict 
 
 
 class _PrepGroup(click.Group):
-    """Turns a build's refusal to overwrite another dataset's domain into a usage error (one line, exit 2)."""
+    """Turns a build's refusal to overwrite another dataset's domain, or to write a store that would not outlive
+    it (``memory://``), into a usage error (one line, exit 2), and
+    says no credential of a store URL (``s3://KEY:SECRET@...``): every line, error and traceback redacted."""
 
     def invoke(self, ctx: click.Context):
+        from catalog.redact import redacted_cli
         from .sources.naming import StoreDomainError
+        from .store import UnusableStoreError
 
-        try:
-            return super().invoke(ctx)
-        except StoreDomainError as exc:
-            raise click.UsageError(str(exc), ctx) from None
+        with redacted_cli():
+            try:
+                return super().invoke(ctx)
+            except (StoreDomainError, UnusableStoreError) as exc:
+                raise click.UsageError(str(exc), ctx) from None
 
 
 @click.group(cls=_PrepGroup, context_settings={"help_option_names": ["-h", "--help"]})

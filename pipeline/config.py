@@ -4,10 +4,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from catalog.names import unsafe_name as unsafe_case_id  # one rule for building and reading a store
+from catalog.values import check_fields
 from volume.integrity import DEFAULT_MAX_VOXELS
 
 from .blosc_codecs import CODECS, IMAGE_CODECS
@@ -62,6 +64,7 @@ class PrepConfig:
     read (a damaged header would otherwise make the reader try to allocate it). 2·10⁹: 5× a 512×512×1500 CT."""
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and finite numbers first: int(inf) is an OverflowError, NaN passes comparisons
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
         if self.codec not in CODECS:
@@ -83,6 +86,10 @@ class PrepConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if int(self.max_voxels) < 1:
             raise ValueError(f"max_voxels must be a positive voxel count, got {self.max_voxels}")
+        if self.foreground_samples < 0:
+            raise ValueError(f"foreground_samples must be >= 0, got {self.foreground_samples}")
+        if self.ct_window is not None and not self.ct_window[0] < self.ct_window[1]:
+            raise ValueError(f"ct_window must be lo < hi (HU), got {tuple(self.ct_window)}")
         object.__setattr__(self, "max_voxels", int(self.max_voxels))
         object.__setattr__(self, "chunks", tuple(int(c) for c in self.chunks))
         object.__setattr__(self, "clip_percentiles", tuple(float(p) for p in self.clip_percentiles))
@@ -165,7 +172,9 @@ class Case:
     scan_id: str
     patient_id: str
     images: tuple[str, ...]
-    """Image files; a 4D file holds several channels, otherwise one file per channel."""
+    """Image files; a 4D file holds several channels, otherwise one file per channel. Every path of a case
+    (images, label, label parts) is made absolute on creation (relative ones against the working directory), so
+    the catalog's ``source_image``/``source_label`` name the files from any working directory."""
     label: str | None = None
     label_parts: tuple[tuple[str, int], ...] = ()
     """Used when ``label`` is None: (mask file, label value) pairs composed into one label (VISCERAL stores one
@@ -186,6 +195,10 @@ class Case:
     spacing is not the header's), ``source_modality`` (the dataset's own modality name, e.g. VISCERAL CTce)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "images", tuple(os.path.abspath(p) for p in self.images))
+        if self.label:
+            object.__setattr__(self, "label", os.path.abspath(self.label))
+        object.__setattr__(self, "label_parts", tuple((os.path.abspath(p), v) for p, v in self.label_parts))
         for what, name in (("domain", self.domain), ("case id", self.case_id)):
             problem = unsafe_case_id(name)
             if problem:

@@ -66,16 +66,17 @@ def is_up_to_date(root, case: Case, params_hash: str) -> dict[str, Any] | None:
     """The stored catalog row when the case is complete with the same parameters and unchanged sources.
 
     Sources are compared by size and mtime, then by sha256 when those changed (a touched but identical file
-    does not trigger a rebuild).
+    does not trigger a rebuild). Paths are compared absolute: a store built before paths were recorded absolute
+    holds them as given (``raw/lits/volume-0.nii``), which a re-run from the same folder finds unchanged.
     """
     marker = case_marker(root, case.store_path)
     if not marker or marker.get("params_hash") != params_hash:
         return None
-    recorded = {f["path"]: f for f in marker.get("sources", [])}
-    if set(recorded) != {str(p) for p in case_sources(case)}:  # a file added or dropped (e.g. the label)
+    recorded = {os.path.abspath(f["path"]): f for f in marker.get("sources", [])}
+    if set(recorded) != {os.path.abspath(p) for p in case_sources(case)}:  # a file added or dropped (the label)
         return None
     for path in case_sources(case):
-        rec = recorded.get(str(path))
+        rec = recorded.get(os.path.abspath(path))
         if rec is None or not os.path.exists(path):
             return None
         fp = file_fingerprint(path)

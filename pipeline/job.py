@@ -24,7 +24,7 @@ from volume.integrity import check_resampled_voxels
 
 from .config import Case, DomainSpec, PrepConfig
 from .convert import case_params_hash, check_case_headers, convert_or_fail, failed_row, is_up_to_date
-from .store import domain_plan, freeze_plan, open_root
+from .store import build_target, domain_plan, freeze_plan, open_root
 from .executor import Task, dask_client, run_tasks
 from .sources.naming import check_store_domains
 from .verify import case_damage, requested
@@ -149,7 +149,7 @@ def build(
     """
     t0 = time.perf_counter()
     verify = requested() if verify is None else verify
-    store = str(store)
+    store = build_target(store)  # file:// as a folder; memory:// refused (it would not outlive the build)
     check_store_domains(store, [spec for spec, _ in domains])  # before anything is written, for every caller
     root = open_root(store, storage_options=storage_options)
     all_cases = [(spec, c) for spec, cases in domains for c in cases]
@@ -237,6 +237,8 @@ def _unchanged(root, case: Case, phash: str, verify: bool, result: BuildResult) 
     """The stored row of an unchanged case (``convert.is_up_to_date``); with ``verify``, None for a case whose
     files are damaged, which is noted in ``result.damaged`` and converted again."""
     row = is_up_to_date(root, case, phash)
+    if row is not None:  # the case's own (absolute) paths: a store built before recorded them relative
+        row = {**row, "source_image": ";".join(case.images), "source_label": ";".join(case.label_files)}
     if row is not None and verify:
         problem = case_damage(root, case.store_path)
         if problem:

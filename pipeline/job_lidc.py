@@ -33,7 +33,7 @@ from .sources.lidc import (
 )
 from .sources.lidc_series import find_lidc_series
 from .sources.naming import check_store_domains
-from .store import domain_plan, freeze_plan, open_root
+from .store import build_target, domain_plan, freeze_plan, open_root
 from .verify import case_damage, requested
 
 
@@ -87,7 +87,7 @@ def build_lidc(
     """
     t0 = time.perf_counter()
     verify = requested() if verify is None else verify
-    store = str(store)
+    store = build_target(store)  # file:// as a folder; memory:// refused (it would not outlive the build)
     refs = find_lidc_series(lidc_root)
     check_store_domains(store, [SPEC])  # before anything is written
     root = open_root(store, storage_options=storage_options)

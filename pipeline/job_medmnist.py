@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from catalog.io import local_path
+
 from .sources.medmnist import (FLAGS, LABELS_FILE, PERCENTILES, SPACING_FLAG, SPLITS, MedmnistData, MedmnistError,
                                normalize_volume, read_medmnist)
 
@@ -81,7 +83,7 @@ def build_medmnist(path: str | os.PathLike[str], store: str | os.PathLike[str], 
     and VesselMNIST3D's masks take ~1/38 of the raw bytes). Raises :class:`MedmnistError` before anything is written.
     """
     t0 = time.perf_counter()
-    store = os.fspath(store)
+    store = local_path(os.fspath(store))  # a file:// URL is the folder it names
     if "://" in store:
         raise MedmnistError(f"{store}: build-medmnist writes a local folder; build it locally, then copy it")
     if os.path.exists(store) and not os.path.isdir(store):

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from catalog.card import CardError
+from catalog.card import CardError, recipe_problem
 
 __all__ = ["LikeSettings", "like_settings"]
 
@@ -96,6 +96,10 @@ def like_settings(card: dict[str, Any], domains: dict[str, str], *, like_domain:
     "CT/MR") like ``card``'s data. ``where`` names the card file in errors. Raises :class:`CardError` when a domain
     has no fitting card domain, the choice is ambiguous, or the chosen recipes disagree on a shared setting."""
     chosen = {name: _choose(card, where, name, mod, like_domain) for name, mod in domains.items()}
+    for src in sorted(set(chosen.values())):  # a card dict not read by read_card: its values become the build's
+        problem = recipe_problem(card["domains"][src])
+        if problem:
+            raise CardError(f"{where}: domain {src!r}: {problem}; the card is damaged, export the weights again")
     config: dict[str, Any] = {}
     source: dict[str, str] = {}
     for name, src in chosen.items():

@@ -27,6 +27,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from catalog.chunk_write import fill_array
+from catalog.io import local_path
 from catalog.remote_store import is_remote, open_store
 from catalog.store_format import MARKER, local_folder, node_meta
 
@@ -40,6 +41,22 @@ def _version() -> str:
         return version("med3d")
     except Exception:  # not installed (running from a checkout)
         return "0+unknown"
+
+
+class UnusableStoreError(ValueError):
+    """A store argument a build cannot write to (``memory://``); the message names it and says what to give."""
+
+
+def build_target(store: str | os.PathLike[str]) -> str:
+    """The store a build writes, given as a folder or URL: a ``file://`` URL becomes the local folder it names
+    (zarr and fsspec would not create its folders); ``memory://`` is refused (:class:`UnusableStoreError`),
+    since a store in this process's memory is gone when the build ends (and dask workers never see it)."""
+    store = local_path(os.fspath(store))
+    if store.startswith("memory://"):
+        raise UnusableStoreError(f"{store}: a memory:// store lives in the memory of the process that writes it "
+                                 "and is gone when the build ends; give a folder (or file:// URL) or an object "
+                                 "store URL (s3://bucket/store)")
+    return store
 
 
 def open_root(store: str, mode: str = "a", storage_options: dict | None = None) -> zarr.Group:

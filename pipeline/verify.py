@@ -18,6 +18,7 @@ import click
 import numpy as np
 import zarr
 
+from catalog.chunk_read import file_problem, store_root
 from catalog.store_format import local_folder, node_meta
 from volume.diagnose import one_line
 
@@ -61,8 +62,13 @@ def case_damage(root: zarr.Group, store_path: str, marker: dict[str, Any] | None
     files = marker.get("files")
     folder = local_folder(root)
     if files is not None and folder is not None:
+        root = store_root(folder)
         for rel, size in sorted(files.items()):
             path = os.path.join(folder, store_path, *rel.split("/"))
+            # A link to /dev/zero or out of the store is no chunk file, whatever size it shows.
+            problem = file_problem(path, root)
+            if problem and not problem.startswith("missing"):
+                return f"{store_path}/{rel} is {problem}"
             try:
                 found = os.path.getsize(path)
             except OSError:
@@ -85,7 +91,7 @@ def _decode_all(root: zarr.Group, store_path: str) -> str | None:
         except Exception as exc:  # what a damaged chunk raises depends on the codec (Blosc, zarr, OSError)
             return f"{store_path}: an array does not decode ({type(exc).__name__}: {one_line(exc)})"
         return None
-    case = os.path.join(folder, store_path)
+    case, root = os.path.join(folder, store_path), store_root(folder)
     for name in sorted(os.listdir(case)):
         meta_path = os.path.join(case, name, "zarr.json")
         if not os.path.isfile(meta_path):
@@ -99,7 +105,9 @@ def _decode_all(root: zarr.Group, store_path: str) -> str | None:
             return f"{store_path}/{name}/zarr.json: unreadable array metadata ({one_line(exc)})"
         for top, _, files in os.walk(os.path.join(case, name, "c")):
             for file in files:
-                problem = _check_frame(os.path.join(top, file), chunk_bytes) if blosc else None
+                problem = file_problem(os.path.join(top, file), root)
+                if problem is None and blosc:
+                    problem = _check_frame(os.path.join(top, file), chunk_bytes)
                 if problem:
                     rel = os.path.relpath(os.path.join(top, file), folder).replace(os.sep, "/")
                     return f"{rel}: {problem}"
@@ -110,8 +118,10 @@ def _check_frame(path: str, chunk_bytes: int) -> str | None:
     """Why a Blosc chunk file is damaged (None when it decodes to ``chunk_bytes`` bytes)."""
     import numcodecs
 
-    with open(path, "rb") as fh:
-        data = fh.read()
+    with open(path, "rb") as fh:  # a regular file in the store (file_problem); never more than a frame can be
+        data = fh.read(chunk_bytes + _BLOSC_HEADER + 1)
+    if len(data) > chunk_bytes + _BLOSC_HEADER:
+        return f"more than the {chunk_bytes + _BLOSC_HEADER:,} bytes a Blosc frame of this chunk has at most"
     if len(data) < _BLOSC_HEADER:
         return f"{len(data):,} bytes, not even a Blosc header"
     nbytes, cbytes = int.from_bytes(data[4:8], "little"), int.from_bytes(data[12:16], "little")

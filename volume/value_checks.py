@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from catalog.values import MAX_SPACING_MM, MIN_SPACING_MM
+
 __all__ = [
     "DEFAULT_MAX_VOXELS", "MAX_SPACING_MM", "MIN_SPACING_MM", "IntegrityError", "check_contrast", "check_direction",
     "check_extent", "check_finite", "check_pixel_type", "check_resampled_voxels", "check_spacing",
@@ -50,10 +52,8 @@ def check_voxel_count(path: str, n_voxels: int, max_voxels: int | None, what: st
             "a damaged header, or raise --max-voxels if the volume is real")
 
 
-MIN_SPACING_MM = 0.01
-MAX_SPACING_MM = 50.0
-"""Voxel sizes a scan can have: 10 µm (micro-CT) to 5 cm (the thickest slices of a scout). Outside, the header is
-damaged: 300 mm makes a 1×1×1 volume that lost its labels, 1e-6 mm a resampled grid of petabytes."""
+# Voxel sizes a scan can have, one range for headers and for the cards and run recipes that ask for a grid
+# (catalog.values: 0.01-50 mm).
 
 
 def check_spacing(path: str, spacing_xyz: Sequence[float], source: str = "header spacing") -> None:

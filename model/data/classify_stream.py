@@ -6,7 +6,8 @@ grown by ``margin_mm`` per side and axis and clipped to the volume, is cut out f
 ``evaluate`` and ``predict`` all go through :func:`classify_input`, so they see the same voxels.
 
 Inputs are computed once per run and split (:func:`build_input_cache`, one ``.npy`` per case plus a manifest, as
-the liver coarse cache), so no step decodes a full-resolution volume. :class:`ClassifyStream` draws cases
+the liver coarse cache), so no step decodes a full-resolution volume; a cache that would not fit the free disk space
+is refused before its first file is written. :class:`ClassifyStream` draws cases
 uniformly, flips each along every axis with probability 1/2, and is a pure function of ``(seed, step, rank)``
 like every stream, so ``--resume`` is exact.
 """
@@ -14,6 +15,7 @@ like every stream, so ``--resume`` is exact.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -84,10 +86,13 @@ def build_input_cache(store: str, cases: Sequence[CaseEntry], spacings: dict[str
                 "cases": {p: hashes.get(p, "") for p in sorted(c.store_path for c in cases)}}
     if channels == "all":  # a key only then, so the caches of runs made before the option stay valid
         manifest["channels"] = "all"
+    # float32 (C, *shape) and the 128-byte .npy header per case, checked against the disk before any is written
+    nbytes = sum((c.n_channels if channels == "all" else 1) * math.prod(shape) * 4 + 128 for c in cases)
     return build_case_cache(
         folder, manifest, cases, ending=".npy", progress=progress,
         arrays=lambda case: store_input(store, case, shape, crop=crop, margin_mm=margin_mm,
-                                        spacing=spacings[case.store_path], channels=channels))
+                                        spacing=spacings[case.store_path], channels=channels),
+        space=(nbytes, f"--shape {','.join(str(int(s)) for s in shape)}"))
 
 
 def cached_input(folder: str | os.PathLike[str], case: CaseEntry) -> np.ndarray:

@@ -16,16 +16,24 @@ column         content
 The classes are the distinct values of the class column, sorted (numerically when every value is an integer,
 else as strings); class index ``i`` of the network is ``classes[i]``.
 
+Class names are compared in Unicode NFC form, so the composed and decomposed spellings of one name (``früh``
+typed on two systems) are one class.
+
 Refused, each with a :class:`LabelTableError` naming the file, the rows (line numbers of the file, the header
-being line 1) or values, and the fix: no id or class column, an empty class, an id twice, an id the store does
-not hold (or holds as a failed or incomplete case), an unknown split, one patient's cases in several splits, a
-single class, a class with no train case, and with ``crop="mask"`` a case without a mask or with an empty one.
+being line 1) or values, and the fix: two columns whose names differ only in letter case or spaces (which one
+was meant?), no id or class column, an empty class, a class holding a control character (a NUL, a line break, a
+bidirectional override that shows ``CN`` for ``NC``), an id twice, one case named twice through two of its ids
+(``hippocampus_001`` and ``hippocampus/hippocampus_001``: compared after each id is resolved to its catalog row),
+an id the store does not hold (or holds as a failed or incomplete case), an unknown split, one patient's cases in
+several splits, a single class, a class with no train case, and with ``crop="mask"`` a case without a mask or with
+an empty one.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +50,8 @@ ID_COLUMNS = {"case_id": ("case_id", "case", "id"), "scan_id": ("scan_id", "scan
 """Accepted id column names (lower case, surrounding spaces ignored): the catalog column each one matches."""
 CLASS_COLUMNS = ("label", "class", "target")
 SPLITS = ("train", "val", "test")
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+"""Bidirectional marks, embeddings, overrides and isolates: invisible, they change how a name is shown."""
 
 
 class LabelTableError(ValueError):
@@ -61,17 +71,41 @@ def _find(columns: dict[str, str], names: tuple[str, ...]) -> str | None:
     return None
 
 
+def _control_character(text: str) -> str | None:
+    """The name of the first control character (C0/C1, NUL, line breaks) or bidirectional control in ``text``."""
+    for ch in text:
+        if unicodedata.category(ch) == "Cc" or ch in _BIDI:
+            return f"U+{ord(ch):04X}" + (f" {unicodedata.name(ch)}" if unicodedata.name(ch, "") else "")
+    return None
+
+
+def _same_columns(path: Path, names: list[Any]) -> None:
+    """Refuse two header names that differ only in letter case or surrounding spaces (``label`` and ``Label``):
+    one would silently win."""
+    seen: dict[str, str] = {}
+    for name in map(str, names):
+        key = unicodedata.normalize("NFC", name).strip().lower()
+        if key in seen:
+            raise LabelTableError(f"{path}: columns {seen[key]!r} and {name!r} differ only in letter case or spaces; "
+                                  "keep one of them (rename or delete the other)")
+        seen[key] = name
+
+
 def read_table(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, str]:
-    """The table as columns ``id``, ``value`` (the class, a string) and ``split`` ("" when not given), and which
-    catalog column the ids match (``case_id`` or ``scan_id``)."""
+    """The table as columns ``id``, ``value`` (the class, a string in NFC form) and ``split`` ("" when not given),
+    and which catalog column the ids match (``case_id`` or ``scan_id``)."""
     path = Path(path)
     if not path.is_file():
         raise LabelTableError(f"{path}: no such label table; give a CSV file with a case_id and a label column")
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        # the header as written: pandas renames a repeated name (label, label.1)
+        header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False,
+                             skipinitialspace=True).iloc[0].tolist()
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise LabelTableError(f"{path}: not a readable CSV table ({exc}); write it with a header row, e.g. "
                               "'case_id,label'") from exc
+    _same_columns(path, header)
     columns = {str(c).strip().lower(): c for c in raw.columns}
     found = ", ".join(map(str, raw.columns)) or "none"
     kind = next((k for k, names in ID_COLUMNS.items() if _find(columns, names)), None)
@@ -84,7 +118,7 @@ def read_table(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, str]:
     split_col = columns.get("split")
     table = pd.DataFrame({
         "id": raw[_find(columns, ID_COLUMNS[kind])].str.strip(),
-        "value": raw[value_col].str.strip(),
+        "value": raw[value_col].str.strip().map(lambda v: unicodedata.normalize("NFC", v)),
         "split": raw[split_col].str.strip().str.lower() if split_col is not None else "",
     })
     if table.empty:
@@ -93,6 +127,11 @@ def read_table(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, str]:
         empty = table.index[table[col] == ""]
         if len(empty):
             raise LabelTableError(f"{path}: line(s) {_lines(empty)} have {what}; fill them in or delete those rows")
+    for i, value in zip(table.index, table["value"]):
+        control = _control_character(value)
+        if control:
+            raise LabelTableError(f"{path}: line {_lines([i])}: the class {value!r} holds a control character "
+                                  f"({control}); write class names as plain text")
     twice = table.index[table["id"].duplicated(keep=False)]
     if len(twice):
         raise LabelTableError(f"{path}: line(s) {_lines(twice)} name the same case more than once "
@@ -164,7 +203,18 @@ def _catalog_rows(table: pd.DataFrame, kind: str, store: str, path: str) -> pd.D
     if ambiguous:
         raise LabelTableError(f"{path}: line(s) {_lines(ambiguous)} name a {kind} that {store} holds more than "
                               "once (in several domains); write it as its store path DOMAIN/CASE_ID")
-    return cat.iloc[[where[tid][0] for tid in table["id"]]].reset_index(drop=True)
+    rows = [where[tid][0] for tid in table["id"]]
+    # one catalog row named by two of its ids (case id and store path): trained twice, the last label winning
+    lines_of: dict[int, list[Any]] = {}
+    for i, pos in zip(table.index, rows):
+        lines_of.setdefault(pos, []).append(i)
+    twice = next((lines for lines in lines_of.values() if len(lines) > 1), None)
+    if twice is not None:
+        names = ", ".join(repr(v) for v in table.loc[twice, "id"])
+        raise LabelTableError(f"{path}: line(s) {_lines(twice)} name the same case "
+                              f"{cat.loc[rows[table.index.get_loc(twice[0])], 'store_path']} (as {names}); keep one "
+                              "row per case")
+    return cat.iloc[rows].reset_index(drop=True)
 
 
 def match_table(path: str | os.PathLike[str], store: str, *, crop: str = "none") -> LabelTable:

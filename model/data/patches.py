@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from catalog.case_arrays import case_array
 from catalog.chunk_read import ChunkedArrayReader
-from catalog.io import store_join
 from catalog.store_format import node_meta
 
 from .store_index import SPLITS, CaseEntry, StoreIndex, parse_exclude
@@ -180,15 +180,15 @@ class StepStream(IterableDataset):
     def batch(self, step: int) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _open(self, store_path: str, label: bool = True, store: str = ""
-              ) -> tuple[ChunkedArrayReader, ChunkedArrayReader | None]:
-        """The case's image (and label) readers, opened on first use; ``store`` "" means the stream's store."""
-        key = (store, store_path)
+    def _open(self, case: CaseEntry, label: bool = True) -> tuple[ChunkedArrayReader, ChunkedArrayReader | None]:
+        """The case's image (and label) readers, opened on first use (from ``case.store``, or the stream's store
+        when that is ""), their metadata checked against the case's catalog shape and channels."""
+        key = (case.store, case.store_path)
         readers = self._readers.get(key)
         if readers is None:
-            root = store or self.store
-            readers = (ChunkedArrayReader(store_join(root, store_path, "image")),
-                       ChunkedArrayReader(store_join(root, store_path, "label")) if label else None)
+            root, geometry = case.store or self.store, {"shape": case.shape, "n_channels": case.n_channels}
+            readers = (case_array(root, case.store_path, "image", **geometry),
+                       case_array(root, case.store_path, "label", **geometry) if label else None)
             self._readers[key] = readers
         return readers
 
@@ -236,7 +236,7 @@ class PretrainStream(StepStream):
         for item in range(cfg.batch):
             spec = sample_patch_spec(cfg.seed, step, self.rank, item, cases, self.index.foreground, cfg)
             case = cases[spec.case]
-            img_r, lab_r = self._open(case.store_path, store=case.store)
+            img_r, lab_r = self._open(case)
             stop = [s + p for s, p in zip(spec.start, cfg.patch)]
             # Read in the stored dtype, then cast with torch: numpy's float16 -> float32 cast is ~30x slower.
             buf = img_r.read((spec.channel, *spec.start), (spec.channel + self.in_chans, *stop), pad=cfg.pad_value,
@@ -292,9 +292,10 @@ def read_volume(store: str | os.PathLike[str], store_path: str,
                 channel: int | None = 0) -> tuple[np.ndarray, np.ndarray | None]:
     """A whole stored case for validation: image channel as float32 (Z, Y, X) z-scored units (``channel=None``:
     every channel, (C, Z, Y, X)), and the label uint8 (Z, Y, X) (int16 if stored so), or None for an unlabelled
-    case."""
+    case. The arrays' metadata must agree with the case's catalog row (:func:`catalog.case_arrays.case_array`)
+    before anything is allocated."""
     store = os.fspath(store)
-    img = ChunkedArrayReader(store_join(store, store_path, "image"))
+    img = case_array(store, store_path, "image")
     if channel is None:
         raw = img.read((0, 0, 0, 0), tuple(img.shape))
     elif not 0 <= channel < img.shape[0]:
@@ -304,5 +305,5 @@ def read_volume(store: str | os.PathLike[str], store_path: str,
     image = torch.from_numpy(raw).to(torch.float32).numpy()
     label = None
     if node_meta(store, store_path, "label") is not None:
-        label = ChunkedArrayReader(store_join(store, store_path, "label")).read_all()
+        label = case_array(store, store_path, "label").read_all()
     return image, label

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from catalog import load_catalog, load_domains, scan_ids as catalog_scan_ids, select
-from catalog.chunk_read import ChunkedArrayReader
+from catalog.case_arrays import case_array
 from catalog.io import store_join
 from catalog.store_format import MARKER, node_meta  # a case counts once its attrs hold the completion marker
 
@@ -152,7 +152,8 @@ class StoreIndex:
         key = (case.store, case.store_path)
         fg = self._fg_cache.get(key)
         if fg is None:
-            fg = ChunkedArrayReader(store_join(self.store_of(case), case.store_path, "foreground")).read_all()
+            fg = case_array(self.store_of(case), case.store_path, "foreground", shape=case.shape,
+                            n_channels=case.n_channels).read_all()
             self._fg_cache[key] = fg
         return fg
 

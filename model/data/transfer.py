@@ -11,6 +11,7 @@ would have drawn, and chunk readers open lazily inside DataLoader workers.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,8 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from catalog import load_catalog, load_domains, load_nodules
-from catalog.chunk_read import ChunkedArrayReader
-from catalog.io import store_join
+from catalog.case_arrays import case_array
 
 from .case_cache import MANIFEST, build_case_cache, cache_file_name
 from .patches import StepStream, _empty, read_volume
@@ -159,7 +159,8 @@ def liver_boxes(data: TaskData, progress: Callable[[int], None] | None = None) -
     """Every case's liver box from its stored label: {store_path: [lo, hi]}; cases without liver are left out."""
     out = {}
     for case in data.cases:
-        lab = ChunkedArrayReader(store_join(data.store, case.store_path, "label")).read_all()
+        lab = case_array(data.store, case.store_path, "label", shape=case.shape,
+                         n_channels=case.n_channels).read_all()
         box = foreground_box(lab)
         if box is not None:
             out[case.store_path] = [list(box[0]), list(box[1])]
@@ -202,7 +203,7 @@ class RoiPatchStream(CaseStream):
         margin = [int(round(rng.uniform(*self.margin_mm) / s)) for s in self.spacing]
         start = roi_patch_start(self.boxes[case.store_path], margin, case.shape, self.patch, rng)
         stop = [a + p for a, p in zip(start, self.patch)]
-        img_r, lab_r = self._open(case.store_path)
+        img_r, lab_r = self._open(case)
         buf = img_r.read((0, *start), (1, *stop), pad=0.0, out=self._buffer(img_r.dtype, (1, *self.patch)))
         image.copy_(torch.from_numpy(buf))
         lab = lab_r.read(start, stop, pad=0, out=self._buffer(lab_r.dtype, self.patch))
@@ -241,7 +242,10 @@ def build_coarse_cache(data: TaskData, shape: Sequence[int], folder: str | os.Pa
         return {"image": resize_image(torch.from_numpy(image), shape).to(torch.float16).numpy(),
                 "label": resize_mask(torch.from_numpy(label), shape).numpy().astype(np.uint8)}
 
-    return build_case_cache(folder, manifest, data.cases, arrays, ".npz", progress)
+    # float16 image and uint8 label per voxel, and the .npz container's few hundred bytes
+    nbytes = len(data.cases) * (math.prod(shape) * 3 + 1024)
+    return build_case_cache(folder, manifest, data.cases, arrays, ".npz", progress,
+                            space=(nbytes, f"--coarse-shape {','.join(str(int(s)) for s in shape)}"))
 
 
 class CoarseStream(CaseStream):
@@ -302,7 +306,7 @@ class NoduleStream(CaseStream):
         """The crop of ``case`` at size ``crop`` (centred), float32 (1, *crop)."""
         start = [(s - c) // 2 for s, c in zip(case.shape, self.crop)]
         stop = [a + c for a, c in zip(start, self.crop)]
-        img_r, _ = self._open(case.store_path, label=False)
+        img_r, _ = self._open(case, label=False)
         buf = img_r.read((0, *start), (1, *stop), pad=0.0, out=self._buffer(img_r.dtype, (1, *self.crop)))
         return torch.from_numpy(buf).to(torch.float32).numpy()
 

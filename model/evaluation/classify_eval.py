@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from runlog.tables import spreadsheet_safe
+
 if TYPE_CHECKING:
     from model.data.classify_table import LabelTable
 
@@ -75,7 +77,7 @@ def evaluate_classifier(run: str | Path, spec: dict[str, Any], table: LabelTable
     records[_prob_columns(classes)] = p
     path = inside(out, PREDICTIONS_FILE)
     out.mkdir(parents=True, exist_ok=True)
-    records.to_csv(path, index=False)
+    spreadsheet_safe(records).to_csv(path, index=False)
     per_class = metrics.pop("auc_per_class")
     summary = {"task": spec["task"], "split": split, "metric_name": "accuracy",
                "metric": metrics["accuracy"], **metrics, "classes": classes,
@@ -100,7 +102,8 @@ def scan_name(scan: str | Path) -> str:
 def predict_classes(run: str | Path, spec: dict[str, Any], scans: Sequence[str | Path], out: str | Path, *,
                     modality: str | None = None, spacing_xyz: tuple[float, float, float] | None = None,
                     device: Any = "cpu", amp: bool = False, max_voxels: int | None = None,
-                    overwrite: bool = False, log: Callable[[str], None] = print) -> Path:
+                    overwrite: bool = False, log: Callable[[str], None] = print,
+                    network: tuple[Any, Any] | None = None) -> Path:
     """Class probabilities of raw ``scans`` (files or folders, as segmentation ``predict`` takes them) with the
     whole-volume classify ``run``; writes and returns ``out/predictions.csv``.
 
@@ -109,7 +112,8 @@ def predict_classes(run: str | Path, spec: dict[str, Any], scans: Sequence[str |
     skipped with a ``skipped:`` line, the others are written, then
     :class:`~model.evaluation.predict.ScansSkippedError` names the skipped ones. Nothing is written when every
     case fails. ``out/predictions.csv`` is never an input, nor, unless ``overwrite``, a file that exists already
-    (:func:`~model.evaluation.predict.check_outputs`, before anything is read)."""
+    (:func:`~model.evaluation.predict.check_outputs`, before anything is read). ``network``: (network, config) in
+    place of the run's torch network (``predict --engine onnx``: :mod:`model.export.onnx_engine`)."""
     from model.data.classify_stream import classify_input
     from model.evaluation.predict import ScansSkippedError, check_case, check_outputs, collect_cases, preprocess_case
     from model.tasks.base import FinetuneError
@@ -135,7 +139,7 @@ def predict_classes(run: str | Path, spec: dict[str, Any], scans: Sequence[str |
             skipped.append((case.scan, str(exc)))
     rows = []
     if good:
-        net, cfg = load_stage(run, "main", device)
+        net, cfg = network or load_stage(run, "main", device)
         n_chans = int(net.encoder.in_chans)
     for case in good:
         scan = case.scan
@@ -151,7 +155,8 @@ def predict_classes(run: str | Path, spec: dict[str, Any], scans: Sequence[str |
         log(f"{scan}: {classes[int(p.argmax())]} (p = {p.max():.3f})")
     if rows:
         Path(out).mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(rows, columns=["case_id", "scan", "pred", *_prob_columns(classes)]).to_csv(path, index=False)
+        table = pd.DataFrame(rows, columns=["case_id", "scan", "pred", *_prob_columns(classes)])
+        spreadsheet_safe(table).to_csv(path, index=False)
         log(f"wrote {path} ({len(rows)} scan(s))")
     if skipped:
         raise ScansSkippedError(f"{len(skipped)} of {len(cases)} scan(s) skipped (see the 'skipped:' "

@@ -32,6 +32,8 @@ from typing import Any
 
 import pandas as pd
 
+from runlog.tables import spreadsheet_safe
+
 __all__ = ["INIT_KINDS", "PAPER_REFERENCE", "collect_runs", "compare_cells", "compare_table", "missing_runs",
            "write_compare"]
 
@@ -290,5 +292,5 @@ def write_compare(runs: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
     table = _table(cells)
     md_path, csv_path = out / "compare.md", out / "compare.csv"
     md_path.write_text(_markdown(table, cells, runs))
-    cells.to_csv(csv_path, index=False)
+    spreadsheet_safe(cells).to_csv(csv_path, index=False)
     return md_path, csv_path

@@ -14,6 +14,7 @@ Output in ``RUN/eval/<split>/``: ``cases.csv``, ``summary.json``, ``pred/``.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import torch
 
 from model.evaluation.inference import Segmenter
 from model.evaluation.metrics import _json_safe
+from runlog.tables import spreadsheet_safe
 
 __all__ = ["evaluate", "evaluate_binary", "ground_truth", "segment_cases", "segmenter_for_run"]
 
@@ -37,6 +39,31 @@ def segmenter_for_run(run: str | Path, *, device: str | torch.device = "cpu", am
 
     spec = read_run(run)
     return get_task(spec["task"]).segmenter(run, spec, device=device, amp=amp, batch=batch, overlap=overlap)
+
+
+def source_files(store: str, row: Any, attrs: dict[str, Any]) -> None:
+    """Check that the source label files of a labelled case (catalog ``source_label``, or the case attrs'
+    ``label_parts``) can be opened from here, before anything is written; a ValueError naming the store's catalog,
+    the column and the fix otherwise. A store built before source paths were recorded absolute holds them as
+    given (``raw/lits/segmentation-0.nii``): relative to the folder it was built in, which it does not record."""
+    if not row.has_label:
+        return
+    paths = [("source_label", p) for p in str(row.source_label or "").split(";") if p]
+    if attrs.get("label_parts"):
+        paths = [("label_parts (case attrs)", str(p)) for p, _ in attrs["label_parts"]]
+    where = f"{store.rstrip('/')}/catalog.parquet"
+    for column, path in paths:
+        if os.path.exists(path):
+            continue
+        if not os.path.isabs(path):
+            raise ValueError(f"{where}: {column} of {row.case_id} is the relative path {path!r}, not found from "
+                             f"{os.getcwd()}: the store was built before source paths were recorded absolute; "
+                             "rebuild it (the same med3d-prep build-* command, from the folder it was built in: it "
+                             "converts nothing again and records absolute paths), or run this command from that "
+                             "folder")
+        raise ValueError(f"{where}: {column} of {row.case_id}: {path} does not exist (the source files moved or "
+                         "were deleted); evaluate measures against them: put them back, or rebuild the store from "
+                         "where they are now")
 
 
 def ground_truth(row: Any, attrs: dict[str, Any]) -> sitk.Image | None:
@@ -95,7 +122,7 @@ def evaluate(run: str | Path, store: str, *, split: str | None = None, segmenter
     if steps is not None:
         summary["checkpoint_steps"] = steps  # which weights were measured: compare pairs them with the curves
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "cases.csv", index=False)
+    spreadsheet_safe(table).to_csv(out / "cases.csv", index=False)
     (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
     written = ["cases.csv", "summary.json"] + [n for n in ("predictions.csv", "pred/") if (out / n).exists()]
     log(f"wrote {out}/: {', '.join(written)}")
@@ -119,6 +146,8 @@ def segment_cases(task: Any, store: str, split: str, rows: pd.DataFrame, seg: Se
     names = {row.case_id: inside(folder, task.pred_name(row.case_id, bool(row.has_label)), what="case_id",
                                  source=f"the catalog of {store}")
              for row in rows.itertuples(index=False)}  # all checked before the first write
+    for row in rows.itertuples(index=False):
+        source_files(store, row, node_meta(store, row.store_path, required=True)["attributes"])
     folder.mkdir(parents=True, exist_ok=True)
     n_chans = getattr(seg, "in_chans", 1)
     for row in tqdm(list(rows.itertuples(index=False)), desc=f"evaluate {split}", unit="case",

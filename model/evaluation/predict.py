@@ -10,8 +10,9 @@ Inputs are files or folders of files. Files named as nnU-Net names channels (``C
 ``CASE_0001.nii.gz``, ... as in an ``imagesTs`` folder) are one case: the mask is ``CASE.nii.gz`` (nnU-Net's name
 for predictions), on the grid of ``CASE_0000``, which is the channel the network reads (the first channel, as in
 training); a run fine-tuned with ``--channels all`` reads every channel file, in ``_NNNN`` order, which must share
-``CASE_0000``'s grid. Any other file ``NAME.nii.gz`` gives ``NAME_mask.nii.gz``; a LiTS ``test-volume-N.nii`` gives
-``test-segmentation-N.nii``.
+``CASE_0000``'s grid and be numbered without a gap (``_0000, _0001, _0002, _0004`` lacks ``_0003``: refused, rather
+than ``_0004`` fed as the fourth channel), as many channels as the network reads. Any other file ``NAME.nii.gz``
+gives ``NAME_mask.nii.gz``; a LiTS ``test-volume-N.nii`` gives ``test-segmentation-N.nii``.
 
 Before any voxel is read, every file of every case (each channel file of an nnU-Net case) passes the build's
 header checks and ``--max-voxels`` (as stored and as resampled): a damaged or crafted header (a 32767³ claim, a
@@ -41,7 +42,8 @@ import torch
 from catalog.files import IMAGE_ENDINGS, image_stem
 from model.evaluation.inference import Segmenter
 
-__all__ = ["SCAN_ENDINGS", "ScanCase", "ScansSkippedError", "check_case", "check_outputs", "collect_cases",
+__all__ = ["SCAN_ENDINGS", "ScanCase", "ScansSkippedError", "check_case", "check_channel_files", "check_outputs",
+           "collect_cases",
            "collect_scans", "mask_name", "predict"]
 
 SCAN_ENDINGS = IMAGE_ENDINGS
@@ -134,12 +136,35 @@ def check_case(case: ScanCase, recipe: dict[str, Any], *, max_voxels: int | None
                                      target_spacing_zyx, header.n_channels, max_voxels)
 
 
+def check_channel_files(case: ScanCase) -> None:
+    """Refuse an nnU-Net case whose channel files are not numbered ``_0000`` to ``_NNNN`` without a gap: the
+    network would read the file after the gap as the missing channel. Raises ValueError naming the case and the
+    first missing file."""
+    numbers = {}
+    for f in case.files:
+        m = _CHANNEL.fullmatch(_stem(f.name))
+        if m:
+            numbers[int(m.group("channel"))] = f
+    missing = next((c for c in range(len(numbers)) if c not in numbers), None)
+    if missing is None:
+        return
+    first = numbers[0]
+    m = _CHANNEL.fullmatch(_stem(first.name))
+    gone = first.with_name(f"{m.group('case')}_{missing:04d}{first.name[len(_stem(first.name)):]}")
+    have = ", ".join(f"_{c:04d}" for c in sorted(numbers))
+    raise ValueError(f"{first.parent / m.group('case')}: channel file {gone} is missing (the case has {have}); "
+                     "a case's channel files are numbered from _0000 without a gap")
+
+
 def preprocess_case(case: ScanCase, recipe: dict[str, Any], *, in_chans: int, modality: str | None,
                     spacing_xyz: tuple[float, float, float] | None) -> tuple[Any, dict[str, Any]]:
     """:func:`volume.preprocess.preprocess_scan` of ``case``: its scan, and with ``in_chans`` above 1 its other
-    channel files too (a network fine-tuned with ``--channels all``)."""
+    channel files too (a network fine-tuned with ``--channels all``), which must be numbered without a gap
+    (:func:`check_channel_files`) and hold ``in_chans`` channels in all; refused before any voxel is read."""
     from volume.preprocess import preprocess_scan
 
+    if in_chans > 1:
+        check_channel_files(case)
     extra = [f for f in case.files if f != case.scan] if in_chans > 1 else []
     return preprocess_scan(case.scan, recipe, modality=modality, spacing_xyz=spacing_xyz, in_chans=in_chans,
                            channel_files=extra)

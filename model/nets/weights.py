@@ -12,7 +12,9 @@ Accepted sources (a path, loaded with ``torch.load(weights_only=True)``, or an a
 - Kinetics (kenshohara/3D-ResNets-PyTorch): ``{"state_dict": {...,"module.fc.weight"}, "arch": ...}``; its
   3-channel ``conv1`` is summed over the input channels (RGB -> 1 channel), ``fc.*`` dropped;
 - ours: ``{"model": state dict of a network with ``encoder.*`` keys, ...}``: ``encoder.*`` taken, the rest dropped;
-- a bare state dict of any of these.
+- a bare state dict of any of these;
+- a ``.safetensors`` file (``med3d-train export --format safetensors``, or any other): a bare state dict, read
+  without pickle and checked first (:mod:`model.export.safetensors_card`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from model.files import overreaching_tensor
 from model.nets.resnet import ENCODERS, ResNet3D, create_encoder
 
 __all__ = [
@@ -249,6 +252,10 @@ def _read_source(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[st
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":  # no pickle; a bare state dict (model.export.safetensors_card)
+        from model.export.safetensors_card import load_safetensors
+
+        return str(path), load_safetensors(path)[0]
     return str(path), torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -263,6 +270,10 @@ def load_encoder_weights(
     :class:`WeightsMismatchError` otherwise, before touching the encoder.
     """
     where, obj = _read_source(source)
+    problem = overreaching_tensor(obj)  # before conv1 is adapted (repeat) or anything is copied
+    if problem:
+        raise WeightsMismatchError(f"checkpoint {where}: {problem} (a stride-0 or expanded view): a damaged or "
+                                   "crafted file; nothing was loaded")
     fmt, raw = _unwrap(obj)
     norm = _normalize(raw)
     state = dict(norm.state)

@@ -83,11 +83,16 @@ class StudyGrid:
             raise StudyError("study --task classify needs --labels TABLE.csv (case_id, label, optional split)")
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as read back
+        """The grid as ``study.json`` records it: tuples as lists, credentials in URLs redacted."""
+        from catalog.redact import redact_urls
+
+        return redact_urls(json.loads(json.dumps(asdict(self))))  # tuples -> lists, as read back
 
     def differences(self, saved: dict[str, Any]) -> list[str]:
         """Keys where ``saved`` (a study.json) and this grid differ, runtime options left out."""
-        mine = self.to_dict()
+        from catalog.redact import redact_urls
+
+        mine, saved = self.to_dict(), redact_urls(saved)
         keys = sorted((set(mine) | set(saved)) - {"options"})
         diff = [k for k in keys if mine.get(k) != saved.get(k)]
         a, b = mine.get("options", {}), saved.get("options") or {}
@@ -120,7 +125,9 @@ class Plan:
     eval_split: str
 
     def cells(self) -> list[Cell]:
-        return [Cell(name, weights, f, s) for f in self.grid.fractions for s in self.grid.seeds
+        """Seed by seed, each seed's fractions in turn, each with every init: a study stopped early has every
+        fraction and init with fewer seeds, rather than some fractions with none."""
+        return [Cell(name, weights, f, s) for s in self.grid.seeds for f in self.grid.fractions
                 for name, weights in self.grid.inits]
 
     def table(self, fraction: float, seed: int) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from model.study.stats import summarize
+from runlog.tables import spreadsheet_safe
 
 if TYPE_CHECKING:
     from model.study.grid import Plan
@@ -28,7 +29,7 @@ def metric_columns(rows: pd.DataFrame, task: str) -> list[str]:
 
 
 def _fmt(v: float, digits: int = 3) -> str:
-    return "–" if v is None or not math.isfinite(float(v)) else f"{float(v):.{digits}f}"
+    return "-" if v is None or not math.isfinite(float(v)) else f"{float(v):.{digits}f}"
 
 
 def summary_markdown(summary: pd.DataFrame, metrics: list[str], eval_split: str, n_eval: int) -> str:
@@ -38,18 +39,18 @@ def summary_markdown(summary: pd.DataFrame, metrics: list[str], eval_split: str,
         return "No finished cell yet.\n"
     main = metrics[0]
     head = ["init", "fraction", "n_train", "seeds", f"{main} mean [95% CI]", *[f"{m}" for m in metrics[1:]],
-            "Δ vs scratch [95% CI]", "steps to target", "reached"]
+            "diff vs scratch [95% CI]", "steps to target", "reached"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary.to_dict("records"):
-        diff = "–" if "diff_vs_scratch" not in r or pd.isna(r.get("diff_vs_scratch")) else \
+        diff = "-" if "diff_vs_scratch" not in r or pd.isna(r.get("diff_vs_scratch")) else \
             f"{r['diff_vs_scratch']:+.3f} [{_fmt(r['diff_ci_low'])}, {_fmt(r['diff_ci_high'])}]"
         cells = [r["init"], f"{r['fraction']:g}", str(r["n_train"]), str(r["cells"]),
                  f"{_fmt(r[f'{main}_mean'])} [{_fmt(r[f'{main}_ci_low'])}, {_fmt(r[f'{main}_ci_high'])}]",
                  *[_fmt(r[f"{m}_mean"]) for m in metrics[1:]], diff,
-                 _fmt(r.get("steps_to_target_mean", math.nan), 0), str(r.get("reached_target", "–"))]
+                 _fmt(r.get("steps_to_target_mean", math.nan), 0), str(r.get("reached_target", "-"))]
         lines.append("| " + " | ".join(cells) + " |")
     note = (f"\nMeasured on the {n_eval} cases of the {eval_split} split (the same for every cell). Intervals: "
-            "Student t over seeds; Δ: paired by seed (same training patients). Steps to target: first validation "
+            "Student t over seeds; diff: paired by seed (same training patients). Steps to target: first validation "
             "step reaching 95 % of scratch's final validation metric at the same fraction and seed.\n")
     return "\n".join(lines) + "\n" + note
 
@@ -61,14 +62,14 @@ def write_outputs(study: Path, plan: Plan, rows: pd.DataFrame, *, figures: bool 
     metrics = metric_columns(rows, plan.grid.task)
     written = []
     path = study / "study.csv"
-    write_atomic(path, lambda tmp: rows.to_csv(tmp, index=False))
+    write_atomic(path, lambda tmp: spreadsheet_safe(rows).to_csv(tmp, index=False))
     written.append(path)
     if not metrics:
         return written
     for col in ("n_train", *metrics):
         rows[col] = pd.to_numeric(rows[col], errors="coerce")
     summary = summarize(rows, metrics)
-    write_atomic(study / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
+    write_atomic(study / "summary.csv", lambda tmp: spreadsheet_safe(summary).to_csv(tmp, index=False))
     n_eval = int(plan.cases["split"].eq(plan.eval_split).sum())
     text = summary_markdown(summary, metrics, plan.eval_split, n_eval)
     write_atomic(study / "summary.md", lambda tmp: Path(tmp).write_text(text))

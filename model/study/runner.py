@@ -26,7 +26,9 @@ from typing import Any
 
 import pandas as pd
 
+from catalog.redact import redact_url, redact_urls
 from model.study.grid import GRID_FILE, Cell, Plan, StudyError, StudyGrid, plan_study, read_saved_grid
+from model.training.run_lock import LOCK_FILE, run_lock
 
 __all__ = ["CELL_FILE", "StudyError", "cell_dir", "run_study", "study_rows"]
 
@@ -99,7 +101,7 @@ def _run_cell(plan: Plan, study: Path, cell: Cell, log_file: Path) -> dict[str, 
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("a", encoding="utf-8") as fh:
         def log(line: str) -> None:
-            fh.write(line + "\n")
+            fh.write(redact_url(line) + "\n")
             fh.flush()
 
         t0 = time.perf_counter()
@@ -117,10 +119,12 @@ def _run_cell(plan: Plan, study: Path, cell: Cell, log_file: Path) -> dict[str, 
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """study.json and cell.json: strict JSON, credentials in URLs redacted (a cell's error may name the store)."""
     from catalog.atomic import write_atomic
     from runlog.records import json_safe
 
-    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(json_safe(data), indent=2) + "\n"))
+    text = json.dumps(redact_urls(json_safe(data)), indent=2) + "\n"
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _read_cell(path: Path) -> dict[str, Any] | None:
@@ -133,17 +137,24 @@ def _read_cell(path: Path) -> dict[str, Any] | None:
 
 def run_study(grid: StudyGrid, study: str | Path, *, log: Callable[[str], None] = print,
               figures: bool = True) -> pd.DataFrame:
-    """Run (or finish) every cell of ``grid`` in ``study``; returns the rows of ``study.csv``."""
+    """Run (or finish) every cell of ``grid`` in ``study``; returns the rows of ``study.csv``. ``study/.lock`` is
+    held meanwhile (:mod:`model.training.run_lock`): a second study into the folder is a :class:`StudyError`."""
+    study = Path(study)
+    # The study folder's lock before anything else (each cell's finetune run locks its own run folder).
+    with run_lock(study, log=log, error=StudyError):
+        return _run_locked(grid, study, log, figures)
+
+
+def _run_locked(grid: StudyGrid, study: Path, log: Callable[[str], None], figures: bool) -> pd.DataFrame:
     from model.study.report import write_outputs
 
-    study = Path(study)
     saved = read_saved_grid(study)
     if saved is not None:
         diff = grid.differences(saved)
         if diff:
             raise StudyError(f"{study} holds a study with other {', '.join(diff)} ({study / GRID_FILE}); a re-run "
                              "must ask for the same grid: give the same options, or another --out")
-    elif study.exists() and any(study.iterdir()):
+    elif any(p.name != LOCK_FILE for p in study.iterdir()):
         raise StudyError(f"{study} is not empty and holds no {GRID_FILE}; choose another --out")
     t_plan = time.perf_counter()
     plan = plan_study(grid)
@@ -168,7 +179,9 @@ def run_study(grid: StudyGrid, study: str | Path, *, log: Callable[[str], None] 
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # a failed cell is a row; the others go on
-            row = {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:500]}
+            row = {**base, "status": "failed",
+                   "error": redact_url(f"{type(exc).__name__}: {exc}".splitlines()[0])[:500]}
+        row["cell_s"] = round(time.perf_counter() - t0, 2)  # with train_s and eval_s: the study's own overhead
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_json(path, row)
         main = next((k for k in ("dice", "auc_macro") if k in row), None)

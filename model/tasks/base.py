@@ -21,6 +21,8 @@ and the CLI look tasks up with :func:`get_task` and hold no task names. What a t
 ``num_classes(train, cfg)``  output classes of the network
 ``multichannel``             whether ``--channels all`` (every channel of the domain) is allowed
 ``in_chans(train, cfg)``     input channels of the network (1 unless ``--channels all``)
+``size_option(cfg)``         the config field sizing the stage's input (``patch``, ``shape``, ``coarse_shape`` or
+                             None), bounded by the train volumes and the memory before any work
 ``loader(...)``              the stage's DataLoader and on-device augmentation
 ``validator(...)``           ``net -> {"metric", "split", "cases"}`` for ``val`` rows of metrics.jsonl
 ``segmenter(run, spec)``     (segmentation tasks) the trained run as a segmenter (image -> label map)
@@ -117,6 +119,12 @@ class Task:
             raise FinetuneError(f"{cfg.store}: the train cases of domain {train.domain!r} have {counts} channels; "
                                 "--channels all needs one number")
         return counts[0]
+
+    def size_option(self, cfg: FinetuneConfig) -> str | None:
+        """The :class:`FinetuneConfig` field that sizes the input of ``cfg``'s stage (voxels z, y, x), which
+        :func:`model.training.finetune_bounds.check_stage_sizes` bounds by the train volumes and the memory:
+        ``patch`` (default), ``shape``, ``coarse_shape``, or None when inputs keep the data's own size."""
+        return "patch"
 
     def loader(self, cfg: FinetuneConfig, train: TaskData, run_dir: Path, *, start: int, steps: int,
                env: DistEnv, progress: bool) -> tuple[Any, Callable | None]:

@@ -124,6 +124,9 @@ class ClassifyTask(Task):
     def kind(self, cfg: FinetuneConfig) -> str:
         return "nodule"  # the network shape: global average pooling + linear (model.nets.transfer.HEADS)
 
+    def size_option(self, cfg: FinetuneConfig) -> str | None:
+        return "shape"  # every input, whole volume or mask crop, is resized to it
+
     def num_classes(self, train: TaskData, cfg: FinetuneConfig) -> int:
         return int(train.num_classes)
 

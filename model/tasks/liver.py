@@ -43,6 +43,9 @@ class LiverTask(BinarySegTask):
     def kind(self, cfg: FinetuneConfig) -> str:
         return f"liver_{cfg.stage}"
 
+    def size_option(self, cfg: FinetuneConfig) -> str | None:
+        return "coarse_shape" if cfg.stage == "coarse" else "patch"
+
     def num_classes(self, train: TaskData, cfg: FinetuneConfig) -> int:
         return 2  # liver (LiTS liver and tumour) against the rest
 

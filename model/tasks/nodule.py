@@ -35,6 +35,9 @@ class NoduleTask(Task):
     def kind(self, cfg: FinetuneConfig) -> str:
         return "nodule"
 
+    def size_option(self, cfg: FinetuneConfig) -> str | None:
+        return None  # the stored nodule crops are used whole
+
     def num_classes(self, train: TaskData, cfg: FinetuneConfig) -> int:
         return 2  # benign, malignant
 

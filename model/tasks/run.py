@@ -7,7 +7,6 @@ Only the configuration and checkpoint files of training are read here (:mod:`mod
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,11 +25,26 @@ RUN_FILE = "finetune.json"
 
 
 def read_run(run: str | Path) -> dict[str, Any]:
-    """``RUN/finetune.json``; a clear error for a folder that is not a fine-tuning run."""
+    """``RUN/finetune.json``; a clear error for a folder that is not a fine-tuning run, and a one-line
+    :class:`FinetuneError` naming the file for one that is damaged: not JSON, not an object, or a preprocessing
+    recipe no scan can be resampled with (:func:`catalog.card.recipe_problem`: a target spacing outside the voxel
+    sizes a header may have, a number that is not finite, an unknown dtype)."""
+    from catalog.card import recipe_problem
+    from catalog.values import read_json
+
     path = Path(run) / RUN_FILE
     if not path.is_file():
         raise FinetuneError(f"{run} is not a fine-tuning run (no {RUN_FILE}); run `med3d-train finetune` first")
-    return json.loads(path.read_text())
+    try:
+        spec = read_json(path)
+    except ValueError as exc:
+        raise FinetuneError(str(exc)) from None
+    if not isinstance(spec, dict):
+        raise FinetuneError(f"{path}: not a run file (a JSON object: task, stages, preprocessing...)")
+    problem = recipe_problem(spec.get("preprocessing"))
+    if problem:
+        raise FinetuneError(f"{path}: preprocessing: {problem}; the run file is damaged, fine-tune again")
+    return spec
 
 
 def net_options(cfg: FinetuneConfig, in_chans: int = 1) -> dict[str, Any]:
@@ -42,17 +56,30 @@ def net_options(cfg: FinetuneConfig, in_chans: int = 1) -> dict[str, Any]:
 def load_stage(run: str | Path, stage: str, device: torch.device | str = "cpu"
                ) -> tuple[TransferNet, FinetuneConfig]:
     """The trained network of one stage of a run (eval mode, on ``device``) and its config."""
+    import torch
+
     from model.nets.transfer import build_transfer_net
     from model.tasks.base import get_task
-    from model.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from model.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model_state
     from model.training.finetune_config import FinetuneConfig
 
     folder = Path(run) if stage == "main" else Path(run) / stage
     ckpt = load_checkpoint(folder / CHECKPOINT_NAME)
-    cfg = FinetuneConfig.from_dict(ckpt["config"])
-    net = build_transfer_net(get_task(cfg.task).kind(cfg), cfg.encoder, int(ckpt["num_classes"]),
-                             net_options(cfg, int(ckpt.get("in_chans", 1))))
-    net.load_state_dict(ckpt["model"])
+    try:
+        cfg = FinetuneConfig.from_dict(ckpt["config"])
+    except ValueError as exc:  # a value of the wrong type or range ("amp": "no"), an unknown field
+        raise FinetuneError(f"{folder / CHECKPOINT_NAME}: config: {exc}") from None
+
+    def build() -> TransferNet:
+        return build_transfer_net(get_task(cfg.task).kind(cfg), cfg.encoder, int(ckpt["num_classes"]),
+                                  net_options(cfg, int(ckpt.get("in_chans", 1))))
+
+    # The network's size comes from the checkpoint's own config (num_classes, in_chans): it is built on the meta
+    # device first and compared with the saved tensors, so a crafted config allocates nothing it does not hold.
+    with torch.device("meta"):
+        load_model_state(build(), ckpt, folder / CHECKPOINT_NAME, error=FinetuneError)
+    net = build()
+    load_model_state(net, ckpt, folder / CHECKPOINT_NAME, error=FinetuneError)
     return net.to(device).eval(), cfg
 
 

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RUNTIME_FIELDS", "JsonConfig", "RunSettings", "TrainConfig", "config_conflicts"]
+from catalog.values import check_fields, device_problem, read_json, show
+
+__all__ = ["MAX_LR", "MAX_SIDE", "RUNTIME_FIELDS", "JsonConfig", "RunSettings", "TrainConfig", "check_optimizer",
+           "check_sides", "config_conflicts"]
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("poly", "cosine", "constant")
@@ -27,6 +30,32 @@ RUNTIME_FIELDS = frozenset(
      "amp", "log_every"}
 )
 """Fields that do not change what the weights become (on one device): a resumed run may change them."""
+
+MAX_LR = 10.0
+"""The largest learning rate a config takes: Adam and SGD diverge far below it (the paper's rates: 1e-3, 1e-2)."""
+MAX_SIDE = 1024
+"""The longest patch or input side (voxels): twice a 512-voxel CT slice; a 1024³ float32 input is 4 GiB."""
+
+
+def check_sides(cfg: Any, *names: str) -> None:
+    """Raise ``ValueError`` unless each field of ``names`` is three sizes (z, y, x) of 8 to :data:`MAX_SIDE`
+    voxels; they become tuples of ints."""
+    for name in names:
+        v = tuple(int(p) for p in getattr(cfg, name))
+        if len(v) != 3 or not all(8 <= p <= MAX_SIDE for p in v):
+            raise ValueError(f"{name} must be three sizes (z, y, x) of 8 to {MAX_SIDE} voxels, got {v!r}")
+        object.__setattr__(cfg, name, v)
+
+
+def check_optimizer(cfg: Any) -> None:
+    """Raise ``ValueError`` unless ``cfg.lr`` is None (the default) or in (0, :data:`MAX_LR`], ``momentum`` in
+    [0, 1] and ``weight_decay`` >= 0."""
+    if cfg.lr is not None and not 0 < cfg.lr <= MAX_LR:
+        raise ValueError(f"lr must be > 0 and <= {MAX_LR:g}, got {cfg.lr:g}")
+    if not 0 <= cfg.momentum <= 1:
+        raise ValueError(f"momentum must be in [0, 1], got {cfg.momentum:g}")
+    if cfg.weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {cfg.weight_decay:g}")
 
 
 class JsonConfig:
@@ -45,16 +74,26 @@ class JsonConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
     def write_json(self, path: str | Path) -> None:
-        """Write the config as indented JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        """Write the config as indented JSON, credentials in URLs redacted (:func:`catalog.redact.redact_urls`)."""
+        from catalog.redact import redact_urls
+
+        Path(path).write_text(json.dumps(redact_urls(self.to_dict()), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def read_json(cls, path: str | Path) -> Any:
-        return cls.from_dict(json.loads(Path(path).read_text()))  # type: ignore[attr-defined]
+        """The config written to ``path`` by :meth:`write_json`. Raises a one-line ``ValueError`` naming the file
+        (and the field): not JSON, not an object, an unknown field, a value of the wrong type or range."""
+        data = read_json(path)
+        try:
+            return cls.from_dict(data)  # type: ignore[attr-defined]
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
 
 def _known_fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
     """``d`` with list values of tuple-typed fields as tuples; unknown keys raise ``ValueError`` naming them."""
+    if not isinstance(d, dict):
+        raise ValueError(f"not a {cls.__name__} (a JSON object of its fields), but {show(d)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - set(fields))
     if unknown:
@@ -84,8 +123,20 @@ class RunSettings(JsonConfig):
     workers: int = 2
     """DataLoader worker processes per rank."""
 
+    def check_types(self, **annotations: str) -> None:
+        """Raise ``ValueError`` naming the first field whose value is not of its type, not finite, or a whole
+        number beyond 64 bits (:func:`catalog.values.check_fields`; ``annotations`` widen some fields' types).
+        Call first in ``__post_init__``: a config read from a file may hold anything JSON can."""
+        check_fields(self, annotations)
+
     def check_run_settings(self) -> None:
-        """Raise ``ValueError`` naming the first out-of-range count (call from ``__post_init__``)."""
+        """Raise ``ValueError`` naming the first out-of-range count or an unknown device (call from
+        ``__post_init__``)."""
+        problem = device_problem(self.device)
+        if problem:
+            raise ValueError(problem)
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         for name in ("steps", "batch", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -135,14 +186,12 @@ class TrainConfig(RunSettings):
     """Overlap of the sliding-window tiles, as a fraction of the patch size."""
 
     def __post_init__(self) -> None:
+        self.check_types(store="str | tuple[str, ...]")  # one store as a string: configs of earlier versions
         for name, allowed in (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS), ("loss", LOSSES),
                               ("domain_sampling", DOMAIN_SAMPLING), ("channel", CHANNELS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        patch = tuple(int(p) for p in self.patch)
-        if len(patch) != 3 or min(patch) < 8:
-            raise ValueError(f"patch must be three sizes (z, y, x) of at least 8 voxels, got {self.patch!r}")
-        object.__setattr__(self, "patch", patch)
+        check_sides(self, "patch")
         object.__setattr__(self, "exclude", tuple(str(e) for e in self.exclude))
         stores = (self.store,) if isinstance(self.store, (str, os.PathLike)) else tuple(self.store)
         stores = tuple(os.fspath(s) for s in stores)
@@ -152,8 +201,7 @@ class TrainConfig(RunSettings):
             raise ValueError(f"store: a store is given twice in {list(stores)}")
         object.__setattr__(self, "store", stores)
         self.check_run_settings()
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_optimizer(self)
         if not 0 <= self.fg_fraction <= 1:
             raise ValueError(f"fg_fraction must be in [0, 1], got {self.fg_fraction}")
         if not 0 <= self.val_overlap < 1:
@@ -169,11 +217,14 @@ def config_conflicts(saved: Any, new: Any, runtime: frozenset[str] = RUNTIME_FIE
     """Fields in which ``new`` differs from ``saved`` (two configs of one dataclass, e.g. :class:`TrainConfig`)
     in a way that would change the weights of a resumed run, by field name; fields in ``runtime`` may differ.
 
-    ``steps`` may grow only with the constant schedule: poly and cosine rates depend on the total.
+    ``steps`` may grow only with the constant schedule: poly and cosine rates depend on the total. Values are
+    compared (and named) with credentials in URLs redacted, as configs are recorded.
     """
+    from catalog.redact import redact_urls
+
     out = []
     for f in sorted(dataclasses.fields(saved), key=lambda f: f.name):
-        a, b = getattr(saved, f.name), getattr(new, f.name)
+        a, b = redact_urls(getattr(saved, f.name)), redact_urls(getattr(new, f.name))
         if f.name in runtime or a == b:
             continue
         if f.name == "steps" and saved.scheduler == "constant" and b >= a:

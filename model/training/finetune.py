@@ -8,6 +8,7 @@ A run folder::
     RUN/config.json, checkpoint.pt, metrics.jsonl          one-stage tasks
     RUN/coarse/..., RUN/fine/...                            liver: one folder per stage (same files)
     RUN/eval/<split>/...                                    written by ``med3d-train evaluate``
+    RUN/.lock                                               while a run writes the folder (model.training.run_lock)
 
 >>> from model.training.finetune import finetune
 >>> finetune("liver", "data/lits_store", "runs/liver", init="runs/pretrain", steps=2000)
@@ -25,16 +26,20 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from model.data.case_cache import CacheSpaceError
 from model.evaluation.metrics import MetricsLogger
 from model.nets.transfer import TransferNet, build_transfer_net
 from model.nets.weights import LoadReport
 from model.tasks import FinetuneError, Task, get_task
 from model.tasks.run import RUN_FILE, load_stage, net_options, read_run
-from model.training.checkpoint import CHECKPOINT_NAME, restore_training_state, rng_state, save_checkpoint
+from model.training.checkpoint import (CHECKPOINT_NAME, load_model_state, restore_training_state, rng_state,
+                                       save_checkpoint)
+from model.training.finetune_bounds import check_stage_sizes
 from model.training.finetune_config import FINETUNE_RUNTIME_FIELDS, FinetuneConfig
 from model.training.finetune_step import FinetuneStepper
 from model.training.loop import DistEnv, init_distributed, make_optimizer, make_scheduler, resolve_device, run_loop
 from model.training.pretrain import CONFIG_FILE, checkpoint_for_resume
+from model.training.run_lock import acquire_run_lock
 
 __all__ = ["RUN_FILE", "FinetuneError", "StageResult", "finetune", "finetune_stage", "init_record", "load_stage",
            "read_run", "resolve_init"]
@@ -77,6 +82,10 @@ def init_record(init: str) -> dict[str, Any]:
     path = resolve_init(init)
     if path is None:
         return {"kind": "scratch", "encoder": None, "scan_ids": [], "path": None}
+    if path.suffix == ".safetensors":  # its card is in its metadata (model.export.safetensors_card)
+        from model.export.safetensors_card import safetensors_record
+
+        return safetensors_record(path)
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(obj, dict) and obj.get("format") == "med3d-train":
         ids = set(obj.get("scan_ids") or []) | set(obj.get("init_scan_ids") or [])
@@ -180,10 +189,7 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
         ckpt_path = run_dir / CHECKPOINT_NAME
         ckpt = checkpoint_for_resume(cfg, ckpt_path, resume, log, env, runtime=FINETUNE_RUNTIME_FIELDS,
                                      error=FinetuneError)
-        try:
-            train = task.data(cfg, "train")
-        except (ValueError, FileNotFoundError) as exc:
-            raise FinetuneError(str(exc)) from exc
+        train = _train_data(task, cfg)
         evaluation, validation = _measured_and_validation(task, cfg, env, log)
         record = record if record is not None else init_record(cfg.init)
         if ckpt is None and env.is_main and evaluation is not None:
@@ -193,7 +199,7 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
         net = build_transfer_net(task.kind(cfg), cfg.encoder, classes, net_options(cfg, in_chans))
         init_report = None
         if ckpt is not None:
-            net.load_state_dict(ckpt["model"])
+            load_model_state(net, ckpt, ckpt_path, error=FinetuneError)
             init_report = ckpt.get("init_report")
         elif record["path"] is not None:
             report = load_encoder_weights(net.encoder, record["path"])
@@ -207,7 +213,7 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
         scheduler = make_scheduler(optimizer, opt_cfg)
         start, summary = 0, {}
         if ckpt is not None:
-            start, summary = restore_training_state(ckpt, optimizer, scheduler)
+            start, summary = restore_training_state(ckpt, optimizer, scheduler, ckpt_path, error=FinetuneError)
             if env.is_main:
                 log(f"resuming {ckpt_path} at step {start} of {cfg.steps}")
         elif env.is_main:
@@ -215,8 +221,11 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
                 f"{'' if cfg.stage == 'main' else f' ({cfg.stage} stage)'} on {len(train.cases)} train cases of "
                 f"{cfg.store}, init {record['kind']}, lr {cfg.effective_lr:g}, {cfg.steps} steps")
         end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-        loader, augment = task.loader(cfg, train, run_dir, start=start, steps=max(end - start, 0), env=env,
-                                      progress=progress and env.is_main)
+        try:
+            loader, augment = task.loader(cfg, train, run_dir, start=start, steps=max(end - start, 0), env=env,
+                                          progress=progress and env.is_main)
+        except CacheSpaceError as exc:  # an input cache that would not fit its disk: refused before writing
+            raise FinetuneError(str(exc)) from None
         stepper = FinetuneStepper(net, optimizer, scheduler, loss=cfg.loss, device=device, amp=amp,
                                   compile=cfg.compile, env=env, augment=augment, start_step=start)
         train_ids = list(train.scan_ids)
@@ -235,8 +244,11 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
                     "preprocessing": preprocessing or {}, "world_size": env.world_size,
                 }, ckpt_path)
 
-        validator = task.validator(cfg, validation, run_dir, device=device, amp=amp) \
-            if cfg.val_every > 0 and env.is_main and validation is not None else None
+        try:
+            validator = task.validator(cfg, validation, run_dir, device=device, amp=amp) \
+                if cfg.val_every > 0 and env.is_main and validation is not None else None
+        except CacheSpaceError as exc:
+            raise FinetuneError(str(exc)) from None
 
         def run_validation(step: int) -> dict[str, Any]:
             return validator(net) if validator is not None else {}
@@ -251,6 +263,17 @@ def finetune_stage(cfg: FinetuneConfig, *, resume: bool = False, stop_after: int
     finally:
         if created_group:
             dist.destroy_process_group()
+
+
+def _train_data(task: Task, cfg: FinetuneConfig) -> Any:
+    """The stage's train cases, after its input size is checked against them and the memory
+    (:func:`~model.training.finetune_bounds.check_stage_sizes`); every refusal a :class:`FinetuneError`."""
+    try:
+        train = task.data(cfg, "train")
+    except (ValueError, FileNotFoundError) as exc:
+        raise FinetuneError(str(exc)) from exc
+    check_stage_sizes(cfg, task, train)
+    return train
 
 
 def _check_init_card(record: dict[str, Any], store: str, preprocessing: dict[str, Any],
@@ -283,6 +306,9 @@ def finetune(task: str, store: str, out: str, *, stage: str = "both", resume: bo
 
     The ``init`` weights are loaded once per stage, but reported once: one short line (the full one, with every
     dropped key's name, when ``verbose``), and the whole report in ``out/init_report.json``.
+
+    Rank 0 holds ``out/.lock`` from before its first write to the end (:mod:`model.training.run_lock`): a second
+    run into ``out`` is a :class:`FinetuneError` naming the lock's pid and host; a stale lock is taken over.
     """
     from catalog import load_catalog, select
     from catalog.card import case_recipe
@@ -295,6 +321,9 @@ def finetune(task: str, store: str, out: str, *, stage: str = "both", resume: bo
         chosen = (stage,)
     else:
         raise FinetuneError(f"task {task} has stages {', '.join(stages)} (or both), got {stage!r}")
+    # the options' own bounds (types, finite numbers, lr, sides) before the store is read: ValueError naming them
+    FinetuneConfig(task=task, store=str(store), out=str(out), stage=chosen[0],
+                   **{k: v for k, v in options.items() if not (k == "encoder" and v is None)})
     try:
         spec.check_store(str(store), options)
         options = spec.finetune_options(str(store), dict(options))
@@ -317,11 +346,14 @@ def finetune(task: str, store: str, out: str, *, stage: str = "both", resume: bo
     results = []
     report_init = _report_once(root, log, verbose)
     fresh = not root.exists()
+    # Before anything is written: a second run into this folder is refused, a stale lock taken over.
+    lock = acquire_run_lock(root, log=log, error=FinetuneError, enabled=DistEnv.from_environ().is_main)
     try:
         for name in chosen:
             stage_dir = root if name == "main" else root / name
             cfg = FinetuneConfig(task=task, store=str(store), out=str(stage_dir), stage=name, **options)
             if DistEnv.from_environ().is_main:
+                _train_data(spec, cfg)  # sizes against the data before the run's files are written
                 _write_run_file(root, cfg, spec, record, preprocessing)
             results.append(finetune_stage(cfg, resume=resume, stop_after=stop_after, progress=progress, log=log,
                                           record=record, preprocessing=preprocessing, report_init=report_init))
@@ -331,6 +363,9 @@ def finetune(task: str, store: str, out: str, *, stage: str = "both", resume: bo
         if fresh and DistEnv.from_environ().is_main and not any(root.rglob(CHECKPOINT_NAME)):
             shutil.rmtree(root, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            lock.release()
     return results
 
 
@@ -357,14 +392,16 @@ def _report_once(root: Path, log: Callable[[str], None], verbose: bool) -> Calla
 
 def _write_run_file(root: Path, cfg: FinetuneConfig, task: Task, record: dict[str, Any],
                     preprocessing: dict[str, Any]) -> None:
+    from catalog.redact import redact_url, redact_urls
+
     root.mkdir(parents=True, exist_ok=True)
-    data = {"task": cfg.task, "encoder": cfg.encoder, "init": cfg.init, "init_kind": record["kind"],
-            "metric": task.metric, "stages": list(task.stages), "store": cfg.store, "eval_split": cfg.eval_split,
-            "preprocessing": preprocessing, **task.run_info(cfg)}
+    data = redact_urls({"task": cfg.task, "encoder": cfg.encoder, "init": cfg.init, "init_kind": record["kind"],
+                        "metric": task.metric, "stages": list(task.stages), "store": cfg.store,
+                        "eval_split": cfg.eval_split, "preprocessing": preprocessing, **task.run_info(cfg)})
     path = root / RUN_FILE
     if path.is_file():
         old = json.loads(path.read_text())
-        if (old.get("task"), old.get("encoder"), old.get("init")) != (cfg.task, cfg.encoder, cfg.init):
+        if (old.get("task"), old.get("encoder"), old.get("init")) != (cfg.task, cfg.encoder, redact_url(cfg.init)):
             raise FinetuneError(f"{root} holds a {old.get('task')} run ({old.get('encoder')}, init "
                                 f"{old.get('init')}); choose another --out")
     task.write_run_files(root, cfg)

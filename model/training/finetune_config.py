@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from model.training.config import RunSettings, _known_fields
+from model.training.config import RunSettings, _known_fields, check_optimizer, check_sides
 
 __all__ = ["FINETUNE_RUNTIME_FIELDS", "FinetuneConfig", "paper_lr"]
 
@@ -96,6 +96,7 @@ class FinetuneConfig(RunSettings):
     def __post_init__(self) -> None:
         from model.tasks import TASKS
 
+        self.check_types()
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         stages = TASKS[self.task].stages
@@ -113,11 +114,7 @@ class FinetuneConfig(RunSettings):
         if self.crop not in ("none", "mask") or not self.crop_margin_mm >= 0:
             raise ValueError(f"crop must be none or mask and crop_margin_mm >= 0, got {self.crop!r}, "
                              f"{self.crop_margin_mm!r}")
-        for name in ("patch", "coarse_shape", "shape"):
-            v = tuple(int(p) for p in getattr(self, name))
-            if len(v) != 3 or min(v) < 8:
-                raise ValueError(f"{name} must be three sizes (z, y, x) of at least 8 voxels, got {v!r}")
-            object.__setattr__(self, name, v)
+        check_sides(self, "patch", "coarse_shape", "shape")
         for name in ("aspp_rates", "decoder_widths"):
             v = tuple(int(p) for p in getattr(self, name))
             if not v or min(v) < 1:
@@ -134,8 +131,7 @@ class FinetuneConfig(RunSettings):
         if self.loss not in ("ce", "ce+dice"):
             raise ValueError(f"loss must be ce or ce+dice, got {self.loss!r}")
         self.check_run_settings()
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_optimizer(self)
         if not 0 <= self.fg_fraction <= 1 or not 0 <= self.overlap < 1:
             raise ValueError("fg_fraction must be in [0, 1] and overlap in [0, 1)")
         if self.rotate_deg < 0 or not 0 <= self.translate < 1:

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from model.training.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, load_latest_checkpoint, previous_path,
-                                       restore_training_state, rng_state, save_checkpoint)
+                                       load_model_state, restore_training_state, rng_state, save_checkpoint)
 from model.training.config import RUNTIME_FIELDS, TrainConfig, config_conflicts
 from model.nets.heads import Med3DPretrainNet, MultiBranchHead
 from model.evaluation.inference import sliding_window_probs
@@ -30,6 +30,7 @@ from model.evaluation.metrics import MetricsLogger, dice_per_class
 from model.nets.resnet import create_encoder
 from model.training.loop import DistEnv, PretrainStepper, init_distributed, make_optimizer, make_scheduler, \
     resolve_device, run_loop
+from model.training.run_lock import acquire_run_lock
 
 __all__ = ["PretrainError", "PretrainResult", "build_pretrain_net", "load_pretrained_encoder", "pretrain",
            "validate"]
@@ -154,7 +155,11 @@ def checkpoint_for_resume(cfg: Any, path: Path, resume: bool, log: Callable[[str
     if ckpt is None:
         log(f"--resume: no checkpoint in {path.parent} yet, starting a new run")
         return None
-    conflicts = config_conflicts(type(cfg).from_dict(ckpt["config"]), cfg, runtime)
+    try:
+        saved = type(cfg).from_dict(ckpt["config"])
+    except ValueError as exc:  # a value of the wrong type or range ("amp": "no"), an unknown field
+        raise error(f"{path}: config: {exc}") from None
+    conflicts = config_conflicts(saved, cfg, runtime)
     if conflicts:
         raise error(f"cannot resume {path}: the configuration differs from the checkpoint's in "
                             + "; ".join(conflicts) + ". Resume with the same settings, or start a new --out")
@@ -190,7 +195,8 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
     Under ``torchrun`` (``WORLD_SIZE`` > 1) it joins the process group (NCCL on CUDA, gloo on CPU), each rank
     reads its own patches, rank 0 writes files. ``resume`` continues from ``cfg.out/checkpoint.pt`` (or starts
     afresh when there is none); without it an existing checkpoint raises :class:`PretrainError`.
-    ``stop_after`` ends after that many steps with a checkpoint, as a preempted job would.
+    ``stop_after`` ends after that many steps with a checkpoint, as a preempted job would. While it runs, rank 0
+    holds ``cfg.out/.lock`` (:mod:`model.training.run_lock`): a second run into the folder is a :class:`PretrainError`.
     """
     from model.data import PatchConfig, StoreIndex, make_loader, parse_exclude
 
@@ -201,8 +207,11 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
         raise PretrainError(str(exc)) from exc
     except RuntimeError as exc:  # not a device name ("gpu")
         raise PretrainError(f"--device {cfg.device!r} is not a device: {exc}; use cpu, cuda or cuda:N") from exc
-    created_group = init_distributed(env, device)
+    # Before anything is written: a second run into this folder is refused, a stale lock taken over.
+    lock = acquire_run_lock(cfg.out, log=log, error=PretrainError, enabled=env.is_main)
+    created_group = False
     try:
+        created_group = init_distributed(env, device)
         run_dir = Path(cfg.out)
         ckpt_path = run_dir / CHECKPOINT_NAME
         ckpt = checkpoint_for_resume(cfg, ckpt_path, resume, log, env)
@@ -230,7 +239,7 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
         net = build_pretrain_net(cfg.encoder, classes)
         init_report = None
         if ckpt is not None:
-            net.load_state_dict(ckpt["model"])
+            load_model_state(net, ckpt, ckpt_path, error=PretrainError)
         elif cfg.init != "scratch":
             from model.nets.weights import load_encoder_weights
 
@@ -245,7 +254,7 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
         start = 0
         summary: dict[str, Any] = {}
         if ckpt is not None:
-            start, summary = restore_training_state(ckpt, optimizer, scheduler)
+            start, summary = restore_training_state(ckpt, optimizer, scheduler, ckpt_path, error=PretrainError)
             init_report = ckpt.get("init_report")
             if env.is_main:
                 log(f"resuming {ckpt_path} at step {start} of {cfg.steps}")
@@ -293,6 +302,8 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
     finally:
         if created_group:
             dist.destroy_process_group()
+        if lock is not None:
+            lock.release()
 
 
 def load_pretrained_encoder(checkpoint: str | Path) -> tuple[nn.Module, Any]:

@@ -2,12 +2,12 @@
 
 The planes come from the stored arrays (``STORE/<domain>/<case>/image`` (C, Z, Y, X) and ``label`` (Z, Y, X)),
 so a montage shows exactly what training sees, in the stored LPS orientation: z towards the head, y towards the
-back, x towards the patient's left. Only the three planes are read (zarr decodes just the chunks they cross),
-never whole volumes, through zarr-python (a plane crosses few chunks; the direct reader
-:mod:`catalog.chunk_read` pays off on training's many random patches). The planes pass through the label's centroid, estimated from the case's stored foreground
-samples (``foreground``: up to 1,000 random voxels per class); when that point lies outside the structure (two
-lungs, two hippocampus parts, a crescent) they pass through the nearest sample instead, so that each plane cuts
-the structure. Unlabelled cases (and LIDC crops, centred on their nodule) use the volume centre.
+back, x towards the patient's left. Only the three planes are read (just the chunks they cross), never whole
+volumes, through the store's checked reader (:mod:`catalog.case_arrays`), so a damaged or crafted case is refused
+in one line instead of read. The planes pass through the label's centroid, estimated from the case's stored
+foreground samples (``foreground``: up to 1,000 random voxels per class); when that point lies outside the
+structure (two lungs, two hippocampus parts, a crescent) they pass through the nearest sample instead, so that each
+plane cuts the structure. Unlabelled cases (and LIDC crops, centred on their nodule) use the volume centre.
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import zarr
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
@@ -72,31 +71,50 @@ def read_planes(store: str, store_path: str, *, channel: int = 0, centre: str = 
     """Read the three orthogonal planes of one stored case (see :class:`CasePlanes`).
 
     ``centre``: "label" (the label's centroid, see :func:`label_centre`; the volume centre when the case has no
-    label or no foreground) or "volume".
+    label or no foreground) or "volume". The arrays are read through :func:`catalog.case_arrays.case_array`: their
+    metadata must agree with the case's catalog row and their chunk files pass the store's checks (a damaged case
+    raises :class:`catalog.chunk_read.DamagedStoreError`, one line).
     """
-    grp = zarr.open_group(store, path=store_path, mode="r")
-    image = grp["image"]
-    shape = tuple(int(s) for s in image.shape[1:])
-    has_label = "label" in grp
+    from catalog.case_arrays import case_array, case_geometry
+    from catalog.store_format import node_meta
+
+    shape, n_channels = case_geometry(store, store_path)
+    geometry = {"shape": shape, "n_channels": n_channels}
+    image = case_array(store, store_path, "image", **geometry)
+    has_label = node_meta(store, store_path, "label") is not None
+    lab_r = case_array(store, store_path, "label", **geometry) if has_label else None
     at = None
-    if centre == "label" and has_label and "foreground" in grp:
-        lab = grp["label"]
-        at = label_centre(grp["foreground"][...], shape, class_voxels, inside=lambda p: bool(lab[p] > 0))
+    if centre == "label" and lab_r is not None and node_meta(store, store_path, "foreground") is not None:
+        fg = case_array(store, store_path, "foreground", **geometry).read_all()
+        at = label_centre(fg, shape, class_voxels, inside=lambda p: bool(_plane(lab_r, p, None) > 0))
     centre_from = "label centroid" if at is not None else "volume centre"
     if at is None:
         at = tuple(n // 2 for n in shape)
     z, y, x = at
-    ch = min(max(channel, 0), int(image.shape[0]) - 1)
-    img = (image[ch, z, :, :], image[ch, :, y, :], image[ch, :, :, x])
+    ch = min(max(channel, 0), n_channels - 1)
+    img = tuple(_plane(image, (z, y, x), axis, ch) for axis in range(3))
     lab = None
-    if has_label:
-        arr = grp["label"]
-        lab = (np.asarray(arr[z, :, :]), np.asarray(arr[:, y, :]), np.asarray(arr[:, :, x]))
-    spacing = tuple(float(s) for s in grp.attrs.get("spacing", (1.0, 1.0, 1.0)))
+    if lab_r is not None:
+        lab = tuple(_plane(lab_r, (z, y, x), axis) for axis in range(3))
+    spacing = tuple(float(s) for s in
+                    (node_meta(store, store_path, required=True).get("attributes") or {}).get("spacing",
+                                                                                               (1.0, 1.0, 1.0)))
     return CasePlanes(store_path=store_path, centre=(int(z), int(y), int(x)), centre_from=centre_from,
                       spacing=spacing,  # type: ignore[arg-type]
                       image=tuple(np.asarray(p, dtype=np.float32) for p in img),  # type: ignore[arg-type]
-                      label=lab)
+                      label=lab)  # type: ignore[arg-type]
+
+
+def _plane(reader, at: Sequence[int], axis: int | None, channel: int | None = None) -> np.ndarray:
+    """The plane through ``at`` (z, y, x) normal to ``axis`` (0 axial, 1 coronal, 2 sagittal; None: the one voxel
+    at ``at``) of a (Z, Y, X) array, or of ``channel`` of a (C, Z, Y, X) one."""
+    starts = [int(a) if axis is None or i == axis else 0 for i, a in enumerate(at)]
+    stops = [s + 1 if axis is None or i == axis else n for i, (s, n) in enumerate(zip(starts, reader.shape[-3:]))]
+    if channel is None:
+        box = reader.read(starts, stops)
+    else:
+        box = reader.read([channel, *starts], [channel + 1, *stops])[0]
+    return box.reshape(()) if axis is None else np.take(box, 0, axis=axis)
 
 
 def overlay_rgba(label_plane: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:

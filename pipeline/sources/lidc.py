@@ -175,10 +175,12 @@ def series_up_to_date(root, ref: LidcSeriesRef, params_hash: str) -> SeriesResul
     if not marker or marker.get("params_hash") != params_hash or ref.xml_path is None:
         return None
     rec = marker.get("sources", {})
-    if rec.get("dicom") != dicom_listing(ref):
+    dicom = dict(rec.get("dicom") or {})  # paths compared absolute: older stores recorded them as given
+    dicom["dicom_dir"] = os.path.abspath(str(dicom.get("dicom_dir", "")))
+    if dicom != {**dicom_listing(ref), "dicom_dir": os.path.abspath(ref.dicom_dir)}:
         return None
     xml = rec.get("xml") or {}
-    if xml.get("path") != str(ref.xml_path) or not ref.xml_path.exists():
+    if os.path.abspath(str(xml.get("path", ""))) != os.path.abspath(ref.xml_path) or not ref.xml_path.exists():
         return None
     fp = file_fingerprint(str(ref.xml_path))
     if (fp["size"], fp["mtime_ns"]) != (xml.get("size"), xml.get("mtime_ns")) \
@@ -186,7 +188,9 @@ def series_up_to_date(root, ref: LidcSeriesRef, params_hash: str) -> SeriesResul
         return None
     if any(case_marker(root, f"{DOMAIN}/{cid}") is None for cid in marker.get("case_ids", [])):
         return None
-    return SeriesResult(key=series_key(ref), rows=marker.get("rows", []), nodules=marker.get("nodules", []),
+    rows = [{**row, "source_image": str(ref.dicom_dir), "source_label": str(ref.xml_path)}
+            for row in marker.get("rows", [])]  # absolute, also where an older store recorded them as given
+    return SeriesResult(key=series_key(ref), rows=rows, nodules=marker.get("nodules", []),
                         notes=marker.get("notes", []), skipped=True)
 
 

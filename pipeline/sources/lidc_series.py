@@ -84,7 +84,7 @@ def find_lidc_series(root: str | Path, *, modality: str | None = "CT") -> list[L
     names as fallback); series of another ``modality`` (LIDC also holds chest X-rays) are skipped unless
     ``modality=None``. ``xml_path`` is the series' ``LidcReadMessage`` XML, or None when there is none.
     """
-    root = Path(root)
+    root = Path(os.path.abspath(root))  # the catalog records absolute paths (usable from any folder)
     if not root.is_dir():
         raise FileNotFoundError(f"LIDC root {root} is not a folder")
     patients = sorted(p for p in root.glob("LIDC-IDRI-*") if p.is_dir())

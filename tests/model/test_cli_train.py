@@ -109,10 +109,11 @@ def test_cli_module_imports_without_torch():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_bad_device_is_a_clean_error(tiny_store: str, tmp_path: Path):
-    for device, why in (("cuda", "has no CUDA device"), ("gpu", "gpu")):
+    # "gpu" is no device name: a usage error of the config (exit 2) before any work; "cuda" fails at start (exit 1)
+    for device, why, code in (("cuda", "has no CUDA device", 1), ("gpu", "device must be cpu, cuda or cuda:N", 2)):
         res = CliRunner().invoke(main, ["pretrain", tiny_store, "--out", str(tmp_path / device), "--device", device,
                                         "--steps", "1", "--workers", "0", "--no-progress"])
-        assert res.exit_code == 1 and isinstance(res.exception, SystemExit), (device, res.exception)
+        assert res.exit_code == code and isinstance(res.exception, SystemExit), (device, res.exception)
         assert "Error:" in res.output and why in res.output
 
 

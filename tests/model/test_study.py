@@ -165,7 +165,7 @@ def test_study_survives_sigkill_and_finishes_without_retraining(tiny_store, tmp_
                 if (p.parent / "cell.json").is_file()}
     assert finished and len(list(out.glob("runs/*/*/*/cell.json"))) < 8
 
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     for path, mtime in finished.items():  # a finished cell is never trained again
         assert path.stat().st_mtime_ns == mtime
@@ -183,8 +183,8 @@ def test_study_survives_sigkill_and_finishes_without_retraining(tiny_store, tmp_
         assert len(small) == 2 and small < full
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["init"]) == {"scratch", "pre"} and (summary["cells"] == 2).all()
-    assert "Δ vs scratch" in (out / "summary.md").read_text()
+    assert "diff vs scratch" in (out / "summary.md").read_text()
     # the grid cannot change under a re-run
     changed = subprocess.run([*cmd, "--steps", "5"], cwd=ROOT, env=env, capture_output=True,
-                             text=True)
+                             text=True, encoding="utf-8", errors="replace")
     assert changed.returncode != 0 and "--steps" in changed.stderr

@@ -148,7 +148,7 @@ def test_bad_chunks_option_is_a_usage_error(real_dir, tmp_path):
     res = runner.invoke(main, ["build-3dseg8", str(real_dir / "msd"), str(tmp_path / "s"), "--chunks", "a,b"])
     assert res.exit_code == 2 and "--chunks" in res.output and "Z,Y,X" in res.output
     res = runner.invoke(main, ["build-3dseg8", str(real_dir / "msd"), str(tmp_path / "s"), "--chunks", "8,8"])
-    assert res.exit_code == 2 and "chunks must be three positive ints" in res.output
+    assert res.exit_code == 2 and "chunks must be a list of three whole numbers" in res.output and "(8, 8)" in res.output
 
 
 def test_multichannel_label_is_a_failed_row_naming_the_label(real_dir, tmp_path):

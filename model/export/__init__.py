@@ -1,0 +1,12 @@
+"""Weights and networks other tools open: ``med3d-train export --format safetensors|onnx|torchscript``.
+
+- :mod:`model.export.safetensors_card`: the encoder as ``model.safetensors`` (no pickle) with its weights card in
+  the metadata, read back by ``--init``;
+- :mod:`model.export.model_card`: the ``README.md`` model card beside it, in the layout model hubs read;
+- :mod:`model.export.onnx_export`: a fine-tuned seg/classify network as ONNX or TorchScript, its preprocessing
+  card embedded;
+- :mod:`model.export.onnx_engine`: ``predict --engine onnx``, the ONNX file run by onnxruntime in place of torch.
+
+The MedicalNet ``.pth`` format stays in :mod:`model.nets.weights`. Nothing here is imported by ``model``'s other
+packages at import time: onnx, onnxruntime and safetensors are loaded only when used.
+"""
