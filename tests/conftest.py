@@ -12,6 +12,20 @@ REAL = DATA / "real"
 tests/data/real/README.md."""
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n 2``), each worker process computes on one thread, itself and the
+    processes its tests start: two workers with two threads each on two cores spend their time in OpenMP's
+    spin-waits. Alone (no xdist), torch keeps its default."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[name] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def real_dir() -> Path:
     if not REAL.is_dir():
