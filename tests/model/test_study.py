@@ -151,7 +151,7 @@ def test_study_survives_sigkill_and_finishes_without_retraining(tiny_store, tmp_
 
     init = tiny_pretrain(tmp_path / "pre")
     out = tmp_path / "study"
-    cmd = [sys.executable, "-m", "model.cli", *_study_args(tiny_store, out, "--init", f"pre={init}")]
+    cmd = [sys.executable, "-m", "model.cli", *_study_args(tiny_store, out, "--init", f"pre={init}", "--seeds", "0")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     first = out / "runs" / "scratch" / "f0.5" / "s0" / "cell.json"
@@ -163,14 +163,14 @@ def test_study_survives_sigkill_and_finishes_without_retraining(tiny_store, tmp_
     proc.wait()
     finished = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/*/checkpoint.pt")
                 if (p.parent / "cell.json").is_file()}
-    assert finished and len(list(out.glob("runs/*/*/*/cell.json"))) < 8
+    assert finished and len(list(out.glob("runs/*/*/*/cell.json"))) < 4
 
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     for path, mtime in finished.items():  # a finished cell is never trained again
         assert path.stat().st_mtime_ns == mtime
     rows = pd.read_csv(out / "study.csv")
-    assert len(rows) == 8 and set(rows["status"]) == {"ok"}
+    assert len(rows) == 4 and set(rows["status"]) == {"ok"}
     assert set(rows["init"]) == {"scratch", "pre"} and set(rows["n_train"]) == {2, 4}
     assert rows["dice"].between(0, 1).all() and set(rows["split"]) == {"test"}
     assert rows.loc[rows["init"] == "scratch", "steps_to_target"].notna().all()  # its own target, reached at the end
@@ -178,11 +178,11 @@ def test_study_survives_sigkill_and_finishes_without_retraining(tiny_store, tmp_
     tables = {p.stem: pd.read_csv(p) for p in (out / "tables").glob("*.csv")}
     tests = {tuple(sorted(t.loc[t["split"] == "test", "case_id"])) for t in tables.values()}
     assert len(tests) == 1 and len(next(iter(tests))) == 1
-    for seed in (0, 1):
+    for seed in (0,):
         small, full = (set(tables[f"f{f}_s{seed}"].query("split == 'train'")["case_id"]) for f in ("0.5", "1"))
         assert len(small) == 2 and small < full
     summary = pd.read_csv(out / "summary.csv")
-    assert set(summary["init"]) == {"scratch", "pre"} and (summary["cells"] == 2).all()
+    assert set(summary["init"]) == {"scratch", "pre"} and (summary["cells"] == 1).all()
     assert "diff vs scratch" in (out / "summary.md").read_text()
     # the grid cannot change under a re-run
     changed = subprocess.run([*cmd, "--steps", "5"], cwd=ROOT, env=env, capture_output=True,

@@ -31,18 +31,25 @@ def _no_secret(res, *folders: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def store(real_dir):
-    """The real hippocampus cases built through the CLI into a memory:// store whose URL holds credentials."""
+def store(real_dir, tmp_path_factory):
+    """The real hippocampus cases in a memory:// store whose URL holds credentials. A build into memory:// is
+    refused (it would not outlive the process) without printing the secret; the store is built in a folder and
+    copied into the in-process memory filesystem, which the commands below (run in this process) then read."""
     from pipeline.cli import main as prep
 
     bucket = f"bucket{uuid.uuid4().hex[:8]}"
     url = f"memory://KEY:SECRET@{bucket}/store"
-    res = CliRunner().invoke(prep, ["build-3dseg8", str(real_dir / "msd"), url, "--workers", "0", "--no-progress",
-                                    "--tasks", "Task04_Hippocampus"])
+    args = [str(real_dir / "msd"), "--workers", "0", "--no-progress", "--tasks", "Task04_Hippocampus"]
+    refused = CliRunner().invoke(prep, ["build-3dseg8", args[0], url, *args[1:]])
+    assert refused.exit_code == 2 and f"memory://***@{bucket}/store" in _no_secret(refused)
+    local = tmp_path_factory.mktemp("credentials") / "store"
+    res = CliRunner().invoke(prep, ["build-3dseg8", args[0], str(local), *args[1:]])
     assert res.exit_code == 0, res.output
-    assert f"memory://***@{bucket}/store" in _no_secret(res)
+    fs = fsspec.filesystem("memory")
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        fs.pipe(f"KEY:SECRET@{bucket}/store/{path.relative_to(local).as_posix()}", path.read_bytes())
     yield url
-    fsspec.filesystem("memory").rm(f"KEY:SECRET@{bucket}", recursive=True)
+    fs.rm(f"KEY:SECRET@{bucket}", recursive=True)
 
 
 def _train(*args: str):
