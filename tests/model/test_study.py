@@ -188,3 +188,30 @@ def test_study_survives_sigkill_and_finishes_without_retraining(tiny_store, tmp_
     changed = subprocess.run([*cmd, "--steps", "5"], cwd=ROOT, env=env, capture_output=True,
                              text=True, encoding="utf-8", errors="replace")
     assert changed.returncode != 0 and "--steps" in changed.stderr
+
+
+def test_a_failed_cell_is_a_row_and_the_others_go_on(tiny_store, tmp_path, monkeypatch):
+    import model.training.finetune as ft
+    from model.study.grid import StudyGrid
+    from model.study.runner import run_study
+
+    grid = StudyGrid(task="seg", store=tiny_store, inits=(("scratch", "scratch"),), fractions=(1.0,), seeds=(0, 1),
+                     holdout=(1, 1), options={"domain": "alpha", "steps": 2, "batch": 2, "patch": (16, 16, 16),
+                                              "decoder": "unet", "device": "cpu", "workers": 0, "val_every": 1,
+                                              "ckpt_every": 1})
+    real = ft.finetune
+
+    def flaky(task, store, out, **kw):
+        if kw["seed"] == 0:
+            raise RuntimeError("out of memory (simulated)")
+        return real(task, store, out, **kw)
+
+    monkeypatch.setattr(ft, "finetune", flaky)
+    rows = run_study(grid, tmp_path / "st", log=lambda s: None, figures=False).set_index("seed")
+    assert rows.loc[0, "status"] == "failed" and "out of memory (simulated)" in rows.loc[0, "error"]
+    assert rows.loc[1, "status"] == "ok" and 0 <= rows.loc[1, "dice"] <= 1
+    done = tmp_path / "st" / "runs" / "scratch" / "f1" / "s1" / "checkpoint.pt"
+    mtime = done.stat().st_mtime_ns
+    monkeypatch.setattr(ft, "finetune", real)
+    rows = run_study(grid, tmp_path / "st", log=lambda s: None, figures=False).set_index("seed")
+    assert set(rows["status"]) == {"ok"} and done.stat().st_mtime_ns == mtime  # the failed cell tried again only
