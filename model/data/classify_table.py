@@ -103,7 +103,8 @@ def read_table(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, str]:
         header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False,
                              skipinitialspace=True).iloc[0].tolist()
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise LabelTableError(f"{path}: not a readable CSV table ({exc}); write it with a header row, e.g. "
+        reason = " ".join(str(exc).split())  # one line: pandas' messages hold line breaks
+        raise LabelTableError(f"{path}: not a readable CSV table ({reason}); write it with a header row, e.g. "
                               "'case_id,label'") from exc
     _same_columns(path, header)
     columns = {str(c).strip().lower(): c for c in raw.columns}

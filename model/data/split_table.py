@@ -38,7 +38,7 @@ def read_split_table(path: str | os.PathLike[str], store: str, domain: str) -> d
     except FileNotFoundError:
         raise SplitTableError(f"{path}: no such split table") from None
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise SplitTableError(f"{path}: not a readable CSV split table ({exc})") from None
+        raise SplitTableError(f"{path}: not a readable CSV split table ({' '.join(str(exc).split())})") from None
     missing = [c for c in ("case_id", "split") if c not in table.columns]
     if missing:
         raise SplitTableError(f"{path}: no {' or '.join(missing)} column (columns: {', '.join(table.columns)}); a "

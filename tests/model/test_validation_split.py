@@ -72,3 +72,14 @@ def test_bad_split_tables_are_refused_before_anything_is_written(tiny_store, tmp
         finetune("seg", tiny_store, str(tmp_path / "run"), domain="alpha", splits=str(table), patch=(16, 16, 16),
                  progress=False, log=lambda s: None, **TINY)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("option", ["splits", "labels"])
+def test_an_unparsable_table_is_one_line_naming_it(tiny_store, tmp_path, option):
+    table = tmp_path / "t.csv"
+    table.write_text("case_id\nalpha_00\nalpha_01,train,extra,fields\n")  # a ragged row: pandas' message has a newline
+    with pytest.raises(FinetuneError) as err:
+        finetune("seg" if option == "splits" else "classify", tiny_store, str(tmp_path / "run"), domain="alpha",
+                 progress=False, log=lambda s: None, **{option: str(table)}, **TINY)
+    assert str(table) in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()
