@@ -111,3 +111,22 @@ def test_plot_refuses_a_folder_without_metrics(tmp_path):
     assert res.exit_code == 1 and "no metrics.jsonl" in res.output
     with pytest.raises(ValueError, match="at least one run"):
         plot_runs([])
+
+
+def test_metrics_lines_that_are_not_records_are_skipped_and_counted(tmp_path):
+    """Issue 23 item 12: JSON that is not a record no longer crashes resume, plot, report, compare and study."""
+    import json as _json
+
+    from runlog.plot import plot_runs
+    from runlog.records import read_metrics
+
+    good = [{"kind": "train", "step": s, "time": 1.0 + s, "loss": 1.0 / s, "patches_per_s": 2.0,
+             "data_wait_s": 0.0, "step_s": 0.5} for s in (1, 2)]
+    bad = ["[1, 2, 3]", '{"kind": "train", "step": null}', '{"kind": "train", "step": 3, "loss": 1e400}', "not json"]
+    (tmp_path / "metrics.jsonl").write_text("\n".join([_json.dumps(good[0]), *bad, _json.dumps(good[1])]) + "\n")
+    with pytest.warns(UserWarning, match=r"skipped 4 line\(s\)"):
+        rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2]
+    with pytest.warns(UserWarning, match="metrics.jsonl"):
+        paths = plot_runs([str(tmp_path)], str(tmp_path / "plots"))
+    assert paths and all(p.is_file() for p in paths.values())
