@@ -2,7 +2,8 @@
 split and the training patients of every cell, all checked before any training.
 
 The grid is written to ``STUDY/study.json`` on the first run; a re-run with other grid options is refused, naming
-what differs (the runtime options ``device``, ``workers``, ``amp``, ``compile``, ``ckpt_every`` may change).
+what differs (the runtime options ``device``, ``workers``, ``amp``, ``compile``, ``ckpt_every`` may change). More
+seeds (a superset of the saved ones) extend the study: each seed's subsets are its own, the finished cells stay.
 """
 
 from __future__ import annotations
@@ -88,13 +89,20 @@ class StudyGrid:
 
         return redact_urls(json.loads(json.dumps(asdict(self))))  # tuples -> lists, as read back
 
+    def extends_seeds(self, saved: dict[str, Any]) -> bool:
+        """True when this grid asks for every seed of ``saved`` and more: each seed's subsets are drawn from that
+        seed alone, so the finished cells stay what they were and the new seeds are new cells."""
+        old = saved.get("seeds")
+        return isinstance(old, list) and set(old) < set(self.seeds)
+
     def differences(self, saved: dict[str, Any]) -> list[str]:
         """Keys where ``saved`` (a study.json) and this grid differ, runtime options left out."""
         from catalog.redact import redact_urls
 
         mine, saved = self.to_dict(), redact_urls(saved)
         keys = sorted((set(mine) | set(saved)) - {"options"})
-        diff = [k for k in keys if mine.get(k) != saved.get(k)]
+        diff = [k for k in keys if mine.get(k) != saved.get(k)
+                and not (k == "seeds" and self.extends_seeds(saved))]
         a, b = mine.get("options", {}), saved.get("options") or {}
         diff += [f"--{k.replace('_', '-')}" for k in sorted(set(a) | set(b))
                  if k not in RUNTIME_OPTIONS and a.get(k) != b.get(k)]

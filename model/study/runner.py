@@ -159,7 +159,9 @@ def _run_locked(grid: StudyGrid, study: Path, log: Callable[[str], None], figure
     t_plan = time.perf_counter()
     plan = plan_study(grid)
     study.mkdir(parents=True, exist_ok=True)
-    if saved is None:
+    if saved is None or grid.extends_seeds(saved):
+        if saved is not None:
+            log(f"study: seeds {saved['seeds']} -> {list(grid.seeds)}: the finished cells are kept")
         _write_json(study / GRID_FILE, grid.to_dict())
     cells = plan.cells()
     log(f"study: {len(grid.inits)} init(s) x {len(grid.fractions)} fraction(s) x {len(grid.seeds)} seed(s) = "

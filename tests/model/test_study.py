@@ -215,3 +215,17 @@ def test_a_failed_cell_is_a_row_and_the_others_go_on(tiny_store, tmp_path, monke
     monkeypatch.setattr(ft, "finetune", real)
     rows = run_study(grid, tmp_path / "st", log=lambda s: None, figures=False).set_index("seed")
     assert set(rows["status"]) == {"ok"} and done.stat().st_mtime_ns == mtime  # the failed cell tried again only
+
+
+def test_more_seeds_extend_a_study_other_changes_do_not(tiny_store):
+    from model.study.grid import StudyGrid
+
+    def grid(seeds, steps=2):
+        return StudyGrid(task="seg", store=tiny_store, inits=(("scratch", "scratch"),), fractions=(1.0,),
+                         seeds=seeds, holdout=(1, 1), options={"steps": steps})
+
+    saved = grid((0,)).to_dict()
+    assert grid((0, 1, 2)).differences(saved) == []          # a superset of the seeds: new cells only
+    assert grid((1, 2)).differences(saved) == ["seeds"]       # a seed dropped: refused
+    assert grid((0,), steps=5).differences(saved) == ["--steps"]
+    assert grid((0, 1), steps=5).differences(saved) == ["--steps"]
