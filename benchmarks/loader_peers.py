@@ -27,8 +27,8 @@ by ``med3d-prep sample --size bench``). What each loader starts from is what its
   processes, as ``nnUNetTrainer`` does;
 - **MONAI**: the NIfTI files, ``LoadImaged`` + ``EnsureChannelFirstd`` + ``ScaleIntensityRanged`` +
   ``FgBgToIndicesd`` (the foreground found once per volume, as MONAI advises) + ``RandCropByPosNegLabeld`` +
-  ``RandAffined`` (rotation and scaling together, p 0.36 = 1 - 0.8²) + ``RandFlipd`` x3 + ``RandScaleIntensityd`` + ``RandAdjustContrastd``
-  in a torch DataLoader, with ``CacheDataset`` (the loaded volumes kept in memory) and with plain ``Dataset``
+  ``RandAffined`` (rotation and scaling together, p 0.36 = 1 - 0.8²) + ``RandFlipd`` x3 +
+  ``RandScaleIntensityd`` + ``RandAdjustContrastd`` in a torch DataLoader, with ``CacheDataset`` (the loaded volumes kept in memory) and with plain ``Dataset``
   (each item re-reads its .nii.gz). MONAI reads the original grid (no ``Spacingd``), which spares it a resampling
   our store and nnU-Net's folder already hold: its figures are upper bounds.
 
