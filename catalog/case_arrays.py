@@ -16,8 +16,8 @@ import os
 from collections.abc import Sequence
 
 from .chunk_read import ChunkedArrayReader
-from .io import CATALOG_FILE, is_local, load_catalog, store_join
-from .store_format import IMAGE, LABEL, case_array_path
+from .io import CATALOG_FILE, load_catalog
+from .store_format import IMAGE, LABEL, case_array_path, is_local, store_join
 
 __all__ = ["case_array", "case_geometry"]
 

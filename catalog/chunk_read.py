@@ -36,9 +36,10 @@ from typing import Any
 import numpy as np
 import numcodecs
 
-from .io import is_local
-from .store_files import REBUILD_HINT, DamagedStoreError, check_local_files, refuse_outside, truncated_error, file_problem, store_root
-from .store_format import chunk_prefix, meta_path, node_meta
+from .store_files import (
+    REBUILD_HINT, DamagedStoreError, check_local_files, file_problem, refuse_outside, store_root, truncated_error,
+)
+from .store_format import chunk_prefix, is_local, meta_path, node_meta
 
 _NUMERIC = frozenset({
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",

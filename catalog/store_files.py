@@ -23,7 +23,8 @@ class DamagedStoreError(OSError):
     line even from a DataLoader worker."""
 
 
-REBUILD_HINT = "the store is damaged; re-run its build (med3d-prep build-...) with --verify to rebuild the damaged cases"
+REBUILD_HINT = ("the store is damaged; re-run its build (med3d-prep build-...) with --verify to rebuild the damaged "
+                "cases")
 
 
 def truncated_error(key: str, found: int, expected: int, rule: str) -> DamagedStoreError:

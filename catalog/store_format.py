@@ -39,12 +39,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .io import is_local, store_join
 from .retry import retry_call
 
 __all__ = ["ARRAYS", "CHUNK_DIR", "FOREGROUND", "IMAGE", "LABEL", "MARKER", "META_FILE", "CaseAttrs",
-           "array_folders", "case_array_path", "case_files", "chunk_files", "chunk_prefix", "group_meta",
-           "local_folder", "meta_key", "meta_path", "node_meta"]
+           "array_folders", "case_array_path", "case_files", "chunk_files", "chunk_prefix", "group_meta", "is_local",
+           "local_folder", "local_path", "meta_key", "meta_path", "node_meta", "store_join"]
 
 IMAGE, LABEL, FOREGROUND = "image", "label", "foreground"
 """The arrays of a case group: image (C, Z, Y, X), label (Z, Y, X), foreground (N, 4) rows (class, z, y, x)."""
@@ -58,6 +57,25 @@ _MAX_META_BYTES = 64 << 20  # a case's marker lists its files: ~40 bytes each, s
 
 MARKER = "med3d_complete"
 """Key of a case group's attributes that holds its completion record; written last, so its presence means done."""
+
+
+def store_join(store: str, *parts: str) -> str:
+    """A path inside a store, for local paths and fsspec URLs alike."""
+    return "/".join([str(store).rstrip("/"), *parts])
+
+
+def is_local(store: str) -> bool:
+    """Whether a store path is on the local file system (a plain path or a file:// URL)."""
+    return "://" not in store or store.startswith("file://")
+
+
+def local_path(store: str) -> str:
+    """A ``file://`` URL as the local path it names (``file:///data/store`` and ``file://localhost/data/store``
+    -> ``/data/store``, ``file://store`` -> ``store``, as fsspec reads them); any other path or URL as it is."""
+    if not store.startswith("file://"):
+        return store
+    path = store.removeprefix("file://")
+    return path.removeprefix("localhost") if path.startswith("localhost/") else path
 
 
 def meta_path(folder: str | os.PathLike[str], *parts: str) -> str:

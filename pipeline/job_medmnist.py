@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from catalog.io import local_path
-from catalog.store_format import FOREGROUND, IMAGE, CaseAttrs, meta_key, meta_path
+from catalog.store_format import FOREGROUND, IMAGE, CaseAttrs, local_path, meta_key, meta_path
 
 from .sources.medmnist import (FLAGS, LABELS_FILE, PERCENTILES, SPACING_FLAG, SPLITS, MedmnistData, MedmnistError,
                                normalize_volume, read_medmnist)

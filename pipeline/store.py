@@ -16,10 +16,9 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from catalog.chunk_write import fill_array
-from catalog.io import local_path
 from catalog.remote_store import is_remote, open_store
 from catalog.ngff import case_ngff, write_label_image
-from catalog.store_format import FOREGROUND, IMAGE, LABEL, MARKER, CaseAttrs, local_folder, node_meta
+from catalog.store_format import FOREGROUND, IMAGE, LABEL, MARKER, CaseAttrs, local_folder, local_path, node_meta
 from catalog.store_format import case_files as _folder_files
 
 from .config import FORMAT_VERSION, PrepConfig
