@@ -41,7 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from catalog.store_format import IMAGE, case_array_path, chunk_files  # noqa: E402
-from loader_reads import PATCH, Timing, direct_fn, loader_rate, measure, rewrite, zarr_fn  # noqa: E402
+from loader_reads import PATCH, direct_fn, loader_rate, measure, rewrite, zarr_fn  # noqa: E402
 
 SHAPES = [(256, 320, 320), (240, 320, 304), (272, 304, 320)]
 #: Blosc candidates (codec, level, shuffle) compared on noisy CT: encode / decode per chunk, size, patch reads.
