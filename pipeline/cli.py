@@ -248,6 +248,20 @@ def info(store: str, as_json: bool) -> None:
         click.echo(nodules.to_string(index=False))
 
 
+@main.command("ngff")
+@click.argument("store")
+def ngff(store: str) -> None:
+    """Add OME-Zarr (NGFF 0.5) metadata to the cases of STORE built before builds wrote it, so OME-Zarr readers
+    (napari, ome-zarr-models, ngff-zarr) open each case group at its size in millimetres, with its label as a
+    label image. No chunk is rewritten; running it again changes nothing."""
+    from .ngff import add_ngff
+
+    try:
+        add_ngff(store, log=click.echo)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 @main.command()
 @click.argument("store")
 @click.argument("out_dir", type=click.Path(file_okay=False))
