@@ -29,6 +29,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from catalog.store_format import meta_path  # noqa: E402
+
 HIPPO = ROOT / "tests" / "data" / "real" / "msd"
 DOMAINS = ["brain", "hippocampus", "prostate", "lung", "pancreas", "hepatic_vessel", "spleen", "colon"]
 
@@ -70,7 +72,7 @@ def catalog_store(work: Path, base: Path, n: int) -> Path:
     store = work / f"catalog_{n}"
     if not (store / "catalog.parquet").is_file():
         store.mkdir(parents=True, exist_ok=True)
-        shutil.copy(base / "zarr.json", store / "zarr.json")
+        shutil.copy(meta_path(base), meta_path(store))
         rows, _ = grown_catalog(base, n, with_domains=True)
         doms = load_domains(str(base))
         save_domains(str(store), pd.concat([doms.assign(domain=d) for d in DOMAINS], ignore_index=True))
@@ -86,9 +88,9 @@ def cases_store(work: Path, base: Path, n: int) -> Path:
         return store
     rows, domain = grown_catalog(base, n, with_domains=False)
     store.mkdir(parents=True, exist_ok=True)
-    shutil.copy(base / "zarr.json", store / "zarr.json")
+    shutil.copy(meta_path(base), meta_path(store))
     (store / domain).mkdir(exist_ok=True)
-    shutil.copy(base / domain / "zarr.json", store / domain / "zarr.json")
+    shutil.copy(meta_path(base, domain), meta_path(store, domain))
     sources = [base / p for p in load_catalog(str(base))["store_path"]]
     t0 = time.perf_counter()
     for i, path in enumerate(rows["store_path"]):
