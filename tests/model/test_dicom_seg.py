@@ -13,15 +13,14 @@ import json
 import shutil
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 from click.testing import CliRunner
 
-hd = pytest.importorskip("highdicom")
-pydicom = pytest.importorskip("pydicom")
-
-from model.evaluation.predict import ScansSkippedError, predict  # noqa: E402
+from model.evaluation.predict import ScansSkippedError, predict
 
 CLASSES = ["liver", "spleen", "kidney_left"]
 
@@ -156,6 +155,16 @@ def test_dicom_seg_of_a_nifti_input_is_refused_before_anything_is_read(ct_run, r
     scan = real_dir / "ct" / "example_ct_sm.nii.gz"
     with pytest.raises(ValueError, match=r"example_ct_sm\.nii\.gz: --format dicom-seg needs a DICOM series input"):
         predict(ct_run, [scan], tmp_path / "out", segmenter=_oracle, output_format="dicom-seg", log=print)
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_highdicom_the_format_names_the_extra_before_any_read(ct_run, series, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # import highdicom raises ImportError
+    monkeypatch.setattr("volume.dicom_series.read_series", lambda s: pytest.fail("a pixel was read"))
+    with pytest.raises(ValueError, match=r"needs the highdicom package: pip install 'med3d\[dicom\]'"):
+        predict(ct_run, [series], tmp_path / "out", segmenter=_oracle, output_format="dicom-seg", log=print)
     assert not (tmp_path / "out").exists()
 
 

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 
@@ -29,7 +30,6 @@ def _copy(series_dir: Path, dest: Path, names=None) -> Path:
 
 
 def test_slices_are_ordered_along_the_normal_not_by_name(series_dir, tmp_path):
-    pydicom = pytest.importorskip("pydicom")
     n = len(list(series_dir.glob("*.dcm")))
     scrambled = _copy(series_dir, tmp_path / "s", names=[f"IM{(7 * i) % n:04d}" for i in range(n)])  # no .dcm
     assert is_series_folder(scrambled) and not is_series_folder(tmp_path)
@@ -61,7 +61,6 @@ def test_a_missing_slice_is_refused(series_dir, tmp_path):
 
 
 def test_a_duplicated_slice_and_two_series_are_refused(series_dir, tmp_path):
-    pydicom = pytest.importorskip("pydicom")
     folder = _copy(series_dir, tmp_path / "dup")
     shutil.copy(folder / "-115.000000.dcm", folder / "copy.dcm")
     with pytest.raises(ValueError, match="lie at the same position"):
