@@ -194,3 +194,37 @@ def test_an_mr_run_skips_a_ct_series_naming_both(ct_run, series, tmp_path):
     assert skipped == series and "a CT series, and the run was trained on MR scans" in why
     with pytest.raises(ScansSkippedError, match="--modality MR, but the series says CT"):
         predict(ct_run, [series], tmp_path / "out", segmenter=_oracle, modality="MR", log=lines.append)
+
+
+def _reoriented_copy(series: Path, dest: Path, row: tuple, col: tuple) -> Path:
+    """The LIDC slices with other direction cosines: same pixels, slice k at first position + k × 2.5 mm along
+    the new normal, file names shuffled against that order."""
+    dest.mkdir()
+    row, col = np.array(row, float), np.array(col, float)
+    normal = np.cross(row, col)
+    heads = sorted((pydicom.dcmread(f) for f in series.glob("*.dcm")), key=lambda d: float(d.ImagePositionPatient[2]))
+    for k, ds in enumerate(heads):
+        ds.ImageOrientationPatient = [f"{v:g}" for v in (*row, *col)]
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in np.array([10.0, -20.0, 30.0]) + 2.5 * k * normal]
+        ds.save_as(dest / f"slice_{(5 * k) % len(heads):02d}.dcm")
+    return dest
+
+
+@pytest.mark.parametrize("row, col", [((-1, 0, 0), (0, -1, 0)), ((0, 1, 0), (0, 0, -1))], ids=["flipped", "sagittal"])
+def test_the_seg_keeps_the_source_orientation(ct_run, tmp_path, series, row, col):
+    folder = _reoriented_copy(series, tmp_path / "series", row, col)
+    [nifti] = predict(ct_run, [folder], tmp_path / "nifti", segmenter=_oracle, log=lambda s: None)
+    [dcm] = predict(ct_run, [folder], tmp_path / "seg", segmenter=_oracle, output_format="dicom-seg",
+                    log=lambda s: None)
+    mask = sitk.ReadImage(str(nifti))
+    normal = np.cross(row, col)
+    np.testing.assert_allclose(np.reshape(mask.GetDirection(), (3, 3)), np.stack([row, col, normal], 1), atol=1e-6)
+    heads = sorted((pydicom.dcmread(f, stop_before_pixels=True) for f in folder.glob("*.dcm")),
+                   key=lambda d: np.dot(np.array(d.ImagePositionPatient, float), normal))
+    labels = sitk.GetArrayFromImage(mask)
+    assert labels.shape == (16, 512, 512) and set(np.unique(labels)) == {0, 1, 2}
+    seg = hd.seg.segread(str(dcm))
+    frames = seg.get_pixels_by_source_instance([d.SOPInstanceUID for d in heads], combine_segments=True)
+    assert np.array_equal(frames, labels)
+    orientation = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    np.testing.assert_allclose([float(v) for v in orientation], [*row, *col], atol=1e-6)

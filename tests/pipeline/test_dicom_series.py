@@ -89,3 +89,15 @@ def test_the_modality_must_fit_the_run(series_dir):
         series_modality(series, None, "MR")
     with pytest.raises(ValueError, match="--modality MR, but the series says CT"):
         series_modality(series, "MR", "CT/MR")
+
+
+def test_a_gantry_tilt_is_refused(series_dir, tmp_path):
+    """Slices whose positions drift in-plane as they go (a tilted gantry): the stack is sheared, no 3D grid."""
+    folder = _copy(series_dir, tmp_path / "tilt")
+    for f in folder.glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + 0.4 * (z + 132.5), z]  # 0.4 mm per mm along z: about 22 degrees
+        ds.save_as(f)
+    with pytest.raises(ValueError, match="not stacked along their normal"):
+        scan_series(folder)
