@@ -21,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .diagnose import one_line
+from .value_checks import MAX_SPACING_MM, MIN_SPACING_MM, check_direction
 
 __all__ = ["DicomSeries", "is_dicom_file", "is_series_folder", "read_series", "scan_series", "series_files",
            "series_modality"]
@@ -122,8 +123,8 @@ def scan_series(folder: str | os.PathLike[str], max_voxels: int | None = None) -
     """Read and check the headers of every DICOM file in ``folder`` (no pixel data). Raises ValueError naming
     the folder or file: no DICOM file, an unreadable header, several series, a multi-frame file, fewer than 2
     slices, slices of different sizes or orientations, slices not stacked along their normal (a gantry tilt),
-    two slices at one position, a gap off the median by more than 10 % (a missing slice), or more than
-    ``max_voxels`` voxels."""
+    two slices at one position, a gap off the median by more than 10 % (a missing slice), direction cosines that
+    are not orthonormal, a voxel size outside the build's bounds, or more than ``max_voxels`` voxels."""
     folder = Path(folder)
     files = list(series_files(folder))
     if not files:
@@ -157,9 +158,13 @@ def scan_series(folder: str | os.PathLike[str], max_voxels: int | None = None) -
     if not np.all(spacing > 0):
         raise ValueError(f"{files[0]}: PixelSpacing {tuple(spacing)} is not two positive sizes (mm)")
     normal = np.cross(orients[0][:3], orients[0][3:])
+    check_direction(str(files[0]), np.stack([orients[0][:3], orients[0][3:], normal], 1).ravel())
     order = np.argsort(positions @ normal, kind="stable")
     files, heads, positions = [files[i] for i in order], [heads[i] for i in order], positions[order]
     gap = _check_stack(folder, files, positions, normal, float(min(spacing)))
+    if not all(MIN_SPACING_MM <= v <= MAX_SPACING_MM for v in (*spacing, gap)):
+        raise ValueError(f"{folder}: voxel size {spacing[1]:g} × {spacing[0]:g} × {gap:g} mm (PixelSpacing, slice "
+                         f"gap) outside {MIN_SPACING_MM:g}..{MAX_SPACING_MM:g} mm: a damaged header")
     return DicomSeries(folder=folder, files=tuple(files), sop_uids=tuple(h["sop"] for h in heads),
                        series_uid=series[0], modality=heads[0]["modality"].upper(), rows=rows, columns=columns,
                        positions=positions, orientation=orients[0], pixel_spacing=(float(spacing[0]),

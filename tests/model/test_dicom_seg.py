@@ -228,3 +228,17 @@ def test_the_seg_keeps_the_source_orientation(ct_run, tmp_path, series, row, col
     assert np.array_equal(frames, labels)
     orientation = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
     np.testing.assert_allclose([float(v) for v in orientation], [*row, *col], atol=1e-6)
+
+
+def test_a_truncated_slice_skips_its_series_with_one_line(ct_run, series, tmp_path):
+    folder = tmp_path / "series"
+    shutil.copytree(series, folder)
+    victim = folder / "-115.000000.dcm"
+    victim.write_bytes(victim.read_bytes()[:200_000])  # the header whole, the pixel data cut
+    lines: list[str] = []
+    with pytest.raises(ScansSkippedError) as err:
+        predict(ct_run, [folder], tmp_path / "out", segmenter=_oracle, output_format="dicom-seg", log=lines.append)
+    [(skipped, why)] = err.value.skipped
+    assert skipped == folder and str(folder) in why and "\n" not in why
+    assert "-115.000000.dcm: cannot read the DICOM header" in why
+    assert err.value.written == [] and not list((tmp_path / "out").glob("*.dcm"))

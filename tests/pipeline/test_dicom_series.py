@@ -101,3 +101,17 @@ def test_a_gantry_tilt_is_refused(series_dir, tmp_path):
         ds.save_as(f)
     with pytest.raises(ValueError, match="not stacked along their normal"):
         scan_series(folder)
+
+
+@pytest.mark.parametrize("tag, value, message", [
+    ("PixelSpacing", [300.0, 300.0], r"voxel size 300 × 300 × 2\.5 mm .* outside"),
+    ("ImageOrientationPatient", [1.0, 0.0, 0.0, 0.5, 1.0, 0.0], "direction cosines are not orthonormal"),
+])
+def test_a_damaged_geometry_is_refused(series_dir, tmp_path, tag, value, message):
+    folder = _copy(series_dir, tmp_path / "bad")
+    for f in folder.glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        setattr(ds, tag, value)
+        ds.save_as(f)
+    with pytest.raises(ValueError, match=message):
+        scan_series(folder)
