@@ -13,6 +13,8 @@ training); a run fine-tuned with ``--channels all`` reads every channel file, in
 ``CASE_0000``'s grid and be numbered without a gap (``_0000, _0001, _0002, _0004`` lacks ``_0003``: refused, rather
 than ``_0004`` fed as the fourth channel), as many channels as the network reads. Any other file ``NAME.nii.gz``
 gives ``NAME_mask.nii.gz``; a LiTS ``test-volume-N.nii`` gives ``test-segmentation-N.nii``.
+A folder of one DICOM series' slices is one case (:mod:`volume.dicom_series`): ``FOLDER_mask.nii.gz``, or with
+``output_format="dicom-seg"`` a DICOM Segmentation object ``FOLDER_seg.dcm`` (:mod:`model.export.dicom_seg`).
 
 Before any voxel is read, every file of every case (each channel file of an nnU-Net case) passes the build's
 header checks and ``--max-voxels`` (as stored and as resampled): a damaged or crafted header (a 32767³ claim, a
