@@ -16,7 +16,8 @@ What the object holds:
   algorithm type AUTOMATIC, algorithm "Med3D", version the package's, parameters the run and the task.
 - Every segment has one frame per source slice, empty frames included (``omit_empty_frames=False``), so a
   class the network did not find is an all-zero segment that is still described: the reader sees that it was
-  looked for. predict says so in a line. (highdicom writes such segments; it only refuses to omit every frame.)
+  looked for. predict says so in a line. (highdicom writes such segments; asked to omit empty frames
+  when all are empty, it warns and keeps them all.)
 - Each frame references its source slice (``DerivationImageSequence``), the object the whole series
   (``ReferencedSeriesSequence``), with the source's patient, study and frame of reference.
 
