@@ -101,6 +101,8 @@ def read_header(path: str) -> Header:
 
 
 def _series_header(folder: str) -> Header:
+    # pixel type: CT and MR slices are 16-bit (read_series keeps int16 where the rescaled values fit); the type
+    # only feeds the complex-voxel check and memory estimates, and no header says it before rescaling
     series = dicom_series.scan_series(folder)
     return Header(path=str(folder), size=series.size_xyz, spacing=series.spacing_xyz, origin=series.origin,
                   direction=series.direction, n_channels=1, pixel_type="16-bit signed integer", component_bytes=2)
