@@ -258,15 +258,21 @@ def evaluate(run: str, store: str, split: str | None, device: str, amp: bool, li
               help="onnx: the run's network exported to ONNX and run by onnxruntime (seg and classify runs).")
 @click.option("--onnx", "onnx_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="With --engine onnx: this export of RUN (`export RUN --format onnx`). Default: export now.")
+@click.option("--format", "output_format", type=click.Choice(["nifti", "dicom-seg"]), default="nifti",
+              show_default=True, help="dicom-seg: a DICOM Segmentation object per DICOM series input "
+              "(SERIESFOLDER_seg.dcm), one segment per class, referencing the source slices (pip install "
+              "'med3d[dicom]').")
 def predict(run: str, scans: tuple[str, ...], out: str, modality: str | None, spacing: str | None, device: str,
-            amp: bool, max_voxels: int | None, overwrite: bool, engine: str, onnx_file: str | None) -> None:
+            amp: bool, max_voxels: int | None, overwrite: bool, engine: str, onnx_file: str | None,
+            output_format: str) -> None:
     """Segment raw SCANS (files or folders, an nnU-Net imagesTs folder too) with RUN; one mask per case in OUT,
     in that scan's own geometry (nnU-Net channel files CASE_0000... give CASE.nii.gz). A classify RUN writes
     OUT/predictions.csv instead: one row of class probabilities per scan.
 
     Every file passes the build's header checks first; a case that fails is skipped with a line naming the file,
     the others are predicted, and the exit status is then non-zero. An output that is an input file is refused,
-    and one that exists already unless --overwrite, before anything is written."""
+    and one that exists already unless --overwrite, before anything is written. A DICOM series is given as the
+    folder of its slices; --format dicom-seg writes its mask as a DICOM SEG referencing them."""
     from model.evaluation.predict import predict as run_predict
     from model.tasks import get_task
     from model.tasks.run import read_run
@@ -288,16 +294,20 @@ def predict(run: str, scans: tuple[str, ...], out: str, modality: str | None, sp
             from model.export.onnx_engine import predict_onnx
 
             predict_onnx(run, scans, out, onnx_file=onnx_file, modality=modality, spacing_xyz=spacing_xyz,
-                         device=device, max_voxels=max_voxels, overwrite=overwrite, log=click.echo)
+                         device=device, max_voxels=max_voxels, overwrite=overwrite, output_format=output_format,
+                         log=click.echo)
             return
         spec = read_run(run)
+        if output_format != "nifti" and not get_task(spec["task"]).segmentation:
+            raise click.UsageError(f"--format {output_format} writes masks; {run} is a {spec['task']} run, whose "
+                                   "predictions are a table (OUT/predictions.csv): leave --format out")
         if not get_task(spec["task"]).segmentation:  # classify: one row of class probabilities per scan
             get_task(spec["task"]).predict_scans(run, spec, scans, out, modality=modality, spacing_xyz=spacing_xyz,
                                                  device=device, amp=amp, max_voxels=max_voxels, overwrite=overwrite,
                                                  log=click.echo)
             return
         run_predict(run, scans, out, modality=modality, spacing_xyz=spacing_xyz, device=device, amp=amp,
-                    max_voxels=max_voxels, overwrite=overwrite, log=click.echo)
+                    max_voxels=max_voxels, overwrite=overwrite, output_format=output_format, log=click.echo)
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
 

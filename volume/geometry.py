@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import SimpleITK as sitk
 
-from . import integrity
+from . import dicom_series, integrity
 from .diagnose import not_a_file, one_line
 from .nifti_header import header_reader
 
@@ -67,8 +67,11 @@ def read_header(path: str) -> Header:
     """Read the geometry of a NIfTI (or any ITK-readable) file from its header only.
 
     A 4D scalar file (MSD BrainTumour, Prostate: dim[4] = channels) reports its channels in ``n_channels``
-    and the spatial 3×3 part of its direction.
+    and the spatial 3×3 part of its direction. A DICOM series folder gives its slices' geometry
+    (:func:`volume.dicom_series.scan_series`).
     """
+    if dicom_series.is_series_folder(path):
+        return _series_header(path)
     _require_file(path)
     reader = header_reader(str(path))
     dim = reader.GetDimension()
@@ -102,6 +105,14 @@ def read_header(path: str) -> Header:
     )
 
 
+def _series_header(folder: str) -> Header:
+    # pixel type: CT and MR slices are 16-bit (read_series keeps int16 where the rescaled values fit); the type
+    # only feeds the complex-voxel check and memory estimates, and no header says it before rescaling
+    series = dicom_series.scan_series(folder)
+    return Header(path=str(folder), size=series.size_xyz, spacing=series.spacing_xyz, origin=series.origin,
+                  direction=series.direction, n_channels=1, pixel_type="16-bit signed integer", component_bytes=2)
+
+
 def canonical_permutation(direction: tuple[float, ...] | np.ndarray) -> tuple[int, int, int]:
     """For each file axis, the physical axis (0=x L, 1=y P, 2=z S) it runs closest to.
 
@@ -124,8 +135,11 @@ def read_channels(path: str, spacing_override: tuple[float, float, float] | None
     """Read a volume as a list of 3D scalar images, one per channel.
 
     4D scalar NIfTI (SimpleITK reads them with a 4-entry spacing and a 4×4 direction, which 3D filters reject)
-    and vector images are split first.
+    and vector images are split first. A DICOM series folder is read as one channel
+    (:func:`volume.dicom_series.read_series`).
     """
+    if dicom_series.is_series_folder(path):
+        return _override_spacing([dicom_series.read_series(dicom_series.scan_series(path))], spacing_override)
     _require_file(path)
     channels = _read_nifti_channels(str(path)) if integrity.is_nifti(path) else None
     if channels is not None:

@@ -13,6 +13,8 @@ training); a run fine-tuned with ``--channels all`` reads every channel file, in
 ``CASE_0000``'s grid and be numbered without a gap (``_0000, _0001, _0002, _0004`` lacks ``_0003``: refused, rather
 than ``_0004`` fed as the fourth channel), as many channels as the network reads. Any other file ``NAME.nii.gz``
 gives ``NAME_mask.nii.gz``; a LiTS ``test-volume-N.nii`` gives ``test-segmentation-N.nii``.
+A folder of one DICOM series' slices is one case (:mod:`volume.dicom_series`): ``FOLDER_mask.nii.gz``, or with
+``output_format="dicom-seg"`` a DICOM Segmentation object ``FOLDER_seg.dcm`` (:mod:`model.export.dicom_seg`).
 
 Before any voxel is read, every file of every case (each channel file of an nnU-Net case) passes the build's
 header checks and ``--max-voxels`` (as stored and as resampled): a damaged or crafted header (a 32767³ claim, a
@@ -83,12 +85,18 @@ def collect_cases(inputs: Sequence[str | Path]) -> list[ScanCase]:
     """The cases of ``inputs`` (files, or folders whose scan files are taken, sorted). nnU-Net channel files of
     one case count once, read by their lowest channel (``_0000``); a case whose channels lack ``_0000`` is
     refused. Raises ValueError naming the input."""
+    from volume.dicom_series import is_series_folder, series_files
+
     files: list[Path] = []
+    series: list[ScanCase] = []
     for item in map(Path, inputs):
         if item.is_dir():
             found = sorted(p for p in item.iterdir() if p.is_file() and p.name.endswith(SCAN_ENDINGS))
+            if not found and is_series_folder(item):  # a DICOM series folder: one case (volume.dicom_series)
+                series.append(ScanCase(scan=item, mask=f"{item.name}_mask.nii.gz", files=series_files(item)))
+                continue
             if not found:
-                raise ValueError(f"{item}: no scan file ({', '.join(SCAN_ENDINGS)}) in this folder")
+                raise ValueError(f"{item}: no scan file ({', '.join(SCAN_ENDINGS)}) or DICOM series in this folder")
             files += found
         else:
             files.append(item)
@@ -105,6 +113,7 @@ def collect_cases(inputs: Sequence[str | Path]) -> list[ScanCase]:
         if not first:
             raise ValueError(f"{key}: channel files without their _0000 file; the network reads channel 0000")
         cases.append(ScanCase(scan=first[0], mask=mask_name(first[0]), files=tuple(sorted(paths))))
+    cases += series
     names = [c.mask for c in cases]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -125,9 +134,13 @@ def check_case(case: ScanCase, recipe: dict[str, Any], *, max_voxels: int | None
     ``max_voxels``: header bytes only, no voxel is read. ``spacing_xyz`` (mm) replaces the headers' spacing, as
     ``--spacing`` does. Raises ValueError whose one-line message names the file and the fix."""
     from volume import integrity
+    from volume.dicom_series import is_series_folder, scan_series, series_modality
     from volume.preprocess import check_headers, check_scan_header
 
-    check_headers([str(f) for f in case.files], max_voxels, spacing_xyz)
+    if is_series_folder(case.scan):  # every slice's header; the modality the series says
+        modality = series_modality(scan_series(case.scan, max_voxels), modality, recipe["modality"])
+    else:
+        check_headers([str(f) for f in case.files], max_voxels, spacing_xyz)
     header, _ = check_scan_header(case.scan, recipe, modality=modality, spacing_xyz=spacing_xyz)
     target_spacing_zyx = recipe["target_spacing"]
     if spacing_xyz is not None:
@@ -161,8 +174,12 @@ def preprocess_case(case: ScanCase, recipe: dict[str, Any], *, in_chans: int, mo
     """:func:`volume.preprocess.preprocess_scan` of ``case``: its scan, and with ``in_chans`` above 1 its other
     channel files too (a network fine-tuned with ``--channels all``), which must be numbered without a gap
     (:func:`check_channel_files`) and hold ``in_chans`` channels in all; refused before any voxel is read."""
+    from volume.dicom_series import is_series_folder, scan_series, series_modality
     from volume.preprocess import preprocess_scan
 
+    if is_series_folder(case.scan):  # a DICOM series: one channel, the modality its headers say
+        modality = series_modality(scan_series(case.scan), modality, recipe["modality"])
+        return preprocess_scan(case.scan, recipe, modality=modality, spacing_xyz=spacing_xyz, in_chans=in_chans)
     if in_chans > 1:
         check_channel_files(case)
     extra = [f for f in case.files if f != case.scan] if in_chans > 1 else []
@@ -210,7 +227,7 @@ class ScansSkippedError(ValueError):
 def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, segmenter: Segmenter | None = None,
             modality: str | None = None, spacing_xyz: tuple[float, float, float] | None = None,
             device: str | torch.device = "cpu", amp: bool = False, max_voxels: int | None = None,
-            overwrite: bool = False, log: Callable[[str], None] = print) -> list[Path]:
+            overwrite: bool = False, output_format: str = "nifti", log: Callable[[str], None] = print) -> list[Path]:
     """Segment every scan of ``scans`` (files or folders, see :func:`collect_cases`) with ``run`` and write one
     mask per case into ``out``; returns the paths.
 
@@ -224,7 +241,9 @@ def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, se
     trained on a mixed-modality store (VISCERAL). ``spacing_xyz`` (mm) replaces the headers' spacing, for scans
     whose header has none (the masks keep the files' own header). A mask path that is an input file is
     refused, and one that exists already unless ``overwrite`` (:func:`check_outputs`), before anything is read.
+    ``output_format``: ``nifti``, or ``dicom-seg`` for DICOM series inputs (:mod:`model.export.mask_formats`).
     """
+    from model.export.mask_formats import mask_writer
     from model.tasks import get_task
     from model.tasks.run import inside, read_run, stage_steps
     from volume.geometry import to_original_grid
@@ -239,7 +258,8 @@ def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, se
     cases = collect_cases(scans)
     out = Path(out)
     # every name checked before the first write: one plain file name in OUT, no input, nothing there already
-    targets = [inside(out, case.mask, what="mask name", source=case.scan) for case in cases]
+    writer = mask_writer(output_format, run, spec, log)
+    targets = [inside(out, writer.name(case), what="mask name", source=case.scan) for case in cases]
     check_outputs(targets, [f for case in cases for f in case.files], overwrite=overwrite)
     recipe = spec["preprocessing"]
     limit = DEFAULT_MAX_VOXELS if max_voxels is None else max_voxels
@@ -271,7 +291,7 @@ def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, se
         if label.shape != image.shape[-3:]:
             raise ValueError(f"{scan}: the segmenter returned {label.shape} for an image of {image.shape}")
         mask = to_original_grid(label, attrs)
-        sitk.WriteImage(mask, str(path))
+        writer.write(mask, path, case)
         n = int(sitk.GetArrayViewFromImage(mask).astype(bool).sum())
         vol = n * math.prod(mask.GetSpacing())
         log(f"{scan} -> {path} ({n} voxels, {vol / 1000:.1f} ml)")

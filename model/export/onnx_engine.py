@@ -115,7 +115,8 @@ def load_onnx_stage(run: str | os.PathLike[str], spec: dict[str, Any], onnx_file
 def predict_onnx(run: str | os.PathLike[str], scans: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,
                  onnx_file: str | os.PathLike[str] | None = None, modality: str | None = None,
                  spacing_xyz: tuple[float, float, float] | None = None, device: str | torch.device = "cpu",
-                 max_voxels: int | None = None, overwrite: bool = False, log: Callable[[str], None] = print) -> Any:
+                 max_voxels: int | None = None, overwrite: bool = False, output_format: str = "nifti",
+                 log: Callable[[str], None] = print) -> Any:
     """``predict`` with the ONNX engine: masks of a segmentation run (:func:`model.evaluation.predict.predict`
     with an ONNX :class:`~model.evaluation.inference.PatchSegmenter`), or ``predictions.csv`` of a classify run
     (:func:`model.evaluation.classify_eval.predict_classes` with the ONNX network). Same outputs, checks and
@@ -130,13 +131,16 @@ def predict_onnx(run: str | os.PathLike[str], scans: Sequence[str | os.PathLike[
     if spec["task"] not in ("seg", "classify"):
         raise ValueError(f"{run} is a {spec['task']} run: --engine onnx predicts with seg and classify runs "
                          "(what `export --format onnx` takes); use --engine torch")
+    if output_format != "nifti" and not task.segmentation:
+        raise ValueError(f"--format {output_format} writes masks; {run} is a {spec['task']} run, whose predictions "
+                         "are a table (OUT/predictions.csv): leave --format out")
     net, cfg = load_onnx_stage(run, spec, onnx_file, device=device, log=log)
     common = {"modality": modality, "spacing_xyz": spacing_xyz, "device": device, "max_voxels": max_voxels,
               "overwrite": overwrite, "log": log}
     if task.segmentation:
         seg = PatchSegmenter(net, cfg.patch, len(spec["classes"]), overlap=cfg.overlap,
                              batch=2, device=device)
-        return predict(run, scans, out, segmenter=seg, **common)
+        return predict(run, scans, out, segmenter=seg, output_format=output_format, **common)
     from model.evaluation.classify_eval import predict_classes
 
     return predict_classes(run, spec, scans, out, network=(net, cfg), **common)
