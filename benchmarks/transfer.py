@@ -487,7 +487,7 @@ def liver_inference(scan: str, recipe: dict[str, Any], patch: int, device: str, 
 
     from model.nets.transfer import build_transfer_net
     from model.training.finetune_config import FinetuneConfig
-    from volume.geometry import to_original_grid
+    from volume.original_grid import to_original_grid
     from volume.preprocess import preprocess_scan
 
     torch.set_num_threads(threads)

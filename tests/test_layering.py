@@ -98,8 +98,19 @@ def _tree(path: Path) -> ast.Module:
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
+def _runtime_nodes(tree: ast.Module) -> list[ast.AST]:
+    """Every node of ``tree`` except those under ``if TYPE_CHECKING:`` (type hints only: never executed)."""
+    hidden: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and (getattr(node.test, "id", None) == "TYPE_CHECKING"
+                                         or getattr(node.test, "attr", None) == "TYPE_CHECKING"):
+            hidden |= {id(n) for child in node.body for n in ast.walk(child)}
+    return [n for n in ast.walk(tree) if id(n) not in hidden]
+
+
 def import_graph() -> dict[str, set[str]]:
-    """{module: project modules it imports}. Every import statement counts, the lazy ones inside functions too:
+    """{module: project modules it imports}. Every executed import statement counts (those under
+    ``if TYPE_CHECKING:`` are type hints and do not), the lazy ones inside functions too:
     a lazy import puts off when a circle is executed, not that the two modules need each other (the three
     circles issue 20 names all ran through lazy imports). ``from a.b import c`` is an edge to ``a.b.c`` when that
     is a module, else to ``a.b``; the parent packages Python imports on the way are not edges (every package
@@ -109,7 +120,7 @@ def import_graph() -> dict[str, set[str]]:
     for name, path in mods.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets = set()
-        for node in ast.walk(_tree(path)):
+        for node in _runtime_nodes(_tree(path)):
             if isinstance(node, ast.Import):
                 targets |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom):

@@ -192,7 +192,7 @@ def preprocess_scan(path: str | os.PathLike[str], recipe: dict[str, Any], *, mod
 
     Returns the image (Z, Y, X) float32 on the stored grid ((C, Z, Y, X) when ``in_chans`` > 1; values rounded
     through the store's dtype, as training saw them) and attrs like a stored case's (``spacing``, ``origin``, ``direction``, ``original``) for
-    :func:`volume.geometry.to_original_grid`. ``modality`` ("CT" or "MR") is needed when the recipe's domain
+    :func:`volume.original_grid.to_original_grid`. ``modality`` ("CT" or "MR") is needed when the recipe's domain
     mixes modalities (VISCERAL: "CT/MR"): it decides the CT air clamp. ``spacing_xyz`` (mm, file axis order)
     replaces the header's spacing; a header without usable spacing (zero, NaN, or a CT with the 1 × 1 × 1 mm
     identity affine of LiTS 28-47) is refused unless it is given, since the scan would be resampled at the wrong

@@ -2,7 +2,7 @@
 measured is the run's task's (:meth:`model.tasks.base.Task.evaluate`); this module holds what they share.
 
 Binary segmentation (liver, lung): every case of the split is segmented on the stored grid, pasted back onto its
-source file's grid (:func:`volume.geometry.to_original_grid`), written as ``pred/<case_id>.nii.gz`` and, when
+source file's grid (:func:`volume.original_grid.to_original_grid`), written as ``pred/<case_id>.nii.gz`` and, when
 the case has a label, measured there against the source label with the file's own spacing: the LiTS set
 (Dice, VOE, RVD, ASSD, MSD in mm) per case, global Dice in the summary. LiTS test volumes (labels not public)
 get predictions only, named as a LiTS submission (``test-segmentation-N.nii``, the geometry of
@@ -132,7 +132,7 @@ def segment_cases(task: Any, store: str, split: str, rows: pd.DataFrame, seg: Se
 
     from model.data.patches import read_volume
     from model.tasks.run import inside
-    from volume.geometry import to_original_grid
+    from volume.original_grid import to_original_grid
 
     folder = out / "pred"
     names = {row.case_id: inside(folder, task.pred_name(row.case_id, bool(row.has_label)), what="case_id",

@@ -3,7 +3,7 @@
 The run records the preprocessing of the store it was trained on (``finetune.json``: target spacing,
 percentiles or CT window, air clamp, dtype); each scan goes through the same code path as the build
 (:func:`volume.preprocess.preprocess_scan`), is segmented on that grid, and the label map (one value per
-class, as the store's labels) is pasted back onto the scan's own grid (:func:`volume.geometry.to_original_grid`),
+class, as the store's labels) is pasted back onto the scan's own grid (:func:`volume.original_grid.to_original_grid`),
 whatever its orientation.
 
 Inputs are files or folders of files. Files named as nnU-Net names channels (``CASE_0000.nii.gz``,
@@ -246,7 +246,7 @@ def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, se
     from model.export.mask_formats import mask_writer
     from model.tasks import get_task
     from model.tasks.run import inside, read_run, stage_steps
-    from volume.geometry import to_original_grid
+    from volume.original_grid import to_original_grid
     from volume.integrity import DEFAULT_MAX_VOXELS
 
     spec = read_run(run)

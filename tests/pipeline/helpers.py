@@ -5,7 +5,7 @@ import numpy as np
 import SimpleITK as sitk
 import zarr
 
-from volume.geometry import index_to_physical
+from volume.original_grid import index_to_physical
 
 
 def source_label_stats(path: str, value: int) -> tuple[float, np.ndarray]:

@@ -21,7 +21,8 @@ from catalog import load_catalog, load_domains
 from pipeline.cli import main
 from pipeline.sample import write_lits_sample
 from pipeline.sources.lits import read_spacing_csv, scan_lits
-from volume.geometry import Header, to_original_grid
+from volume.geometry import Header
+from volume.original_grid import to_original_grid
 from volume.preprocess import has_usable_spacing
 
 from helpers import source_label_stats, stored_label_stats
