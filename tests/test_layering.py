@@ -192,6 +192,9 @@ def test_the_circle_finder_finds_a_circle_through_a_lazy_import():
     assert import_circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
     graph = import_graph()
     assert "catalog.store_format" in graph["catalog.io"]  # an edge the graph must see
+    code = "from typing import TYPE_CHECKING\nimport a\nif TYPE_CHECKING:\n    import b\ndef f():\n    import c\n"
+    names = {n.names[0].name for n in _runtime_nodes(ast.parse(code)) if isinstance(n, ast.Import)}
+    assert names == {"a", "c"}  # type-hint imports are not edges; lazy ones are
 
 
 def _project_files():
