@@ -1,11 +1,19 @@
-"""What a transfer task is: the small interface every task module implements, and the registry.
+"""What a transfer task is: the interface every task implements, and the only view of tasks that training,
+evaluation and the run-folder reader have.
 
-A task (``liver``, ``lung``, ``nodule``, ``seg``, ...) is one subclass of :class:`Task` in its own module of
-:mod:`model.tasks`, registered with :func:`register_task`. ``finetune``, ``evaluate``, ``predict``, ``compare``
-and the CLI look tasks up with :func:`get_task` and hold no task names. What a task declares:
+Tasks sit on top (docs/DECISIONS.md, issue 20): :mod:`model.training` and :mod:`model.evaluation` receive a
+:class:`Task` object and never look one up by name; the command line (and ``study``) find tasks by name with
+:func:`model.tasks.get_task`, which holds the registry (the modules of :mod:`model.tasks` and the Python entry
+points of group ``med3d.tasks``). This module imports no task, no training recipe and no evaluation.
+
+A task is a subclass of :class:`Task`. What it declares:
 
 ============================ =================================================================================
 ``name``, ``help``           registry key and the CLI's one-line description
+``config_type``              its options: a frozen dataclass subclassing
+                             :class:`~model.training.finetune_config.FinetuneConfig` (the options every task
+                             shares); a field made with
+                             :func:`~model.training.finetune_config.option` is a flag of ``finetune TASK``
 ``stages``                   stage names in training order (``("main",)`` for a one-stage task)
 ``metric``                   name of the main metric (``dice`` or ``accuracy``; a fraction, higher is better)
 ``eval_split``               the split ``evaluate`` measures on by default
@@ -13,13 +21,14 @@ and the CLI look tasks up with :func:`get_task` and hold no task names. What a t
 ``default_loss``             the loss when ``--loss`` is not given (``ce`` or ``ce+dice``)
 ``check_store(store, opts)`` refuse a store of the wrong kind (domain, modality, classes) before anything is
                              written; raise :class:`TaskStoreError` naming the store and what to build instead
-``data(cfg, split)``         the :class:`~model.data.transfer.TaskData` of one split
+``data(cfg, split)``         the :class:`~model.data.task_streams.TaskData` of one split
 ``choose_eval_split``        the evaluation split for a store (default: ``eval_split``)
 ``finetune_options``         the run's options completed from the store (e.g. its one domain)
 ``run_info(cfg)``            extra entries of ``finetune.json`` (e.g. class names)
-``kind(cfg)``                the network kind (a key of :data:`model.nets.transfer.HEADS`) of ``cfg``'s stage
+``head(cfg)``                the network head of ``cfg``'s stage (a key of :data:`model.nets.transfer.HEADS`)
+``net_options(cfg, chans)``  the head's options (decoder widths, ASPP rates) and the input channels; recorded in
+                             the checkpoint, which is rebuilt from them alone
 ``num_classes(train, cfg)``  output classes of the network
-``multichannel``             whether ``--channels all`` (every channel of the domain) is allowed
 ``in_chans(train, cfg)``     input channels of the network (1 unless ``--channels all``)
 ``size_option(cfg)``         the config field sizing the stage's input (``patch``, ``shape``, ``coarse_shape`` or
                              None), bounded by the train volumes and the memory before any work
@@ -27,14 +36,14 @@ and the CLI look tasks up with :func:`get_task` and hold no task names. What a t
 ``validator(...)``           ``net -> {"metric", "split", "cases"}`` for ``val`` rows of metrics.jsonl
 ``segmenter(run, spec)``     (segmentation tasks) the trained run as a segmenter (image -> label map)
 ``evaluate(...)``            measure a run on a split: ``(summary, cases table)``
-                             (:class:`BinarySegTask`: the binary metrics; ``summarize`` adds to them)
 ``pred_name(case_id, ...)``  the file name of a predicted mask
 ``write_run_files(root, cfg)`` files the run folder needs besides ``finetune.json`` (e.g. a copy of an input)
 ``eval_rows(run, store, ...)`` the catalog rows ``evaluate`` measures on a split (default: the split's ok rows)
 ``predict_scans(...)``       (classifying tasks) ``predict`` on raw scans: a table of class probabilities
 ============================ =================================================================================
 
-Adding a task is one new module in this package (it is imported by :mod:`model.tasks` on start) and its tests.
+``spec`` is always a run's ``finetune.json`` (a dict); a new task is one module: in :mod:`model.tasks`, or in a
+package of its own registered under the entry point group ``med3d.tasks`` (README, "Add your own task").
 """
 
 from __future__ import annotations
@@ -43,15 +52,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from model.training.finetune_config import FinetuneConfig
+
 if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from model.data.transfer import TaskData
-    from model.training.finetune_config import FinetuneConfig
+    from model.data.task_streams import TaskData
     from model.training.loop import DistEnv
 
-__all__ = ["TASKS", "FinetuneError", "Task", "TaskStoreError", "get_task", "register_task"]
+__all__ = ["FinetuneError", "Task", "TaskStoreError", "Validator"]
 
 
 class FinetuneError(ValueError):
@@ -70,6 +80,7 @@ class Task:
 
     name: str = ""
     help: str = ""
+    config_type: type[FinetuneConfig] = FinetuneConfig
     stages: tuple[str, ...] = ("main",)
     metric: str = "dice"
     eval_split: str = "test"
@@ -83,7 +94,7 @@ class Task:
 
     def data(self, cfg: FinetuneConfig, split: str) -> TaskData:
         """The complete, labelled ok cases of ``split`` (one domain)."""
-        from model.data.transfer import task_data
+        from model.data.task_streams import task_data
 
         return task_data(cfg.store, split)
 
@@ -104,15 +115,25 @@ class Task:
         on the main process before ``finetune.json`` is written; raise :class:`FinetuneError` to refuse."""
 
     # ------------------------------------------------------------------------------------------- training
-    def kind(self, cfg: FinetuneConfig) -> str:
+    def head(self, cfg: FinetuneConfig) -> str:
+        """The network head of ``cfg``'s stage: a key of :data:`model.nets.transfer.HEADS`."""
         raise NotImplementedError
+
+    def net_options(self, cfg: FinetuneConfig, in_chans: int) -> dict[str, Any]:
+        """The options of :func:`model.nets.transfer.build_transfer_net` for ``cfg``'s stage (JSON values):
+        ``in_chans`` and what the head takes (``decoder_widths``, ``aspp_rates``). The checkpoint records them."""
+        return {"in_chans": int(in_chans)}
+
+    def config(self, **options: Any) -> FinetuneConfig:
+        """This task's config of ``options`` (its own fields and the shared ones), checked."""
+        return self.config_type(task=self.name, **options)
 
     def num_classes(self, train: TaskData, cfg: FinetuneConfig) -> int:
         return int(train.num_classes)
 
     def in_chans(self, train: TaskData, cfg: FinetuneConfig) -> int:
         """Input channels of the network: 1, or with ``cfg.channels == "all"`` the domain's channels."""
-        if cfg.channels != "all":
+        if getattr(cfg, "channels", "first") != "all":
             return 1
         counts = sorted({c.n_channels for c in train.cases})
         if len(counts) != 1:
@@ -165,43 +186,3 @@ class Task:
     def pred_name(self, case_id: str, labelled: bool) -> str:
         """File name of the mask predicted for ``case_id`` in ``RUN/eval/<split>/pred``."""
         return f"{case_id}.nii.gz"
-
-
-class BinarySegTask(Task):
-    """A task segmenting one foreground class (liver, lung): ``evaluate`` writes the masks and the binary
-    metrics of :func:`~model.evaluation.evaluate.evaluate_binary`; :meth:`summarize` may add to the summary."""
-
-    def evaluate(self, run: str | Path, spec: dict[str, Any], store: str, split: str, rows: pd.DataFrame,
-                 out: Path, *, segmenter: Callable | None, device: Any, amp: bool, progress: bool
-                 ) -> tuple[dict[str, Any], pd.DataFrame]:
-        from model.evaluation.evaluate import evaluate_binary
-
-        seg = segmenter or self.segmenter(run, spec, device=device, amp=amp)
-        summary, table = evaluate_binary(self, store, split, rows, seg, out, progress)
-        return self.summarize(summary, table), table
-
-    def summarize(self, summary: dict[str, Any], table: pd.DataFrame) -> dict[str, Any]:
-        """The evaluation summary, given the per-case table; default as is."""
-        return summary
-
-
-TASKS: dict[str, Task] = {}
-"""Registry: task name -> :class:`Task` instance (filled when :mod:`model.tasks` is imported)."""
-
-
-def register_task(cls: type[Task]) -> type[Task]:
-    """Class decorator: add an instance of ``cls`` to :data:`TASKS` under ``cls.name``."""
-    if not cls.name or cls.name in TASKS:
-        raise ValueError(f"task {cls.name!r} has no name or is already registered")
-    TASKS[cls.name] = cls()
-    return cls
-
-
-def get_task(name: str) -> Task:
-    """The registered task ``name``; :class:`FinetuneError` naming the choices for an unknown one."""
-    import model.tasks  # noqa: F401  (registers the task modules)
-
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise FinetuneError(f"unknown task {name!r}: one of {', '.join(TASKS)}") from None

@@ -32,7 +32,7 @@ HUGE = 2_000_000_000
 @pytest.fixture(scope="module")
 def seg_run(real_dir, tmp_path_factory) -> dict:
     """The four real hippocampus cases built into a store in 16³ chunks, and a one-step seg run on it."""
-    from model.training.finetune import finetune
+    from model.api import finetune
     from pipeline.config import PrepConfig
     from pipeline.job import build
     from pipeline.sources.msd import scan_msd
@@ -228,7 +228,7 @@ def lits_relative(tmp_path_factory) -> dict:
     folder), and a one-step seg run on it."""
     import os
 
-    from model.training.finetune import finetune
+    from model.api import finetune
     from pipeline.cli import main as prep
     from pipeline.sample import write_lits_sample
 
