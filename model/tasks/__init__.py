@@ -15,10 +15,6 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from model.tasks.base import get_task
-
-__all__ = ["get_task"]
-
 for _module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")

@@ -11,7 +11,7 @@ A run folder (written and read by :mod:`model.run_folder`)::
     RUN/eval/<split>/...                                    written by ``med3d-train evaluate``
     RUN/.lock                                               while a run writes the folder (model.training.run_lock)
 
->>> from model.tasks import get_task
+>>> from model.tasks.base import get_task
 >>> from model.training.finetune import finetune
 >>> finetune(get_task("liver"), "data/lits_store", "runs/liver", init="runs/pretrain", steps=2000)
 """

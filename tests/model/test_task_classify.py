@@ -140,7 +140,7 @@ def test_mask_crop_run_with_int_classes_split_column_and_scan_ids(hippo, tmp_pat
     from model.data.classify_stream import crop_box
     from model.data.patches import read_volume
     from model.api import evaluate
-    from model.tasks import get_task
+    from model.tasks.base import get_task
 
     scan = dict(zip(load_catalog(hippo["store"])["case_id"], load_catalog(hippo["store"])["scan_id"]))
     table = write_table(tmp_path / "two.csv", [{"scan": scan[i], "label": c, "split": s} for i, c, s in
