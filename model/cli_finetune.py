@@ -45,7 +45,7 @@ class Numbers(click.ParamType):
 
 def _param_type(field: dataclasses.Field) -> Any:
     """The click type of a config field, from its annotation (a string: the modules use postponed annotations)."""
-    kind = str(field.type).replace(" ", "")
+    kind = (field.type.__name__ if isinstance(field.type, type) else str(field.type)).replace(" ", "")
     choices = field.metadata.get("choices")
     if choices:
         return click.Choice(list(choices))

@@ -79,7 +79,8 @@ class FinetuneConfig(RunSettings):
     """The split the run is measured on; "" means the task's default (its ``eval_split``)."""
 
     def __post_init__(self) -> None:
-        self.check_types()
+        # a plug-in's module may not postpone its annotations: a field typed ``int`` is checked as "int"
+        self.check_types(**{f.name: f.type.__name__ for f in dataclasses.fields(self) if isinstance(f.type, type)})
         if not self.task or not self.stage:
             raise ValueError(f"task and stage must be names, got {self.task!r}, {self.stage!r}")
         if self.measure_split not in ("", "train", "val", "test"):

@@ -203,7 +203,7 @@ def test_resume_refuses_tensors_of_other_shapes_naming_the_key(seg_run, tmp_path
 def test_evaluate_refuses_a_checkpoint_whose_config_asks_for_a_billion_classes(seg_run, tmp_path):
     """evaluate builds the network from the checkpoint's own record: it is checked on the meta device first."""
     def change(ckpt):
-        ckpt["num_classes"] = 1_000_000_000
+        ckpt["num_classes"] = ckpt["net"]["num_classes"] = 1_000_000_000
 
     run = _crafted_run(seg_run, tmp_path, change)
     res = _guarded_cli("evaluate", run, seg_run["store"], "--no-progress")

@@ -120,7 +120,8 @@ def test_a_plugin_task_trains_evaluates_predicts_and_compares(blob_package, tiny
     res = cli.invoke(main, ["finetune", "blob", tiny_store, "--out", str(run), "--steps", "2", "--batch", "1",
                             "--patch", "16", "--width", "4", "--workers", "0", "--device", "cpu", "--val-every", "2",
                             "--ckpt-every", "0", "--no-progress"])
-    assert res.exit_code == 0, res.output
+    import traceback
+    assert res.exit_code == 0, res.output + "".join(traceback.format_exception(*res.exc_info))
     spec = json.loads((run / "finetune.json").read_text())
     assert (spec["task"], spec["domain"], spec["metric"], spec["eval_split"]) == ("blob", "alpha", "dice", "test")
     import torch
