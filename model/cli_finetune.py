@@ -240,8 +240,12 @@ def task_command(task: Any) -> click.Command:
         _check_earlier(task, opts)
         _run(task.name, opts.pop("store"), opts.pop("out"), **opts)
 
-    params = [click.Argument(["store"]), *(copy.copy(p) for p in COMMON), *task_params(task.config_type),
-              *_earlier_params(task.config_type)]
+    common = [copy.copy(p) for p in COMMON]
+    for p in common:
+        if p.name == "stage":
+            p.help = (f"Train one stage ({', '.join(task.stages)}), or all in turn." if len(task.stages) > 1 else
+                      f"The task's one stage ({task.stages[0]}), or both: the same.")
+    params = [click.Argument(["store"]), *common, *task_params(task.config_type), *_earlier_params(task.config_type)]
     return click.Command(task.name, callback=callback, params=params, short_help=task.help,
                          help=f"Fine-tune an encoder for {task.name} on STORE: {task.help}.\n\nWrites "
                               "OUT/finetune.json and, per stage, config.json, checkpoint.pt and metrics.jsonl "
