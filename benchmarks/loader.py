@@ -40,7 +40,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PATCH = (128, 128, 128)
+from catalog.store_format import IMAGE, case_array_path, chunk_files  # noqa: E402
+from loader_reads import PATCH, direct_fn, loader_rate, measure, rewrite, zarr_fn  # noqa: E402
+
 SHAPES = [(256, 320, 320), (240, 320, 304), (272, 304, 320)]
 #: Blosc candidates (codec, level, shuffle) compared on noisy CT: encode / decode per chunk, size, patch reads.
 #: ("raw", 0, ...) is Blosc level 0: frames that hold the chunk's bytes as they are (the default for images).
@@ -120,55 +122,6 @@ def patch_positions(index, n: int, seed: int) -> list[tuple[object, tuple[int, i
     return out
 
 
-Timing = tuple[float, float, float]
-
-
-def measure(fns: dict[str, Callable], positions, every: dict[str, int] | None = None) -> dict[str, Timing]:
-    """(median ms, p90 ms, median CPU ms) per method, methods interleaved position by position so that load
-    from other processes on a shared machine hits them alike. CPU time is the whole process's (all threads).
-    ``every[name] = k`` times that method on every k-th position only (slow methods)."""
-    every = every or {}
-    for fn in fns.values():
-        fn(*positions[0])  # warm-up: metadata, buffers, file cache
-    wall: dict[str, list[float]] = {k: [] for k in fns}
-    cpu: dict[str, list[float]] = {k: [] for k in fns}
-    for i, (case, start) in enumerate(positions):
-        for name, fn in fns.items():
-            if i % every.get(name, 1):
-                continue
-            c, t = time.process_time(), time.perf_counter()
-            fn(case, start)
-            wall[name].append(time.perf_counter() - t)
-            cpu[name].append(time.process_time() - c)
-    return {k: (float(np.median(wall[k]) * 1e3), float(np.percentile(wall[k], 90) * 1e3),
-                float(np.median(cpu[k]) * 1e3)) for k in fns}
-
-
-def direct_fn(store: str):
-    from catalog.chunk_read import ChunkedArrayReader
-
-    readers, buf = {}, np.empty((1, *PATCH), np.float16)
-
-    def read(case, start):
-        r = readers.get(case.store_path) or readers.setdefault(
-            case.store_path, ChunkedArrayReader(f"{store}/{case.store_path}/image"))
-        return r.read((0, *start), (1, *(s + p for s, p in zip(start, PATCH))), out=buf)
-    return read
-
-
-def zarr_fn(store: str):
-    import zarr
-
-    arrays = {}
-
-    def read(case, start):
-        a = arrays.get(case.store_path) or arrays.setdefault(
-            case.store_path, zarr.open_array(f"{store}/{case.store_path}/image", mode="r"))
-        z, y, x = start
-        return a[0, z:z + PATCH[0], y:y + PATCH[1], x:x + PATCH[2]]
-    return read
-
-
 def nifti_fns(sources: dict[str, str]) -> dict[str, Callable]:
     """Readers of the raw sources (store path -> .nii.gz); .nii siblings are used when they exist."""
     import SimpleITK as sitk
@@ -207,19 +160,6 @@ def nifti_fns(sources: dict[str, str]) -> dict[str, Callable]:
     return fns
 
 
-def loader_rate(store: str, index, workers: int, n_batches: int) -> float:
-    from model.data import PatchConfig, make_loader
-
-    cfg = PatchConfig(patch=PATCH, batch=2, seed=1)
-    warm = 2 * max(workers, 1)
-    it = iter(make_loader(store, index, cfg, start_step=0, num_steps=warm + n_batches, workers=workers))
-    for _ in range(warm):
-        next(it)
-    t = time.perf_counter()
-    count = sum(1 for _ in it)
-    return count * cfg.batch / (time.perf_counter() - t)
-
-
 def item_cost(store: str, index, n_batches: int) -> tuple[float, float]:
     """(wall ms, CPU ms) per patch of ``PretrainStream.batch`` in this process: sampling, image + label reads,
     float32 / int64 tensors (whose first touch of fresh memory is part of the cost)."""
@@ -232,40 +172,6 @@ def item_cost(store: str, index, n_batches: int) -> tuple[float, float]:
         stream.batch(step)
     n = 2 * n_batches
     return (time.perf_counter() - t) / n * 1e3, (time.process_time() - c) / n * 1e3
-
-
-def rewrite(src: str, index, out: str, chunks, codec: tuple[str, int, str]):
-    """The store's cases rewritten with another chunk shape / codec (name, level, shuffle) by the pipeline's
-    writer."""
-    import zarr
-
-    from model.data import StoreIndex
-    from pipeline.config import PrepConfig
-    from pipeline.store import open_root, write_case
-
-    import pipeline.store
-    from zarr.codecs import BloscCodec
-
-    cname, clevel, shuffle = codec
-    if cname == "raw":
-        cfg = PrepConfig(chunks=chunks, image_codec="raw")
-    else:
-        cfg = PrepConfig(chunks=chunks, image_codec=cname, codec=cname, clevel=clevel)
-    # The store writes byte shuffle; other shuffles are written by swapping its compressor for this call.
-    own = pipeline.store.compressor
-    if shuffle != "byte":
-        pipeline.store.compressor = lambda cfg, image=False: BloscCodec(
-            cname=cname, clevel=clevel, shuffle={"byte": "shuffle", "bit": "bitshuffle"}[shuffle])
-    try:
-        root = open_root(out)
-        for cs in index.cases.values():
-            for c in cs:
-                grp = zarr.open_group(f"{src}/{c.store_path}", mode="r")
-                write_case(root, c.store_path, grp["image"][...], grp["label"][...], grp["foreground"][...],
-                           {}, cfg, marker={"benchmark": True})
-    finally:
-        pipeline.store.compressor = own
-    return StoreIndex(store=out, split=index.split, cases=index.cases, num_classes=index.num_classes)
 
 
 def bench_ct_chunks(bench_store: str | None, data: Path, work: Path, n_cases: int, chunk=(64, 64, 64)):
@@ -295,7 +201,7 @@ def bench_ct_chunks(bench_store: str | None, data: Path, work: Path, n_cases: in
     paths = sorted(f"{d}/{c}" for d in root.group_keys() for c in root[d].group_keys())[:n_cases]
     chunks = []
     for path in paths:
-        image = root[path]["image"][0]
+        image = root[path][IMAGE][0]
         image = np.pad(image, [(0, -n % c) for n, c in zip(image.shape, chunk)])
         for z, y, x in np.ndindex(*(n // c for n, c in zip(image.shape, chunk))):
             chunks.append(np.ascontiguousarray(image[z * chunk[0]:(z + 1) * chunk[0], y * chunk[1]:(y + 1) * chunk[1],
@@ -339,9 +245,9 @@ def image_bytes(store: str, index) -> tuple[int, int]:
     total = files = 0
     for cs in index.cases.values():
         for c in cs:
-            for folder, _, names in os.walk(f"{store}/{c.store_path}/image/c"):
-                files += len(names)
-                total += sum(os.path.getsize(os.path.join(folder, n)) for n in names)
+            chunks = list(chunk_files(case_array_path(store, c.store_path, IMAGE)))
+            files += len(chunks)
+            total += sum(os.path.getsize(path) for path in chunks)
     return total, files
 
 
@@ -396,7 +302,7 @@ def main() -> None:
         cat = load_catalog(store).set_index("store_path")
         sources = {c.store_path: cat.loc[c.store_path, "source_image"] for cs in index.cases.values() for c in cs}
         positions = patch_positions(index, args.n, seed=0)
-        meta = __import__("zarr").open_array(f"{store}/{positions[0][0].store_path}/image", mode="r")
+        meta = __import__("zarr").open_array(case_array_path(store, positions[0][0].store_path, IMAGE), mode="r")
         print(f"\nstore {store}: {len(index)} training cases; image chunks {meta.chunks}, {meta.dtype}; "
               f"{os.cpu_count()} cores; {args.n} random {PATCH} patches per row\n")
         if args.s3:
@@ -492,7 +398,7 @@ def main() -> None:
 def _codec_name(store: str, positions) -> str:
     import zarr
 
-    conf = zarr.open_array(f"{store}/{positions[0][0].store_path}/image", mode="r").metadata.to_dict()
+    conf = zarr.open_array(case_array_path(store, positions[0][0].store_path, IMAGE), mode="r").metadata.to_dict()
     blosc = conf["codecs"][-1].get("configuration", {})
     return "raw (Blosc level 0)" if blosc.get("clevel") == 0 else f"{blosc.get('cname')}:{blosc.get('clevel')}"
 

@@ -17,6 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from catalog.store_format import IMAGE, META_FILE  # noqa: E402
+
 CODECS = {"raw (default)": ("raw", 0, "byte"), "lz4hc:5": ("lz4hc", 5, "byte")}
 
 
@@ -39,20 +43,20 @@ def _bucket_bytes(url: str) -> int:
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(url)
-    return int(sum(size for key, size in fs.du(path, total=False).items() if "/image/" in key))
+    return int(sum(size for key, size in fs.du(path, total=False).items() if f"/{IMAGE}/" in key))
 
 
 def _local_bytes(store: str) -> int:
     total = 0
     for folder, _, names in os.walk(store):
-        if f"{os.sep}image{os.sep}" in folder + os.sep:
-            total += sum(os.path.getsize(os.path.join(folder, n)) for n in names if n != "zarr.json")
+        if f"{os.sep}{IMAGE}{os.sep}" in folder + os.sep:
+            total += sum(os.path.getsize(os.path.join(folder, n)) for n in names if n != META_FILE)
     return total
 
 
 def s3_table(store: str, index, positions, n: int, work: Path) -> None:
     """Print the local-versus-bucket table for raw and lz4hc image chunks (see the module doc)."""
-    from loader import direct_fn, loader_rate, measure, rewrite
+    from loader_reads import direct_fn, loader_rate, measure, rewrite
 
     try:
         server = _moto()

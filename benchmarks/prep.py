@@ -50,6 +50,7 @@ def floor(cases, target_zyx, cfg, out: str) -> list[float]:
     import SimpleITK as sitk
     import zarr
 
+    from catalog.store_format import IMAGE, LABEL
     from pipeline.store import compressor
 
     sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)
@@ -72,10 +73,10 @@ def floor(cases, target_zyx, cfg, out: str) -> list[float]:
             res.append(sitk.GetArrayFromImage(sitk.Resample(im, size, sitk.Transform(), interp, im.GetOrigin(),
                                                             spacing, im.GetDirection(), 0.0, ptype)))
         grp = root.require_group(case.case_id)
-        a = grp.create_array("image", shape=(1, *res[0].shape), chunks=(1, *cfg.chunks), dtype=cfg.dtype,
+        a = grp.create_array(IMAGE, shape=(1, *res[0].shape), chunks=(1, *cfg.chunks), dtype=cfg.dtype,
                              compressors=compressor(cfg, image=True), fill_value=0, overwrite=True)
         a[...] = res[0][None].astype(cfg.dtype)
-        b = grp.create_array("label", shape=res[1].shape, chunks=cfg.chunks, dtype="uint8",
+        b = grp.create_array(LABEL, shape=res[1].shape, chunks=cfg.chunks, dtype="uint8",
                              compressors=compressor(cfg), fill_value=0, overwrite=True)
         b[...] = res[1]
         times.append(time.perf_counter() - t)

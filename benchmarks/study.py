@@ -8,8 +8,9 @@ and the machine's load.
 
 b. Pretrain a ResNet-10 with the multi-branch scheme on the 80 left-atrium LGE-MRI volumes plus the abdominal CT
    (no hippocampus scan in either), then ``med3d-train study`` on the 200 MSD hippocampus cases: 50 test and 10
-   val patients held out once, training fractions of the other 140 patients, seeds, inits scratch and that
-   encoder.
+   val patients held out once, training fractions of the other 140 patients, seeds, inits scratch, that encoder
+   and a control: the same recipe pretrained on the synthetic 3DSeg-8 sample (``med3d-prep sample``). A study
+   started with fewer inits is extended by the re-run (its finished cells are kept).
 a. MedMNIST v2 28³ (AdrenalMNIST3D, VesselMNIST3D) from scratch with ResNet-18 (the published recipe shortened to
    what 2 cores allow; the full recipe's command is printed), test AUC / ACC beside the published rows.
 c. The classify study on AdrenalMNIST3D (28³ and 64³) with the real-MR encoder against scratch.
@@ -64,15 +65,38 @@ def pretrain_real(work: Path, steps: int) -> Path:
     return run
 
 
+def pretrain_sample(work: Path, steps: int) -> Path:
+    """The control: the same ResNet-10 recipe pretrained on the miniature 3DSeg-8 sample (``med3d-prep sample``:
+    synthetic volumes in the eight MSD layouts), every scan id of the real hippocampus store kept out."""
+    raw, store = work / "sample_raw", work / "sample_3dseg8_store"
+    if not (store / "catalog.parquet").is_file():
+        sh([BIN / "med3d-prep", "sample", raw])
+        sh([BIN / "med3d-prep", "build-3dseg8", raw / "msd", store, "--workers", "2", "--no-progress"])
+    run = work / f"pretrain_sample_3dseg8{'' if steps == 800 else f'_{steps}'}"
+    ckpt = run / "checkpoint.pt"
+    if ckpt.is_file():
+        import torch
+
+        if int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["step"]) >= steps:
+            return run
+    sh([BIN / "med3d-train", "pretrain", store, "--out", run, "--depth", "10", "--steps", steps, "--batch", "4",
+        "--patch", "48", "--device", "cpu", "--workers", "1", "--val-every", "400", "--ckpt-every", "100",
+        "--val-max-cases", "3", "--no-progress", "--exclude", work / "hippo_store",
+        *(["--resume"] if ckpt.is_file() else [])])
+    return run
+
+
 def section_b(work: Path, quick: bool) -> None:
     encoder = pretrain_real(work, 40 if quick else 800)
+    control = pretrain_sample(work, 40 if quick else 800)
     out = work / ("study_hippocampus_quick" if quick else "study_hippocampus")
     grid = (["--fractions", "0.036,0.143", "--seeds", "0,1", "--holdout", "10,4", "--steps", "12", "--val-every", "6"]
             if quick else
             ["--fractions", "0.036,0.072,0.143,1", "--seeds", "0,1,2", "--holdout", "50,10", "--steps", "100",
              "--val-every", "25"])
     t = sh([BIN / "med3d-train", "study", work / "hippo_store", "--task", "seg", "--out", out, "--init", "scratch",
-            "--init", f"real_mr_ct={encoder}", *grid, "--batch", "2", "--patch", "32", "--decoder", "unet",
+            "--init", f"real_mr_ct={encoder}", "--init", f"sample_3dseg8={control}", *grid, "--batch", "2",
+            "--patch", "32", "--decoder", "unet",
             "--device", "cpu", "--workers", "0", "--ckpt-every", "25"])
     print(f"\nsection b: {t / 60:.1f} min wall, {load()}; table: {out}/summary.md\n", flush=True)
 

@@ -29,7 +29,7 @@ from .atomic import write_atomic
 from .io import load_catalog, load_domains
 from .names import unsafe_name
 from .safetensors_header import embedded_card, has_embedded_card
-from .store_format import node_meta
+from .store_format import IMAGE, CaseAttrs, node_meta
 from .values import MAX_SPACING_MM, MIN_SPACING_MM, finite_number, read_json, show
 
 __all__ = ["AXES", "CARD_FORMAT", "CARD_VERSION", "ORIENTATION", "CardError", "card_mismatches", "card_path",
@@ -63,13 +63,13 @@ def case_recipe(store: str | os.PathLike[str], store_path: str) -> dict[str, Any
     store = os.fspath(store)
     domain = store_path.split("/", 1)[0]
     plan = node_meta(store, domain, required=True)["attributes"]["plan"]
-    attrs = node_meta(store, store_path, required=True)["attributes"]
-    norm = attrs["normalization"]
-    dtype = node_meta(store, store_path, "image", required=True)["data_type"]
+    attrs = CaseAttrs.read(store, store_path)
+    norm = attrs.normalization
+    dtype = node_meta(store, store_path, IMAGE, required=True)["data_type"]
     return {
         "domain": domain,
         "target_spacing": [float(s) for s in plan["target_spacing"]],
-        "modality": plan.get("modality", attrs.get("modality")),
+        "modality": plan.get("modality", attrs.modality or None),
         "percentiles": [float(p) for p in norm["percentiles"]],
         "ct_window": [float(w) for w in norm["ct_window"]] if norm.get("ct_window") else None,
         "air_hu": float(norm["air_hu"]) if norm.get("air_hu") is not None else -1024.0,

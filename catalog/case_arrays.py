@@ -6,8 +6,8 @@ array of a case must be: ``image`` (n_channels, Z, Y, X), ``label`` (Z, Y, X), `
 N at most Z·Y·X (the sampled foreground voxels). :func:`case_array` opens a reader only when the metadata says
 exactly that (else :class:`catalog.chunk_read.DamagedStoreError`, one line naming the file and ``--verify``).
 
->>> case_array("data/store", "liver/liver_7", "image", shape=(187, 256, 256), n_channels=1).read_all()
->>> case_array("data/store", "liver/liver_7", "label")          # the row is looked up in the catalog
+>>> case_array("data/store", "liver/liver_7", IMAGE, shape=(187, 256, 256), n_channels=1).read_all()
+>>> case_array("data/store", "liver/liver_7", LABEL)          # the row is looked up in the catalog
 """
 from __future__ import annotations
 
@@ -16,11 +16,10 @@ import os
 from collections.abc import Sequence
 
 from .chunk_read import ChunkedArrayReader
-from .io import CATALOG_FILE, is_local, load_catalog, store_join
+from .io import CATALOG_FILE, load_catalog
+from .store_format import IMAGE, LABEL, case_array_path, is_local, store_join
 
 __all__ = ["case_array", "case_geometry"]
-
-ARRAYS = ("image", "label", "foreground")
 
 # store -> (catalog file stamp, {store_path: (shape, n_channels)}): one catalog read per store and process while
 # the file is unchanged (read_volume opens every validation case); on an object store, one per process.
@@ -57,18 +56,16 @@ def case_array(store: str | os.PathLike[str], store_path: str, name: str, *,
     """A reader of array ``name`` (``image``, ``label``, ``foreground``) of the case ``store_path``, its metadata
     checked against the catalog row: ``shape`` (Z, Y, X) and ``n_channels`` as the caller holds them (a
     :class:`model.data.store_index.CaseEntry`, a catalog row), or, when not given, looked up in the catalog."""
-    if name not in ARRAYS:
-        raise ValueError(f"array {name!r}: a case holds {', '.join(ARRAYS)}")
+    path = case_array_path(store, store_path, name)  # a ValueError for a name that is no array of a case
     store = os.fspath(store)
-    if shape is None or (name == "image" and n_channels is None):
+    if shape is None or (name == IMAGE and n_channels is None):
         shape, n_channels = case_geometry(store, store_path)
     zyx = tuple(int(s) for s in shape)
     if len(zyx) != 3:
         raise ValueError(f"{store}: catalog row {store_path} has shape {list(zyx)}, expected (Z, Y, X)")
-    path = store_join(store, store_path, name)
     by = f"the catalog row of {store_path}"
-    if name == "image":
+    if name == IMAGE:
         return ChunkedArrayReader(path, expect_shape=(int(n_channels), *zyx), expected_by=by)  # type: ignore[arg-type]
-    if name == "label":
+    if name == LABEL:
         return ChunkedArrayReader(path, expect_shape=zyx, expected_by=by)
     return ChunkedArrayReader(path, max_shape=(math.prod(zyx), 4), expected_by=by)

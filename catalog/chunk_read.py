@@ -36,8 +36,10 @@ from typing import Any
 import numpy as np
 import numcodecs
 
-from .io import is_local
-from .store_format import node_meta
+from .store_files import (
+    REBUILD_HINT, DamagedStoreError, check_local_files, file_problem, refuse_outside, store_root, truncated_error,
+)
+from .store_format import chunk_prefix, is_local, meta_path, node_meta
 
 _NUMERIC = frozenset({
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -49,17 +51,6 @@ _MEMCPYED = 0x02  # flags bit: the frame holds the bytes as they are (no shuffle
 # A chunk may be larger than its array (a 35-voxel axis in 64-voxel chunks) but not by more than this: the
 # reader allocates one chunk, so a crafted chunk_shape must not decide how much memory that is.
 _MAX_CHUNK_VOXELS = 512 ** 3
-_FALLBACK_SLACK = 1 << 16  # bytes any codec chain may add to a chunk (headers, checksums, a shard index)
-
-
-class DamagedStoreError(OSError):
-    """A store file that cannot be what the store wrote: a chunk cut short, of another size, not a regular file or
-    outside the store, array metadata that disagrees with the catalog. Its message is one line naming the file and
-    the fix (``--verify`` rebuilds damaged cases); an OSError, so training's error handling reports it as one
-    line even from a DataLoader worker."""
-
-
-_FIX = "the store is damaged; re-run its build (med3d-prep build-...) with --verify to rebuild the damaged cases"
 
 
 class ChunkedArrayReader:
@@ -89,10 +80,7 @@ class ChunkedArrayReader:
             self.dtype = np.dtype(meta["data_type"]).newbyteorder("<")
             self._check_metadata(expect_shape, max_shape, expected_by)
             self.fill_value = _fill_value(meta["fill_value"], self.dtype)
-            enc = meta["chunk_key_encoding"]
-            sep = enc.get("configuration", {}).get("separator", "/" if enc["name"] == "default" else ".")
-            self._prefix = os.path.join(self.path, "c" + sep) if enc["name"] == "default" else self.path + os.sep
-            self._sep = sep
+            self._prefix, self._sep = chunk_prefix(self.path, meta["chunk_key_encoding"])
             self._codec = numcodecs.Blosc()
             self._raw = meta["codecs"][1].get("configuration", {}).get("clevel") == 0
             self._root = store_root(self.path)
@@ -113,7 +101,7 @@ class ChunkedArrayReader:
             self.dtype = np.dtype(self._zarr.dtype)
             self._check_metadata(expect_shape, max_shape, expected_by)
             if meta is not None:  # a local array zarr-python will read: its files pass the same checks first
-                _check_local_files(self.path, math.prod(self.chunks) * self.dtype.itemsize)
+                check_local_files(self.path, math.prod(self.chunks) * self.dtype.itemsize)
             self.fill_value = self._zarr.fill_value
             self.fallback_reason = why_not
 
@@ -121,18 +109,18 @@ class ChunkedArrayReader:
                         expected_by: str) -> None:
         """Refuse metadata that disagrees with what the caller knows of the array, or a chunk larger than the
         array and :data:`_MAX_CHUNK_VOXELS`, before a byte is allocated for it."""
-        meta = os.path.join(self.path, "zarr.json")
+        meta = meta_path(self.path)
         if expect_shape is not None and self.shape != tuple(int(s) for s in expect_shape):
             raise DamagedStoreError(f"{meta}: shape {list(self.shape)} differs from {expected_by}'s "
-                                    f"{[int(s) for s in expect_shape]}: {_FIX}")
+                                    f"{[int(s) for s in expect_shape]}: {REBUILD_HINT}")
         if max_shape is not None and (len(self.shape) != len(max_shape)
                                       or any(s > int(m) for s, m in zip(self.shape, max_shape))):
             raise DamagedStoreError(f"{meta}: shape {list(self.shape)} exceeds the {[int(m) for m in max_shape]} "
-                                    f"{expected_by} allows: {_FIX}")
+                                    f"{expected_by} allows: {REBUILD_HINT}")
         if len(self.chunks) != len(self.shape) or min(self.chunks, default=1) < 1 or \
                 math.prod(self.chunks) > max(math.prod(self.shape), _MAX_CHUNK_VOXELS):
             raise DamagedStoreError(f"{meta}: chunk shape {list(self.chunks)} does not fit the array's shape "
-                                    f"{list(self.shape)}: {_FIX}")
+                                    f"{list(self.shape)}: {REBUILD_HINT}")
 
     @property
     def direct(self) -> bool:
@@ -148,10 +136,10 @@ class ChunkedArrayReader:
             return None
         self.path = self.path.removeprefix("file://")
         meta = node_meta(self.path)
-        meta_path = os.path.join(self.path, "zarr.json")
-        if meta is None and os.path.lexists(meta_path):  # there but unreadable: zarr-python must not read it either
-            problem = file_problem(meta_path, store_root(self.path)) or "not readable as JSON metadata"
-            raise DamagedStoreError(f"{meta_path}: {problem}, in place of the array's metadata: {_FIX}")
+        file = meta_path(self.path)
+        if meta is None and os.path.lexists(file):  # there but unreadable: zarr-python must not read it either
+            problem = file_problem(file, store_root(self.path)) or "not readable as JSON metadata"
+            raise DamagedStoreError(f"{file}: {problem}, in place of the array's metadata: {REBUILD_HINT}")
         return meta
 
     def read(
@@ -233,7 +221,7 @@ class ChunkedArrayReader:
         """
         folder = key.rpartition(os.sep)[0]
         if folder not in self._dirs_inside:
-            _inside(folder, self._root, key)
+            refuse_outside(folder, self._root, key)
             self._dirs_inside.add(folder)
         # O_NONBLOCK: opening a named pipe must not wait for a writer (it is refused just after).
         flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
@@ -244,11 +232,11 @@ class ChunkedArrayReader:
         except OSError as exc:
             if exc.errno != errno.ELOOP:  # ELOOP: the file is a symbolic link
                 raise
-            _inside(key, self._root, key)
+            refuse_outside(key, self._root, key)
             try:
                 fd = os.open(key, os.O_RDONLY | os.O_NONBLOCK)
             except FileNotFoundError:
-                raise DamagedStoreError(f"{key}: a broken symbolic link in place of a chunk file: {_FIX}") from None
+                raise DamagedStoreError(f"{key}: a broken symbolic link in place of a chunk file: {REBUILD_HINT}") from None
         try:
             self._check_size(key, os.fstat(fd))
         except BaseException:
@@ -262,13 +250,13 @@ class ChunkedArrayReader:
         shrink as it is)."""
         if not stat.S_ISREG(st.st_mode):
             raise DamagedStoreError(f"{key}: not a regular file (a device, pipe or folder) in place of a chunk "
-                                    f"file: {_FIX}")
+                                    f"file: {REBUILD_HINT}")
         bound = self._buf.nbytes + _BLOSC_HEADER
         if self._raw and st.st_size < bound:
-            raise _truncated(key, st.st_size, bound, "a raw chunk has")
+            raise truncated_error(key, st.st_size, bound, "a raw chunk has")
         if st.st_size > bound:
             rule = "a raw chunk has" if self._raw else "a Blosc frame of this chunk has at most"
-            raise DamagedStoreError(f"{key}: chunk file has {st.st_size:,} bytes; {rule} {bound:,}: {_FIX}")
+            raise DamagedStoreError(f"{key}: chunk file has {st.st_size:,} bytes; {rule} {bound:,}: {REBUILD_HINT}")
 
     def _load_chunk(self, fd: int, key: str, first: int, stop: int) -> None:
         """Fill the decode buffer with (at least) bytes ``[first, stop)`` of the chunk in the file open as ``fd``.
@@ -282,7 +270,7 @@ class ChunkedArrayReader:
         if not self._raw:
             head = os.pread(fd, _BLOSC_HEADER, 0)
             if len(head) < _BLOSC_HEADER:
-                raise _truncated(key, len(head), _BLOSC_HEADER, "at least")
+                raise truncated_error(key, len(head), _BLOSC_HEADER, "at least")
             raw = head[2] & _MEMCPYED and int.from_bytes(head[4:8], "little") == size and \
                 int.from_bytes(head[12:16], "little") == size + _BLOSC_HEADER
             if not raw:
@@ -291,83 +279,16 @@ class ChunkedArrayReader:
                 rest = max(min(int.from_bytes(head[12:16], "little"), size + _BLOSC_HEADER) - _BLOSC_HEADER, 0)
                 body = os.pread(fd, rest, _BLOSC_HEADER)
                 if len(body) < rest:
-                    raise _truncated(key, _BLOSC_HEADER + len(body), _BLOSC_HEADER + rest, "its Blosc header says")
+                    raise truncated_error(key, _BLOSC_HEADER + len(body), _BLOSC_HEADER + rest, "its Blosc header says")
                 self._codec.decode(head + body, out=buf)
                 return
         got = os.preadv(fd, [buf[first:stop]], _BLOSC_HEADER + first)
         if got != stop - first:
-            raise _truncated(key, os.fstat(fd).st_size, size + _BLOSC_HEADER, "a raw chunk has")
+            raise truncated_error(key, os.fstat(fd).st_size, size + _BLOSC_HEADER, "a raw chunk has")
 
     def read_all(self, out: np.ndarray | None = None) -> np.ndarray:
         """The whole array, shape :attr:`shape`."""
         return self.read([0] * self.ndim, self.shape, out=out)
-
-
-def _truncated(key: str, found: int, expected: int, rule: str) -> DamagedStoreError:
-    """The error for a chunk file cut short: the bytes expected and found, the file, and how to heal the store."""
-    return DamagedStoreError(f"{key}: chunk file is truncated ({found:,} bytes; {rule} {expected:,}): {_FIX}")
-
-
-def store_root(path: str) -> str:
-    """The resolved root of the zarr hierarchy holding the node folder ``path``: its topmost ancestor (or itself)
-    whose folder holds a ``zarr.json`` (every group of a zarr v3 store has one). Chunk files must lie inside."""
-    top = os.path.abspath(path)
-    while True:
-        parent = os.path.dirname(top)
-        if parent == top or not os.path.isfile(os.path.join(parent, "zarr.json")):
-            return os.path.realpath(top)
-        top = parent
-
-
-def _leaves(path: str, root: str) -> str | None:
-    """Where ``path`` leads, links resolved, when that is outside the folder ``root`` (resolved); else None."""
-    real = os.path.realpath(path)
-    return None if real == root or real.startswith(root.rstrip(os.sep) + os.sep) else real
-
-
-def _inside(path: str, root: str, name: str) -> None:
-    """Refuse ``path`` (the file ``name`` or a folder on its way) when, links resolved, it lies outside ``root``."""
-    real = _leaves(path, root)
-    if real is not None:
-        raise DamagedStoreError(f"{name}: a symbolic link that leaves the store (to {real}) in place of a chunk "
-                                f"file or its folder: {_FIX}")
-
-
-def file_problem(path: str, root: str) -> str | None:
-    """Why the store file ``path`` cannot be read as one (None when it can): outside the store root ``root`` once
-    links are resolved, missing or a broken link, not a regular file. For ``--verify`` and the fallback path."""
-    real = _leaves(path, root)
-    if real is not None:
-        return f"a symbolic link that leaves the store (to {real})"
-    try:
-        st = os.stat(path)
-    except OSError:
-        return "missing (or a broken symbolic link)"
-    return None if stat.S_ISREG(st.st_mode) else "not a regular file (a device, pipe or folder)"
-
-
-def _check_local_files(path: str, chunk_bytes: int) -> None:
-    """The direct path's file checks for a local array that zarr-python reads (another codec chain): every file
-    under its folder inside the store, regular, and at most ``chunk_bytes`` plus what any codec chain may add
-    (twice the chunk and 64 KiB: generous, since the chain is not known here, yet bounded)."""
-    root, seen = store_root(path), set()
-    bound = 2 * chunk_bytes + _FALLBACK_SLACK
-    for top, dirs, files in os.walk(path, followlinks=True):
-        _inside(top, root, top)
-        real = os.path.realpath(top)
-        if real in seen:  # a link back up the tree: walk each folder once
-            dirs[:] = []
-            continue
-        seen.add(real)
-        for name in files:
-            file = os.path.join(top, name)
-            problem = file_problem(file, root)
-            if problem:
-                raise DamagedStoreError(f"{file}: {problem}, in place of a chunk file: {_FIX}")
-            size = os.path.getsize(file)
-            if name != "zarr.json" and size > bound:
-                raise DamagedStoreError(f"{file}: chunk file has {size:,} bytes, more than any codec makes of a "
-                                        f"{chunk_bytes:,}-byte chunk: {_FIX}")
 
 
 def _unsupported(meta: dict[str, Any]) -> str | None:

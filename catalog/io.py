@@ -9,28 +9,10 @@ from .atomic import write_atomic
 from .names import check_table_names
 from .retry import is_transient, retry_call
 from .schema import CATALOG_COLUMNS, DOMAIN_COLUMNS, NODULE_COLUMNS, conform
+from .store_format import is_local, local_path, store_join
 
 CATALOG_FILE = "catalog.parquet"
 DOMAINS_FILE = "domains.parquet"
-
-
-def store_join(store: str, *parts: str) -> str:
-    """A path inside a store, for local paths and fsspec URLs alike."""
-    return "/".join([str(store).rstrip("/"), *parts])
-
-
-def is_local(store: str) -> bool:
-    """Whether a store path is on the local file system (a plain path or a file:// URL)."""
-    return "://" not in store or store.startswith("file://")
-
-
-def local_path(store: str) -> str:
-    """A ``file://`` URL as the local path it names (``file:///data/store`` and ``file://localhost/data/store``
-    -> ``/data/store``, ``file://store`` -> ``store``, as fsspec reads them); any other path or URL as it is."""
-    if not store.startswith("file://"):
-        return store
-    path = store.removeprefix("file://")
-    return path.removeprefix("localhost") if path.startswith("localhost/") else path
 
 
 def write_parquet_atomic(df: pd.DataFrame, path: str) -> None:

@@ -14,13 +14,15 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+from .store_format import META_FILE
+
 __all__ = ["RESERVED_NAMES", "MAX_NAME_BYTES", "UnsafeNameError", "check_table_names", "path_component",
            "unsafe_name"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 RESERVED_NAMES = frozenset({
-    "zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata",  # zarr metadata beside a store's groups
+    META_FILE, ".zgroup", ".zattrs", ".zarray", ".zmetadata",  # zarr metadata beside a store's groups
     "catalog.parquet", "domains.parquet", "nodules.parquet",  # the catalog tables at the store root
 })
 """Names a store uses for its own files: a case or domain named so would overwrite them (a case ``zarr.json``

@@ -2,142 +2,12 @@
 from __future__ import annotations
 
 import json
-import math
-import sys
 from pathlib import Path
 
 import click
 
-from .blosc_codecs import CODECS, IMAGE_CODECS
-
-EXIT_FAILED_CASES = 3
-
-
-def _config(dtype: str, chunks: str | None, codec: str | None, max_voxels: int | None = None,
-            image_codec: str = "raw", like: dict | None = None, **extra):
-    """The PrepConfig of the command line; ``like`` (the fields ``--like`` sets) wins over the other values."""
-    from .config import PrepConfig
-
-    kw = {"dtype": dtype, "image_codec": image_codec, **extra, **(like or {})}
-    if max_voxels is not None:
-        kw["max_voxels"] = max_voxels
-    if chunks:
-        try:
-            kw["chunks"] = tuple(int(c) for c in chunks.split(","))
-        except ValueError:
-            raise click.UsageError(f"--chunks {chunks!r}: give one size (64) or three (Z,Y,X, e.g. 64,64,64)") from None
-        if len(kw["chunks"]) == 1:
-            kw["chunks"] = kw["chunks"] * 3
-    if codec:
-        kw["codec"] = codec
-    try:
-        return PrepConfig(**kw)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-
-
-def _finish(result) -> None:
-    click.echo(result.summary())
-    if result.missing:
-        click.echo(f"missing (not built): {', '.join(result.missing)}")
-    if result.failed:
-        click.echo(f"{len(result.failed)} case(s) failed; see the 'error' column of {result.store}/catalog.parquet",
-                   err=True)
-        sys.exit(EXIT_FAILED_CASES)
-
-
-class _VoxelCount(click.ParamType):
-    """A positive voxel count, written as an integer or in scientific notation (2e9)."""
-
-    name = "voxels"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        try:
-            n = float(str(value).replace("_", "").replace(",", ""))
-        except ValueError:
-            self.fail(f"{value!r} is not a voxel count (e.g. 2e9 or 2000000000)", param, ctx)
-        if not (math.isfinite(n) and n >= 1 and n == int(n)):
-            self.fail(f"{value!r} must be a positive whole number of voxels", param, ctx)
-        return int(n)
-
-
-_common = [
-    click.option("--workers", type=int, default=None, help="Worker processes of the local cluster (default: one "
-                 "per core; 0 runs in this process without dask)."),
-    click.option("--scheduler", default=None, metavar="tcp://HOST:8786",
-                 help="Run on an existing dask cluster instead of a local one."),
-    click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True),
-    click.option("--chunks", default=None, metavar="Z,Y,X", help="Chunk shape (default 64,64,64)."),
-    click.option("--image-codec", type=click.Choice(IMAGE_CODECS),
-                 default="raw", show_default=True,
-                 help="Image chunks: raw (uncompressed Blosc frames, fastest patch reads) or a Blosc codec "
-                      "(lz4hc: ~0.47 of the bytes, ~3x slower random patch reads)."),
-    click.option("--codec", type=click.Choice(CODECS), default=None,
-                 help="Blosc codec of labels and foreground samples (default lz4hc); images use --image-codec."),
-    click.option("--replan", is_flag=True, help="Recompute target spacings instead of using the frozen plan."),
-    click.option("--max-voxels", type=_VoxelCount(), default=None, metavar="N",
-                 help="Largest input volume (voxels × channels) to read, e.g. 2e9 (the default); a header "
-                      "announcing more is refused as damaged before any read."),
-    click.option("--no-progress", is_flag=True, help="No progress bar."),
-]
-
-
-def common_options(fn):
-    from .verify import verify_option  # --verify reaches job.build through the click context, not a parameter
-
-    for opt in reversed([*_common, verify_option]):
-        fn = opt(fn)
-    return fn
-
-
-_like_opts = [
-    click.option("--like", type=click.Path(exists=True, dir_okay=False), default=None, metavar="CARD.json",
-                 help="Preprocess as the encoder of this weights card saw its data (`med3d-train export` writes "
-                      "OUT.json beside OUT.pth): the card's target spacing and intensity rule for the modality."),
-    click.option("--like-domain", default=None, metavar="NAME",
-                 help="With --like: the card domain to match (needed when the card has several domains of the "
-                      "modality preprocessed differently)."),
-]
-
-
-def like_options(fn):
-    for opt in reversed(_like_opts):
-        fn = opt(fn)
-    return fn
-
-
-def _like(like: str | None, like_domain: str | None, specs) -> tuple[dict, dict | None]:
-    """(PrepConfig fields, target spacing per domain) that ``--like CARD`` sets for building ``specs``
-    (DomainSpecs); ``({}, None)`` without it. An option given on the command line that contradicts the card
-    (--dtype, --window) is a usage error, as is a card without a domain of the build's modality."""
-    from click.core import ParameterSource
-
-    from catalog.card import CardError, read_card
-    from .like import like_settings
-
-    if like is None:
-        if like_domain is not None:
-            raise click.UsageError("--like-domain needs --like CARD.json")
-        return {}, None
-    try:
-        card = read_card(like)
-        settings = like_settings(card, {s.name: s.modality for s in specs}, like_domain=like_domain, where=like)
-    except CardError as exc:
-        raise click.UsageError(str(exc)) from None
-    ctx = click.get_current_context()
-    for option, key, parse in (("dtype", "dtype", str), ("window", "ct_window", _window)):
-        if ctx.get_parameter_source(option) != ParameterSource.COMMANDLINE or key not in settings.config:
-            continue
-        value = parse(ctx.params[option])
-        if value != settings.config[key]:
-            raise click.UsageError(f"--{option} {ctx.params[option]} contradicts the card {like} "
-                                   f"({key} {settings.config[key]}); drop --{option} or --like")
-    for line in settings.describe(card):
-        click.echo(line)
-    return settings.config, settings.target_spacing
-
+from .blosc_codecs import IMAGE_CODECS
+from .cli_options import common_options, config_from_options, finish, like_config, like_options, parse_window
 
 class _PrepGroup(click.Group):
     """Turns a build's refusal to overwrite another dataset's domain, or to write a store that would not outlive
@@ -198,22 +68,12 @@ def build_3dseg8(msd_root, store, tasks, workers, scheduler, dtype, chunks, imag
     found, missing = scanned_tasks(scan_msd, msd_root, tasks.split(",") if tasks else None,
                                    "no 3DSeg-8 task folder")
     click.echo("building: " + ", ".join(f"{spec.source_dataset} ({len(c)} cases)" for spec, c in found))
-    like_cfg, spacing = _like(like, like_domain, [spec for spec, _ in found])
-    cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec, like=like_cfg)
+    like_cfg, spacing = like_config(like, like_domain, [spec for spec, _ in found])
+    cfg = config_from_options(dtype, chunks, codec, max_voxels, image_codec=image_codec, like=like_cfg)
     result = build(found, store, cfg, workers=workers, scheduler=scheduler, replan=replan, target_spacing=spacing,
                    progress=not no_progress, log=click.echo)
     result.missing = missing
-    _finish(result)
-
-
-def _window(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise click.UsageError(f"--window must be LO,HI in HU (e.g. -200,250), got {text!r}") from None
-    if not lo < hi:
-        raise click.UsageError(f"--window: LO must be below HI, got {text!r}")
-    return lo, hi
+    finish(result)
 
 
 @main.command("build-lits")
@@ -245,12 +105,12 @@ def build_lits(lits_root, store, spacing_csv, window, workers, scheduler, dtype,
         click.echo(note)
     n_test = sum(1 for c in cases if c.split_hint == "test")
     click.echo(f"building: LiTS ({len(cases) - n_test} training, {n_test} test volumes)")
-    like_cfg, spacing = _like(like, like_domain, [spec])
-    cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec, ct_window=_window(window),
+    like_cfg, spacing = like_config(like, like_domain, [spec])
+    cfg = config_from_options(dtype, chunks, codec, max_voxels, image_codec=image_codec, ct_window=parse_window(window),
                   like=like_cfg)
     result = build([(spec, cases)], store, cfg, workers=workers, scheduler=scheduler, spacing_rule="mean",
                    replan=replan, target_spacing=spacing, progress=not no_progress, log=click.echo)
-    _finish(result)
+    finish(result)
 
 
 @main.command("build-visceral")
@@ -271,7 +131,7 @@ def build_visceral(visceral_root, store, lung_labels, test_volumes, workers, sch
     from .job import build
     from .sources.visceral import scan_visceral
 
-    cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec)
+    cfg = config_from_options(dtype, chunks, codec, max_voxels, image_codec=image_codec)
     try:
         spec, cases, notes = scan_visceral(visceral_root, lung_labels=lung_labels, n_test=test_volumes,
                                            seed=cfg.split_seed)
@@ -279,12 +139,12 @@ def build_visceral(visceral_root, store, lung_labels, test_volumes, workers, sch
         raise click.UsageError(str(exc)) from None
     for note in notes:
         click.echo(note)
-    like_cfg, spacing = _like(like, like_domain, [spec])
+    like_cfg, spacing = like_config(like, like_domain, [spec])
     if like_cfg:
-        cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec, like=like_cfg)
+        cfg = config_from_options(dtype, chunks, codec, max_voxels, image_codec=image_codec, like=like_cfg)
     result = build([(spec, cases)], store, cfg, workers=workers, scheduler=scheduler, replan=replan,
                    target_spacing=spacing, progress=not no_progress, log=click.echo)
-    _finish(result)
+    finish(result)
 
 
 @main.command("build-lidc")
@@ -317,10 +177,10 @@ def build_lidc(lidc_root, store, min_readers, crop_mm, crop_spacing, test_fracti
         raise click.UsageError(str(exc)) from None
     if replan:
         click.echo("--replan has no effect for LIDC: crops have a fixed spacing (--crop-spacing)")
-    cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec)
+    cfg = config_from_options(dtype, chunks, codec, max_voxels, image_codec=image_codec)
     result = build(lidc_root, store, cfg, params, workers=workers, scheduler=scheduler,
                    progress=not no_progress, log=click.echo)
-    _finish(result)
+    finish(result)
 
 
 @main.command("build-medmnist")
@@ -386,6 +246,20 @@ def info(store: str, as_json: bool) -> None:
     if nodules is not None:
         click.echo("\nLIDC nodules (selected: contoured by enough readers to get a crop):")
         click.echo(nodules.to_string(index=False))
+
+
+@main.command("ngff")
+@click.argument("store")
+def ngff(store: str) -> None:
+    """Add OME-Zarr (NGFF 0.5) metadata to the cases of STORE built before builds wrote it, so OME-Zarr readers
+    (napari, ome-zarr-models, ngff-zarr) open each case group at its size in millimetres, with its label as a
+    label image. No chunk is rewritten; running it again changes nothing."""
+    from .ngff import add_ngff
+
+    try:
+        add_ngff(store, log=click.echo)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @main.command()

@@ -3,10 +3,9 @@
 Each command turns its layout into ``(DomainSpec, [Case])`` with a source module and hands them to
 ``pipeline.job.build``, like ``build-3dseg8``: the same conversion, plan, resume and failure handling.
 
-:mod:`pipeline.cli` registers :data:`SOURCE_COMMANDS` on ``med3d-prep`` with its common build options
-(``--workers``, ``--dtype``...) and ``--like``; this module does not import it at load time, so
-``python -m pipeline.cli`` works (a module-level import of the running ``__main__`` would import the CLI a second
-time, circularly).
+:mod:`pipeline.cli` registers :data:`SOURCE_COMMANDS` on ``med3d-prep`` with the common build options
+(``--workers``, ``--dtype``...) and ``--like`` of :mod:`pipeline.cli_options`, which both modules use; this one
+never imports the CLI (that was a circle).
 """
 from __future__ import annotations
 
@@ -41,16 +40,17 @@ def scanned_tasks(scan, root, tasks, none_found: str):
 
 def _build(found, store, *, workers, scheduler, dtype, chunks, image_codec, codec, replan, no_progress,
            max_voxels, like, like_domain, missing: list[str] | None = None) -> None:
-    from .cli import _config, _finish, _like
+    from .cli_options import config_from_options, finish, like_config
     from .job import build
+
     click.echo("building: " + ", ".join(f"{spec.source_dataset} as {spec.name} ({len(c)} cases)"
                                         for spec, c in found))
-    like_cfg, spacing = _like(like, like_domain, [spec for spec, _ in found])
-    cfg = _config(dtype, chunks, codec, max_voxels, image_codec=image_codec, like=like_cfg)
+    like_cfg, spacing = like_config(like, like_domain, [spec for spec, _ in found])
+    cfg = config_from_options(dtype, chunks, codec, max_voxels, image_codec=image_codec, like=like_cfg)
     result = build(found, store, cfg, workers=workers, scheduler=scheduler, replan=replan, target_spacing=spacing,
                    progress=not no_progress, log=click.echo)
     result.missing = missing or []
-    _finish(result)
+    finish(result)
 
 
 @click.argument("root", type=click.Path(exists=True, file_okay=False))

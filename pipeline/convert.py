@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from catalog.store_format import CaseAttrs
 from volume import geometry, integrity
 from volume.diagnose import CaseError, unreadable_file
 from volume.preprocess import check_headers, normalize_channels
@@ -135,25 +136,21 @@ def convert_case(case: Case, spec: DomainSpec, target_spacing_zyx, cfg: PrepConf
         "spacing_flag": str(case.extra.get("spacing_flag", "")),
         "status": "ok", "error": "", "params_hash": params_hash, "store_path": case.store_path,
     }
-    attrs = {
-        "domain": case.domain, "case_id": case.case_id, "scan_id": case.scan_id,
-        "spacing": list(target_spacing_zyx),
-        "origin": list(grid.GetOrigin()), "direction": list(grid.GetDirection()),
-        "axes": ["z", "y", "x"],
-        "original": {**orig, "note": "file geometry before reorientation to LPS (x, y, z order)"},
-        "sources": sources, "channel_names": list(spec.channel_names), "modality": modality,
-        "normalization": {
+    attrs = CaseAttrs(
+        domain=case.domain, case_id=case.case_id, scan_id=case.scan_id, spacing=tuple(target_spacing_zyx),
+        origin=tuple(grid.GetOrigin()), direction=tuple(grid.GetDirection()),
+        original={**orig, "note": "file geometry before reorientation to LPS (x, y, z order)"},
+        sources=sources, channel_names=list(spec.channel_names), modality=modality,
+        normalization={
             "method": "clip to percentiles (or CT window), then z-score with the clipped volume's mean/std",
             "percentiles": list(cfg.clip_percentiles), "ct_window": list(cfg.ct_window) if cfg.ct_window else None,
             "air_hu": cfg.air_hu if modality == "CT" else None,
             "channels": [vars(s) for s in stats],
         },
-        "labels": {str(k): v for k, v in spec.labels.items()},
-        "label_parts": [[path, int(v)] for path, v in case.label_parts],
-        "label_overlap_voxels": overlap_voxels,
-        "params_hash": params_hash,
-        "extra": jsonable(case.extra),
-    }
+        labels={str(k): v for k, v in spec.labels.items()},
+        label_parts=[[path, int(v)] for path, v in case.label_parts],
+        label_overlap_voxels=overlap_voxels, params_hash=params_hash, extra=jsonable(case.extra),
+    )
     root = open_root(store, storage_options=storage_options)
     write_case(root, case.store_path, image_out, label_out, fg, attrs, cfg,
                marker={"params_hash": params_hash, "sources": sources}, row=row)

@@ -157,73 +157,22 @@ def build(
     result = BuildResult(store=store, catalog=pd.DataFrame())
     rows: list[dict[str, Any]] = []
 
-    in_process = workers == 0 and not scheduler
     # A re-run costs what finding the unchanged cases costs. In a domain whose plan is frozen and kept (no
     # --replan, no given spacing) the target spacing is known, so each case is checked against its completion
     # marker first: an unchanged case needs no header read and no worker. Headers are read, and a cluster
     # started, only for the cases that remain (in a domain planned now: all of its cases).
-    frozen: dict[str, tuple[float, float, float]] = {}
-    for name in specs:
-        plan = None if replan or name in (target_spacing or {}) else domain_plan(root, name)
-        if plan:
-            frozen[name] = tuple(plan["target_spacing"])
-    pending = []
-    for spec, case in all_cases:
-        if spec.name in frozen:
-            row = _unchanged(root, case, case_params_hash(case, cfg, frozen[spec.name], spec), verify, result)
-            if row is not None:
-                # A source may fix another split on a later scan (e.g. a VISCERAL test set drawn from more
-                # volumes) without the case's bytes changing: the hint of this scan wins.
-                rows.append({**row, "split": case.split_hint or ""})
-                result.skipped += 1
-                continue
-        pending.append((spec, case))
-
-    cluster = not in_process and bool(pending)
+    frozen = _frozen_spacings(root, specs, replan, target_spacing)
+    pending = _skip_unchanged(root, all_cases, frozen, cfg, verify, result, rows)
+    cluster = not (workers == 0 and not scheduler) and bool(pending)
     with (dask_client(workers, scheduler) if cluster else contextlib.nullcontext(None)) as client:
-        cases_only = [c for _, c in pending]
-        read_header = functools.partial(read_case_header, max_voxels=cfg.max_voxels)
-        headers = [read_header(c) for c in cases_only] if client is None \
-            else client.gather(client.map(read_header, cases_only, pure=False))
-
-        targets: dict[str, tuple[float, float, float]] = {}
-        for name, spec in specs.items():
-            hs = [h for (s, c), h in zip(pending, headers)
-                  if s.name == name and c.has_label_source and not h.error]
-            hs = hs or [h for (s, _), h in zip(pending, headers) if s.name == name and not h.error]
-            given = (target_spacing or {}).get(name)
-            target = plan_domain(root, spec, hs, rule=spacing_rule, given=given, replan=replan, log=log)
-            if target is not None:
-                targets[name] = target
+        headers = _read_headers([c for _, c in pending], cfg, client)
+        targets = _plan_targets(root, specs, pending, headers, rule=spacing_rule, given=target_spacing or {},
+                                replan=replan, log=log)
         result.target_spacing = dict(targets)
-
-        tasks = []
-        for (spec, case), hdr in zip(pending, headers):
-            if hdr.error or spec.name not in targets:
-                rows.append(failed_row(case, spec, "", hdr.error or "no readable case in its domain"))
-                continue
-            target = targets[spec.name]
-            phash = case_params_hash(case, cfg, target, spec)
-            try:  # a spacing far from the plan's makes a grid that does not fit: refused before any voxel read
-                check_resampled_voxels(case.images[0], hdr.size_zyx, hdr.spacing_zyx, target, hdr.n_channels,
-                                       cfg.max_voxels)
-            except ValueError as exc:
-                rows.append(failed_row(case, spec, "", str(exc)))
-                continue
-            row = None if spec.name in frozen else _unchanged(root, case, phash, verify, result)  # --replan
-            if row is not None:
-                rows.append({**row, "split": case.split_hint or ""})
-                result.skipped += 1
-                continue
-            tasks.append(Task(
-                key=f"convert-{case.domain}-{case.case_id}-{phash}",
-                fn=convert_or_fail, args=(case, spec, target, cfg, store, phash, storage_options),
-                memory=estimate_memory(hdr, target),
-                on_crash=functools.partial(_crashed_row, case, spec, phash),
-            ))
+        tasks = _conversion_tasks(root, pending, headers, targets, frozen, cfg, store, storage_options, verify,
+                                  result, rows)
         log(f"{len(all_cases)} cases: {result.skipped} unchanged (skipped), {len(tasks)} to convert")
-        rows.extend(run_tasks(tasks, client=client, workers=workers, progress=progress,
-                              log=log))
+        rows.extend(run_tasks(tasks, client=client, workers=workers, progress=progress, log=log))
 
     result.converted = sum(1 for r in rows if r["status"] == "ok") - result.skipped
     result.failed = [r for r in rows if r["status"] != "ok"]
@@ -231,6 +180,94 @@ def build(
     result.duplicates = duplicate_scans(result.catalog[result.catalog["domain"].isin(list(specs))])
     result.elapsed_s = time.perf_counter() - t0
     return result
+
+
+def _frozen_spacings(root, specs: dict[str, DomainSpec], replan: bool,
+                     given: dict[str, tuple[float, float, float]] | None) -> dict[str, tuple[float, float, float]]:
+    """Target spacing of each domain whose frozen plan this build keeps (no --replan, no spacing given)."""
+    frozen: dict[str, tuple[float, float, float]] = {}
+    for name in specs:
+        plan = None if replan or name in (given or {}) else domain_plan(root, name)
+        if plan:
+            frozen[name] = tuple(plan["target_spacing"])
+    return frozen
+
+
+def _skip_unchanged(root, all_cases: list[tuple[DomainSpec, Case]], frozen: dict[str, tuple[float, float, float]],
+                    cfg: PrepConfig, verify: bool, result: BuildResult, rows: list[dict[str, Any]]
+                    ) -> list[tuple[DomainSpec, Case]]:
+    """Rows of the unchanged cases of frozen domains appended to ``rows``; the cases still to look at."""
+    pending = []
+    for spec, case in all_cases:
+        if spec.name in frozen:
+            row = _unchanged(root, case, case_params_hash(case, cfg, frozen[spec.name], spec), verify, result)
+            if row is not None:
+                _keep(row, case, result, rows)
+                continue
+        pending.append((spec, case))
+    return pending
+
+
+def _keep(row: dict[str, Any], case: Case, result: BuildResult, rows: list[dict[str, Any]]) -> None:
+    # A source may fix another split on a later scan (e.g. a VISCERAL test set drawn from more volumes) without
+    # the case's bytes changing: the hint of this scan wins.
+    rows.append({**row, "split": case.split_hint or ""})
+    result.skipped += 1
+
+
+def _read_headers(cases: list[Case], cfg: PrepConfig, client) -> list[CaseHeader]:
+    """Every case's header, on the cluster when there is one."""
+    read_header = functools.partial(read_case_header, max_voxels=cfg.max_voxels)
+    if client is None:
+        return [read_header(c) for c in cases]
+    return client.gather(client.map(read_header, cases, pure=False))
+
+
+def _plan_targets(root, specs: dict[str, DomainSpec], pending: list[tuple[DomainSpec, Case]],
+                  headers: list[CaseHeader], *, rule: str, given: dict[str, tuple[float, float, float]],
+                  replan: bool, log: Callable[[str], None]) -> dict[str, tuple[float, float, float]]:
+    """Target spacing per domain, planned from the readable headers of its labelled cases (all its readable
+    cases when none is labelled), or frozen, or given."""
+    targets: dict[str, tuple[float, float, float]] = {}
+    for name, spec in specs.items():
+        hs = [h for (s, c), h in zip(pending, headers) if s.name == name and c.has_label_source and not h.error]
+        hs = hs or [h for (s, _), h in zip(pending, headers) if s.name == name and not h.error]
+        target = plan_domain(root, spec, hs, rule=rule, given=given.get(name), replan=replan, log=log)
+        if target is not None:
+            targets[name] = target
+    return targets
+
+
+def _conversion_tasks(root, pending: list[tuple[DomainSpec, Case]], headers: list[CaseHeader],
+                      targets: dict[str, tuple[float, float, float]], frozen: dict[str, tuple[float, float, float]],
+                      cfg: PrepConfig, store: str, storage_options: dict | None, verify: bool,
+                      result: BuildResult, rows: list[dict[str, Any]]) -> list[Task]:
+    """A conversion task per case to convert; failed rows (unreadable header, a grid too large) and the rows
+    of unchanged cases of replanned domains go to ``rows``."""
+    tasks = []
+    for (spec, case), hdr in zip(pending, headers):
+        if hdr.error or spec.name not in targets:
+            rows.append(failed_row(case, spec, "", hdr.error or "no readable case in its domain"))
+            continue
+        target = targets[spec.name]
+        phash = case_params_hash(case, cfg, target, spec)
+        try:  # a spacing far from the plan's makes a grid that does not fit: refused before any voxel read
+            check_resampled_voxels(case.images[0], hdr.size_zyx, hdr.spacing_zyx, target, hdr.n_channels,
+                                   cfg.max_voxels)
+        except ValueError as exc:
+            rows.append(failed_row(case, spec, "", str(exc)))
+            continue
+        row = None if spec.name in frozen else _unchanged(root, case, phash, verify, result)  # --replan
+        if row is not None:
+            _keep(row, case, result, rows)
+            continue
+        tasks.append(Task(
+            key=f"convert-{case.domain}-{case.case_id}-{phash}",
+            fn=convert_or_fail, args=(case, spec, target, cfg, store, phash, storage_options),
+            memory=estimate_memory(hdr, target),
+            on_crash=functools.partial(_crashed_row, case, spec, phash),
+        ))
+    return tasks
 
 
 def _unchanged(root, case: Case, phash: str, verify: bool, result: BuildResult) -> dict[str, Any] | None:

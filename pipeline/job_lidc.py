@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -95,27 +96,45 @@ def build_lidc(
     splits = patient_splits([r.patient_id for r in refs], test_fraction=params.test_fraction,
                             val_fraction=cfg.val_fraction, seed=cfg.split_seed, domain=DOMAIN)
     phash = series_params_hash(cfg, params)
+    plan = _freeze_lidc_plan(root, params)
+    done, tasks = _series_tasks(root, refs, params, cfg, store, phash, storage_options, verify, result)
+    result.skipped = sum(1 for r in done if r.skipped)
+    log(f"{len(refs)} series: {result.skipped} unchanged (skipped), {len(tasks)} to convert, "
+        f"{len(result.no_xml)} without reader XML (no nodules)")
+    done += run_tasks(tasks, workers=workers, scheduler=scheduler, progress=progress, log=log,
+                      unit="series", desc="lidc")
+
+    _collect(done, splits, store, cfg, plan, result)
+    result.elapsed_s = time.perf_counter() - t0
+    return result
+
+
+def _freeze_lidc_plan(root, params: LidcParams) -> dict[str, Any]:
+    """The ``lidc`` domain's plan, written only when it changes (a re-run touches nothing)."""
     plan = {
         "target_spacing": [params.crop_spacing] * 3, "rule": "nodule crops", "crop_mm": params.crop_mm,
         "min_readers": params.min_readers, "consensus_fraction": params.consensus_fraction,
         "source_dataset": SPEC.source_dataset, "modality": SPEC.modality,
         "channel_names": list(SPEC.channel_names), "labels": {str(k): v for k, v in SPEC.labels.items()},
     }
-    if domain_plan(root, DOMAIN) != plan:  # written only when it changes: a re-run touches nothing
+    if domain_plan(root, DOMAIN) != plan:
         freeze_plan(root, DOMAIN, plan)
+    return plan
 
+
+def _series_tasks(root, refs: list, params: LidcParams, cfg: PrepConfig, store: str, phash: str,
+                  storage_options: dict | None, verify: bool, result: LidcBuildResult
+                  ) -> tuple[list[SeriesResult], list[Task]]:
+    """(results known without converting: unchanged series, duplicated folders; a conversion task per other
+    series with reader XML). Series without XML are counted in ``result.no_xml``, damaged crops of unchanged
+    series (``verify``) in ``result.damaged``."""
     done: list[SeriesResult] = []
     tasks: list[Task] = []
     seen: dict[str, str] = {}
     for ref in refs:
         key = series_key(ref)
         if key in seen:  # the same series uid in two folders (a copy): one of them would overwrite the other
-            dup = series_failed(ref, phash, f"{ref.dicom_dir}: series {ref.series_uid} is also in "
-                                            f"{seen[key]}; keep one copy")
-            n_dup = sum(1 for r in done if r.key.startswith(f"{key}_copy")) + 1
-            dup.key = f"{key}_copy{n_dup}"
-            dup.rows[0].update(case_id=dup.key, store_path=f"{DOMAIN}/{dup.key}")
-            done.append(dup)
+            done.append(_duplicate(ref, key, seen[key], phash, done))
             continue
         seen[key] = str(ref.dicom_dir)
         if ref.xml_path is None:
@@ -136,12 +155,21 @@ def build_lidc(
             args=(ref, params, cfg, store, phash, storage_options), memory=estimate_series_memory(ref),
             on_crash=lambda msg, ref=ref: series_failed(ref, phash, f"{ref.dicom_dir}: {msg}"),
         ))
-    result.skipped = sum(1 for r in done if r.skipped)
-    log(f"{len(refs)} series: {result.skipped} unchanged (skipped), {len(tasks)} to convert, "
-        f"{len(result.no_xml)} without reader XML (no nodules)")
-    done += run_tasks(tasks, workers=workers, scheduler=scheduler, progress=progress, log=log,
-                      unit="series", desc="lidc")
+    return done, tasks
 
+
+def _duplicate(ref, key: str, first: str, phash: str, done: list[SeriesResult]) -> SeriesResult:
+    """The failed result of a series whose uid another folder (``first``) holds too, keyed apart."""
+    dup = series_failed(ref, phash, f"{ref.dicom_dir}: series {ref.series_uid} is also in {first}; keep one copy")
+    n_dup = sum(1 for r in done if r.key.startswith(f"{key}_copy")) + 1
+    dup.key = f"{key}_copy{n_dup}"
+    dup.rows[0].update(case_id=dup.key, store_path=f"{DOMAIN}/{dup.key}")
+    return dup
+
+
+def _collect(done: list[SeriesResult], splits: dict[str, str], store: str, cfg: PrepConfig, plan: dict[str, Any],
+             result: LidcBuildResult) -> None:
+    """The series' rows and nodules with their patients' splits, into the catalog, nodules table and result."""
     rows, nodules = [], []
     for res in done:
         rows += [{**row, "split": splits[row["patient_id"]]} for row in res.rows]
@@ -151,5 +179,3 @@ def build_lidc(
     result.failed = [row for row in rows if row["status"] != "ok"]
     result.catalog = write_catalog(store, rows, {DOMAIN: SPEC}, {DOMAIN: tuple(plan["target_spacing"])}, cfg)
     result.nodules = save_nodules(store, pd.DataFrame(nodules))
-    result.elapsed_s = time.perf_counter() - t0
-    return result

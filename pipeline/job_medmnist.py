@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from catalog.io import local_path
+from catalog.store_format import FOREGROUND, IMAGE, CaseAttrs, local_path, meta_key, meta_path
 
 from .sources.medmnist import (FLAGS, LABELS_FILE, PERCENTILES, SPACING_FLAG, SPLITS, MedmnistData, MedmnistError,
                                normalize_volume, read_medmnist)
@@ -197,8 +197,8 @@ def _write_store(folder: str, data: MedmnistData, image_codec: str, log: Callabl
 
 
 def _records(data: MedmnistData, split: str, i: int, volume: np.ndarray, stats, spec, phash: str, rule: str
-             ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The catalog row and the case attrs of volume ``i`` of ``split`` (the fields of ``pipeline.convert``'s)."""
+             ) -> tuple[dict[str, Any], CaseAttrs]:
+    """The catalog row and the case attributes of volume ``i`` of ``split`` (the fields of ``pipeline.convert``'s)."""
     from .store import jsonable
 
     case_id, scan_id = data.case_id(split, i), data.scan_id(split, i)
@@ -216,23 +216,21 @@ def _records(data: MedmnistData, split: str, i: int, volume: np.ndarray, stats, 
         "foreground_voxels": 0, "foreground_mm3": 0.0, "spacing_flag": SPACING_FLAG,
         "status": "ok", "error": "", "params_hash": phash, "store_path": f"{data.flag}/{case_id}",
     }
-    attrs = {
-        "domain": data.flag, "case_id": case_id, "scan_id": scan_id, "spacing": unit,
-        "spacing_known": False, "origin": [0.0, 0.0, 0.0], "direction": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-        "axes": ["z", "y", "x"],
-        "original": {"size_xyz": shape[::-1], "spacing_xyz": unit, "origin": [0.0, 0.0, 0.0],
-                     "direction": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-                     "note": f"MedMNIST {split}_images[{i}], axes (D, H, W) taken as (z, y, x); no spacing, "
-                             "origin or orientation recorded"},
-        "sources": [{"path": data.path, "sha256": data.sha256, "entry": f"{split}_images[{i}]"}],
-        "channel_names": list(spec.channel_names), "modality": spec.modality,
-        "normalization": {"method": rule, "percentiles": list(PERCENTILES), "ct_window": None, "air_hu": None,
-                          "channels": [vars(stats)]},
-        "labels": {}, "medmnist": {"flag": data.flag, "split": split, "index": i,
-                                   "label": int(data.labels[split][i])},
-        "params_hash": phash,
-    }
-    return row, jsonable(attrs)
+    identity = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    attrs = CaseAttrs(
+        domain=data.flag, case_id=case_id, scan_id=scan_id, spacing=tuple(unit), spacing_known=False,
+        origin=(0.0, 0.0, 0.0), direction=identity,
+        original={"size_xyz": shape[::-1], "spacing_xyz": unit, "origin": [0.0, 0.0, 0.0], "direction": list(identity),
+                  "note": f"MedMNIST {split}_images[{i}], axes (D, H, W) taken as (z, y, x); no spacing, "
+                          "origin or orientation recorded"},
+        sources=[{"path": data.path, "sha256": data.sha256, "entry": f"{split}_images[{i}]"}],
+        channel_names=list(spec.channel_names), modality=spec.modality,
+        normalization=jsonable({"method": rule, "percentiles": list(PERCENTILES), "ct_window": None, "air_hu": None,
+                                "channels": [vars(stats)]}),
+        labels={}, params_hash=phash,
+        more={"medmnist": {"flag": data.flag, "split": split, "index": i, "label": int(data.labels[split][i])}},
+    )
+    return row, attrs
 
 
 @dataclass(frozen=True)
@@ -253,30 +251,31 @@ class _CaseWriter:
         from catalog.chunk_write import blosc_of
         from catalog.store_format import local_folder
 
-        image = root[store_path]["image"]
+        image = root[store_path][IMAGE]
         codec, folder = blosc_of(image), local_folder(root)
         assert codec is not None and folder is not None and image.chunks == image.shape, "one Blosc chunk per case"
         case = os.path.join(folder, store_path)
-        return cls(folder=folder, image_meta=Path(case, "image", "zarr.json").read_bytes(),
-                   foreground_meta=Path(case, "foreground", "zarr.json").read_bytes(),
+        return cls(folder=folder, image_meta=Path(meta_path(case, IMAGE)).read_bytes(),
+                   foreground_meta=Path(meta_path(case, FOREGROUND)).read_bytes(),
                    chunk_key=image.metadata.encode_chunk_key((0,) * image.ndim), codec=codec)
 
-    def write(self, store_path: str, image: np.ndarray, attrs: dict[str, Any], marker: dict[str, Any],
+    def write(self, store_path: str, image: np.ndarray, attrs: CaseAttrs, marker: dict[str, Any],
               row: dict[str, Any]) -> None:
-        from catalog.store_format import MARKER
+        from catalog.ngff import case_ngff
+        from catalog.store_format import MARKER, group_meta
 
         case = os.path.join(self.folder, *store_path.split("/"))
-        files = {"foreground/zarr.json": self.foreground_meta, "image/zarr.json": self.image_meta}
+        files = {meta_key(FOREGROUND): self.foreground_meta, meta_key(IMAGE): self.image_meta}
         if image.any():  # zarr writes no chunk that holds only the fill value (0)
-            files[f"image/{self.chunk_key}"] = self.codec.encode(np.ascontiguousarray(image, dtype="<f4"))
+            files[f"{IMAGE}/{self.chunk_key}"] = self.codec.encode(np.ascontiguousarray(image, dtype="<f4"))
         for rel, blob in files.items():
             dest = os.path.join(case, *rel.split("/"))
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             with open(dest, "wb") as fh:
                 fh.write(blob)
-        row["stored_bytes"] = sum(len(b) for rel, b in files.items() if rel.startswith("image/"))
+        row["stored_bytes"] = sum(len(b) for rel, b in files.items() if rel.startswith(f"{IMAGE}/"))
         done = {**marker, "row": row, "files": {rel: len(b) for rel, b in sorted(files.items())},
                 "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        group = {"attributes": {**attrs, MARKER: done}, "zarr_format": 3, "node_type": "group"}
-        with open(os.path.join(case, "zarr.json"), "w", encoding="utf-8") as fh:
+        group = group_meta({**attrs.to_attrs(), "ome": case_ngff(attrs), MARKER: done})
+        with open(meta_path(case), "w", encoding="utf-8") as fh:
             json.dump(group, fh, indent=2)

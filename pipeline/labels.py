@@ -9,38 +9,19 @@ import SimpleITK as sitk
 
 from volume import geometry
 from volume.diagnose import CaseError
+from volume.labels import compose_masks
 
 from .config import Case, DomainSpec
 from .store import foreground_rows
 
 
 def compose_label(case: Case, ref: sitk.Image) -> tuple[sitk.Image, int]:
-    """One uint8 label on ``ref``'s grid from ``case.label_parts``: voxels > 0 of each mask take its value, in
-    the order given (a later mask wins where masks overlap). Returns (label, count of voxels claimed by masks
-    of different values).
-
-    Raises CaseError naming the mask when it cannot be read or lies on another grid than the image.
-    """
-    out = np.zeros(sitk.GetArrayViewFromImage(ref).shape, np.uint8)
-    overlap = 0
-    for path, value in case.label_parts:
-        if not 0 < int(value) <= 255:
-            raise CaseError(f"{path}: label value {value} outside 1..255")
-        try:
-            mask = geometry.read_single(path, case.spacing_override, what="mask")
-        except ValueError as exc:
-            raise CaseError(str(exc)) from None
-        if not geometry.same_grid(ref, mask):
-            raise CaseError(
-                f"{path}: mask grid differs from image {case.images[0]} ({geometry.grid_mismatch(ref, mask)}); "
-                "fix the header or resample the mask"
-            )
-        on = sitk.GetArrayViewFromImage(mask) > 0
-        overlap += int(np.count_nonzero(on & (out != 0) & (out != value)))
-        out[on] = value
-    img = sitk.GetImageFromArray(out)
-    img.CopyInformation(ref)
-    return img, overlap
+    """One uint8 label on ``ref``'s grid from ``case.label_parts`` (:func:`volume.labels.compose_masks`, each mask
+    read with the case's spacing override). Returns (label, count of voxels claimed by masks of different
+    values); raises CaseError naming the mask when it cannot be read or lies on another grid than the image."""
+    return compose_masks(case.label_parts,
+                         lambda path: geometry.read_single(path, case.spacing_override, what="mask"),
+                         ref, case.images[0])
 
 
 def check_label_values(arr: np.ndarray, spec: DomainSpec, files: str) -> None:

@@ -1,18 +1,6 @@
-"""The zarr v3 store: one group per store, one group per case, arrays + attrs, completion marker last.
-
-Layout (see README)::
-
-    STORE/zarr.json                 attrs {format_version, med3d_version, created_by}
-    STORE/catalog.parquet           one row per volume
-    STORE/domains.parquet           one row per domain
-    STORE/<domain>/                 group; attrs {plan: target spacing, params}
-    STORE/<domain>/<case>/          group; attrs geometry, provenance, normalization, marker
-        image       (C, Z, Y, X) float16|float32
-        label       (Z, Y, X) uint8 (absent for unlabelled cases)
-        foreground  (N, 4) int32 rows (class, z, y, x): sampled foreground voxels for patch sampling
-
-A case counts once its group attrs hold ``med3d_complete`` (written last): object stores have no atomic rename,
-so readers ignore cases without it and a re-run rewrites them.
+"""Writing the zarr v3 store: the root group, one group per case (arrays, attributes, OME-Zarr metadata), the
+completion marker last. The layout itself (array names, files, the case attributes) is
+:mod:`catalog.store_format`'s.
 """
 from __future__ import annotations
 
@@ -20,6 +8,7 @@ import datetime as _dt
 import hashlib
 import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -27,9 +16,10 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from catalog.chunk_write import fill_array
-from catalog.io import local_path
 from catalog.remote_store import is_remote, open_store
-from catalog.store_format import MARKER, local_folder, node_meta
+from catalog.ngff import case_ngff, write_label_image
+from catalog.store_format import FOREGROUND, IMAGE, LABEL, MARKER, CaseAttrs, local_folder, local_path, node_meta
+from catalog.store_format import case_files as _folder_files
 
 from .config import FORMAT_VERSION, PrepConfig
 
@@ -110,14 +100,17 @@ def write_case(
     image: np.ndarray,
     label: np.ndarray | None,
     foreground: np.ndarray,
-    attrs: dict[str, Any],
+    attrs: CaseAttrs | Mapping[str, Any] | None,
     cfg: PrepConfig,
     marker: dict[str, Any],
     row: dict[str, Any] | None = None,
 ) -> int:
     """Write one case, replacing whatever was there, marker last. Returns the stored bytes of its arrays.
 
-    ``row`` (the case's catalog row) gets ``stored_bytes`` and is kept in the marker.
+    ``row`` (the case's catalog row) gets ``stored_bytes`` and is kept in the marker. ``attrs``: the case's
+    :class:`~catalog.store_format.CaseAttrs` (a build), which also places the case for OME-Zarr readers
+    (:mod:`catalog.ngff`); a plain mapping or None (tests, benchmarks) is written as it is, without
+    OME-Zarr metadata when it holds no geometry.
 
     image: (C, Z, Y, X) in ``cfg.dtype``; label: (Z, Y, X) uint8/int16 or None; foreground: (N, 4) int32.
     """
@@ -126,8 +119,8 @@ def write_case(
     grp = zarr.open_group(root.store, path=store_path, mode="w", zarr_format=3)
     cz, cy, cx = cfg.chunks
     img = grp.create_array(
-        "image", shape=image.shape, chunks=(1, cz, cy, cx), dtype=image.dtype,
-        compressors=compressor(cfg, image=True), fill_value=0,
+        IMAGE, shape=image.shape, chunks=(1, cz, cy, cx), dtype=image.dtype,
+        compressors=compressor(cfg, image=True), fill_value=0, dimension_names=("c", "z", "y", "x"),
     )
     fill_array(img, image)
     stored = img.nbytes_stored()
@@ -135,17 +128,21 @@ def write_case(
         if label.shape != image.shape[1:]:
             raise ValueError(f"label shape {label.shape} differs from image shape {image.shape[1:]}")
         lab = grp.create_array(
-            "label", shape=label.shape, chunks=(cz, cy, cx), dtype=label.dtype,
-            compressors=compressor(cfg), fill_value=0,
+            LABEL, shape=label.shape, chunks=(cz, cy, cx), dtype=label.dtype,
+            compressors=compressor(cfg), fill_value=0, dimension_names=("z", "y", "x"),
         )
         fill_array(lab, label)
         stored += lab.nbytes_stored()
     fg = grp.create_array(
-        "foreground", shape=foreground.shape, chunks=(max(1, foreground.shape[0]), 4), dtype="int32",
+        FOREGROUND, shape=foreground.shape, chunks=(max(1, foreground.shape[0]), 4), dtype="int32",
         compressors=compressor(cfg), fill_value=0,
     )
     if foreground.size:
         fg[...] = foreground.astype(np.int32)
+    typed = attrs if isinstance(attrs, CaseAttrs) else \
+        CaseAttrs.from_attrs(attrs) if attrs and "spacing" in attrs else None
+    if typed is not None:
+        write_label_image(grp, typed)
     done = dict(marker)
     if row is not None:
         # The finished catalog row rides in the marker, so a re-run can skip the case without recomputing it;
@@ -155,26 +152,21 @@ def write_case(
     files = case_files(grp)
     if files is not None:  # what --verify compares a stored case with (pipeline/verify.py)
         done["files"] = files
-    grp.update_attributes(attrs)  # one write of zarr.json (attrs.update writes it once per key)
+    plain = attrs.to_attrs() if isinstance(attrs, CaseAttrs) else dict(attrs or {})
+    if typed is not None:
+        plain["ome"] = case_ngff(typed)
+    grp.update_attributes(plain)  # one write of zarr.json (attrs.update writes it once per key)
     done["written_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     grp.attrs[MARKER] = done
     return int(stored)
 
 
 def case_files(grp: zarr.Group) -> dict[str, int] | None:
-    """Every file of a local case folder but its group's ``zarr.json`` (arrays' metadata and chunk files), as
-    path relative to the case → bytes; None for other stores. Recorded in the completion marker so that
+    """Every file of a local case folder but its group's metadata, as path relative to the case → bytes
+    (:func:`catalog.store_format.case_files`); None for other stores. Recorded in the completion marker so that
     ``--verify`` finds a chunk file cut short or lost after the case was written."""
     folder = local_folder(grp)
-    if folder is None:
-        return None
-    out = {}
-    for top, _, names in os.walk(folder):
-        for name in names:
-            rel = os.path.relpath(os.path.join(top, name), folder).replace(os.sep, "/")
-            if rel != "zarr.json":
-                out[rel] = os.path.getsize(os.path.join(top, name))
-    return dict(sorted(out.items()))
+    return None if folder is None else _folder_files(folder)
 
 
 def case_seed(store_path: str) -> int:

@@ -4,7 +4,7 @@ rebuilds them instead of skipping them as unchanged.
 A re-run skips a case whose completion marker matches its sources and parameters; it does not read the case's
 chunk files, so a chunk cut short by a full disk or an interrupted copy stays in the store and training stops
 on it. With ``--verify`` every skipped case is checked: the size of each of its files against the sizes the
-marker records (:func:`pipeline.store.case_files`; a stat per file, ~1 s per thousand cases), or, for cases
+marker records (:func:`catalog.store_format.case_files`; a stat per file, ~1 s per thousand cases), or, for cases
 written before markers recorded sizes and on object stores, by decoding every chunk of its arrays. A damaged
 case is converted again like a changed one.
 """
@@ -18,8 +18,8 @@ import click
 import numpy as np
 import zarr
 
-from catalog.chunk_read import file_problem, store_root
-from catalog.store_format import local_folder, node_meta
+from catalog.store_files import file_problem, store_root
+from catalog.store_format import META_FILE, array_folders, chunk_files, local_folder, node_meta
 from volume.diagnose import one_line
 
 from .store import case_marker
@@ -92,25 +92,22 @@ def _decode_all(root: zarr.Group, store_path: str) -> str | None:
             return f"{store_path}: an array does not decode ({type(exc).__name__}: {one_line(exc)})"
         return None
     case, root = os.path.join(folder, store_path), store_root(folder)
-    for name in sorted(os.listdir(case)):
-        meta_path = os.path.join(case, name, "zarr.json")
-        if not os.path.isfile(meta_path):
-            continue
+    for name in array_folders(case):
         try:
             meta = node_meta(case, name, required=True)
+            if meta.get("node_type") == "group":  # the OME-Zarr label image: links to the label's files
+                continue
             chunk_bytes = math.prod(meta["chunk_grid"]["configuration"]["chunk_shape"]) * \
                 np.dtype(meta["data_type"]).itemsize
             blosc = meta["codecs"][-1]["name"] == "blosc"
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            return f"{store_path}/{name}/zarr.json: unreadable array metadata ({one_line(exc)})"
-        for top, _, files in os.walk(os.path.join(case, name, "c")):
-            for file in files:
-                problem = file_problem(os.path.join(top, file), root)
-                if problem is None and blosc:
-                    problem = _check_frame(os.path.join(top, file), chunk_bytes)
-                if problem:
-                    rel = os.path.relpath(os.path.join(top, file), folder).replace(os.sep, "/")
-                    return f"{rel}: {problem}"
+            return f"{store_path}/{name}/{META_FILE}: unreadable array metadata ({one_line(exc)})"
+        for path in chunk_files(os.path.join(case, name)):
+            problem = file_problem(path, root)
+            if problem is None and blosc:
+                problem = _check_frame(path, chunk_bytes)
+            if problem:
+                return f"{os.path.relpath(path, folder).replace(os.sep, '/')}: {problem}"
     return None
 
 

@@ -5,7 +5,9 @@ and return SimpleITK images unless they say otherwise, and know nothing of dask 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -13,6 +15,9 @@ import SimpleITK as sitk
 from . import integrity
 from .diagnose import not_a_file, one_line
 from .nifti_header import header_reader
+
+if TYPE_CHECKING:
+    from catalog.store_format import CaseAttrs
 
 CANONICAL = "LPS"
 
@@ -350,11 +355,11 @@ def index_to_physical(idx_zyx: np.ndarray, origin, direction, spacing_zyx) -> np
     return np.asarray(origin, dtype=float) + (idx_xyz * np.asarray(spacing_zyx, dtype=float)[::-1]) @ d.T
 
 
-def to_original_grid(arr_zyx: np.ndarray, attrs: dict) -> sitk.Image:
+def to_original_grid(arr_zyx: np.ndarray, attrs: CaseAttrs | Mapping[str, Any]) -> sitk.Image:
     """Map a label array on a case's stored grid back onto the grid of the file it came from.
 
     ``arr_zyx`` is (Z, Y, X) on the stored grid (e.g. a predicted label); ``attrs`` are the case group's attrs
-    (``spacing`` (z, y, x) mm, ``origin``, ``direction`` of the stored LPS grid, and ``original``: the file's
+    (a :class:`catalog.store_format.CaseAttrs`, or their mapping: ``spacing`` (z, y, x) mm, ``origin``, ``direction`` of the stored LPS grid, and ``original``: the file's
     size, spacing, origin and direction in x, y, z order). Resampling is nearest neighbour with nearest
     extrapolation, so the file's edge voxels that lie up to half a stored voxel beyond the stored grid still get
     a value. The result has the original file's size and geometry, index for index: where the build replaced an
@@ -366,11 +371,14 @@ def to_original_grid(arr_zyx: np.ndarray, attrs: dict) -> sitk.Image:
         raise ValueError(f"expected a (Z, Y, X) array, got shape {arr.shape}")
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
-    orig = attrs["original"]
+    from catalog.store_format import CaseAttrs
+
+    grid = attrs if isinstance(attrs, CaseAttrs) else CaseAttrs.from_attrs(attrs, "to_original_grid attrs")
+    orig = grid.original
     stored = sitk.GetImageFromArray(arr)
-    stored.SetSpacing(tuple(float(s) for s in zyx_to_xyz(attrs["spacing"])))
-    stored.SetOrigin(tuple(float(v) for v in attrs["origin"]))
-    stored.SetDirection(tuple(float(v) for v in attrs["direction"]))
+    stored.SetSpacing(tuple(float(s) for s in zyx_to_xyz(grid.spacing)))
+    stored.SetOrigin(tuple(float(v) for v in grid.origin))
+    stored.SetDirection(tuple(float(v) for v in grid.direction))
     f = sitk.ResampleImageFilter()
     f.SetSize([int(n) for n in orig["size_xyz"]])
     f.SetOutputSpacing(tuple(float(s) for s in orig["spacing_xyz"]))

@@ -11,10 +11,11 @@ Two kinds of check:
   at most ``max_voxels`` voxels, a usable spacing, and enough bytes for ``vox_offset + voxels × bytes``: the file
   size of a ``.nii``, the gzip trailer's length field (ISIZE) of a ``.nii.gz``. These read a few hundred bytes and
   run where headers are read for planning, so a damaged case is refused before any voxel is read.
-- **Voxel read** (:func:`read_nifti_voxels`): the voxels of a NIfTI file, decompressed once by zlib, which checks
-  every gzip member's CRC-32 and length, and counted for NaN/Inf (float data). ``geometry.read_channels`` builds
-  its SimpleITK images from these voxels instead of letting ITK decompress the file a second time, so the
-  complete check costs about what ITK's own read would (docs/DECISIONS.md, ``benchmarks/checks.py``).
+- **Voxel read** (:func:`read_nifti_voxels`): the voxels of a NIfTI file, decompressed once (by the fastest deflate
+  installed, :mod:`volume.inflate`), which checks every gzip member's CRC-32 and length, and counted for NaN/Inf
+  (float data). ``geometry.read_channels`` builds its SimpleITK images from these voxels instead of letting ITK
+  decompress the file a second time, so the complete check costs about what ITK's own read would (docs/DECISIONS.md,
+  ``benchmarks/checks.py``).
 
 The rules on values (voxel counts and sizes, directions, extents, pixel types, finite voxels, contrast) live in
 ``value_checks`` and are re-exported here. Everything here is pure: paths and arrays in, values or errors out;
@@ -26,13 +27,13 @@ import io
 import math
 import os
 import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from .diagnose import not_a_file
+from .inflate import deflate_module
 from .value_checks import (
     DEFAULT_MAX_VOXELS, IntegrityError, check_contrast, check_direction, check_extent, check_finite,
     check_pixel_type, check_resampled_voxels, check_spacing, check_voxel_count, count_nonfinite,
@@ -125,7 +126,7 @@ def _open_stream_head(path: str, n: int) -> tuple[bytes, bool]:
         if start != _GZIP_MAGIC:
             return start + fh.read(n - len(start)), False
         fh.seek(0)
-        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        d = deflate_module().decompressobj(16 + 15)
         out, pending = b"", b""
         while len(out) < n and not d.eof:
             if not pending:
@@ -135,7 +136,7 @@ def _open_stream_head(path: str, n: int) -> tuple[bytes, bool]:
             try:  # bounded output: 4 KiB of a label's zeros inflate to megabytes
                 out += d.decompress(pending, n - len(out))
                 pending = d.unconsumed_tail
-            except zlib.error as exc:
+            except deflate_module().error as exc:
                 raise _unreadable(path, f"corrupt gzip stream at its start ({exc}): re-download the file") from None
         return out[:n], True
 
@@ -276,7 +277,7 @@ def _inflate(path: str, sink: Callable[[bytes], None] | None, expected: int | No
                 if total == 0:
                     raise IntegrityError(f"{path}: not a gzip file")
                 return total  # trailing bytes after the last member
-            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            d = deflate_module().decompressobj(16 + 15)
             while not d.eof:
                 if not pending:
                     pending = fh.read(_READ_BLOCK)
@@ -289,7 +290,7 @@ def _inflate(path: str, sink: Callable[[bytes], None] | None, expected: int | No
                             if out and sink is not None:
                                 sink(out)
                             raise _truncated(path, size, total + len(out), expected)
-                except zlib.error as exc:
+                except deflate_module().error as exc:
                     raise IntegrityError(f"{path}: corrupt gzip stream after {total:,} uncompressed bytes ({exc}): "
                                          "re-download the file") from None
                 pending = d.unconsumed_tail

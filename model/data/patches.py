@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from catalog.case_arrays import case_array
 from catalog.chunk_read import ChunkedArrayReader
-from catalog.store_format import node_meta
+from catalog.store_format import IMAGE, LABEL, node_meta
 
 from .store_index import SPLITS, CaseEntry, StoreIndex, parse_exclude
 
@@ -187,8 +187,8 @@ class StepStream(IterableDataset):
         readers = self._readers.get(key)
         if readers is None:
             root, geometry = case.store or self.store, {"shape": case.shape, "n_channels": case.n_channels}
-            readers = (case_array(root, case.store_path, "image", **geometry),
-                       case_array(root, case.store_path, "label", **geometry) if label else None)
+            readers = (case_array(root, case.store_path, IMAGE, **geometry),
+                       case_array(root, case.store_path, LABEL, **geometry) if label else None)
             self._readers[key] = readers
         return readers
 
@@ -295,7 +295,7 @@ def read_volume(store: str | os.PathLike[str], store_path: str,
     case. The arrays' metadata must agree with the case's catalog row (:func:`catalog.case_arrays.case_array`)
     before anything is allocated."""
     store = os.fspath(store)
-    img = case_array(store, store_path, "image")
+    img = case_array(store, store_path, IMAGE)
     if channel is None:
         raw = img.read((0, 0, 0, 0), tuple(img.shape))
     elif not 0 <= channel < img.shape[0]:
@@ -304,6 +304,6 @@ def read_volume(store: str | os.PathLike[str], store_path: str,
         raw = img.read((channel, 0, 0, 0), (channel + 1, *img.shape[1:]))[0]
     image = torch.from_numpy(raw).to(torch.float32).numpy()
     label = None
-    if node_meta(store, store_path, "label") is not None:
-        label = case_array(store, store_path, "label").read_all()
+    if node_meta(store, store_path, LABEL) is not None:
+        label = case_array(store, store_path, LABEL).read_all()
     return image, label

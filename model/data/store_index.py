@@ -20,8 +20,7 @@ import numpy as np
 
 from catalog import load_catalog, load_domains, scan_ids as catalog_scan_ids, select
 from catalog.case_arrays import case_array
-from catalog.io import store_join
-from catalog.store_format import MARKER, node_meta  # a case counts once its attrs hold the completion marker
+from catalog.store_format import FOREGROUND, MARKER, node_meta, store_join  # a case counts once its MARKER is there
 
 SPLITS = ("train", "val", "test")
 
@@ -152,7 +151,7 @@ class StoreIndex:
         key = (case.store, case.store_path)
         fg = self._fg_cache.get(key)
         if fg is None:
-            fg = case_array(self.store_of(case), case.store_path, "foreground", shape=case.shape,
+            fg = case_array(self.store_of(case), case.store_path, FOREGROUND, shape=case.shape,
                             n_channels=case.n_channels).read_all()
             self._fg_cache[key] = fg
         return fg

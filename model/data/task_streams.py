@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from catalog import load_catalog, load_domains, load_nodules
 from catalog.case_arrays import case_array
+from catalog.store_format import LABEL
 
 from .case_cache import MANIFEST, build_case_cache, cache_file_name
 from .patches import StepStream, _empty, read_volume
@@ -159,7 +160,7 @@ def liver_boxes(data: TaskData, progress: Callable[[int], None] | None = None) -
     """Every case's liver box from its stored label: {store_path: [lo, hi]}; cases without liver are left out."""
     out = {}
     for case in data.cases:
-        lab = case_array(data.store, case.store_path, "label", shape=case.shape,
+        lab = case_array(data.store, case.store_path, LABEL, shape=case.shape,
                          n_channels=case.n_channels).read_all()
         box = foreground_box(lab)
         if box is not None:

@@ -26,6 +26,7 @@ import pandas as pd
 import SimpleITK as sitk
 import torch
 
+from catalog.store_format import CaseAttrs
 from model.evaluation.inference import Segmenter
 from model.evaluation.metrics import _json_safe
 from model.task_api import Task
@@ -43,7 +44,7 @@ def segmenter_for_run(run: str | Path, *, task: Task, device: str | torch.device
     return task.segmenter(run, spec, device=device, amp=amp, batch=batch, overlap=overlap)
 
 
-def source_files(store: str, row: Any, attrs: dict[str, Any]) -> None:
+def source_files(store: str, row: Any, attrs: CaseAttrs) -> None:
     """Check that the source label files of a labelled case (catalog ``source_label``, or the case attrs'
     ``label_parts``) can be opened from here, before anything is written; a ValueError naming the store's catalog,
     the column and the fix otherwise. A store built before source paths were recorded absolute holds them as
@@ -51,8 +52,8 @@ def source_files(store: str, row: Any, attrs: dict[str, Any]) -> None:
     if not row.has_label:
         return
     paths = [("source_label", p) for p in str(row.source_label or "").split(";") if p]
-    if attrs.get("label_parts"):
-        paths = [("label_parts (case attrs)", str(p)) for p, _ in attrs["label_parts"]]
+    if attrs.label_parts:
+        paths = [("label_parts (case attrs)", str(p)) for p, _ in attrs.label_parts]
     where = f"{store.rstrip('/')}/catalog.parquet"
     for column, path in paths:
         if os.path.exists(path):
@@ -68,21 +69,13 @@ def source_files(store: str, row: Any, attrs: dict[str, Any]) -> None:
                          "where they are now")
 
 
-def ground_truth(row: Any, attrs: dict[str, Any]) -> sitk.Image | None:
+def ground_truth(row: Any, attrs: CaseAttrs) -> sitk.Image | None:
     """A case's source label on its source grid (composed from its masks where it has several: VISCERAL), or
     None when the case has no label."""
-    parts = attrs.get("label_parts") or []
-    if parts:
-        out = None
-        for path, value in parts:
-            mask = sitk.ReadImage(str(path))
-            arr = sitk.GetArrayFromImage(mask) > 0
-            if out is None:
-                out, ref = np.zeros(arr.shape, np.uint8), mask
-            out[arr] = int(value)
-        img = sitk.GetImageFromArray(out)
-        img.CopyInformation(ref)
-        return img
+    from volume.labels import compose_masks
+
+    if attrs.label_parts:
+        return compose_masks(attrs.label_parts, sitk.ReadImage)[0]
     if row.source_label:
         return sitk.ReadImage(str(row.source_label))
     return None
@@ -130,14 +123,13 @@ def evaluate(run: str | Path, store: str, *, task: Task, split: str | None = Non
 
 
 def segment_cases(task: Task, store: str, split: str, rows: pd.DataFrame, seg: Segmenter, out: Path,
-                  progress: bool) -> Iterator[tuple[Any, dict[str, Any], sitk.Image, sitk.Image | None, Path]]:
+                  progress: bool) -> Iterator[tuple[Any, CaseAttrs, sitk.Image, sitk.Image | None, Path]]:
     """Segment every case of ``rows`` on the stored grid, paste the label map onto the source file's grid and
     write it to ``out/pred/<task.pred_name>``; yields (row, stored attrs, prediction, source label or None,
     written path). Every path is checked to stay inside ``out/pred``. A segmenter with ``in_chans`` above 1 is
     given every stored channel."""
     from tqdm.auto import tqdm
 
-    from catalog.store_format import node_meta
     from model.data.patches import read_volume
     from model.run_folder import inside
     from volume.geometry import to_original_grid
@@ -147,12 +139,12 @@ def segment_cases(task: Task, store: str, split: str, rows: pd.DataFrame, seg: S
                                  source=f"the catalog of {store}")
              for row in rows.itertuples(index=False)}  # all checked before the first write
     for row in rows.itertuples(index=False):
-        source_files(store, row, node_meta(store, row.store_path, required=True)["attributes"])
+        source_files(store, row, CaseAttrs.read(store, row.store_path))
     folder.mkdir(parents=True, exist_ok=True)
     n_chans = getattr(seg, "in_chans", 1)
     for row in tqdm(list(rows.itertuples(index=False)), desc=f"evaluate {split}", unit="case",
                     disable=not progress):
-        attrs = node_meta(store, row.store_path, required=True)["attributes"]
+        attrs = CaseAttrs.read(store, row.store_path)
         image, _ = read_volume(store, row.store_path, None if n_chans > 1 else 0)
         if n_chans > 1 and image.shape[0] != n_chans:
             raise ValueError(f"{store}/{row.store_path}: {image.shape[0]} channel(s); the run reads {n_chans} "
@@ -183,7 +175,7 @@ def evaluate_binary(task: Task, store: str, split: str, rows: pd.DataFrame, seg:
         if truth is not None:
             p = sitk.GetArrayViewFromImage(pred) > 0
             t = sitk.GetArrayViewFromImage(truth) > 0
-            spacing = tuple(float(s) for s in reversed(attrs["original"]["spacing_xyz"]))
+            spacing = attrs.original_spacing_zyx
             rec.update(lits_metrics(p, t, spacing))
             counts.append(overlap_counts(p, t))
         records.append(rec)

@@ -3,7 +3,7 @@ split and the training patients of every cell, all checked before any training.
 
 The grid is written to ``STUDY/study.json`` on the first run; a re-run with other grid options is refused, naming
 what differs (the runtime options ``device``, ``workers``, ``amp``, ``compile``, ``ckpt_every`` may change). More
-seeds (a superset of the saved ones) extend the study: each seed's subsets are its own, the finished cells stay.
+seeds or more inits (a superset of the saved ones) extend the study: the finished cells stay, the new are new cells.
 """
 
 from __future__ import annotations
@@ -89,11 +89,19 @@ class StudyGrid:
 
         return redact_urls(json.loads(json.dumps(asdict(self))))  # tuples -> lists, as read back
 
-    def extends_seeds(self, saved: dict[str, Any]) -> bool:
-        """True when this grid asks for every seed of ``saved`` and more: each seed's subsets are drawn from that
-        seed alone, so the finished cells stay what they were and the new seeds are new cells."""
-        old = saved.get("seeds")
-        return isinstance(old, list) and set(old) < set(self.seeds)
+    def grown(self, saved: dict[str, Any]) -> list[str]:
+        """The keys (``seeds``, ``inits``) where this grid asks for everything ``saved`` holds and more. Each
+        seed's subsets are drawn from that seed alone and each init's cells are its own, so the finished cells
+        stay what they were and the new ones are new cells."""
+        mine = self.to_dict()
+        out = []
+        for key in ("seeds", "inits"):
+            old, new = saved.get(key), mine.get(key)
+            if isinstance(old, list) and isinstance(new, list):
+                as_set = (lambda v: {json.dumps(x) for x in v})
+                if as_set(old) < as_set(new):
+                    out.append(key)
+        return out
 
     def task_options(self) -> dict[str, Any]:
         """The options of :attr:`options` that the task's config has (the command line gives those of every
@@ -115,8 +123,8 @@ class StudyGrid:
 
         mine, saved = self.to_dict(), redact_urls(saved)
         keys = sorted((set(mine) | set(saved)) - {"options"})
-        diff = [k for k in keys if mine.get(k) != saved.get(k)
-                and not (k == "seeds" and self.extends_seeds(saved))]
+        grown = self.grown(saved)
+        diff = [k for k in keys if mine.get(k) != saved.get(k) and k not in grown]
         a, b = mine.get("options", {}), saved.get("options") or {}
         fields = {f.name for f in dataclasses.fields(get_task(self.task).config_type)}
         diff += [f"--{k.replace('_', '-')}" for k in sorted((set(a) | set(b)) & fields)

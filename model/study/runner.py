@@ -158,9 +158,10 @@ def _run_locked(grid: StudyGrid, study: Path, log: Callable[[str], None], figure
     t_plan = time.perf_counter()
     plan = plan_study(grid)
     study.mkdir(parents=True, exist_ok=True)
-    if saved is None or grid.extends_seeds(saved):
-        if saved is not None:
-            log(f"study: seeds {saved['seeds']} -> {list(grid.seeds)}: the finished cells are kept")
+    grown = grid.grown(saved) if saved is not None else []
+    if saved is None or grown:
+        for key in grown:
+            log(f"study: more {key} than {study / GRID_FILE} holds: the finished cells are kept, the new ones run")
         _write_json(study / GRID_FILE, grid.to_dict())
     cells = plan.cells()
     log(f"study: {len(grid.inits)} init(s) x {len(grid.fractions)} fraction(s) x {len(grid.seeds)} seed(s) = "

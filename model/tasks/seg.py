@@ -254,7 +254,7 @@ class SegTask(Task):
         for row, attrs, pred, truth, path in segment_cases(self, store, split, rows, seg, out, progress):
             rec: dict[str, Any] = {"case_id": row.case_id}
             if truth is not None:
-                spacing = tuple(float(s) for s in reversed(attrs["original"]["spacing_xyz"]))
+                spacing = attrs.original_spacing_zyx
                 scores = per_class_scores(sitk.GetArrayViewFromImage(pred), sitk.GetArrayViewFromImage(truth),
                                           len(names), spacing)
                 for name, score in zip(names[1:], scores):

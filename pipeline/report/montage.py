@@ -76,16 +76,16 @@ def read_planes(store: str, store_path: str, *, channel: int = 0, centre: str = 
     raises :class:`catalog.chunk_read.DamagedStoreError`, one line).
     """
     from catalog.case_arrays import case_array, case_geometry
-    from catalog.store_format import node_meta
+    from catalog.store_format import FOREGROUND, IMAGE, LABEL, node_meta
 
     shape, n_channels = case_geometry(store, store_path)
     geometry = {"shape": shape, "n_channels": n_channels}
-    image = case_array(store, store_path, "image", **geometry)
-    has_label = node_meta(store, store_path, "label") is not None
-    lab_r = case_array(store, store_path, "label", **geometry) if has_label else None
+    image = case_array(store, store_path, IMAGE, **geometry)
+    has_label = node_meta(store, store_path, LABEL) is not None
+    lab_r = case_array(store, store_path, LABEL, **geometry) if has_label else None
     at = None
-    if centre == "label" and lab_r is not None and node_meta(store, store_path, "foreground") is not None:
-        fg = case_array(store, store_path, "foreground", **geometry).read_all()
+    if centre == "label" and lab_r is not None and node_meta(store, store_path, FOREGROUND) is not None:
+        fg = case_array(store, store_path, FOREGROUND, **geometry).read_all()
         at = label_centre(fg, shape, class_voxels, inside=lambda p: bool(_plane(lab_r, p, None) > 0))
     centre_from = "label centroid" if at is not None else "volume centre"
     if at is None:

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from .msd import stored_case
-from .phantom import IDENTITY, label_values, record, update_manifest, write_nifti
+from .phantom import IDENTITY
+from .phantom_files import label_values, record, update_manifest, write_nifti
 
 #: LiTS volumes whose header spacing is unusable (identity affine, unit spacing).
 NO_SPACING = (2,)

@@ -15,9 +15,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .phantom import (IDENTITY, RAS, SAGITTAL, Grid, T, bias_field, case_rng, circular_fov, ct_image, add_metal,
-                      Stored, ellipsoid, label_values, mr_image, paint, place, record, to_uint8, torso, update_manifest,
-                      write_macos_junk, write_nifti)
+from .phantom import (IDENTITY, RAS, SAGITTAL, Grid, T, add_metal, bias_field, case_rng, circular_fov, ct_image,
+                      ellipsoid, mr_image, paint, to_uint8, torso)
+from .phantom_files import Stored, label_values, place, record, update_manifest, write_macos_junk, write_nifti
 
 _REL = "1.0 04/05/2018"
 _JSON_NAME = {1: "BRATS", 2: "LeftAtrium", 3: "LiTS", 5: "PROSTATE"}  # dataset.json "name" where not the folder's

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .phantom import (IDENTITY, RAS, Grid, T, add_metal, bias_field, case_rng, circular_fov, ct_image, mr_image,
-                      place, record, torso, update_manifest, write_nifti)
+from .phantom import IDENTITY, RAS, Grid, T, add_metal, bias_field, case_rng, circular_fov, ct_image, mr_image, torso
+from .phantom_files import place, record, update_manifest, write_nifti
 
 #: RadLex id -> tissues that make up the structure's mask.
 STRUCTURES: dict[int, tuple[int, ...]] = {1302: (T.LUNG_R,), 1326: (T.LUNG_L,),

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from catalog.store_format import MARKER
+from catalog.store_format import MARKER, CaseAttrs
 from volume import intensity
 from volume.diagnose import unreadable_file
 
@@ -332,33 +332,32 @@ def _write_crop(root, ref: LidcSeriesRef, nod: Nodule, rec: dict[str, Any], mask
                                   "malignancy_median", "label", "n_readers", "n_readers_contoured", "reader_ids",
                                   "reader_nodule_ids")}
     nodule.update(consensus_voxels_source=mask.voxels, consensus_mm3_source=mask.voxels * src_voxel_mm3)
-    attrs = {
-        "domain": DOMAIN, "case_id": case_id, "scan_id": row["scan_id"], "patient_id": ref.patient_id,
-        "study_uid": ref.study_uid, "series_uid": ref.series_uid,
-        "spacing": [params.crop_spacing] * 3, "origin": info["origin_mm"],
-        "direction": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0], "axes": ["z", "y", "x"],
-        "original": {"size_xyz": list(image.GetSize()), "spacing_xyz": list(image.GetSpacing()),
-                     "origin": list(image.GetOrigin()), "direction": list(image.GetDirection()),
-                     "note": "the DICOM series as read by GDCM (x, y, z order); z spacing = median slice gap"},
-        "sources": [sources["dicom"], sources["xml"]],
-        "channel_names": list(SPEC.channel_names), "modality": "CT",
-        "normalization": {
+    attrs = CaseAttrs(
+        domain=DOMAIN, case_id=case_id, scan_id=row["scan_id"], spacing=(params.crop_spacing,) * 3,
+        origin=tuple(info["origin_mm"]),
+        original={"size_xyz": list(image.GetSize()), "spacing_xyz": list(image.GetSpacing()),
+                  "origin": list(image.GetOrigin()), "direction": list(image.GetDirection()),
+                  "note": "the DICOM series as read by GDCM (x, y, z order); z spacing = median slice gap"},
+        sources=[sources["dicom"], sources["xml"]], channel_names=list(SPEC.channel_names), modality="CT",
+        normalization={
             "method": "HU below air_hu clamped; clip to the whole series' percentiles (or the CT window); "
                       "z-score with the clipped series' mean/std",
             "percentiles": list(cfg.clip_percentiles), "ct_window": list(cfg.ct_window) if cfg.ct_window else None,
             "air_hu": cfg.air_hu, "outside_hu": AIR_HU, "statistics_from": "whole series",
             "channels": [vars(stats)],
         },
-        "labels": {"1": "nodule"},
-        "label_rule": f"voxels marked by >= {params.consensus_fraction:g} of the readers who marked the nodule; "
-                      "nearest neighbour onto the crop grid",
-        "nodule": jsonable(nodule),
-        "malignancy_label": rec["label"],
-        "padded": bool(info["padded"]), "fraction_outside": float(info["fraction_outside"]),
-        "crop": {"size_mm": params.crop_mm, "spacing_mm": params.crop_spacing, "n_clamped": info["n_clamped"]},
-        "params_hash": params_hash, "lidc_params": params.to_dict(),
-    }
+        labels={"1": "nodule"}, params_hash=params_hash,
+        more={
+            "patient_id": ref.patient_id, "study_uid": ref.study_uid, "series_uid": ref.series_uid,
+            "label_rule": f"voxels marked by >= {params.consensus_fraction:g} of the readers who marked the "
+                          "nodule; nearest neighbour onto the crop grid",
+            "nodule": jsonable(nodule), "malignancy_label": rec["label"],
+            "padded": bool(info["padded"]), "fraction_outside": float(info["fraction_outside"]),
+            "crop": {"size_mm": params.crop_mm, "spacing_mm": params.crop_spacing, "n_clamped": info["n_clamped"]},
+            "lidc_params": params.to_dict(),
+        },
+    )
     cz = dataclasses.replace(cfg, chunks=tuple(min(c, n) for c in cfg.chunks))  # one 48³ chunk, not a 64³ one
     write_case(root, store_path, data, label, fg, attrs, cz,
-               marker={"params_hash": params_hash, "sources": attrs["sources"]}, row=row)
+               marker={"params_hash": params_hash, "sources": attrs.sources}, row=row)
     return row, float(info["fraction_outside"])

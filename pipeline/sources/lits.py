@@ -108,15 +108,7 @@ def scan_lits(
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: not a folder; pass the folder holding volume-N.nii / segmentation-N.nii")
-    files: dict[tuple[str, int], Path] = {}
-    for path in sorted(root.rglob("*.nii*")):
-        m = _FILE.match(path.name)
-        if not m or not path.is_file():
-            continue
-        key = (m.group(1), int(m.group(2)))
-        if key in files:
-            raise ValueError(f"{key[0]}-{key[1]} found twice: {files[key]} and {path}; keep one")
-        files[key] = path
+    files = _lits_files(root)
     volumes = sorted(n for kind, n in files if kind == "volume")
     tests = sorted(n for kind, n in files if kind == "test-volume")
     if not volumes and not tests:
@@ -132,12 +124,34 @@ def scan_lits(
             headers[key] = geometry.read_header(str(files[key]))
         except ValueError:
             headers[key] = None  # the build reports it as a failed case
+    mean_zyx = _trusted_mean_spacing([headers[("volume", n)] for n in volumes], volumes, table)
+    cases = [_lits_case(kind, n, files, headers[(kind, n)], table, mean_zyx, notes) for kind, n in entries]
+    if table:
+        notes.append(f"spacing table rows matching no volume (ignored): {', '.join(sorted(table))}")
+    return LITS_SPEC, cases, notes
 
-    # Mean over training volumes with a trustworthy spacing (usable header or a table entry), in canonical axes
-    # so volumes stored in different axis orders average like with like.
+
+def _lits_files(root: Path) -> dict[tuple[str, int], Path]:
+    """{(kind, N): file} of every LiTS file under ``root`` (volume, segmentation, test-volume); a ValueError
+    when one is there twice."""
+    files: dict[tuple[str, int], Path] = {}
+    for path in sorted(root.rglob("*.nii*")):
+        m = _FILE.match(path.name)
+        if not m or not path.is_file():
+            continue
+        key = (m.group(1), int(m.group(2)))
+        if key in files:
+            raise ValueError(f"{key[0]}-{key[1]} found twice: {files[key]} and {path}; keep one")
+        files[key] = path
+    return files
+
+
+def _trusted_mean_spacing(headers: list[geometry.Header | None], volumes: list[int],
+                          table: dict[str, tuple[float, float, float]]) -> tuple[float, ...] | None:
+    """Mean (z, y, x) spacing over training volumes with a trustworthy spacing (usable header or a table
+    entry), in canonical axes so volumes stored in different axis orders average like with like."""
     trusted = []
-    for n in volumes:
-        hdr = headers[("volume", n)]
+    for n, hdr in zip(volumes, headers):
         if hdr is None:
             continue
         name = f"volume-{n}"
@@ -146,34 +160,31 @@ def scan_lits(
         elif not has_usable_spacing(hdr):
             continue
         trusted.append(hdr.canonical_spacing_zyx())
-    mean_zyx = tuple(float(v) for v in np.mean(trusted, axis=0)) if trusted else None
+    return tuple(float(v) for v in np.mean(trusted, axis=0)) if trusted else None
 
-    cases = []
-    for kind, n in entries:
-        name = f"{kind}-{n}"
-        hdr = headers[(kind, n)]
-        override, extra = None, {}
-        if name in table:
-            override, extra["spacing_flag"] = table.pop(name), FLAG_OVERRIDE
-        elif hdr is not None and not has_usable_spacing(hdr):
-            if mean_zyx is None:
-                raise ValueError(
-                    f"{files[(kind, n)]}: no usable spacing in its header and no training volume with usable "
-                    "spacing to average; pass a spacing table (--spacing-override)"
-                )
-            override = _file_spacing(mean_zyx, hdr.direction)
-            extra["spacing_flag"] = FLAG_NO_SPACING
-            notes.append(f"{name}: header spacing {hdr.spacing} unusable; using the training mean "
-                         f"{tuple(round(s, 4) for s in override)} mm (x, y, z)")
-        if kind == "volume":
-            seg = files.get(("segmentation", n), files[(kind, n)].with_name(f"segmentation-{n}.nii"))
-            cases.append(Case(domain=DOMAIN, case_id=name, scan_id=f"lits:{n}", patient_id=f"lits:{n}",
-                              images=(str(files[(kind, n)]),), label=str(seg),
-                              spacing_override=override, extra=extra))
-        else:
-            cases.append(Case(domain=DOMAIN, case_id=name, scan_id=f"lits-test:{n}", patient_id=f"lits-test:{n}",
-                              images=(str(files[(kind, n)]),), split_hint="test",
-                              spacing_override=override, extra=extra))
-    if table:
-        notes.append(f"spacing table rows matching no volume (ignored): {', '.join(sorted(table))}")
-    return LITS_SPEC, cases, notes
+
+def _lits_case(kind: str, n: int, files: dict[tuple[str, int], Path], hdr: geometry.Header | None,
+               table: dict[str, tuple[float, float, float]], mean_zyx: tuple[float, ...] | None,
+               notes: list[str]) -> Case:
+    """The case of volume (or test volume) ``n``: its spacing from the table (the row is used up), else the
+    training mean when its header's is unusable (noted)."""
+    name = f"{kind}-{n}"
+    override, extra = None, {}
+    if name in table:
+        override, extra["spacing_flag"] = table.pop(name), FLAG_OVERRIDE
+    elif hdr is not None and not has_usable_spacing(hdr):
+        if mean_zyx is None:
+            raise ValueError(
+                f"{files[(kind, n)]}: no usable spacing in its header and no training volume with usable "
+                "spacing to average; pass a spacing table (--spacing-override)"
+            )
+        override = _file_spacing(mean_zyx, hdr.direction)
+        extra["spacing_flag"] = FLAG_NO_SPACING
+        notes.append(f"{name}: header spacing {hdr.spacing} unusable; using the training mean "
+                     f"{tuple(round(s, 4) for s in override)} mm (x, y, z)")
+    if kind == "volume":
+        seg = files.get(("segmentation", n), files[(kind, n)].with_name(f"segmentation-{n}.nii"))
+        return Case(domain=DOMAIN, case_id=name, scan_id=f"lits:{n}", patient_id=f"lits:{n}",
+                    images=(str(files[(kind, n)]),), label=str(seg), spacing_override=override, extra=extra)
+    return Case(domain=DOMAIN, case_id=name, scan_id=f"lits-test:{n}", patient_id=f"lits-test:{n}",
+                images=(str(files[(kind, n)]),), split_hint="test", spacing_override=override, extra=extra)

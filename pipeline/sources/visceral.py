@@ -140,6 +140,32 @@ def scan_visceral(
         raise ValueError(f"{root}: not a folder; pass the folder holding Volumes/ and Segmentations/")
     spec = visceral_spec(lung_labels)
     values = LUNG_LABELS[lung_labels]
+    volumes, masks, ignored = _visceral_files(root, values)
+    if not volumes:
+        raise ValueError(f"{root}: no <patient>_<volume>_<modality>_<region>.nii.gz volume "
+                         f"(modalities {', '.join(MODALITIES)})")
+    notes = []
+    if ignored:
+        notes.append(f"{ignored} NIfTI file(s) ignored (masks of other structures, other names)")
+    orphans = sorted(set(masks) - set(volumes))
+    if orphans:
+        notes.append(f"lung masks without their volume (ignored): {', '.join(orphans)}")
+    annotated = [v for v in volumes.values() if all(masks[v.name].get(r) for r in (RIGHT_LUNG, LEFT_LUNG))]
+    test_patients = _test_patients(annotated, masks, n_test, seed, notes)
+    cases = [_visceral_case(v, masks.get(v.name, {}), values, test_patients)
+             for v in sorted(volumes.values(), key=lambda v: v.name)]
+    n_tests = sum(1 for c in cases if c.split_hint == "test")
+    notes.append(
+        f"{len(volumes)} volumes: {len(annotated)} with both lungs annotated ({n_tests} fixed as test, "
+        f"{len(annotated) - n_tests} for train/val), {len(volumes) - len(annotated)} unannotated"
+    )
+    return spec, cases, notes
+
+
+def _visceral_files(root: Path, values: dict[int, int]
+                    ) -> tuple[dict[str, _Volume], dict[str, dict[int, dict[int, Path]]], int]:
+    """(volumes by name, lung masks by volume → RadLex id → annotator, count of other NIfTI files) under
+    ``root``; a ValueError when a volume is there twice."""
     volumes: dict[str, _Volume] = {}
     masks: dict[str, dict[int, dict[int, Path]]] = defaultdict(lambda: defaultdict(dict))
     ignored = 0
@@ -151,25 +177,17 @@ def scan_visceral(
             if stem in volumes:
                 raise ValueError(f"volume {stem} found twice: {volumes[stem].path} and {path}; keep one")
             volumes[stem] = _Volume(stem, path, m["patient"], m["mod"])
-        elif m := _MASK.match(stem):
-            radlex, annotator = int(m["radlex"]), int(m["annotator"])
-            if radlex in values:
-                masks[m["volume"]][radlex][annotator] = path
-            else:
-                ignored += 1
+        elif (m := _MASK.match(stem)) and int(m["radlex"]) in values:
+            masks[m["volume"]][int(m["radlex"])][int(m["annotator"])] = path
         else:
             ignored += 1
-    if not volumes:
-        raise ValueError(f"{root}: no <patient>_<volume>_<modality>_<region>.nii.gz volume "
-                         f"(modalities {', '.join(MODALITIES)})")
-    notes = []
-    if ignored:
-        notes.append(f"{ignored} NIfTI file(s) ignored (masks of other structures, other names)")
-    orphans = sorted(set(masks) - set(volumes))
-    if orphans:
-        notes.append(f"lung masks without their volume (ignored): {', '.join(orphans)}")
+    return volumes, masks, ignored
 
-    annotated = [v for v in volumes.values() if all(masks[v.name].get(r) for r in (RIGHT_LUNG, LEFT_LUNG))]
+
+def _test_patients(annotated: list[_Volume], masks: dict[str, dict[int, dict[int, Path]]], n_test: int, seed: int,
+                   notes: list[str]) -> set[str]:
+    """The patients drawn for the fixed test split among the volumes that can be built (notes say which cannot,
+    and which modality has no annotated volume)."""
     # Rule: the lowest annotator id (VISCERAL numbers its annotators; any fixed choice would do, this one is
     # stable when more annotations are added later).
     lung_files = {v.name: [masks[v.name][r][min(masks[v.name][r])] for r in (RIGHT_LUNG, LEFT_LUNG)]
@@ -185,35 +203,30 @@ def scan_visceral(
     missing_mods = sorted(set(MODALITIES) - {v.modality for v in annotated})
     if missing_mods:
         notes.append(f"no annotated volume of modality {', '.join(missing_mods)}: not in train or test")
+    return set(test_patients)
 
-    cases = []
-    for v in sorted(volumes.values(), key=lambda v: v.name):
-        extra: dict = {"source_modality": v.modality}
-        found = masks.get(v.name, {})
-        parts: list[tuple[str, int]] = []
-        for radlex in (RIGHT_LUNG, LEFT_LUNG):
-            by_annotator = found.get(radlex, {})
-            if by_annotator:
-                annotator = min(by_annotator)  # the rule above
-                parts.append((str(by_annotator[annotator]), values[radlex]))
-                extra[f"annotator_{radlex}"] = annotator
-                if len(by_annotator) > 1:
-                    extra[f"other_annotators_{radlex}"] = sorted(a for a in by_annotator if a != annotator)
-        if len(parts) == 2:
-            split = "test" if v.patient in test_patients else None
-            extra["lung_annotation"] = "both"
-        else:
-            have = [str(r) for r in (RIGHT_LUNG, LEFT_LUNG) if found.get(r)]
-            extra["lung_annotation"] = f"only {have[0]}" if have else "none"
-            parts, split = [], "unannotated"
-        cases.append(Case(
-            domain=DOMAIN, case_id=v.name, scan_id=f"visceral:{v.name}", patient_id=v.patient,
-            images=(str(v.path),), label_parts=tuple(parts), split_hint=split,
-            modality="CT" if v.modality.startswith("CT") else "MR", extra=extra,
-        ))
-    n_tests = sum(1 for c in cases if c.split_hint == "test")
-    notes.append(
-        f"{len(volumes)} volumes: {len(annotated)} with both lungs annotated ({n_tests} fixed as test, "
-        f"{len(annotated) - n_tests} for train/val), {len(volumes) - len(annotated)} unannotated"
-    )
-    return spec, cases, notes
+
+def _visceral_case(v: _Volume, found: dict[int, dict[int, Path]], values: dict[int, int],
+                   test_patients: set[str]) -> Case:
+    """The case of volume ``v``: both lung masks (the lowest annotator's) as label parts, or unlabelled in split
+    "unannotated" when a lung is missing."""
+    extra: dict = {"source_modality": v.modality}
+    parts: list[tuple[str, int]] = []
+    for radlex in (RIGHT_LUNG, LEFT_LUNG):
+        by_annotator = found.get(radlex, {})
+        if by_annotator:
+            annotator = min(by_annotator)  # the rule of _test_patients
+            parts.append((str(by_annotator[annotator]), values[radlex]))
+            extra[f"annotator_{radlex}"] = annotator
+            if len(by_annotator) > 1:
+                extra[f"other_annotators_{radlex}"] = sorted(a for a in by_annotator if a != annotator)
+    if len(parts) == 2:
+        split = "test" if v.patient in test_patients else None
+        extra["lung_annotation"] = "both"
+    else:
+        have = [str(r) for r in (RIGHT_LUNG, LEFT_LUNG) if found.get(r)]
+        extra["lung_annotation"] = f"only {have[0]}" if have else "none"
+        parts, split = [], "unannotated"
+    return Case(domain=DOMAIN, case_id=v.name, scan_id=f"visceral:{v.name}", patient_id=v.patient,
+                images=(str(v.path),), label_parts=tuple(parts), split_hint=split,
+                modality="CT" if v.modality.startswith("CT") else "MR", extra=extra)

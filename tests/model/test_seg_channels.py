@@ -72,7 +72,7 @@ def run_all(two_channel, our_checkpoint) -> Path:  # noqa: F811
 
 def test_the_stream_reads_every_stored_channel(two_channel):
     from catalog.chunk_read import ChunkedArrayReader
-    from catalog.io import store_join
+    from catalog.store_format import store_join
     from model.data.patches import PatchConfig, PretrainStream, sample_patch_spec
     from model.data.store_index import StoreIndex
     from model.data.task_streams import task_data

@@ -217,11 +217,11 @@ def test_a_failed_cell_is_a_row_and_the_others_go_on(tiny_store, tmp_path, monke
     assert set(rows["status"]) == {"ok"} and done.stat().st_mtime_ns == mtime  # the failed cell tried again only
 
 
-def test_more_seeds_extend_a_study_other_changes_do_not(tiny_store):
+def test_more_seeds_or_inits_extend_a_study_other_changes_do_not(tiny_store):
     from model.study.grid import StudyGrid
 
-    def grid(seeds, steps=2):
-        return StudyGrid(task="seg", store=tiny_store, inits=(("scratch", "scratch"),), fractions=(1.0,),
+    def grid(seeds, steps=2, inits=(("scratch", "scratch"),)):
+        return StudyGrid(task="seg", store=tiny_store, inits=inits, fractions=(1.0,),
                          seeds=seeds, holdout=(1, 1), options={"steps": steps})
 
     saved = grid((0,)).to_dict()
@@ -229,3 +229,7 @@ def test_more_seeds_extend_a_study_other_changes_do_not(tiny_store):
     assert grid((1, 2)).differences(saved) == ["seeds"]       # a seed dropped: refused
     assert grid((0,), steps=5).differences(saved) == ["--steps"]
     assert grid((0, 1), steps=5).differences(saved) == ["--steps"]
+    more = (("scratch", "scratch"), ("pre", "/runs/pre"))
+    assert grid((0,), inits=more).differences(saved) == [] and grid((0,), inits=more).grown(saved) == ["inits"]
+    assert grid((0,), inits=(("pre", "/runs/pre"),)).differences(saved) == ["inits"]  # scratch dropped
+    assert grid((0,), inits=(("scratch", "/runs/other"),)).differences(saved) == ["inits"]  # other weights

@@ -74,3 +74,44 @@ def assert_same_stores(store_a: str, domain_a: str, store_b: str, domain_b: str,
     doms_b = load_domains(store_b).set_index("domain").loc[domain_b]
     for col in ("target_spacing", "num_classes", "labels", "n_channels", "modality", "n_volumes"):
         assert np.array_equal(np.asarray(doms_a[col]), np.asarray(doms_b[col])), (col, doms_a[col], doms_b[col])
+
+
+def ngff_extent(store: str, store_path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(image extent (z, y, x) mm, image translation, label extent, label translation) as an OME-Zarr reader
+    computes them: validated by ome-zarr-models, array shape × the level's scale."""
+    from ome_zarr_models import v05
+
+    group = zarr.open_group(store, path=store_path, mode="r")
+    image = v05.Image.from_zarr(group)
+    (level,) = image.ome_attributes.multiscales[0].datasets
+    scale, translation = (t for t in level.coordinateTransformations)
+    shape = np.array(group[level.path].shape)
+    extent = (shape * np.array(scale.scale))[1:], np.array(translation.translation)[1:]
+    if image.labels is None:
+        return (*extent, None, None)
+    from catalog.ngff import LABEL_IMAGE
+    from catalog.store_format import LABEL
+
+    assert image.labels.label_paths == [LABEL]
+    label = v05.ImageLabel.from_zarr(zarr.open_group(store, path=f"{store_path}/{LABEL_IMAGE}", mode="r"))
+    (lvl,) = label.ome_attributes.multiscales[0].datasets
+    lscale, ltrans = (t for t in lvl.coordinateTransformations)
+    lshape = np.array(group[f"{LABEL_IMAGE}/{lvl.path}"].shape)
+    return (*extent, lshape * np.array(lscale.scale), np.array(ltrans.translation))
+
+
+def check_ngff_case(store: str, row) -> None:
+    """The case validates and sits at its physical size: extent = shape × spacing, translation = origin."""
+    from catalog.case_arrays import case_array
+    from catalog.ngff import LABEL_IMAGE, LEVEL
+    from catalog.store_format import LABEL, CaseAttrs
+
+    attrs = CaseAttrs.read(store, row.store_path)
+    extent, origin, lextent, lorigin = ngff_extent(store, row.store_path)
+    expected = np.array(row.shape) * np.array(row.target_spacing)
+    assert np.allclose(extent, expected) and np.allclose(origin, attrs.origin[::-1]), row.store_path
+    assert (lextent is not None) == bool(row.has_label), row.store_path
+    if row.has_label:
+        assert np.allclose(lextent, expected) and np.allclose(lorigin, origin)
+        linked = zarr.open_array(store, path=f"{row.store_path}/{LABEL_IMAGE}/{LEVEL}", mode="r")[...]
+        assert np.array_equal(linked, case_array(store, row.store_path, LABEL).read_all())

@@ -20,7 +20,8 @@ import SimpleITK as sitk
 from click.testing import CliRunner
 
 from catalog import load_catalog, load_domains
-from pipeline.cli import EXIT_FAILED_CASES, main
+from pipeline.cli import main
+from pipeline.cli_options import EXIT_FAILED_CASES
 from pipeline.sample.lits import write_lits_sample
 from pipeline.sample.visceral import write_visceral_sample
 from pipeline.sources.lidc_series import find_lidc_series

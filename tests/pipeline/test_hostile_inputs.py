@@ -20,7 +20,7 @@ import SimpleITK as sitk
 
 from catalog import load_catalog, load_nodules
 from pipeline import job
-from pipeline.cli import EXIT_FAILED_CASES
+from pipeline.cli_options import EXIT_FAILED_CASES
 from pipeline.config import Case, DomainSpec, PrepConfig
 from pipeline.sources.lidc_series import find_lidc_series
 from test_bad_inputs import _cli, _files, _set, _with_header, _written_outside

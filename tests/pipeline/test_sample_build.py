@@ -118,3 +118,17 @@ def test_liver_scan_identity_matches_lits(sample_store):
     liver = cat[cat["domain"] == "liver"].set_index("case_id")
     assert liver.loc["liver_0", "scan_id"] == "lits:0"
     assert all(s.startswith("msd:") for s in cat[cat["domain"] != "liver"]["scan_id"])
+
+
+def test_every_case_opens_in_ome_zarr_readers_at_its_physical_size(sample_store):
+    """NGFF 0.5 validation (ome-zarr-models) of every case of the eight-task sample (4- and 2-channel images,
+    anisotropic CT, oblique and permuted MR): its extent is shape × the stored spacing, its translation the
+    stored origin, its label an NGFF label image with the label's voxels."""
+    pytest.importorskip("ome_zarr_models", reason="ome-zarr-models is in the test extra: pip install -e '.[test]'")
+    from helpers import check_ngff_case
+
+    _, store, _, _ = sample_store
+    cat = load_catalog(store)
+    assert len(cat) > 20 and cat["has_label"].any() and not cat["has_label"].all()
+    for row in cat.itertuples():
+        check_ngff_case(store, row)

@@ -1,0 +1,132 @@
+"""The full spatial + intensity augmentation of nnU-Net's recipe, as one resampling and a few elementwise ops.
+
+:mod:`model.data.augment` rotates and translates; this module adds what nnU-Net's default training transforms
+do besides (and what ``benchmarks/loader_peers.py`` gives all three loaders): scaling and mirroring, folded into
+the same sampling matrix so that image and label are resampled once (one ``grid_sample`` each, however many
+spatial transforms apply), then multiplicative brightness, contrast and gamma on the image.
+
+Parameters are drawn once per batch as a pure function of ``(seed, step)`` (:func:`augment_params`, on the CPU,
+from their own stream: the rigid augmentation's draws are not changed by it) and applied deterministically
+(:func:`apply_augment`), on any device. Defaults (:class:`AugmentSpec`) are nnU-Net v2's for 3D: rotation
+±30° about each axis with p 0.2, scaling in [0.7, 1.4] with p 0.2, mirroring of each axis with p 0.5, brightness
+×[0.75, 1.25] with p 0.15, contrast ×[0.75, 1.25] with p 0.15 (range kept), gamma in [0.7, 1.5] with p 0.3
+(mean and std kept). Scaling ``s > 1`` enlarges the content (the patch shows ``1/s`` of the extent).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .augment import apply_rigid, rigid_matrix
+
+__all__ = ["AugmentParams", "AugmentSpec", "apply_augment", "apply_intensity", "augment_params"]
+
+_DRAWS = 15  # uniform numbers per sample: the layout below; fixed, so a changed probability keeps the others
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    rotation_deg: float = 30.0
+    p_rotation: float = 0.2
+    scale: tuple[float, float] = (0.7, 1.4)
+    p_scale: float = 0.2
+    p_mirror: float = 0.5
+    brightness: tuple[float, float] = (0.75, 1.25)
+    p_brightness: float = 0.15
+    contrast: tuple[float, float] = (0.75, 1.25)
+    p_contrast: float = 0.15
+    gamma: tuple[float, float] = (0.7, 1.5)
+    p_gamma: float = 0.3
+
+    def __post_init__(self) -> None:
+        for name in ("p_rotation", "p_scale", "p_mirror", "p_brightness", "p_contrast", "p_gamma"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        for name in ("scale", "brightness", "contrast", "gamma"):
+            lo, hi = getattr(self, name)
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+                raise ValueError(f"{name} must be a range 0 < low <= high, got {(lo, hi)}")
+        if not (math.isfinite(self.rotation_deg) and 0 <= self.rotation_deg <= 180):
+            raise ValueError(f"rotation_deg must be in [0, 180], got {self.rotation_deg}")
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """One batch's draws: ``theta`` (B, 3, 4) sampling matrices, and per sample ``brightness``, ``contrast``,
+    ``gamma`` factors (1 where not applied), plus the raw draws for tests (``angles_deg`` (B, 3), ``scale`` (B,),
+    ``mirror`` (B, 3) bool in (z, y, x))."""
+
+    theta: torch.Tensor
+    angles_deg: torch.Tensor
+    scale: torch.Tensor
+    mirror: torch.Tensor
+    brightness: torch.Tensor
+    contrast: torch.Tensor
+    gamma: torch.Tensor
+
+
+def _seed(seed: int, step: int) -> int:
+    digest = hashlib.blake2b(f"med3d-augment:{int(seed)}:{int(step)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & (2**63 - 1)
+
+
+def _ranged(u: torch.Tensor, applied: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    return torch.where(applied, lo + u * (hi - lo), torch.ones_like(u))
+
+
+def augment_params(spec: AugmentSpec, seed: int, step: int, batch: int, *, shape: tuple[int, int, int],
+                   spacing: tuple[float, float, float] | None = None) -> AugmentParams:
+    """Draw one batch's augmentation (a pure function of its arguments). ``shape``: the patch (D, H, W); with
+    ``spacing`` (z, y, x) mm the rotation is rigid in mm, as in :func:`model.data.augment.rigid_matrix`."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    u = torch.rand(batch, _DRAWS, generator=torch.Generator().manual_seed(_seed(seed, step)), dtype=torch.float64)
+    rotate = u[:, 3] < spec.p_rotation
+    angles = (2 * u[:, 0:3] - 1) * spec.rotation_deg * rotate[:, None]
+    scale = _ranged(u[:, 4], u[:, 5] < spec.p_scale, *spec.scale)
+    mirror = u[:, 6:9] < spec.p_mirror
+    theta = rigid_matrix(angles, torch.zeros_like(angles), shape=shape, spacing=spacing).to(torch.float64)
+    flip_xyz = torch.where(mirror.flip(-1), -1.0, 1.0).to(torch.float64)   # columns are (x, y, z)
+    theta[:, :, :3] = theta[:, :, :3] * flip_xyz[:, None, :] / scale[:, None, None]
+    theta[:, :, 3] = theta[:, :, 3] / scale[:, None]
+    return AugmentParams(theta=theta.to(torch.float32), angles_deg=angles, scale=scale, mirror=mirror,
+                         brightness=_ranged(u[:, 9], u[:, 10] < spec.p_brightness, *spec.brightness),
+                         contrast=_ranged(u[:, 11], u[:, 12] < spec.p_contrast, *spec.contrast),
+                         gamma=_ranged(u[:, 13], u[:, 14] < spec.p_gamma, *spec.gamma))
+
+
+def apply_intensity(image: torch.Tensor, params: AugmentParams) -> torch.Tensor:
+    """Brightness (multiply), contrast (scale about the sample's mean, clipped to its former range) and gamma
+    (on the sample's range mapped to [0, 1], then its mean and std restored), per sample of (B, C, D, H, W)."""
+    work = image.to(torch.float32)
+    b = work.shape[0]
+    shape = (b,) + (1,) * (work.dim() - 1)
+    dims = tuple(range(1, work.dim()))
+    work = work * params.brightness.to(work).view(shape)
+    c = params.contrast.to(work).view(shape)
+    if bool((params.contrast != 1).any()):
+        mean = work.mean(dims, keepdim=True)
+        lo, hi = work.amin(dims, keepdim=True), work.amax(dims, keepdim=True)
+        work = torch.where(c != 1, ((work - mean) * c + mean).clamp(lo, hi), work)
+    g = params.gamma.to(work).view(shape)
+    if bool((params.gamma != 1).any()):
+        mean, std = work.mean(dims, keepdim=True), work.std(dims, keepdim=True)
+        lo, hi = work.amin(dims, keepdim=True), work.amax(dims, keepdim=True)
+        span = (hi - lo).clamp_min(1e-7)
+        out = ((work - lo) / span).clamp(0, 1).pow(g) * span + lo
+        out = (out - out.mean(dims, keepdim=True)) / out.std(dims, keepdim=True).clamp_min(1e-7) * std + mean
+        work = torch.where(g != 1, out, work)
+    return work.to(image.dtype)
+
+
+def apply_augment(image: torch.Tensor, label: torch.Tensor, params: AugmentParams, *,
+                  pad_image: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample image and label once with ``params.theta`` (skipped when every sample is the identity), then the
+    intensity transforms. Shapes and dtypes as :func:`model.data.augment.apply_rigid`."""
+    eye = torch.eye(3, 4, dtype=params.theta.dtype).expand_as(params.theta)
+    if not torch.equal(params.theta, eye):
+        image, label = apply_rigid(image, label, params.theta, pad_image=pad_image)
+    return apply_intensity(image, params), label

@@ -1,0 +1,104 @@
+"""nnU-Net's augmentation set (rotation, scaling, mirroring, brightness, contrast, gamma) as drawn and applied by
+model/data/augment_affine.py: the draws follow the stated probabilities and ranges, and each transform does what
+it says on real numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.data.augment import rigid_params
+from model.data.augment_affine import AugmentSpec, apply_augment, apply_intensity, augment_params
+
+SPEC = AugmentSpec()
+
+
+def _draws(n_steps=400, batch=5):
+    return [augment_params(SPEC, seed=3, step=s, batch=batch, shape=(32, 32, 32)) for s in range(n_steps)]
+
+
+def test_draws_follow_the_probabilities_and_ranges():
+    ps = _draws()
+    cat = {k: torch.cat([getattr(p, k) for p in ps]) for k in ("angles_deg", "scale", "mirror", "brightness",
+                                                             "contrast", "gamma")}
+    n = len(cat["scale"])  # 2,000 samples: a binomial share is within ~4 standard errors of p
+
+    def share(mask, p):
+        assert abs(mask.double().mean().item() - p) < 4 * np.sqrt(p * (1 - p) / mask.numel()), (mask.mean(), p)
+
+    share(cat["angles_deg"].abs().sum(1) > 0, 0.2)
+    assert cat["angles_deg"].abs().max() <= 30
+    share(cat["scale"] != 1, 0.2)
+    assert cat["scale"].min() >= 0.7 and cat["scale"].max() <= 1.4
+    share(cat["mirror"], 0.5)
+    for name, p, (lo, hi) in (("brightness", 0.15, (0.75, 1.25)), ("contrast", 0.15, (0.75, 1.25)),
+                              ("gamma", 0.3, (0.7, 1.5))):
+        share(cat[name] != 1, p)
+        applied = cat[name][cat[name] != 1]
+        assert applied.min() >= lo and applied.max() <= hi
+        assert abs(applied.mean().item() - (lo + hi) / 2) < 0.05 * (hi - lo) * 4  # uniform in the range
+    assert n == 2000
+
+
+def test_a_pure_function_of_seed_and_step_apart_from_the_rigid_stream():
+    a = augment_params(SPEC, 1, 7, 4, shape=(16, 24, 32))
+    b = augment_params(SPEC, 1, 7, 4, shape=(16, 24, 32))
+    assert all(torch.equal(getattr(a, k), getattr(b, k)) for k in ("theta", "scale", "mirror", "gamma"))
+    c = augment_params(SPEC, 1, 8, 4, shape=(16, 24, 32))
+    assert not torch.equal(a.theta, c.theta) or not torch.equal(a.gamma, c.gamma)
+    # the rigid augmentation of existing runs draws what it drew before this module existed
+    before = rigid_params(0, 12, 2, max_rotation_deg=15.0, max_translation=0.1)
+    assert before.shape == (2, 3, 4) and torch.allclose(
+        before, rigid_params(0, 12, 2, max_rotation_deg=15.0, max_translation=0.1))
+
+
+def _only(**kw):
+    zero = {f"p_{k}": 0.0 for k in ("rotation", "scale", "mirror", "brightness", "contrast", "gamma")}
+    return AugmentSpec(**{**zero, **kw})
+
+
+def test_mirroring_is_an_exact_flip_of_image_and_label():
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(3, 1, 8, 10, 12, generator=g)
+    label = torch.randint(0, 3, (3, 8, 10, 12), generator=g)
+    p = augment_params(_only(p_mirror=1.0), 0, 0, 3, shape=(8, 10, 12))
+    assert p.mirror.all()
+    img, lab = apply_augment(image, label, p)
+    assert torch.allclose(img, image.flip(2, 3, 4), atol=1e-5) and torch.equal(lab, label.flip(1, 2, 3))
+
+
+def test_scaling_enlarges_the_content_by_the_drawn_factor():
+    label = torch.zeros(1, 33, 33, 33, dtype=torch.int64)
+    label[:, 12:21, 12:21, 12:21] = 1  # a 9-voxel cube in the centre
+    p = augment_params(_only(p_scale=1.0, scale=(1.4, 1.4)), 0, 0, 1, shape=(33, 33, 33))
+    _, lab = apply_augment(torch.zeros(1, 1, 33, 33, 33), label, p)
+    side = lab[0, 16, 16].sum().item()  # a line through the centre
+    assert p.scale.item() == pytest.approx(1.4) and side == pytest.approx(9 * 1.4, abs=1.01)
+
+
+def test_identity_is_skipped_and_intensity_rules_hold():
+    g = torch.Generator().manual_seed(1)
+    image = torch.randn(2, 1, 6, 6, 6, generator=g) * 2 + 1
+    label = torch.ones(2, 6, 6, 6, dtype=torch.int64)
+    none = augment_params(_only(), 0, 0, 2, shape=(6, 6, 6))
+    img, lab = apply_augment(image, label, none)
+    assert torch.equal(img, image) and torch.equal(lab, label)
+    bright = augment_params(_only(p_brightness=1.0, brightness=(1.2, 1.2)), 0, 0, 2, shape=(6, 6, 6))
+    assert torch.allclose(apply_intensity(image, bright), image * 1.2)
+    contrast = augment_params(_only(p_contrast=1.0, contrast=(1.25, 1.25)), 0, 0, 2, shape=(6, 6, 6))
+    out = apply_intensity(image, contrast)
+    assert torch.allclose(out.amin((1, 2, 3, 4)), image.amin((1, 2, 3, 4)), atol=1e-5)  # range kept
+    assert (out.std((1, 2, 3, 4)) > image.std((1, 2, 3, 4))).all()
+    gamma = augment_params(_only(p_gamma=1.0, gamma=(1.5, 1.5)), 0, 0, 2, shape=(6, 6, 6))
+    out = apply_intensity(image, gamma)
+    assert torch.allclose(out.mean((1, 2, 3, 4)), image.mean((1, 2, 3, 4)), atol=1e-4)
+    assert torch.allclose(out.std((1, 2, 3, 4)), image.std((1, 2, 3, 4)), atol=1e-4)
+    assert not torch.allclose(out, image, atol=1e-2)
+
+
+def test_bad_specs_are_refused():
+    with pytest.raises(ValueError, match="p_mirror"):
+        AugmentSpec(p_mirror=1.5)
+    with pytest.raises(ValueError, match="scale"):
+        AugmentSpec(scale=(1.4, 0.7))
