@@ -3,7 +3,7 @@ evaluation and the run-folder reader have.
 
 Tasks sit on top (docs/DECISIONS.md, issue 20): :mod:`model.training` and :mod:`model.evaluation` receive a
 :class:`Task` object and never look one up by name; the command line (and ``study``) find tasks by name with
-:func:`model.tasks.get_task`, which holds the registry (the modules of :mod:`model.tasks` and the Python entry
+:func:`model.tasks.base.get_task`, which holds the registry (the modules of :mod:`model.tasks` and the Python entry
 points of group ``med3d.tasks``). This module imports no task, no training recipe and no evaluation.
 
 A task is a subclass of :class:`Task`. What it declares:

@@ -1,7 +1,7 @@
 """Transfer recipes: ``finetune`` of a task (:class:`~model.task_api.Task`: the paper's liver, lung, nodule of
 Med3D § 3.3; ``seg`` and ``classify`` on any store; a plug-in's), on the pretraining machinery (checkpoints, exact
 resume, metrics log, AMP, DDP). What differs between tasks (stages, head, classes, data, validation) is asked of
-the task object, which the caller gives (the command line finds it by name: :func:`model.tasks.get_task`).
+the task object, which the caller gives (the command line finds it by name: :func:`model.tasks.base.get_task`).
 
 A run folder (written and read by :mod:`model.run_folder`)::
 
