@@ -35,9 +35,8 @@ def _voxel_count(value: str | None) -> int | None:
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.argument("store")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default=None,
-              help="Default: the run's, recorded in finetune.json (liver: val, since LiTS test labels are not public; "
-                   "lung, nodule: test; seg: test when the store labels it, else val; classify: test when the "
-                   "label table has test cases, else val).")
+              help="Default: the split the run's task chose to measure on, recorded in finetune.json (e.g. liver: "
+                   "val, since LiTS test labels are not public; seg: test when the store labels it, else val).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--amp/--no-amp", default=False, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the first N cases only.")

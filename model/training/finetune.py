@@ -207,7 +207,7 @@ def finetune_stage(task: Task, cfg: FinetuneConfig, *, resume: bool = False, sto
         amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
         net.to(device)
         opt_cfg = cfg.replace(lr=cfg.effective_lr)
-        optimizer, scheduler = make_optimizer(net.parameters(), opt_cfg), None
+        optimizer = make_optimizer(net.parameters(), opt_cfg)
         scheduler = make_scheduler(optimizer, opt_cfg)
         start, summary = 0, {}
         if ckpt is not None:
