@@ -21,7 +21,7 @@ import click
 
 from model.cli_types import EncoderChoice, loader_error
 
-__all__ = ["COMMON", "finetune", "finetune_kwargs", "task_params"]
+__all__ = ["COMMON", "check_earlier", "earlier_params", "finetune", "finetune_kwargs", "task_params"]
 
 
 class Numbers(click.ParamType):
@@ -95,21 +95,20 @@ _EARLIER_FLAGS: dict[str, tuple[str, Any, Any]] = {
 take is still accepted, hidden, at the value it had by default (it changed nothing), and refused otherwise."""
 
 
-def _earlier_params(config_type: type) -> list[click.Option]:
-    own = {f.name for f in dataclasses.fields(config_type)}
+def earlier_params(own: set[str]) -> list[click.Option]:
+    """Hidden options for the flags of :data:`_EARLIER_FLAGS` whose fields are not in ``own``."""
     return [click.Option([flag, f"earlier_{name}"], type=kind, default=None, hidden=True, expose_value=True)
             for name, (flag, _, kind) in _EARLIER_FLAGS.items() if name not in own]
 
 
-def _check_earlier(task: Any, opts: dict[str, Any]) -> None:
+def check_earlier(command: str, opts: dict[str, Any]) -> None:
     """Pop the hidden flags of :data:`_EARLIER_FLAGS`; a value other than the one it had by default is refused."""
     for key in [k for k in opts if k.startswith("earlier_")]:
         value, (flag, default, _) = opts.pop(key), _EARLIER_FLAGS[key[len("earlier_"):]]
         if value is None or value == default:
             continue
         what = "reads one channel" if flag == "--channels" else "has no such option"
-        raise click.UsageError(f"{flag} {_shown(value)}: finetune {task.name} {what} (see `med3d-train finetune "
-                               f"{task.name} --help`)")
+        raise click.UsageError(f"{flag} {_shown(value)}: {command} {what} (see `med3d-train {command} --help`)")
 
 
 def _common() -> list[click.Parameter]:
@@ -237,7 +236,7 @@ def task_command(task: Any) -> click.Command:
     import copy
 
     def callback(**opts: Any) -> None:
-        _check_earlier(task, opts)
+        check_earlier(f"finetune {task.name}", opts)
         _run(task.name, opts.pop("store"), opts.pop("out"), **opts)
 
     common = [copy.copy(p) for p in COMMON]
@@ -245,7 +244,8 @@ def task_command(task: Any) -> click.Command:
         if p.name == "stage":
             p.help = (f"Train one stage ({', '.join(task.stages)}), or all in turn." if len(task.stages) > 1 else
                       f"The task's one stage ({task.stages[0]}), or both: the same.")
-    params = [click.Argument(["store"]), *common, *task_params(task.config_type), *_earlier_params(task.config_type)]
+    params = [click.Argument(["store"]), *common, *task_params(task.config_type),
+              *earlier_params({f.name for f in dataclasses.fields(task.config_type)})]
     return click.Command(task.name, callback=callback, params=params, short_help=task.help,
                          help=f"Fine-tune an encoder for {task.name} on STORE: {task.help}.\n\nWrites "
                               "OUT/finetune.json and, per stage, config.json, checkpoint.pt and metrics.jsonl "
