@@ -29,7 +29,7 @@ A task is a subclass of :class:`Task`. What it declares:
 ``net_options(cfg, chans)``  the head's options (decoder widths, ASPP rates) and the input channels; recorded in
                              the checkpoint, which is rebuilt from them alone
 ``num_classes(train, cfg)``  output classes of the network
-``in_chans(train, cfg)``     input channels of the network (1 unless ``--channels all``)
+``in_chans(train, cfg)``     input channels of the network (1 unless the config has ``channels = "all"``)
 ``size_option(cfg)``         the config field sizing the stage's input (``patch``, ``shape``, ``coarse_shape`` or
                              None), bounded by the train volumes and the memory before any work
 ``loader(...)``              the stage's DataLoader and on-device augmentation
@@ -86,7 +86,6 @@ class Task:
     eval_split: str = "test"
     segmentation: bool = True
     default_loss: str = "ce"
-    multichannel: bool = False
 
     # ---------------------------------------------------------------------------------------------- store
     def check_store(self, store: str, options: dict[str, Any] | None = None) -> None:

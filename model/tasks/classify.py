@@ -89,7 +89,6 @@ class ClassifyTask(Task):
     help = ("any store + a label table (--labels CSV: case_id or scan_id, label, optional split): whole volume "
             "resized to --shape, or --crop mask")
     metric = "accuracy"
-    multichannel = True
     segmentation = False
     config_type = ClassifyConfig
 

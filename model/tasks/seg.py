@@ -100,7 +100,6 @@ class SegTask(Task):
     help = "any segmentation store (build-msd, build-nnunet, build-totalseg, build-3dseg8); --domain, --decoder"
     config_type = SegConfig
     default_loss = "ce+dice"
-    multichannel = True
 
     # ---------------------------------------------------------------------------------------------- store
     def _domains(self, store: str) -> pd.DataFrame:
