@@ -145,7 +145,7 @@ def nodule_eval_problem(store: str) -> str | None:
     """Why the nodule task cannot be measured on ``store`` (None when it can)."""
     from catalog import load_catalog
     from model.data.store_index import CaseEntry
-    from model.data.transfer import nodule_labels
+    from model.data.task_streams import nodule_labels
 
     cat = load_catalog(store)
     ok = cat[(cat["status"] == "ok") & cat["has_label"]]
@@ -298,9 +298,8 @@ def section_transfer(work: Path, stores: dict[str, Any], quick: bool) -> list[st
     import torch
 
     from model.evaluation.compare import collect_runs, compare_table, write_compare
-    from model.evaluation.evaluate import evaluate
+    from model.api import evaluate, finetune
     from model.training.config import TrainConfig
-    from model.training.finetune import finetune
     from model.training.pretrain import pretrain
 
     print("## 1. Transfer on the sample data (CPU, small)\n")
@@ -378,7 +377,7 @@ def section_data_wait(work: Path, stores: dict[str, Any], quick: bool, device: s
     import torch
 
     from model.evaluation.metrics import read_metrics
-    from model.training.finetune import finetune
+    from model.api import finetune
 
     warmup, measured = (3, 8) if quick else (4, 16)
     if device != "cpu":
@@ -396,8 +395,8 @@ def section_data_wait(work: Path, stores: dict[str, Any], quick: bool, device: s
         store = stores[{"liver": "lits", "lung": "visceral", "nodule": "lidc"}[task]]
         run = work / f"runs_wait_{device.replace(':', '')}" / task
         shutil.rmtree(run, ignore_errors=True)
-        opts = {"steps": steps, "batch": 2, "patch": (64, 64, 64), "val_every": 0, "ckpt_every": 0, "workers": 2,
-                "device": device, "seed": 0, "log_every": 1000}
+        opts = {"steps": steps, "batch": 2, "val_every": 0, "ckpt_every": 0, "workers": 2, "device": device,
+                "seed": 0, "log_every": 1000, **({} if task == "nodule" else {"patch": (64, 64, 64)})}
         with Timer() as t:
             finetune(task, store, str(run), progress=False, log=quiet, **opts)
         for stage in (("coarse", "fine") if task == "liver" else ("main",)):
@@ -486,13 +485,13 @@ def liver_inference(scan: str, recipe: dict[str, Any], patch: int, device: str, 
     import torch
 
     from model.nets.transfer import build_transfer_net
-    from model.training.finetune_config import FinetuneConfig
+    from model.tasks.base import get_task
     from volume.original_grid import to_original_grid
     from volume.preprocess import preprocess_scan
 
     torch.set_num_threads(threads)
     dev = torch.device(device)
-    defaults = FinetuneConfig(task="liver", store="-", out="-", stage="fine")
+    defaults = get_task("liver").config(store="-", out="-", stage="fine")
     torch.manual_seed(0)
     coarse = build_transfer_net("liver_coarse", "resnet10", 2).to(dev)
     fine = build_transfer_net("liver_fine", "resnet10", 2, {"aspp_rates": defaults.aspp_rates}).to(dev)
@@ -597,17 +596,17 @@ def stepper_rate(kind: str, shape: tuple[int, int, int], batch: int, device, amp
     import torch
 
     from model.nets.transfer import build_transfer_net
-    from model.training.finetune_config import FinetuneConfig
+    from model.tasks.base import get_task
     from model.training.finetune_data import make_augment
     from model.training.finetune_step import FinetuneStepper
     from model.training.loop import make_optimizer, make_scheduler
 
-    task = "liver" if kind.startswith("liver") else kind
-    stage = kind.split("_")[1] if task == "liver" else "main"
-    cfg = FinetuneConfig(task=task, store="-", out="-", stage=stage, patch=shape, batch=batch,
-                         steps=steps + warmup)
+    task = get_task("liver" if kind.startswith("liver") else kind)
+    stage = kind.split("_")[1] if task.name == "liver" else "main"
+    sized = {"patch": shape} if hasattr(task.config_type, "patch") else {}
+    cfg = task.config(store="-", out="-", stage=stage, batch=batch, steps=steps + warmup, **sized)
     torch.manual_seed(0)
-    net = build_transfer_net(kind, "resnet10", 2, {"aspp_rates": cfg.aspp_rates, "decoder_widths": cfg.decoder_widths})
+    net = build_transfer_net(kind, "resnet10", 2, task.net_options(cfg, 1))
     opt_cfg = cfg.replace(lr=cfg.effective_lr)
     opt = make_optimizer(net.parameters(), opt_cfg)
     augment = make_augment(cfg, (1.0, 1.0, 1.0)) if kind in ("liver_fine", "lung") else None
@@ -717,9 +716,8 @@ def seg_curve(run: Path) -> dict[int, float]:
 def section_seg_real(work: Path, quick: bool, steps: int | None, seeds: list[int]) -> None:
     import torch
 
-    from model.evaluation.evaluate import evaluate
+    from model.api import evaluate, finetune
     from model.training.config import TrainConfig
-    from model.training.finetune import finetune
     from model.training.finetune_config import paper_lr
     from model.training.pretrain import pretrain
     from pipeline.config import PrepConfig

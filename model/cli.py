@@ -202,8 +202,9 @@ def export(checkpoint: str, out: str, fmt: str, card: bool, license_: str) -> No
 
 
 def _add_transfer_commands() -> None:
+    from model.cli_finetune import finetune
     from model.cli_study import study
-    from model.cli_transfer import compare, evaluate, finetune, plot, predict
+    from model.cli_transfer import compare, evaluate, plot, predict
 
     for command in (finetune, evaluate, predict, compare, plot, study):
         main.add_command(command)

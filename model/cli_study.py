@@ -54,10 +54,11 @@ def _study(store: str, task: str, out: str, inits: tuple[str, ...], fractions: s
     for classify), measured by evaluate on one fixed held-out split. Re-run the same command to finish a
     killed study; finished cells are never re-trained. Writes OUT/study.csv, summary.csv, summary.md,
     label_efficiency.png and convergence.png."""
-    from model.cli_transfer import finetune_kwargs
+    from model.cli_finetune import check_earlier, finetune_kwargs
     from model.study.grid import StudyError, StudyGrid, init_name
     from model.study.runner import run_study
 
+    check_earlier("study", opts)
     kw = finetune_kwargs(opts)
     labels = kw.pop("labels", "") or ""
     options = {k: v for k, v in kw.items() if v is not None}
@@ -75,9 +76,24 @@ def _study(store: str, task: str, out: str, inits: tuple[str, ...], fractions: s
     click.echo((Path(out) / "summary.md").read_text())
 
 
-def _make_command() -> click.Command:
-    from model.cli_transfer import finetune
+def _finetune_params() -> list[click.Parameter]:
+    """finetune's common options and those of the study's tasks (seg, classify), each once."""
+    import copy
 
+    import dataclasses
+
+    from model.cli_finetune import COMMON, earlier_params, task_params
+    from model.tasks.base import get_task
+
+    types = [get_task(t).config_type for t in ("seg", "classify")]
+    params: dict[str, click.Parameter] = {}
+    for p in [*COMMON, *(q for t in types for q in task_params(t))]:
+        params.setdefault(str(p.name), copy.copy(p))
+    own = {f.name for t in types for f in dataclasses.fields(t)}
+    return [*params.values(), *earlier_params(own)]  # liver's flags, which study took before tasks had their own
+
+
+def _make_command() -> click.Command:
     params: list[click.Parameter] = [
         click.Argument(["store"]),
         click.Option(["--task"], type=click.Choice(["seg", "classify"]), required=True,
@@ -93,7 +109,7 @@ def _make_command() -> click.Command:
                           "default: the store's (or label table's) own splits."),
         click.Option(["--figures/--no-figures"], default=True, show_default=True),
     ]
-    params += [p for p in finetune.params if p.name not in _NOT_STUDY and p.name != "task"]
+    params += [p for p in _finetune_params() if p.name not in _NOT_STUDY]
     return click.Command("study", callback=_study, params=params, help=_study.__doc__)
 
 

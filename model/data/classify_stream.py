@@ -1,7 +1,7 @@
 """Inputs of the ``classify`` task: one fixed-size volume per case, and the training stream over them.
 
 A case's input is its stored image (channel 0, the store's z-scored units) resized to ``shape`` (z, y, x) with
-:func:`~model.data.transfer.resize_image`; with ``crop="mask"`` the stored mask's bounding box (any value > 0),
+:func:`~model.data.task_streams.resize_image`; with ``crop="mask"`` the stored mask's bounding box (any value > 0),
 grown by ``margin_mm`` per side and axis and clipped to the volume, is cut out first. Training, validation,
 ``evaluate`` and ``predict`` all go through :func:`classify_input`, so they see the same voxels.
 
@@ -26,7 +26,7 @@ import torch
 from .case_cache import MANIFEST, build_case_cache, cache_file_name
 from .patches import read_volume
 from .store_index import CaseEntry
-from .transfer import CaseStream, flip_randomly, foreground_box, resize_image
+from .task_streams import CaseStream, flip_randomly, foreground_box, resize_image
 
 __all__ = ["CROPS", "ClassifyStream", "build_input_cache", "classify_input", "crop_box"]
 

@@ -49,18 +49,19 @@ def _prob_columns(classes: Sequence[Any]) -> list[str]:
 
 
 def evaluate_classifier(run: str | Path, spec: dict[str, Any], table: LabelTable, split: str, rows: pd.DataFrame,
-                        out: Path, *, device: Any = "cpu", amp: bool = False, progress: bool = False
-                        ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Classify the stored cases of ``rows`` (catalog rows of ``split``, all in ``table``) with ``run``'s network, write
-    ``out/predictions.csv`` and return (summary, that table)."""
+                        out: Path, *, network: tuple[Any, Any], device: Any = "cpu", amp: bool = False,
+                        progress: bool = False) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Classify the stored cases of ``rows`` (catalog rows of ``split``, all in ``table``) with ``run``'s
+    ``network`` (the network and its config: :func:`model.run_folder.load_stage`), write ``out/predictions.csv``
+    and return (summary, that table)."""
     from tqdm.auto import tqdm
 
     from model.data.classify_stream import store_input
     from model.data.store_index import CaseEntry
     from model.evaluation.classification import multiclass_metrics
-    from model.tasks.run import inside, load_stage
+    from model.run_folder import inside
 
-    net, cfg = load_stage(run, "main", device)
+    net, cfg = network
     classes = list(spec["classes"])
     targets, spacings = table.targets, table.spacings
     probs, truth = [], []
@@ -103,7 +104,7 @@ def predict_classes(run: str | Path, spec: dict[str, Any], scans: Sequence[str |
                     modality: str | None = None, spacing_xyz: tuple[float, float, float] | None = None,
                     device: Any = "cpu", amp: bool = False, max_voxels: int | None = None,
                     overwrite: bool = False, log: Callable[[str], None] = print,
-                    network: tuple[Any, Any] | None = None) -> Path:
+                    network: tuple[Any, Any] | Callable[[], tuple[Any, Any]]) -> Path:
     """Class probabilities of raw ``scans`` (files or folders, as segmentation ``predict`` takes them) with the
     whole-volume classify ``run``; writes and returns ``out/predictions.csv``.
 
@@ -112,12 +113,13 @@ def predict_classes(run: str | Path, spec: dict[str, Any], scans: Sequence[str |
     skipped with a ``skipped:`` line, the others are written, then
     :class:`~model.evaluation.predict.ScansSkippedError` names the skipped ones. Nothing is written when every
     case fails. ``out/predictions.csv`` is never an input, nor, unless ``overwrite``, a file that exists already
-    (:func:`~model.evaluation.predict.check_outputs`, before anything is read). ``network``: (network, config) in
-    place of the run's torch network (``predict --engine onnx``: :mod:`model.export.onnx_engine`)."""
+    (:func:`~model.evaluation.predict.check_outputs`, before anything is read). ``network``: the run's network and
+    config (:func:`model.run_folder.load_stage`; ``predict --engine onnx``: :mod:`model.export.onnx_engine`), or a
+    function returning them, called once a case has passed the checks."""
     from model.data.classify_stream import classify_input
     from model.evaluation.predict import ScansSkippedError, check_case, check_outputs, collect_cases, preprocess_case
-    from model.tasks.base import FinetuneError
-    from model.tasks.run import inside, load_stage
+    from model.run_folder import inside
+    from model.task_api import FinetuneError
     from volume.integrity import DEFAULT_MAX_VOXELS
 
     if spec.get("crop") == "mask":
@@ -139,7 +141,7 @@ def predict_classes(run: str | Path, spec: dict[str, Any], scans: Sequence[str |
             skipped.append((case.scan, str(exc)))
     rows = []
     if good:
-        net, cfg = network or load_stage(run, "main", device)
+        net, cfg = network() if callable(network) else network
         n_chans = int(net.encoder.in_chans)
     for case in good:
         scan = case.scan

@@ -2,7 +2,7 @@
 
 Run folder contract (written by the fine-tuning recipes and ``med3d-train evaluate``):
 
-- ``RUN/finetune.json`` (required; marks a fine-tuning run): ``{"task": a name of ``model.tasks.TASKS`` ("liver", "lung", "nodule", "seg", ...),
+- ``RUN/finetune.json`` (required; marks a fine-tuning run): ``{"task": a task name ("liver", "lung", "nodule", "seg", ...),
   "encoder": "resnet10" | "resnet50" | ..., "init": "scratch" | PATH, "init_kind": "scratch" | "kinetics" |
   "medicalnet" | "med3d", "metric": "dice" | "accuracy", ...}``.
 - ``RUN/metrics.jsonl`` (``RUN/<last stage>/metrics.jsonl`` when finetune.json lists ``stages`` other than

@@ -1,14 +1,16 @@
-"""``med3d-train evaluate``: a fine-tuned run measured on a split of its store, with predictions written. What is
-measured is the run's task's (:meth:`model.tasks.base.Task.evaluate`); this module holds what they share.
+"""``med3d-train evaluate``: a fine-tuned run measured on a split of a store, with predictions written.
 
-Binary segmentation (liver, lung): every case of the split is segmented on the stored grid, pasted back onto its
-source file's grid (:func:`volume.original_grid.to_original_grid`), written as ``pred/<case_id>.nii.gz`` and, when
-the case has a label, measured there against the source label with the file's own spacing: the LiTS set
-(Dice, VOE, RVD, ASSD, MSD in mm) per case, global Dice in the summary. LiTS test volumes (labels not public)
-get predictions only, named as a LiTS submission (``test-segmentation-N.nii``, the geometry of
-``test-volume-N.nii``). Nodules: accuracy, AUC, sensitivity, specificity and the confusion matrix.
+:func:`evaluate` reads the run, checks the store and the split, and asks the run's task (a
+:class:`~model.task_api.Task` the caller gives; the command line finds it by the run's name for it) to measure:
+:meth:`~model.task_api.Task.evaluate` returns the summary and the per-case table, which are written here. What
+segmentation tasks share is here too: :func:`segment_cases` segments every case on the stored grid, pastes the
+label map back onto its source file's grid (:func:`volume.original_grid.to_original_grid`) and writes it under
+``pred/`` (named by the task: LiTS test volumes as a LiTS submission); :func:`ground_truth` reads the source label;
+:func:`evaluate_binary` measures one foreground class with the LiTS set (Dice, VOE, RVD, ASSD, MSD in mm) per
+case and the global Dice. Each task's module says what its summary holds (seg: Dice, HD95, ASSD per class;
+nodule, classify: accuracy, AUC, the confusion matrix).
 
-Output in ``RUN/eval/<split>/``: ``cases.csv``, ``summary.json``, ``pred/``.
+Output in ``RUN/eval/<split>/``: ``cases.csv``, ``summary.json``, and ``pred/`` or ``predictions.csv``.
 """
 
 from __future__ import annotations
@@ -27,19 +29,19 @@ import torch
 from catalog.store_format import CaseAttrs
 from model.evaluation.inference import Segmenter
 from model.evaluation.metrics import _json_safe
+from model.task_api import Task
 from runlog.tables import spreadsheet_safe
 
 __all__ = ["evaluate", "evaluate_binary", "ground_truth", "segment_cases", "segmenter_for_run"]
 
 
-def segmenter_for_run(run: str | Path, *, device: str | torch.device = "cpu", amp: bool = False,
+def segmenter_for_run(run: str | Path, *, task: Task, device: str | torch.device = "cpu", amp: bool = False,
                       batch: int = 2, overlap: float | None = None) -> Segmenter:
-    """The segmenter of a finished segmentation run (its task's: the liver chain, a sliding-window network)."""
-    from model.tasks import get_task
-    from model.tasks.run import read_run
+    """The segmenter of a finished segmentation run of ``task`` (the liver chain, a sliding-window network)."""
+    from model.run_folder import read_run
 
-    spec = read_run(run)
-    return get_task(spec["task"]).segmenter(run, spec, device=device, amp=amp, batch=batch, overlap=overlap)
+    spec = read_run(run, task)
+    return task.segmenter(run, spec, device=device, amp=amp, batch=batch, overlap=overlap)
 
 
 def source_files(store: str, row: Any, attrs: CaseAttrs) -> None:
@@ -79,20 +81,19 @@ def ground_truth(row: Any, attrs: CaseAttrs) -> sitk.Image | None:
     return None
 
 
-def evaluate(run: str | Path, store: str, *, split: str | None = None, segmenter: Segmenter | None = None,
-             device: str | torch.device = "cpu", amp: bool = False, limit: int | None = None,
-             progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure ``run`` on ``split`` of ``store`` (default: the run's evaluation split) and write
-    ``RUN/eval/<split>/``; returns the summary. ``segmenter`` replaces the run's networks (tests use an oracle
-    to check the geometry alone). A store of the wrong kind for the run's task is refused before anything is
-    written."""
+def evaluate(run: str | Path, store: str, *, task: Task, split: str | None = None,
+             segmenter: Segmenter | None = None, device: str | torch.device = "cpu", amp: bool = False,
+             limit: int | None = None, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure ``run`` (a run of ``task``) on ``split`` of ``store`` (default: the run's evaluation split) and
+    write ``RUN/eval/<split>/``; returns the summary. ``segmenter`` replaces the run's networks (tests use an
+    oracle to check the geometry alone). A store of the wrong kind for the run's task is refused before anything
+    is written."""
     from catalog import load_catalog
     from catalog.names import path_component
     from model.data.store_index import SPLITS
-    from model.tasks import get_task
-    from model.tasks.run import RUN_FILE, read_run, stage_steps
+    from model.run_folder import RUN_FILE, read_run, stage_steps
 
-    spec = read_run(run)
+    spec = read_run(run, task)
     # The split names the output folder: from finetune.json (a file anyone can hand over) it must not steer
     # the writes elsewhere (``../../x``, an absolute path), so it is checked before anything else.
     source, what = (Path(run) / RUN_FILE, "eval_split") if split is None else ("evaluate", "split")
@@ -101,7 +102,6 @@ def evaluate(run: str | Path, store: str, *, split: str | None = None, segmenter
         raise ValueError(f"{source}: {what} {split!r} is not one of {', '.join(SPLITS)}; give --split "
                          f"{'|'.join(SPLITS)}")
     out = Path(run) / "eval" / path_component(split, what, source)
-    task = get_task(spec["task"])
     task.check_store(store, spec)
     rows = task.eval_rows(run, store, spec, split)
     if limit:
@@ -122,7 +122,7 @@ def evaluate(run: str | Path, store: str, *, split: str | None = None, segmenter
     return summary
 
 
-def segment_cases(task: Any, store: str, split: str, rows: pd.DataFrame, seg: Segmenter, out: Path,
+def segment_cases(task: Task, store: str, split: str, rows: pd.DataFrame, seg: Segmenter, out: Path,
                   progress: bool) -> Iterator[tuple[Any, CaseAttrs, sitk.Image, sitk.Image | None, Path]]:
     """Segment every case of ``rows`` on the stored grid, paste the label map onto the source file's grid and
     write it to ``out/pred/<task.pred_name>``; yields (row, stored attrs, prediction, source label or None,
@@ -131,7 +131,7 @@ def segment_cases(task: Any, store: str, split: str, rows: pd.DataFrame, seg: Se
     from tqdm.auto import tqdm
 
     from model.data.patches import read_volume
-    from model.tasks.run import inside
+    from model.run_folder import inside
     from volume.original_grid import to_original_grid
 
     folder = out / "pred"
@@ -162,7 +162,7 @@ def segment_cases(task: Any, store: str, split: str, rows: pd.DataFrame, seg: Se
         yield row, attrs, pred, truth, path
 
 
-def evaluate_binary(task: Any, store: str, split: str, rows: pd.DataFrame, seg: Segmenter, out: Path,
+def evaluate_binary(task: Task, store: str, split: str, rows: pd.DataFrame, seg: Segmenter, out: Path,
                     progress: bool) -> tuple[dict[str, Any], pd.DataFrame]:
     """The LiTS set (Dice, VOE, RVD, ASSD, MSD in mm) of foreground (any label > 0) per case on the source grid,
     their means and the global Dice in the summary."""

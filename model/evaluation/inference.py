@@ -121,7 +121,7 @@ class LiverSegmenter:
     @torch.no_grad()
     def coarse_probs(self, image: np.ndarray) -> torch.Tensor:
         """Liver probability (coarse_shape) float32 from the coarse network."""
-        from model.data.transfer import resize_image
+        from model.data.task_streams import resize_image
 
         x = resize_image(torch.from_numpy(np.asarray(image, np.float32)), self.coarse_shape)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -130,7 +130,7 @@ class LiverSegmenter:
 
     def roi(self, image: np.ndarray) -> Box | None:
         """The liver ROI on the stored grid from the coarse stage, grown by ``margin_mm``; None if no liver."""
-        from model.data.transfer import foreground_box
+        from model.data.task_streams import foreground_box
 
         small = largest_component(self.coarse_probs(image).numpy() >= 0.5)
         box = foreground_box(small)

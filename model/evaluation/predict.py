@@ -43,6 +43,7 @@ import torch
 
 from catalog.files import IMAGE_ENDINGS, image_stem
 from model.evaluation.inference import Segmenter
+from model.task_api import Task
 
 __all__ = ["SCAN_ENDINGS", "ScanCase", "ScansSkippedError", "check_case", "check_channel_files", "check_outputs",
            "collect_cases",
@@ -224,12 +225,13 @@ class ScansSkippedError(ValueError):
         self.written, self.skipped = written, skipped
 
 
-def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, segmenter: Segmenter | None = None,
+def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, task: Task,
+            segmenter: Segmenter | None = None,
             modality: str | None = None, spacing_xyz: tuple[float, float, float] | None = None,
             device: str | torch.device = "cpu", amp: bool = False, max_voxels: int | None = None,
             overwrite: bool = False, output_format: str = "nifti", log: Callable[[str], None] = print) -> list[Path]:
-    """Segment every scan of ``scans`` (files or folders, see :func:`collect_cases`) with ``run`` and write one
-    mask per case into ``out``; returns the paths.
+    """Segment every scan of ``scans`` (files or folders, see :func:`collect_cases`) with ``run`` (a run of
+    ``task``) and write one mask per case into ``out``; returns the paths.
 
     Before any voxel is read, every file of every case passes the build's header checks (:func:`check_case`:
     damaged or truncated files, impossible spacings, more than ``max_voxels`` voxels as stored or resampled;
@@ -244,13 +246,11 @@ def predict(run: str | Path, scans: Sequence[str | Path], out: str | Path, *, se
     ``output_format``: ``nifti``, or ``dicom-seg`` for DICOM series inputs (:mod:`model.export.mask_formats`).
     """
     from model.export.mask_formats import mask_writer
-    from model.tasks import get_task
-    from model.tasks.run import inside, read_run, stage_steps
-    from volume.original_grid import to_original_grid
+    from model.run_folder import inside, read_run, stage_steps
     from volume.integrity import DEFAULT_MAX_VOXELS
+    from volume.original_grid import to_original_grid
 
-    spec = read_run(run)
-    task = get_task(spec["task"])
+    spec = read_run(run, task)
     if not task.segmentation:
         raise ValueError(f"{run} is a {spec['task']} run: it classifies, predict writes masks of segmentation runs")
     if spacing_xyz is not None and not (len(spacing_xyz) == 3 and all(math.isfinite(v) and v > 0 for v in spacing_xyz)):

@@ -66,7 +66,7 @@ def _metric_name(card: dict[str, Any]) -> str:
     if card.get("kind") != "finetune":
         return "dice"
     try:
-        from model.tasks import get_task
+        from model.tasks.base import get_task
 
         return get_task(str(card.get("task"))).metric
     except Exception:  # a task this version does not know: the generic name

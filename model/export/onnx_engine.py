@@ -97,10 +97,10 @@ def _check_same_run(net: OnnxNetwork, run: str | os.PathLike[str], spec: dict[st
 def load_onnx_stage(run: str | os.PathLike[str], spec: dict[str, Any], onnx_file: str | os.PathLike[str] | None,
                     *, device: str | torch.device = "cpu", log: Callable[[str], None] = print
                     ) -> tuple[OnnxNetwork, Any]:
-    """(network, config) of ``run`` as :func:`model.tasks.run.load_stage` gives them, the network being the ONNX
+    """(network, config) of ``run`` as :func:`model.run_folder.load_stage` gives them, the network being the ONNX
     file ``onnx_file`` (None: the run exported now, into a temporary folder) and the config the one it embeds."""
     from model.export.onnx_export import export_network
-    from model.training.finetune_config import FinetuneConfig
+    from model.tasks.base import get_task
 
     if onnx_file is None:
         with tempfile.TemporaryDirectory(prefix="med3d-onnx-") as tmp:
@@ -109,7 +109,7 @@ def load_onnx_stage(run: str | os.PathLike[str], spec: dict[str, Any], onnx_file
     else:
         net = OnnxNetwork(onnx_file, device=device)
     _check_same_run(net, run, spec)
-    return net, FinetuneConfig.from_dict(net.metadata["config"])
+    return net, get_task(str(spec["task"])).config_type.from_dict(net.metadata["config"])
 
 
 def predict_onnx(run: str | os.PathLike[str], scans: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,
@@ -123,8 +123,8 @@ def predict_onnx(run: str | os.PathLike[str], scans: Sequence[str | os.PathLike[
     refusals as the torch engine."""
     from model.evaluation.inference import PatchSegmenter
     from model.evaluation.predict import predict
-    from model.tasks import get_task
-    from model.tasks.run import read_run
+    from model.run_folder import read_run
+    from model.tasks.base import get_task
 
     spec = read_run(run)
     task = get_task(spec["task"])
@@ -140,7 +140,7 @@ def predict_onnx(run: str | os.PathLike[str], scans: Sequence[str | os.PathLike[
     if task.segmentation:
         seg = PatchSegmenter(net, cfg.patch, len(spec["classes"]), overlap=cfg.overlap,
                              batch=2, device=device)
-        return predict(run, scans, out, segmenter=seg, output_format=output_format, **common)
+        return predict(run, scans, out, task=task, segmenter=seg, output_format=output_format, **common)
     from model.evaluation.classify_eval import predict_classes
 
     return predict_classes(run, spec, scans, out, network=(net, cfg), **common)

@@ -74,7 +74,7 @@ class NetworkExport:
 def resolve_run(source: str | os.PathLike[str]) -> Path:
     """The fine-tuning run folder of ``source``: the folder itself, or the folder of its ``checkpoint.pt``.
     ValueError naming what to give otherwise (a pretraining run: its encoder exports as safetensors)."""
-    from model.tasks.run import RUN_FILE
+    from model.run_folder import RUN_FILE
 
     path = Path(source)
     run = path if path.is_dir() else path.parent
@@ -258,7 +258,8 @@ def export_network(source: str | os.PathLike[str], out: str | os.PathLike[str], 
     """Export the network of the one-stage fine-tuning run ``source`` (its folder or its checkpoint) to ``out`` as
     ``fmt`` (``onnx`` or ``torchscript``) with :func:`network_metadata` inside; written atomically. Raises
     ValueError (one line) for runs that do not export and for a missing ``onnx``/``onnxruntime`` package."""
-    from model.tasks.run import load_stage, read_run, stage_steps
+    from model.run_folder import load_stage, read_run, stage_steps
+    from model.tasks.base import get_task
 
     if fmt not in ("onnx", "torchscript"):
         raise ValueError(f"unknown network format {fmt!r}: onnx or torchscript")
@@ -269,7 +270,7 @@ def export_network(source: str | os.PathLike[str], out: str | os.PathLike[str], 
     spec = read_run(run)
     _check_task(run, spec)
     steps = stage_steps(run, spec, log)
-    net, cfg = load_stage(run, "main", "cpu")
+    net, cfg = load_stage(run, "main", "cpu", config_type=get_task(str(spec["task"])).config_type)
     size = _input_size(spec, cfg)
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, int(net.encoder.in_chans), *size))
                          .astype(np.float32))

@@ -103,16 +103,31 @@ class StudyGrid:
                     out.append(key)
         return out
 
+    def task_options(self) -> dict[str, Any]:
+        """The options of :attr:`options` that the task's config has (the command line gives those of every
+        study task; study.json files written before tasks owned their options hold every task's)."""
+        import dataclasses
+
+        from model.tasks.base import get_task
+
+        fields = {f.name for f in dataclasses.fields(get_task(self.task).config_type)}
+        return {k: v for k, v in self.options.items() if k in fields}
+
     def differences(self, saved: dict[str, Any]) -> list[str]:
-        """Keys where ``saved`` (a study.json) and this grid differ, runtime options left out."""
+        """Keys where ``saved`` (a study.json) and this grid differ, runtime options and options the task does
+        not take left out."""
+        import dataclasses
+
         from catalog.redact import redact_urls
+        from model.tasks.base import get_task
 
         mine, saved = self.to_dict(), redact_urls(saved)
         keys = sorted((set(mine) | set(saved)) - {"options"})
         grown = self.grown(saved)
         diff = [k for k in keys if mine.get(k) != saved.get(k) and k not in grown]
         a, b = mine.get("options", {}), saved.get("options") or {}
-        diff += [f"--{k.replace('_', '-')}" for k in sorted(set(a) | set(b))
+        fields = {f.name for f in dataclasses.fields(get_task(self.task).config_type)}
+        diff += [f"--{k.replace('_', '-')}" for k in sorted((set(a) | set(b)) & fields)
                  if k not in RUNTIME_OPTIONS and a.get(k) != b.get(k)]
         return diff
 

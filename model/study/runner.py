@@ -87,8 +87,7 @@ def _trained_steps(run: Path) -> int | None:
 
 def _run_cell(plan: Plan, study: Path, cell: Cell, log_file: Path) -> dict[str, Any]:
     """Train (or resume) and evaluate one cell; its row."""
-    from model.evaluation.evaluate import evaluate
-    from model.training.finetune import finetune
+    from model.api import evaluate, finetune
 
     grid = plan.grid
     run = cell_dir(study, cell)
@@ -96,7 +95,7 @@ def _run_cell(plan: Plan, study: Path, cell: Cell, log_file: Path) -> dict[str, 
     steps = _trained_steps(run)
     if run.exists() and steps is None:
         shutil.rmtree(run)  # killed before its first checkpoint: nothing to resume
-    options = dict(grid.options)
+    options = grid.task_options()
     options["splits" if grid.task == "seg" else "labels"] = str(table)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("a", encoding="utf-8") as fh:

@@ -22,15 +22,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.tasks.base import FinetuneError, Task, TaskStoreError, register_task
+from dataclasses import dataclass
+
+from model.task_api import FinetuneError, Task, TaskStoreError
+from model.tasks.base import register_task
+from model.training.config import check_sides
+from model.training.finetune_config import CHANNELS_HELP, FinetuneConfig, channels_option, option
 
 if TYPE_CHECKING:
     import pandas as pd
     import torch
 
     from model.data.classify_table import LabelTable
-    from model.data.transfer import TaskData
-    from model.training.finetune_config import FinetuneConfig
+    from model.data.task_streams import TaskData
     from model.training.loop import DistEnv
 
 TABLE_FILE = "labels.csv"
@@ -49,6 +53,28 @@ def run_table(run: str | Path, spec: dict[str, Any], store: str) -> LabelTable:
                              f"({spec.get('store')})") from exc
 
 
+@dataclass(frozen=True, kw_only=True)
+class ClassifyConfig(FinetuneConfig):
+    """``finetune classify``: one class per case from a label table."""
+
+    labels: str = option("", "The label table (CSV: case_id or scan_id, label, optional split).", show_default=False)
+    """Copied into the run as labels.csv."""
+    shape: tuple[int, int, int] = option((64, 64, 64), "Inputs resized to z,y,x.")
+    """Every input (whole volume, or the mask crop) is resized to this shape (z, y, x)."""
+    crop: str = option("none", "The whole volume, or the mask's bounding box grown by --crop-margin.",
+                       choices=("none", "mask"))
+    crop_margin_mm: float = option(10.0, "--crop mask: margin around the mask's box (mm per side).",
+                                   flag="--crop-margin")
+    channels: str = option("first", CHANNELS_HELP, choices=("first", "all"))
+
+    def check_options(self) -> None:
+        channels_option(self)
+        if self.crop not in ("none", "mask") or not self.crop_margin_mm >= 0:
+            raise ValueError(f"crop must be none or mask and crop_margin_mm >= 0, got {self.crop!r}, "
+                             f"{self.crop_margin_mm!r}")
+        check_sides(self, "shape")
+
+
 @functools.lru_cache(maxsize=8)
 def _matched(labels: str, mtime_ns: int, size: int, store: str, crop: str) -> LabelTable:
     """:func:`~model.data.classify_table.match_table`, memoised on the file's path, time and size."""
@@ -63,8 +89,8 @@ class ClassifyTask(Task):
     help = ("any store + a label table (--labels CSV: case_id or scan_id, label, optional split): whole volume "
             "resized to --shape, or --crop mask")
     metric = "accuracy"
-    multichannel = True
     segmentation = False
+    config_type = ClassifyConfig
 
     # ---------------------------------------------------------------------------------------------- store
     def _table(self, labels: str, store: str, crop: str) -> LabelTable:
@@ -95,8 +121,8 @@ class ClassifyTask(Task):
         table = self._table(str(options.get("labels") or ""), store, str(options.get("crop", "none")))
         return "test" if not table.split("test").empty else "val"
 
-    def data(self, cfg: FinetuneConfig, split: str) -> TaskData:
-        from model.data.transfer import TaskData
+    def data(self, cfg: ClassifyConfig, split: str) -> TaskData:
+        from model.data.task_streams import TaskData
 
         table = self._table(cfg.labels, cfg.store, cfg.crop)
         cases = table.cases(split)
@@ -106,13 +132,13 @@ class ClassifyTask(Task):
         return TaskData(cfg.store, ",".join(sorted(set(rows["domain"]))), split, cases, len(table.classes),
                         table.spacings[cases[0].store_path])
 
-    def run_info(self, cfg: FinetuneConfig) -> dict[str, Any]:
+    def run_info(self, cfg: ClassifyConfig) -> dict[str, Any]:
         table = self._table(cfg.labels, cfg.store, cfg.crop)
         return {"classes": list(table.classes), "labels": TABLE_FILE, "labels_source": cfg.labels,
                 "shape": list(cfg.shape), "crop": cfg.crop, "crop_margin_mm": cfg.crop_margin_mm,
                 "channels": cfg.channels}
 
-    def write_run_files(self, root: Path, cfg: FinetuneConfig) -> None:
+    def write_run_files(self, root: Path, cfg: ClassifyConfig) -> None:
         """Copy the label table to ``root/labels.csv``; a run folder holding another table is refused."""
         dest = root / TABLE_FILE
         if dest.is_file() and not filecmp.cmp(dest, cfg.labels, shallow=False):
@@ -121,16 +147,16 @@ class ClassifyTask(Task):
         shutil.copyfile(cfg.labels, dest)
 
     # ------------------------------------------------------------------------------------------- training
-    def kind(self, cfg: FinetuneConfig) -> str:
+    def head(self, cfg: ClassifyConfig) -> str:
         return "nodule"  # the network shape: global average pooling + linear (model.nets.transfer.HEADS)
 
-    def size_option(self, cfg: FinetuneConfig) -> str | None:
+    def size_option(self, cfg: ClassifyConfig) -> str | None:
         return "shape"  # every input, whole volume or mask crop, is resized to it
 
-    def num_classes(self, train: TaskData, cfg: FinetuneConfig) -> int:
+    def num_classes(self, train: TaskData, cfg: ClassifyConfig) -> int:
         return int(train.num_classes)
 
-    def _cache(self, cfg: FinetuneConfig, data: TaskData, run_dir: Path, progress: bool) -> Path:
+    def _cache(self, cfg: ClassifyConfig, data: TaskData, run_dir: Path, progress: bool) -> Path:
         from model.data.classify_stream import build_input_cache
         from model.training.finetune_data import progress_bar
 
@@ -140,7 +166,7 @@ class ClassifyTask(Task):
                                      shape=cfg.shape, crop=cfg.crop, margin_mm=cfg.crop_margin_mm,
                                      channels=cfg.channels, progress=bar.update)
 
-    def loader(self, cfg: FinetuneConfig, train: TaskData, run_dir: Path, *, start: int, steps: int,
+    def loader(self, cfg: ClassifyConfig, train: TaskData, run_dir: Path, *, start: int, steps: int,
                env: DistEnv, progress: bool) -> tuple[Any, Callable | None]:
         from model.data.classify_stream import ClassifyStream
         from model.data.patches import stream_loader
@@ -151,7 +177,7 @@ class ClassifyTask(Task):
                             num_steps=steps, rank=env.rank, world_size=env.world_size)
         return stream_loader(ds, cfg.workers), None
 
-    def validator(self, cfg: FinetuneConfig, data: TaskData, run_dir: Path, *, device: torch.device,
+    def validator(self, cfg: ClassifyConfig, data: TaskData, run_dir: Path, *, device: torch.device,
                   amp: bool) -> Callable[[torch.nn.Module], dict[str, Any]]:
         """Accuracy over the evaluation split's cases (the first ``val_max_cases``)."""
         import torch
@@ -190,8 +216,11 @@ class ClassifyTask(Task):
                  ) -> tuple[dict[str, Any], pd.DataFrame]:
         """Accuracy, balanced accuracy, macro AUC and the confusion matrix; writes ``predictions.csv``."""
         from model.evaluation.classify_eval import evaluate_classifier
+        from model.run_folder import load_stage
 
-        return evaluate_classifier(run, spec, run_table(run, spec, store), split, rows, out, device=device, amp=amp,
+        network = load_stage(run, "main", device, config_type=ClassifyConfig)
+        return evaluate_classifier(run, spec, run_table(run, spec, store), split, rows, out, network=network,
+                                   device=device, amp=amp,
                                    progress=progress)
 
     def predict_scans(self, run: str | Path, spec: dict[str, Any], scans: Any, out: str | Path, *,
@@ -199,6 +228,9 @@ class ClassifyTask(Task):
                       amp: bool, max_voxels: int | None = None, overwrite: bool = False,
                       log: Callable[[str], None]) -> Path:
         from model.evaluation.classify_eval import predict_classes
+        from model.run_folder import load_stage
 
-        return predict_classes(run, spec, scans, out, modality=modality, spacing_xyz=spacing_xyz, device=device,
+        return predict_classes(run, spec, scans, out, network=lambda: load_stage(run, "main", device,
+                                                                                 config_type=ClassifyConfig),
+                               modality=modality, spacing_xyz=spacing_xyz, device=device,
                                amp=amp, max_voxels=max_voxels, overwrite=overwrite, log=log)

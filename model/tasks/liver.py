@@ -9,14 +9,41 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.tasks.base import BinarySegTask, TaskStoreError, register_task
+from dataclasses import dataclass
+
+from model.task_api import TaskStoreError
+from model.tasks.base import BinarySegTask, register_task
+from model.training.config import check_sides
+from model.training.finetune_config import FinetuneConfig, PatchOptions, option, positive_ints
 
 if TYPE_CHECKING:
     import torch
 
-    from model.data.transfer import TaskData
-    from model.training.finetune_config import FinetuneConfig
+    from model.data.task_streams import TaskData
     from model.training.loop import DistEnv
+
+
+@dataclass(frozen=True, kw_only=True)
+class LiverConfig(FinetuneConfig, PatchOptions):
+    """``finetune liver``: ``coarse`` (whole volumes resized) then ``fine`` (patches in the liver box, DenseASPP);
+    the patch options are the fine stage's."""
+
+    coarse_shape: tuple[int, int, int] = option((64, 128, 128), "Coarse stage: whole volumes resized to z,y,x.")
+    roi_margin_mm: tuple[float, float] = option((5.0, 25.0), "Fine stage: random ROI margin lo,hi (mm).",
+                                                flag="--roi-margin")
+    """The liver box grows by a margin drawn uniformly from this range (mm, per side and axis) in training;
+    inference uses the middle of the range around stage 1's mask."""
+    aspp_rates: tuple[int, ...] = option((2, 4, 6, 8, 12), "Fine stage: DenseASPP dilation rates.")
+    """DenseASPP's 2D 3, 6, 12, 18, 24 would mostly read padding on the 8-16 voxel feature grids of 3D patches."""
+
+    def check_options(self) -> None:
+        self.check_patch_options()
+        check_sides(self, "coarse_shape")
+        positive_ints(self, "aspp_rates")
+        lo, hi = (float(m) for m in self.roi_margin_mm)
+        if not 0 <= lo <= hi:
+            raise ValueError(f"roi_margin_mm must be (lo, hi) with 0 <= lo <= hi, got {self.roi_margin_mm!r}")
+        object.__setattr__(self, "roi_margin_mm", (lo, hi))
 
 
 @register_task
@@ -25,6 +52,7 @@ class LiverTask(BinarySegTask):
     help = "LiTS store (build-lits): liver, coarse then fine stage"
     stages = ("coarse", "fine")
     eval_split = "val"
+    config_type = LiverConfig
 
     def check_store(self, store: str, options: dict[str, Any] | None = None) -> None:
         from catalog import load_domains
@@ -40,18 +68,21 @@ class LiverTask(BinarySegTask):
                                  f"{len(doms)} domain(s): {found}. For any other labelled store use `med3d-train "
                                  "finetune seg --domain NAME`")
 
-    def kind(self, cfg: FinetuneConfig) -> str:
+    def head(self, cfg: LiverConfig) -> str:
         return f"liver_{cfg.stage}"
 
-    def size_option(self, cfg: FinetuneConfig) -> str | None:
+    def net_options(self, cfg: LiverConfig, in_chans: int) -> dict[str, Any]:
+        return {"aspp_rates": list(cfg.aspp_rates), "in_chans": int(in_chans)}
+
+    def size_option(self, cfg: LiverConfig) -> str | None:
         return "coarse_shape" if cfg.stage == "coarse" else "patch"
 
-    def num_classes(self, train: TaskData, cfg: FinetuneConfig) -> int:
+    def num_classes(self, train: TaskData, cfg: LiverConfig) -> int:
         return 2  # liver (LiTS liver and tumour) against the rest
 
-    def loader(self, cfg: FinetuneConfig, train: TaskData, run_dir: Path, *, start: int, steps: int,
+    def loader(self, cfg: LiverConfig, train: TaskData, run_dir: Path, *, start: int, steps: int,
                env: DistEnv, progress: bool) -> tuple[Any, Callable | None]:
-        from model.data import transfer as td
+        from model.data import task_streams as td
         from model.data.patches import stream_loader
         from model.training.finetune_data import make_augment, progress_bar
 
@@ -67,12 +98,12 @@ class LiverTask(BinarySegTask):
                                margin_mm=cfg.roi_margin_mm, spacing=train.spacing, seed=cfg.seed, **common)
         return stream_loader(ds, cfg.workers), make_augment(cfg, train.spacing, env.rank)
 
-    def validator(self, cfg: FinetuneConfig, data: TaskData, run_dir: Path, *, device: torch.device,
+    def validator(self, cfg: LiverConfig, data: TaskData, run_dir: Path, *, device: torch.device,
                   amp: bool) -> Callable[[torch.nn.Module], dict[str, Any]]:
         """Coarse: Dice at the coarse resolution; fine: Dice inside the true liver box grown by the mean margin."""
         import numpy as np
         import torch
-        from model.data import transfer as td
+        from model.data import task_streams as td
         from model.data.patches import read_volume
         from model.evaluation.inference import PatchSegmenter
         from model.evaluation.seg_metrics import mask_dice
@@ -120,10 +151,10 @@ class LiverTask(BinarySegTask):
                   batch: int = 2, overlap: float | None = None) -> Callable:
         """The chain: coarse, then fine when that stage exists."""
         from model.evaluation.inference import LiverSegmenter
-        from model.tasks.run import load_stage
+        from model.run_folder import load_stage
 
-        coarse, ccfg = load_stage(run, "coarse", device)
-        fine, fcfg = (load_stage(run, "fine", device) if (Path(run) / "fine" / "checkpoint.pt").is_file()
+        coarse, ccfg = load_stage(run, "coarse", device, config_type=LiverConfig)
+        fine, fcfg = (load_stage(run, "fine", device, config_type=LiverConfig) if (Path(run) / "fine" / "checkpoint.pt").is_file()
                       else (None, ccfg))
         return LiverSegmenter(coarse, fine, coarse_shape=ccfg.coarse_shape, patch=fcfg.patch,
                               spacing=spec["preprocessing"]["target_spacing"],

@@ -7,18 +7,33 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.tasks.base import BinarySegTask, TaskStoreError, register_task
+from dataclasses import dataclass
+
+from model.task_api import TaskStoreError
+from model.tasks.base import BinarySegTask, register_task
+from model.training.finetune_config import FinetuneConfig, PatchOptions, positive_ints
 
 if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from model.data.transfer import TaskData
-    from model.training.finetune_config import FinetuneConfig
+    from model.data.task_streams import TaskData
     from model.training.loop import DistEnv
 
 
-def whole_volume_dice(cfg: FinetuneConfig, data: TaskData, n_classes: int, *, device: torch.device,
+@dataclass(frozen=True, kw_only=True)
+class LungConfig(FinetuneConfig, PatchOptions):
+    """``finetune lung``: patches with foreground oversampling, the paper's upsampling decoder."""
+
+    decoder_widths: tuple[int, ...] = (256, 128, 64)
+    """Channels of the decoder's three upsampling groups."""
+
+    def check_options(self) -> None:
+        self.check_patch_options()
+        positive_ints(self, "decoder_widths")
+
+
+def whole_volume_dice(cfg: LungConfig, data: TaskData, n_classes: int, *, device: torch.device,
                       amp: bool) -> Callable[[torch.nn.Module], dict[str, Any]]:
     """Validator: Dice of foreground (any class > 0) of whole stored volumes segmented by sliding window."""
     from model.data.patches import read_volume
@@ -44,6 +59,7 @@ def whole_volume_dice(cfg: FinetuneConfig, data: TaskData, n_classes: int, *, de
 class LungTask(BinarySegTask):
     name = "lung"
     help = "VISCERAL store (build-visceral): lungs"
+    config_type = LungConfig
 
     def check_store(self, store: str, options: dict[str, Any] | None = None) -> None:
         from catalog import load_domains
@@ -57,25 +73,28 @@ class LungTask(BinarySegTask):
                                  f"`med3d-prep build-visceral`); this store holds {found}. For any other labelled "
                                  "store use `med3d-train finetune seg`")
 
-    def kind(self, cfg: FinetuneConfig) -> str:
+    def head(self, cfg: LungConfig) -> str:
         return "lung"
 
-    def loader(self, cfg: FinetuneConfig, train: TaskData, run_dir: Path, *, start: int, steps: int,
+    def net_options(self, cfg: LungConfig, in_chans: int) -> dict[str, Any]:
+        return {"decoder_widths": list(cfg.decoder_widths), "in_chans": int(in_chans)}
+
+    def loader(self, cfg: LungConfig, train: TaskData, run_dir: Path, *, start: int, steps: int,
                env: DistEnv, progress: bool) -> tuple[Any, Callable | None]:
         from model.training.finetune_data import patch_loader
 
         return patch_loader(cfg, train, start=start, steps=steps, env=env)
 
-    def validator(self, cfg: FinetuneConfig, data: TaskData, run_dir: Path, *, device: torch.device,
+    def validator(self, cfg: LungConfig, data: TaskData, run_dir: Path, *, device: torch.device,
                   amp: bool) -> Callable[[torch.nn.Module], dict[str, Any]]:
         return whole_volume_dice(cfg, data, data.num_classes, device=device, amp=amp)
 
     def segmenter(self, run: str | Path, spec: dict[str, Any], *, device: Any = "cpu", amp: bool = False,
                   batch: int = 2, overlap: float | None = None) -> Callable:
         from model.evaluation.inference import PatchSegmenter
-        from model.tasks.run import load_stage
+        from model.run_folder import load_stage
 
-        net, cfg = load_stage(run, "main", device)
+        net, cfg = load_stage(run, "main", device, config_type=LungConfig)
         return PatchSegmenter(net, cfg.patch, int(net.head.classifier.out_channels),
                               overlap=cfg.overlap if overlap is None else overlap, batch=batch, device=device,
                               amp=amp)

@@ -7,14 +7,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.tasks.base import Task, TaskStoreError, register_task
+from model.task_api import Task, TaskStoreError
+from model.tasks.base import register_task
+from model.training.finetune_config import FinetuneConfig
 
 if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from model.data.transfer import TaskData
-    from model.training.finetune_config import FinetuneConfig
+    from model.data.task_streams import TaskData
     from model.training.loop import DistEnv
 
 
@@ -32,7 +33,7 @@ class NoduleTask(Task):
             raise TaskStoreError(f"{store}: the nodule task needs an LIDC store with nodules.parquet (build it with "
                                  "`med3d-prep build-lidc`)")
 
-    def kind(self, cfg: FinetuneConfig) -> str:
+    def head(self, cfg: FinetuneConfig) -> str:
         return "nodule"
 
     def size_option(self, cfg: FinetuneConfig) -> str | None:
@@ -43,7 +44,7 @@ class NoduleTask(Task):
 
     def loader(self, cfg: FinetuneConfig, train: TaskData, run_dir: Path, *, start: int, steps: int,
                env: DistEnv, progress: bool) -> tuple[Any, Callable | None]:
-        from model.data import transfer as td
+        from model.data import task_streams as td
         from model.data.patches import stream_loader
 
         labels = td.nodule_labels(train.store, train.cases)
@@ -56,7 +57,7 @@ class NoduleTask(Task):
                   amp: bool) -> Callable[[torch.nn.Module], dict[str, Any]]:
         import torch
 
-        from model.data import transfer as td
+        from model.data import task_streams as td
         from model.training.finetune_data import val_result
 
         cases = list(data.cases[: cfg.val_max_cases or None])
@@ -84,11 +85,11 @@ class NoduleTask(Task):
         import torch
 
         from model.data.store_index import CaseEntry
-        from model.data.transfer import NoduleStream, nodule_labels
+        from model.data.task_streams import NoduleStream, nodule_labels
         from model.evaluation.classification import binary_classification_metrics
-        from model.tasks.run import load_stage
+        from model.run_folder import load_stage
 
-        net, _ = load_stage(run, "main", device)
+        net, _ = load_stage(run, "main", device, config_type=self.config_type)
         cases = [CaseEntry(r.store_path, r.scan_id, tuple(int(s) for s in r.shape), int(r.n_channels))
                  for r in rows.itertuples(index=False)]
         labels = nodule_labels(store, cases)

@@ -19,15 +19,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.tasks.base import Task, TaskStoreError, register_task
+from dataclasses import dataclass
+
+from model.task_api import Task, TaskStoreError
+from model.tasks.base import register_task
+from model.training.finetune_config import (CHANNELS_HELP, FinetuneConfig, PatchOptions, channels_option, option,
+                                            positive_ints)
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
     import torch
 
-    from model.data.transfer import TaskData
-    from model.training.finetune_config import FinetuneConfig
+    from model.data.task_streams import TaskData
     from model.training.loop import DistEnv
 
 
@@ -64,12 +68,38 @@ SPLITS_FILE = "splits.csv"
 """The run's copy of its ``--splits`` table."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class SegConfig(FinetuneConfig, PatchOptions):
+    """``finetune seg``: patches of one domain of the store; sizes are voxels (z, y, x)."""
+
+    domain: str | None = option(None, "The store's domain to train on (needed when it holds several).",
+                                show_default=False)
+    """None: the store's only domain."""
+    decoder: str = option("med3d", "The paper's upsampling head on the dilated encoder, or a U-Net decoder with "
+                          "skip connections from every encoder stage.", choices=("med3d", "unet"))
+    channels: str = option("first", CHANNELS_HELP, choices=("first", "all"))
+    """``all``: the encoder's first convolution takes every channel, initialised from the one-channel weights
+    repeated and divided by the number of channels."""
+    splits: str = option("", "A split table (CSV: case_id, split = train|val|test) in place of the store's splits; "
+                         "cases it does not list are not used.", show_default=False)
+    """Copied into the run as splits.csv (:mod:`model.data.split_table`). "" : the catalog's splits."""
+    decoder_widths: tuple[int, ...] = (256, 128, 64)
+    """``med3d`` decoder: channels of its three upsampling groups."""
+
+    def check_options(self) -> None:
+        if self.decoder not in ("med3d", "unet"):
+            raise ValueError(f"decoder must be med3d or unet, got {self.decoder!r}")
+        channels_option(self)
+        self.check_patch_options()
+        positive_ints(self, "decoder_widths")
+
+
 @register_task
 class SegTask(Task):
     name = "seg"
     help = "any segmentation store (build-msd, build-nnunet, build-totalseg, build-3dseg8); --domain, --decoder"
+    config_type = SegConfig
     default_loss = "ce+dice"
-    multichannel = True
 
     # ---------------------------------------------------------------------------------------------- store
     def _domains(self, store: str) -> pd.DataFrame:
@@ -122,19 +152,19 @@ class SegTask(Task):
         rows = select(load_catalog(store), domain=options.get("domain"), split="test", labelled=True)
         return "test" if not rows.empty else "val"
 
-    def data(self, cfg: FinetuneConfig, split: str) -> TaskData:
-        from model.data.transfer import task_data
+    def data(self, cfg: SegConfig, split: str) -> TaskData:
+        from model.data.task_streams import task_data
 
         splits = self._splits(cfg.splits, cfg.store, str(cfg.domain)) if cfg.splits else None
         return task_data(cfg.store, split, cfg.domain, splits)
 
-    def run_info(self, cfg: FinetuneConfig) -> dict[str, Any]:
+    def run_info(self, cfg: SegConfig) -> dict[str, Any]:
         doms = self._domains(cfg.store)
         info = {"domain": cfg.domain, "decoder": cfg.decoder, "channels": cfg.channels,
                 "classes": class_names(doms.loc[cfg.domain, "labels"], int(doms.loc[cfg.domain, "num_classes"]))}
         return {**info, "splits": SPLITS_FILE} if cfg.splits else info
 
-    def write_run_files(self, root: Path, cfg: FinetuneConfig) -> None:
+    def write_run_files(self, root: Path, cfg: SegConfig) -> None:
         """With ``--splits``: copy the table to ``root/splits.csv``; a run folder holding another table is
         refused."""
         import filecmp
@@ -159,16 +189,19 @@ class SegTask(Task):
         return rows[rows["store_path"].map(splits).eq(split)]
 
     # ------------------------------------------------------------------------------------------- training
-    def kind(self, cfg: FinetuneConfig) -> str:
+    def head(self, cfg: SegConfig) -> str:
         return f"seg_{cfg.decoder}"
 
-    def loader(self, cfg: FinetuneConfig, train: TaskData, run_dir: Path, *, start: int, steps: int,
+    def net_options(self, cfg: SegConfig, in_chans: int) -> dict[str, Any]:
+        return {"decoder_widths": list(cfg.decoder_widths), "in_chans": int(in_chans)}
+
+    def loader(self, cfg: SegConfig, train: TaskData, run_dir: Path, *, start: int, steps: int,
                env: DistEnv, progress: bool) -> tuple[Any, Callable | None]:
         from model.training.finetune_data import patch_loader
 
         return patch_loader(cfg, train, start=start, steps=steps, env=env)
 
-    def validator(self, cfg: FinetuneConfig, data: TaskData, run_dir: Path, *, device: torch.device,
+    def validator(self, cfg: SegConfig, data: TaskData, run_dir: Path, *, device: torch.device,
                   amp: bool) -> Callable[[torch.nn.Module], dict[str, Any]]:
         """Mean over cases of the mean foreground-class Dice, whole stored volumes by sliding window."""
         import numpy as np
@@ -195,9 +228,9 @@ class SegTask(Task):
     def segmenter(self, run: str | Path, spec: dict[str, Any], *, device: Any = "cpu", amp: bool = False,
                   batch: int = 2, overlap: float | None = None) -> Callable:
         from model.evaluation.inference import PatchSegmenter
-        from model.tasks.run import load_stage
+        from model.run_folder import load_stage
 
-        net, cfg = load_stage(run, "main", device)
+        net, cfg = load_stage(run, "main", device, config_type=SegConfig)
         return PatchSegmenter(net, cfg.patch, len(spec["classes"]),
                               overlap=cfg.overlap if overlap is None else overlap, batch=batch, device=device,
                               amp=amp)

@@ -3,7 +3,7 @@ checked once the train cases are known and before anything is built, loaded or w
 
 The pure bounds (sides of 8 to 1024 voxels, a learning rate in (0, 10]) are the config's own
 (:class:`~model.training.finetune_config.FinetuneConfig`); here the option that sizes the stage's input
-(``--patch``, ``--shape`` or ``--coarse-shape``: :meth:`model.tasks.base.Task.size_option`) is compared with the
+(``--patch``, ``--shape`` or ``--coarse-shape``: :meth:`model.task_api.Task.size_option`) is compared with the
 data and the memory:
 
 - no side more than :data:`MAX_UPSAMPLE` times the largest train volume along that axis: a 600³ input made of
@@ -22,11 +22,11 @@ import os
 from typing import TYPE_CHECKING
 
 from model.data.case_cache import human_bytes
-from model.tasks.base import FinetuneError
+from model.task_api import FinetuneError
 
 if TYPE_CHECKING:
-    from model.data.transfer import TaskData
-    from model.tasks.base import Task
+    from model.data.task_streams import TaskData
+    from model.task_api import Task
     from model.training.finetune_config import FinetuneConfig
 
 __all__ = ["MAX_UPSAMPLE", "MEMORY_SHARE", "check_stage_sizes", "memory_bytes"]
@@ -53,7 +53,7 @@ def _option(name: str, size: tuple[int, ...]) -> str:
 
 def check_stage_sizes(cfg: FinetuneConfig, task: Task, train: TaskData) -> None:
     """Raise :class:`FinetuneError` naming the option when the input size of ``cfg``'s stage (its
-    :meth:`~model.tasks.base.Task.size_option`) exceeds :data:`MAX_UPSAMPLE` × the largest volume of ``train``
+    :meth:`~model.task_api.Task.size_option`) exceeds :data:`MAX_UPSAMPLE` × the largest volume of ``train``
     along an axis, or one batch of such inputs more than :data:`MEMORY_SHARE` of :func:`memory_bytes`."""
     name = task.size_option(cfg)
     if name is None or not train.cases:
@@ -66,7 +66,7 @@ def check_stage_sizes(cfg: FinetuneConfig, task: Task, train: TaskData) -> None:
                 f"{_option(name, size)} is more than {MAX_UPSAMPLE}× the largest train volume of {cfg.store} along "
                 f"{axis} ({most} voxels): such inputs are mostly interpolation or padding; use at most "
                 f"{MAX_UPSAMPLE * most} along {axis} (largest volume z, y, x: {', '.join(map(str, largest))})")
-    channels = max(int(c.n_channels) for c in train.cases) if cfg.channels == "all" else 1
+    channels = max(int(c.n_channels) for c in train.cases) if getattr(cfg, "channels", "first") == "all" else 1
     need = cfg.batch * channels * math.prod(size) * 4
     memory = memory_bytes()
     if need > MEMORY_SHARE * memory:

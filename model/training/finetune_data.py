@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.data.transfer import TaskData
-from model.training.finetune_config import FinetuneConfig
+from model.data.task_streams import TaskData
+from model.training.finetune_config import PatchOptions
 from model.training.loop import DistEnv
 
 __all__ = ["make_augment", "patch_loader", "progress_bar", "val_result"]
 
 
-def make_augment(cfg: FinetuneConfig, spacing: tuple[float, float, float], rank: int = 0) -> Callable | None:
+def make_augment(cfg: PatchOptions, spacing: tuple[float, float, float], rank: int = 0) -> Callable | None:
     """Rotation (±``rotate_deg`` about each axis, in mm space: ``spacing`` (z, y, x) of the stored grid) +
     translation (±``translate`` of the patch) on the device, drawn from (seed, rank, step); None when both
     are 0."""
@@ -45,7 +45,7 @@ def progress_bar(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="case", disable=not enabled, dynamic_ncols=True)
 
 
-def patch_loader(cfg: FinetuneConfig, train: TaskData, *, start: int, steps: int, env: DistEnv
+def patch_loader(cfg: PatchOptions, train: TaskData, *, start: int, steps: int, env: DistEnv
                  ) -> tuple[Any, Callable | None]:
     """Patches of ``cfg.patch`` from ``train``'s one domain, a share ``cfg.fg_fraction`` centred on a labelled
     voxel (:class:`~model.data.patches.PretrainStream`), with the rigid augmentation."""
@@ -54,7 +54,7 @@ def patch_loader(cfg: FinetuneConfig, train: TaskData, *, start: int, steps: int
     index = StoreIndex(store=train.store, split="train", cases={train.domain: train.cases},
                        num_classes={train.domain: train.num_classes})
     pc = PatchConfig(patch=cfg.patch, batch=cfg.batch, fg_fraction=cfg.fg_fraction, seed=cfg.seed,
-                     channel="all" if cfg.channels == "all" else "first")
+                     channel="all" if getattr(cfg, "channels", "first") == "all" else "first")
     stream = PretrainStream(train.store, index, pc, start_step=start, num_steps=steps, rank=env.rank,
                             world_size=env.world_size)
     return stream_loader(stream, cfg.workers), make_augment(cfg, train.spacing, env.rank)

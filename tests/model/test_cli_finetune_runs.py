@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from model.cli import main
 from model.training.checkpoint import load_checkpoint
-from model.training.finetune import finetune
+from model.api import finetune
 
 
 def test_resume_alone_continues_a_run_started_with_other_options(tiny_store, tmp_path):
@@ -48,7 +48,7 @@ def test_resume_alone_continues_a_run_started_with_other_options(tiny_store, tmp
 def test_evaluate_says_which_checkpoint_it_measured_of_an_unfinished_run(tiny_store, tmp_path):
     import pytest
 
-    from model.evaluation.evaluate import evaluate
+    from model.api import evaluate
 
     run = tmp_path / "run"
     opts = dict(domain="alpha", steps=4, batch=1, patch=(16, 16, 16), decoder_widths=(8, 8, 8), workers=0,

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from model.cli import main
 from model.training.config import TrainConfig
-from model.training.finetune_config import FinetuneConfig
+from model.tasks.base import get_task
 
 HUGE = "9" * 100_000
 
@@ -41,8 +41,9 @@ HUGE = "9" * 100_000
     ({"weight_decay": -1.0}, "weight_decay must be >= 0"),
 ])
 def test_finetune_config_refuses_values_of_the_wrong_type_or_range(changes, why):
+    task = get_task("classify" if "shape" in changes else "liver")  # the task whose options hold the field
     with pytest.raises(ValueError, match=why) as err:
-        FinetuneConfig(task="classify", store="s", out="o", **changes)
+        task.config(store="s", out="o", stage=task.stages[0], **changes)
     assert "\n" not in str(err.value)
 
 
@@ -64,8 +65,10 @@ def test_train_config_refuses_values_of_the_wrong_type_or_range(changes, why):
 def test_good_configs_still_round_trip():
     cfg = TrainConfig(store="s", out="o", patch=[32, 128, 128], lr=10.0, amp=None, device="cuda:1", seed=3)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
-    ft = FinetuneConfig(task="seg", store="s", out="o", lr=None, shape=(1024, 8, 8), rotate_deg=0, device="cpu")
-    assert FinetuneConfig.from_dict(ft.to_dict()) == ft
+    ft = get_task("classify").config(store="s", out="o", lr=None, shape=(1024, 8, 8), device="cpu")
+    assert type(ft).from_dict(ft.to_dict()) == ft
+    seg = get_task("seg").config(store="s", out="o", rotate_deg=0, patch=[16, 32, 32])
+    assert type(seg).from_dict(seg.to_dict()) == seg and seg.patch == (16, 32, 32)
 
 
 @pytest.mark.parametrize("text, why", [
@@ -101,7 +104,7 @@ def test_pretrain_resume_with_a_damaged_config_is_one_line(tmp_path, text, why):
 
 
 def _finetune_config(**changes) -> dict:
-    cfg = FinetuneConfig(task="classify", store="s", out="o", labels="labels.csv").to_dict()
+    cfg = get_task("classify").config(store="s", out="o", labels="labels.csv").to_dict()
     return {**cfg, **changes}
 
 
@@ -125,14 +128,14 @@ def test_finetune_resume_with_a_damaged_config_is_one_line_naming_file_and_field
 
 
 def test_a_checkpoint_whose_config_is_damaged_names_the_checkpoint(tmp_path):
-    from model.tasks.run import load_stage
+    from model.run_folder import load_stage
     from model.training.checkpoint import save_checkpoint
 
-    cfg = _finetune_config(amp="no", task="seg")
+    cfg = _finetune_config(amp="no")
     save_checkpoint({"model": {}, "optimizer": {}, "scheduler": {}, "step": 1, "config": cfg, "rng": {},
                      "encoder": "resnet10", "num_classes": 2}, tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match=r"checkpoint\.pt: .*amp must be true or false or null, got 'no'"):
-        load_stage(tmp_path, "main")
+        load_stage(tmp_path, "main", config_type=get_task("classify").config_type)
 
 
 def _recipe(**changes) -> dict:

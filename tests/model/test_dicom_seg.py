@@ -20,7 +20,8 @@ import pytest
 import SimpleITK as sitk
 from click.testing import CliRunner
 
-from model.evaluation.predict import ScansSkippedError, predict
+from model.api import predict
+from model.evaluation.predict import ScansSkippedError
 
 CLASSES = ["liver", "spleen", "kidney_left"]
 
@@ -43,7 +44,7 @@ def ct_run(real_dir, tmp_path_factory) -> Path:
     """A one-step seg run on a CT store of three copies of the real CT labelled 1 liver, 2 spleen, 3 kidney_left,
     declared at about 6 mm (the store's target spacing, so that the LIDC series is 60 × 60 × 7 voxels to
     segment: a few seconds on a CPU)."""
-    from model.training.finetune import finetune
+    from model.api import finetune
     from pipeline.config import PrepConfig
     from pipeline.job import build
     from pipeline.sources.msd import read_task

@@ -116,7 +116,8 @@ def test_finetune_init_warns_when_the_store_was_preprocessed_differently(pretrai
     """The hook finetune() calls before writing anything: silent on the pretraining store's own recipe, a
     warning naming the spacing and the --like fix on another, a FinetuneError for a damaged card."""
     from catalog.card import case_recipe
-    from model.training.finetune import FinetuneError, _check_init_card
+    from model.task_api import FinetuneError
+    from model.training.finetune_init import check_init_card as _check_init_card
 
     _, out = pretrained
     record = {"path": str(out)}
@@ -140,7 +141,9 @@ def test_finetune_init_warns_when_the_store_was_preprocessed_differently(pretrai
 def test_exported_weights_with_their_card_count_as_ours_and_carry_their_scans(pretrained, tiny_store, tmp_path):
     """finetune --init OUT.pth (our export, its card beside it): init_kind med3d (compare's "Med3D (ours)"
     column), and the scans the card lists are checked against the split the task is measured on."""
-    from model.training.finetune import FinetuneError, finetune, init_record
+    from model.api import finetune
+    from model.task_api import FinetuneError
+    from model.training.finetune_init import init_record
 
     run, out = pretrained
     ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)

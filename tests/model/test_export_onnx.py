@@ -17,7 +17,9 @@ import zarr
 from click.testing import CliRunner
 
 from model.cli import main
-from model.training.finetune import finetune
+from model.api import finetune
+from model.tasks.classify import ClassifyConfig
+from model.tasks.seg import SegConfig
 
 SEG = {"steps": 2, "batch": 2, "patch": (32, 32, 32), "workers": 0, "device": "cpu", "ckpt_every": 0,
        "val_every": 0, "log_every": 1, "decoder_widths": (8, 8, 8)}
@@ -73,20 +75,31 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def test_seg_onnx_matches_torch_on_a_real_patch_and_carries_the_card(runs):
-    from model.tasks.run import load_stage, read_run
+@pytest.fixture(scope="module")
+def exported(runs):
+    """``seg.onnx`` and ``classify.onnx`` written once per process (the engine tests use them too, on whichever
+    xdist worker runs them), with what ``export`` printed."""
+    out = {}
+    for name in ("seg", "classify"):
+        path = runs["root"] / f"{name}.onnx"
+        res = invoke("export", runs[name], path, "--format", "onnx")
+        assert res.exit_code == 0, res.output
+        out[name] = (path, res.output)
+    return out
 
-    out = runs["root"] / "seg.onnx"
-    res = invoke("export", runs["seg"], out, "--format", "onnx")
-    assert res.exit_code == 0, res.output
-    assert "spatial sizes in multiples of 8" in res.output
+
+def test_seg_onnx_matches_torch_on_a_real_patch_and_carries_the_card(runs, exported):
+    from model.run_folder import load_stage, read_run
+
+    out, output = exported["seg"]
+    assert "spatial sizes in multiples of 8" in output
     meta, spec = _onnx_meta(out), read_run(runs["seg"])
     assert (meta["task"], meta["classes"], meta["preprocessing"]) == ("seg", spec["classes"], spec["preprocessing"])
     assert meta["classes"] == ["background", "Anterior", "Posterior"]
     assert meta["input"]["spatial"] == "multiple" and meta["input"]["spatial_multiple"] == 8
     assert meta["inference"]["patch"] == [32, 32, 32] and meta["config"]["patch"] == [32, 32, 32]
 
-    net, _ = load_stage(runs["seg"], "main")
+    net, _ = load_stage(runs["seg"], "main", config_type=SegConfig)
     image = _stored_image(runs["store"])
     session = _session(out)
     # the run's patch, and a larger one (dynamic axes, multiples of 8), cut from the real scan
@@ -102,7 +115,7 @@ def test_seg_onnx_matches_torch_on_a_real_patch_and_carries_the_card(runs):
 
 
 def test_seg_torchscript_carries_the_card_and_matches_torch(runs):
-    from model.tasks.run import load_stage
+    from model.run_folder import load_stage
 
     out = runs["root"] / "seg_ts.pt"
     res = invoke("export", runs["seg"], out, "--format", "torchscript")
@@ -111,23 +124,21 @@ def test_seg_torchscript_carries_the_card_and_matches_torch(runs):
     scripted = torch.jit.load(str(out), _extra_files=extra)
     meta = json.loads(extra["med3d.json"])
     assert meta["exported_as"] == "torchscript" and meta["task"] == "seg" and meta["input"]["spatial"] == "multiple"
-    net, _ = load_stage(runs["seg"], "main")
+    net, _ = load_stage(runs["seg"], "main", config_type=SegConfig)
     x = torch.from_numpy(_stored_image(runs["store"])[:16, :16, :16].copy())[None, None]
     with torch.no_grad():
         assert torch.allclose(scripted(x), net(x), atol=1e-5)
 
 
-def test_classify_onnx_matches_torch_on_a_real_scan(runs):
+def test_classify_onnx_matches_torch_on_a_real_scan(runs, exported):
     from model.data.classify_stream import classify_input
-    from model.tasks.run import load_stage
+    from model.run_folder import load_stage
 
-    out = runs["root"] / "classify.onnx"
-    res = invoke("export", runs["classify"], out, "--format", "onnx")
-    assert res.exit_code == 0, res.output
+    out, _ = exported["classify"]
     meta = _onnx_meta(out)
     assert meta["task"] == "classify" and meta["classes"] == ["large", "small"]
     assert meta["output"]["layout"] == ["N", "classes"] and meta["inference"]["shape"] == [16, 16, 16]
-    net, cfg = load_stage(runs["classify"], "main")
+    net, cfg = load_stage(runs["classify"], "main", config_type=ClassifyConfig)
     x = classify_input(_stored_image(runs["store"])[None], None, cfg.shape)[None].astype(np.float32)
     with torch.no_grad():
         want = net(torch.from_numpy(x)).numpy()
@@ -135,7 +146,7 @@ def test_classify_onnx_matches_torch_on_a_real_scan(runs):
     assert got.shape == want.shape == (1, 2) and np.abs(got - want).max() < 1e-4
 
 
-def test_predict_engine_onnx_gives_the_torch_masks(runs, tmp_path):
+def test_predict_engine_onnx_gives_the_torch_masks(runs, exported, tmp_path):
     res = invoke("predict", runs["seg"], runs["images"], "--out", tmp_path / "torch")
     assert res.exit_code == 0, res.output
     res = invoke("predict", runs["seg"], runs["images"], "--out", tmp_path / "onnx", "--engine", "onnx")
@@ -162,7 +173,7 @@ def test_predict_engine_onnx_classify_gives_the_torch_probabilities(runs, tmp_pa
     assert np.abs(got[cols].to_numpy() - want[cols].to_numpy()).max() < 1e-5
 
 
-def test_refusals_are_one_line(runs, tmp_path):
+def test_refusals_are_one_line(runs, exported, tmp_path):
     # liver's two stages
     liver = tmp_path / "liver"
     liver.mkdir()
@@ -195,9 +206,9 @@ def test_fixed_size_when_the_exporter_or_the_trace_cannot_vary_it(runs, tmp_path
     them, or a trace that froze a size (a runner right at the patch only), gives a file fixed at the run's patch,
     and the metadata says why."""
     from model.export import onnx_export
-    from model.tasks.run import load_stage
+    from model.run_folder import load_stage
 
-    net, _ = load_stage(runs["seg"], "main")
+    net, _ = load_stage(runs["seg"], "main", config_type=SegConfig)
 
     def only_at_patch(a: np.ndarray) -> np.ndarray:
         if a.shape[2:] != (32, 32, 32):

@@ -82,7 +82,7 @@ def test_readme_not_written_by_export_is_never_replaced(exported, tmp_path):
     res = invoke("export", exported["ckpt"].parent, tmp_path / "w.pth", "--format", "safetensors")
     assert res.exit_code == 2 and "FILE.safetensors" in res.output
     # --no-card: the weights alone; --init then knows nothing of the scans they saw, as with a bare .pth
-    from model.training.finetune import init_record
+    from model.training.finetune_init import init_record
 
     res = invoke("export", exported["ckpt"].parent, tmp_path / "bare", "--format", "safetensors", "--no-card")
     assert res.exit_code == 0 and sorted(p.name for p in (tmp_path / "bare").iterdir()) == ["model.safetensors"]
@@ -93,7 +93,7 @@ def test_readme_not_written_by_export_is_never_replaced(exported, tmp_path):
 def test_finetune_init_safetensors_loads_every_tensor_and_reads_the_card(exported, tiny_store, tmp_path):
     from model.nets.resnet import create_encoder
     from model.nets.weights import load_encoder_weights
-    from model.training.finetune import init_record
+    from model.training.finetune_init import init_record
 
     run = tmp_path / "ft"
     res = invoke("finetune", "seg", tiny_store, "--out", run, "--domain", "alpha", "--init", exported["weights"],

@@ -36,7 +36,7 @@ TRAIN = {"steps": 1, "batch": 1, "workers": 0, "device": "cpu", "ckpt_every": 0,
 def runs(real_dir, tmp_path_factory) -> dict:
     """The four real hippocampus cases built into a store, a one-step seg run and a one-step whole-volume classify
     run on it (a few seconds in all): what evaluate and predict load."""
-    from model.training.finetune import finetune
+    from model.api import finetune
     from pipeline.config import PrepConfig
     from pipeline.job import build
     from pipeline.sources.msd import scan_msd
@@ -99,7 +99,7 @@ def test_path_component_returns_a_plain_name(value):
 @pytest.mark.parametrize("name, says", [("a\\b.nii.gz", "path separator"), ("x\x01.nii.gz", "control characters"),
                                         ("..", "outside"), ("a/../../b.nii.gz", "outside")])
 def test_inside_refuses_names_that_are_not_one_plain_file_name(tmp_path, name, says):
-    from model.tasks.run import inside
+    from model.run_folder import inside
 
     with pytest.raises(ValueError, match=says) as err:
         inside(tmp_path, name, what="case_id", source="the catalog of S")
@@ -108,7 +108,7 @@ def test_inside_refuses_names_that_are_not_one_plain_file_name(tmp_path, name, s
 
 
 def test_inside_refuses_an_existing_link_that_points_elsewhere(tmp_path):
-    from model.tasks.run import inside
+    from model.run_folder import inside
 
     (tmp_path / "pred").mkdir()
     (tmp_path / "pred" / "x.nii.gz").symlink_to(tmp_path / "elsewhere.nii.gz")
@@ -148,7 +148,7 @@ def test_evaluate_refuses_a_crafted_eval_split_before_writing(runs, tmp_path, ki
 
 
 def test_evaluate_api_refuses_a_split_that_is_no_split(runs, tmp_path):
-    from model.evaluation.evaluate import evaluate
+    from model.api import evaluate
 
     run = tmp_path / "run"
     shutil.copytree(runs["seg"], run)
@@ -161,7 +161,7 @@ def test_evaluate_api_refuses_a_split_that_is_no_split(runs, tmp_path):
 
 
 def test_a_crafted_stage_name_is_refused_naming_finetune_json(runs, tmp_path):
-    from model.tasks.run import stage_steps
+    from model.run_folder import stage_steps
 
     with pytest.raises(UnsafeNameError, match=r"finetune\.json: stages '\.\./\.\./elsewhere' contains a path"):
         stage_steps(runs["seg"], {"stages": ["../../elsewhere"]}, lambda s: None)

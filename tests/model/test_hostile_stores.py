@@ -32,7 +32,7 @@ HUGE = 2_000_000_000
 @pytest.fixture(scope="module")
 def seg_run(real_dir, tmp_path_factory) -> dict:
     """The four real hippocampus cases built into a store in 16³ chunks, and a one-step seg run on it."""
-    from model.training.finetune import finetune
+    from model.api import finetune
     from pipeline.config import PrepConfig
     from pipeline.job import build
     from pipeline.sources.msd import scan_msd
@@ -203,7 +203,7 @@ def test_resume_refuses_tensors_of_other_shapes_naming_the_key(seg_run, tmp_path
 def test_evaluate_refuses_a_checkpoint_whose_config_asks_for_a_billion_classes(seg_run, tmp_path):
     """evaluate builds the network from the checkpoint's own record: it is checked on the meta device first."""
     def change(ckpt):
-        ckpt["num_classes"] = 1_000_000_000
+        ckpt["num_classes"] = ckpt["net"]["num_classes"] = 1_000_000_000
 
     run = _crafted_run(seg_run, tmp_path, change)
     res = _guarded_cli("evaluate", run, seg_run["store"], "--no-progress")
@@ -228,7 +228,7 @@ def lits_relative(tmp_path_factory) -> dict:
     folder), and a one-step seg run on it."""
     import os
 
-    from model.training.finetune import finetune
+    from model.api import finetune
     from pipeline.cli import main as prep
     from pipeline.sample import write_lits_sample
 

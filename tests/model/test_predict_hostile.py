@@ -18,7 +18,8 @@ import pytest
 import SimpleITK as sitk
 from click.testing import CliRunner
 
-from model.evaluation.predict import ScansSkippedError, predict
+from model.api import predict
+from model.evaluation.predict import ScansSkippedError
 
 HIPPO = "msd/Task04_Hippocampus/imagesTr/hippocampus_001.nii.gz"
 
@@ -27,7 +28,7 @@ HIPPO = "msd/Task04_Hippocampus/imagesTr/hippocampus_001.nii.gz"
 def run(real_dir, tmp_path_factory) -> Path:
     """A one-step seg run on the four real hippocampus cases (about 2 s): its preprocessing is what predict
     replays, its network what the CLI loads."""
-    from model.training.finetune import finetune
+    from model.api import finetune
     from pipeline.config import PrepConfig
     from pipeline.job import build
     from pipeline.sources.msd import scan_msd

@@ -106,7 +106,7 @@ def test_finetune_into_a_folder_locked_by_a_live_process_is_refused(tiny_store, 
 
 
 def test_stale_lock_is_taken_over_and_said(tiny_store, tmp_path, dead_pid):
-    from model.training.finetune import finetune
+    from model.api import finetune
 
     run = tmp_path / "run"
     lock = _lock(run, dead_pid)
@@ -119,8 +119,8 @@ def test_stale_lock_is_taken_over_and_said(tiny_store, tmp_path, dead_pid):
 
 
 def test_two_finetunes_into_one_folder_at_once_exactly_one_runs(tiny_store, tmp_path):
-    from model.tasks import FinetuneError
-    from model.training.finetune import finetune
+    from model.task_api import FinetuneError
+    from model.api import finetune
 
     run = tmp_path / "run"
     holding, refused = threading.Event(), threading.Event()
@@ -153,8 +153,8 @@ def test_two_finetunes_into_one_folder_at_once_exactly_one_runs(tiny_store, tmp_
 
 
 def test_lock_is_released_when_finetune_is_refused_after_taking_it(tiny_store, tmp_path):
-    from model.tasks import FinetuneError
-    from model.training.finetune import finetune
+    from model.task_api import FinetuneError
+    from model.api import finetune
 
     run = tmp_path / "run"
     finetune("seg", tiny_store, str(run), log=lambda s: None, **SEG)

@@ -6,6 +6,7 @@ channel file on another grid)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -17,7 +18,7 @@ import SimpleITK as sitk
 import torch
 
 from model.training.checkpoint import load_checkpoint
-from model.training.finetune import finetune
+from model.api import finetune
 
 from test_transfer import our_checkpoint  # noqa: F401  (module fixture: a one-channel pretraining run)
 
@@ -74,7 +75,7 @@ def test_the_stream_reads_every_stored_channel(two_channel):
     from catalog.store_format import store_join
     from model.data.patches import PatchConfig, PretrainStream, sample_patch_spec
     from model.data.store_index import StoreIndex
-    from model.data.transfer import task_data
+    from model.data.task_streams import task_data
 
     data = task_data(two_channel["store"], "train")
     index = StoreIndex(store=data.store, split="train", cases={data.domain: data.cases}, num_classes={data.domain: 3})
@@ -128,9 +129,11 @@ def test_export_keeps_both_input_channels(run_all, tmp_path):
 
 def test_the_segmenter_reads_the_second_channel(run_all):
     from model.evaluation.inference import PatchSegmenter
-    from model.tasks.run import load_stage
+    from model.run_folder import load_stage
 
-    net, cfg = load_stage(run_all, "main")
+    from model.tasks.seg import SegConfig
+
+    net, cfg = load_stage(run_all, "main", config_type=SegConfig)
     seg = PatchSegmenter(net, cfg.patch, 3)
     assert seg.in_chans == 2
     x = np.random.default_rng(1).normal(size=(2, 20, 24, 20)).astype(np.float32)
@@ -142,8 +145,8 @@ def test_the_segmenter_reads_the_second_channel(run_all):
 
 
 def test_evaluate_and_predict_feed_both_channels(run_all, two_channel, tmp_path):
-    from model.evaluation.evaluate import evaluate
-    from model.evaluation.predict import predict
+    from model.api import evaluate
+    from model.api import predict
 
     summary = evaluate(run_all, two_channel["store"], split="val", progress=False, log=lambda s: None)
     table = pd.read_csv(run_all / "eval" / "val" / "cases.csv")
@@ -177,28 +180,31 @@ def test_a_first_channel_run_reads_channel_0000_only(two_channel, tmp_path):
     run = tmp_path / "run_first"
     finetune("seg", two_channel["store"], str(run), progress=False, log=lambda s: None, **TINY)
     assert load_checkpoint(run / "checkpoint.pt")["in_chans"] == 1
-    from model.evaluation.predict import predict
+    from model.api import predict
 
     [mask] = predict(run, [two_channel["dataset"] / "imagesTs"], tmp_path / "pred", log=lambda s: None)
     assert mask.is_file()
 
 
 @pytest.mark.parametrize("task", ["liver", "lung", "nodule"])
-def test_channels_all_is_for_seg_and_classify_only(task):
-    from model.training.finetune_config import FinetuneConfig
+def test_channels_all_is_for_seg_and_classify_only(task, tmp_path):
+    from click.testing import CliRunner
 
-    stage = "coarse" if task == "liver" else "main"
-    with pytest.raises(ValueError, match=f"task '{task}' reads one channel"):
-        FinetuneConfig(task=task, store="s", out="o", stage=stage, channels="all")
+    from model.cli import main
+    from model.tasks.base import get_task
+
+    assert "channels" not in {f.name for f in dataclasses.fields(get_task(task).config_type)}
+    res = CliRunner().invoke(main, ["finetune", task, "store", "--out", str(tmp_path / "r"), "--channels", "all"])
+    assert res.exit_code == 2 and f"finetune {task} reads one channel" in res.output, res.output
 
 
 def test_classify_with_every_channel(two_channel, our_checkpoint, tmp_path):  # noqa: F811
     """classify --channels all: the cached inputs hold both channels, the network takes two, evaluate and
     predict (from the two channel files) give probabilities."""
     from model.data.classify_stream import cached_input
-    from model.data.transfer import task_data
+    from model.data.task_streams import task_data
     from model.evaluation.classify_eval import predict_classes
-    from model.evaluation.evaluate import evaluate
+    from model.api import evaluate
 
     data = task_data(two_channel["store"], "train")
     table = tmp_path / "labels.csv"
@@ -219,8 +225,12 @@ def test_classify_with_every_channel(two_channel, our_checkpoint, tmp_path):  # 
     assert not np.allclose(arrays[0][0], arrays[0][1])
     summary = evaluate(run, two_channel["store"], progress=False, log=lambda s: None)
     assert summary["split"] == "test" and sum(summary["class_counts"].values()) == 1
+    from model.run_folder import load_stage
+    from model.tasks.classify import ClassifyConfig
+
     path = predict_classes(run, json.loads((run / "finetune.json").read_text()),
-                           [two_channel["dataset"] / "imagesTs"], tmp_path / "probs", log=lambda s: None)
+                           [two_channel["dataset"] / "imagesTs"], tmp_path / "probs", log=lambda s: None,
+                           network=lambda: load_stage(run, "main", config_type=ClassifyConfig))
     rows = pd.read_csv(path)
     assert list(rows["case_id"]) == [two_channel["test_case"]]
     assert np.isclose(rows[["prob_AD", "prob_CN"]].sum(axis=1).iloc[0], 1.0)

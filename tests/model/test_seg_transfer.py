@@ -18,9 +18,9 @@ import zarr
 from click.testing import CliRunner
 
 from model.evaluation.metrics import read_metrics
-from model.tasks import TaskStoreError
+from model.task_api import TaskStoreError
 from model.training.checkpoint import load_checkpoint
-from model.training.finetune import finetune
+from model.api import finetune
 
 from test_transfer import medicalnet_file, our_checkpoint  # noqa: F401  (module fixtures: the two init files)
 
@@ -99,14 +99,13 @@ def test_seg_trains_from_every_init_with_both_decoders(init, decoder, hippo, med
 
 
 def test_foreground_oversampling_centres_the_chosen_share_on_labels(hippo, tmp_path):
-    from model.tasks import get_task
-    from model.training.finetune_config import FinetuneConfig
+    from model.tasks.base import get_task
     from model.training.loop import DistEnv
 
     task = get_task("seg")
     shares = {}
     for fg in (1.0, 0.0):
-        cfg = FinetuneConfig(task="seg", store=hippo["store"], out=str(tmp_path), domain="hippocampus",
+        cfg = task.config(store=hippo["store"], out=str(tmp_path), domain="hippocampus",
                              fg_fraction=fg, **{**TINY, "patch": (8, 8, 8), "batch": 4})
         loader, _ = task.loader(cfg, task.data(cfg, "train"), tmp_path, start=0, steps=10, env=DistEnv(),
                                 progress=False)
@@ -119,7 +118,7 @@ def test_foreground_oversampling_centres_the_chosen_share_on_labels(hippo, tmp_p
 def test_evaluate_per_class_dice_hd95_assd_equal_medpy_on_the_written_files(hippo, seg_run):
     from medpy.metric import binary
 
-    from model.evaluation.evaluate import evaluate
+    from model.api import evaluate
 
     summary = evaluate(seg_run, hippo["store"], segmenter=ShiftedOracle(hippo["store"], shift=1), progress=False,
                        log=lambda s: None)
@@ -165,7 +164,7 @@ def _reorient(img: sitk.Image) -> sitk.Image:
 
 
 def test_predict_imagesTs_folder_and_reoriented_copy_in_each_inputs_geometry(hippo, seg_run, tmp_path):
-    from model.evaluation.predict import predict
+    from model.api import predict
 
     image = sitk.ReadImage(str(hippo["task"] / "imagesTr" / "hippocampus_004.nii.gz"))
     label = sitk.ReadImage(str(hippo["task"] / "labelsTr" / "hippocampus_004.nii.gz"))
@@ -217,7 +216,7 @@ def test_paper_tasks_refuse_the_hippocampus_store_before_writing(task, hippo, tm
 
 def test_seg_needs_a_domain_on_a_store_of_several_and_evaluate_refuses_another_store(tiny_store, seg_run,
                                                                                       tmp_path):
-    from model.evaluation.evaluate import evaluate
+    from model.api import evaluate
 
     with pytest.raises(TaskStoreError, match=r"2 domains \(alpha, beta\); choose one with --domain"):
         finetune("seg", tiny_store, str(tmp_path / "run"), progress=False, log=lambda s: None, **TINY)
@@ -231,8 +230,8 @@ def test_a_crafted_case_id_never_writes_outside_the_pred_folder(hippo, seg_run, 
     """The catalog reader refuses such ids too (catalog/); here it is bypassed, so evaluate's own check is what
     keeps the write inside RUN/eval/<split>/pred."""
     import catalog
-    from model.evaluation.evaluate import evaluate
-    from model.tasks.run import inside
+    from model.api import evaluate
+    from model.run_folder import inside
 
     crafted = catalog.load_catalog(hippo["store"])
     crafted.loc[crafted["split"] == "val", "case_id"] = "../../../../../escape"

@@ -49,7 +49,7 @@ def test_numbers_stay_numbers_and_the_frame_is_not_changed():
 def crafted(tmp_path_factory) -> dict:
     """A store whose case ids begin with formula characters, a one-step seg run and a one-step classify run whose
     classes are formulas, on it."""
-    from model.training.finetune import finetune
+    from model.api import finetune
     from pipeline.config import Case, DomainSpec, PrepConfig
     from pipeline.job import build
     from tests_model_helpers import DOMAINS, _write_case

@@ -15,9 +15,9 @@ import torch
 from click.testing import CliRunner
 
 from model.evaluation.metrics import read_metrics
-from model.tasks import FinetuneError, TaskStoreError
+from model.task_api import FinetuneError, TaskStoreError
 from model.training.checkpoint import load_checkpoint
-from model.training.finetune import finetune
+from model.api import finetune
 
 TINY = {"steps": 3, "batch": 2, "shape": (16, 16, 16), "workers": 0, "device": "cpu", "ckpt_every": 0,
         "val_every": 0, "log_every": 1, "lr": 1e-4}
@@ -104,7 +104,7 @@ def test_whole_volume_run_evaluates_as_sklearn_on_its_predictions(hippo, shape_r
 @pytest.mark.slow
 def test_predict_gives_one_row_per_raw_scan_as_evaluate_saw_the_store(hippo, shape_run, tmp_path):
     from model.cli import main
-    from model.evaluation.evaluate import evaluate
+    from model.api import evaluate
 
     evaluate(shape_run, hippo["store"], split="train", progress=False, log=lambda s: None)
     stored = pd.read_csv(shape_run / "eval" / "train" / "predictions.csv").set_index("case_id")
@@ -139,8 +139,8 @@ def test_mask_crop_run_with_int_classes_split_column_and_scan_ids(hippo, tmp_pat
     from catalog import load_catalog
     from model.data.classify_stream import crop_box
     from model.data.patches import read_volume
-    from model.evaluation.evaluate import evaluate
-    from model.tasks import get_task
+    from model.api import evaluate
+    from model.tasks.base import get_task
 
     scan = dict(zip(load_catalog(hippo["store"])["case_id"], load_catalog(hippo["store"])["scan_id"]))
     table = write_table(tmp_path / "two.csv", [{"scan": scan[i], "label": c, "split": s} for i, c, s in
@@ -156,7 +156,7 @@ def test_mask_crop_run_with_int_classes_split_column_and_scan_ids(hippo, tmp_pat
     nz = np.nonzero(label > 0)
     assert lo == tuple(max(0, int(v.min()) - 2) for v in nz)
     assert hi == tuple(min(n, int(v.max()) + 3) for v, n in zip(nz, label.shape))
-    from model.data.transfer import resize_image
+    from model.data.task_streams import resize_image
     want = resize_image(torch.from_numpy(image[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].copy()), (16, 16, 16))
     got = np.load(run / "cache" / "train" / "hippocampus__hippocampus_001.npy")
     np.testing.assert_array_equal(got[0], want.numpy())

@@ -17,7 +17,8 @@ from model.nets.aspp import DenseASPP3D
 from model.nets.resnet import create_encoder
 from model.nets.weights import WeightsMismatchError, export_medicalnet
 from model.training.checkpoint import load_checkpoint
-from model.training.finetune import FinetuneError, finetune
+from model.api import finetune
+from model.task_api import FinetuneError
 
 KEYS_JSON = Path(__file__).resolve().parents[1] / "data" / "medicalnet_checkpoint_keys.json"
 TINY = {"steps": 2, "batch": 2, "patch": (16, 24, 24), "coarse_shape": (16, 24, 24), "workers": 0, "device": "cpu",
@@ -226,8 +227,8 @@ def test_cli_finetune_evaluate_predict_compare(stores, tmp_path):
 def test_store_of_the_wrong_kind_is_refused_before_anything_is_written(stores, tmp_path):
     """Issue 15 item 8: nodule on a VISCERAL store and lung on a LiTS store refuse without leaving finetune.json;
     evaluate of a lung run on a LiTS store refuses instead of giving NaN."""
-    from model.evaluation.evaluate import evaluate
-    from model.tasks import TaskStoreError
+    from model.api import evaluate
+    from model.task_api import TaskStoreError
 
     for task, store in (("nodule", stores["lung"]), ("lung", stores["liver"]), ("liver", stores["nodule"])):
         with pytest.raises(TaskStoreError, match="build-lidc|build-visceral|build-lits"):
@@ -246,10 +247,11 @@ def _ddp_finetune_worker(rank: int, world: int, port: int, cfg_dict: dict, out: 
     os.environ.update({"WORLD_SIZE": str(world), "RANK": str(rank), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
+    from model.tasks.base import get_task
     from model.training.finetune import finetune_stage
-    from model.training.finetune_config import FinetuneConfig
 
-    result = finetune_stage(FinetuneConfig.from_dict(cfg_dict), progress=False, log=lambda s: None)
+    task = get_task(cfg_dict["task"])
+    result = finetune_stage(task, task.config_type.from_dict(cfg_dict), progress=False, log=lambda s: None)
     torch.save({k: v.clone() for k, v in result.net.state_dict().items()}, Path(out) / f"rank{rank}.pt")
 
 
@@ -259,13 +261,14 @@ def test_finetune_ddp_on_cpu_two_processes(stores, tmp_path):
 
     import torch.multiprocessing as mp
 
-    from model.training.finetune_config import FinetuneConfig
+    from model.tasks.base import get_task
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = FinetuneConfig(task="lung", store=stores["lung"], out=str(tmp_path / "run"),
-                         **{**TINY, "steps": 3, "val_every": 3, "batch": 1})
+    lung = {k: v for k, v in TINY.items() if k not in ("coarse_shape", "aspp_rates")}  # liver's options
+    cfg = get_task("lung").config(store=stores["lung"], out=str(tmp_path / "run"),
+                                  **{**lung, "steps": 3, "val_every": 3, "batch": 1})
     mp.spawn(_ddp_finetune_worker, args=(2, port, cfg.to_dict(), str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)

@@ -12,9 +12,9 @@ import SimpleITK as sitk
 import zarr
 from click.testing import CliRunner
 
-from model.evaluation.evaluate import evaluate
-from model.evaluation.predict import predict
-from model.training.finetune import finetune
+from model.api import evaluate
+from model.api import predict
+from model.api import finetune
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -196,7 +196,7 @@ def test_a_run_trained_on_a_memory_url_store_predicts_as_the_local_one(real_lits
     recipe as for the local store's run, and the masks agree voxel for voxel."""
     import fsspec
 
-    from model.tasks.run import read_run
+    from model.run_folder import read_run
 
     fs = fsspec.filesystem("memory")
     fs.put(real_lits["store"], "/geometry_run_store", recursive=True)

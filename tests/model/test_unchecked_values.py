@@ -136,7 +136,8 @@ def seg_run(tmp_path) -> Path:
 
 def test_a_gap_in_the_channel_files_is_refused_naming_the_missing_file(seg_run, tmp_path):
     """``_0000, _0001, _0002, _0004``: ``_0004`` was fed as channel 3."""
-    from model.evaluation.predict import ScansSkippedError, predict
+    from model.api import predict
+    from model.evaluation.predict import ScansSkippedError
 
     scans = _case(tmp_path / "scans", [0, 1, 2, 4])
     oracle, lines = Oracle(4), []
@@ -154,7 +155,8 @@ def test_a_gap_in_the_channel_files_is_refused_naming_the_missing_file(seg_run, 
     ([0, 1], 3, r"2 channel\(s\); the network takes 3"),
 ])
 def test_more_or_fewer_channel_files_than_the_network_reads_are_refused(seg_run, tmp_path, files, in_chans, why):
-    from model.evaluation.predict import ScansSkippedError, predict
+    from model.api import predict
+    from model.evaluation.predict import ScansSkippedError
 
     scans = _case(tmp_path / "scans", files)
     oracle = Oracle(in_chans)
@@ -164,7 +166,7 @@ def test_more_or_fewer_channel_files_than_the_network_reads_are_refused(seg_run,
 
 
 def test_contiguous_channel_files_are_fed_in_order(seg_run, tmp_path):
-    from model.evaluation.predict import predict
+    from model.api import predict
 
     scans = _case(tmp_path / "scans", [0, 1, 2])
     oracle = Oracle(3)
@@ -208,8 +210,8 @@ def test_a_learning_rate_that_is_not_a_rate_is_refused(hippo, tmp_path, lr, why)
 
 
 def test_a_patch_beyond_the_train_volumes_is_refused_for_seg(hippo, tmp_path):
-    from model.tasks import FinetuneError
-    from model.training.finetune import finetune
+    from model.task_api import FinetuneError
+    from model.api import finetune
 
     with pytest.raises(FinetuneError, match=r"--patch 16,16,400 is more than 4× the largest train volume .* along "
                                             r"x \(\d+ voxels\)"):
@@ -220,8 +222,8 @@ def test_a_patch_beyond_the_train_volumes_is_refused_for_seg(hippo, tmp_path):
 
 def test_an_input_cache_larger_than_the_free_disk_is_refused_before_it_is_written(hippo, tmp_path, monkeypatch):
     from model.data import case_cache
-    from model.tasks import FinetuneError
-    from model.training.finetune import finetune
+    from model.task_api import FinetuneError
+    from model.api import finetune
 
     monkeypatch.setattr(case_cache, "free_disk_bytes", lambda folder: 10_000)
     out = tmp_path / "run"
@@ -234,9 +236,9 @@ def test_an_input_cache_larger_than_the_free_disk_is_refused_before_it_is_writte
 
 
 def test_a_batch_of_inputs_beyond_half_the_memory_is_refused(hippo, tmp_path, monkeypatch):
-    from model.tasks import FinetuneError
+    from model.task_api import FinetuneError
     from model.training import finetune_bounds
-    from model.training.finetune import finetune
+    from model.api import finetune
 
     monkeypatch.setattr(finetune_bounds, "memory_bytes", lambda: 48 * 1024)
     with pytest.raises(FinetuneError, match=r"--batch 2 × --shape 16,16,16: one batch of float32 inputs is 32\.0 "

@@ -59,7 +59,7 @@ def _train(*args: str):
 
 
 def test_finetune_and_evaluate_write_and_say_no_secret(store, tmp_path):
-    from model.training.finetune import finetune
+    from model.api import finetune
 
     run = tmp_path / "run"
     finetune("seg", store, str(run), steps=2, stop_after=1, **TINY)
@@ -80,7 +80,7 @@ def test_finetune_and_evaluate_write_and_say_no_secret(store, tmp_path):
 ])
 def test_a_failing_command_says_no_secret(store, tmp_path, command):
     if command[0] == "evaluate":  # a run to measure, on a store that is not there
-        from model.training.finetune import finetune
+        from model.api import finetune
 
         finetune("seg", store, str(tmp_path / "run"), steps=1, **TINY)
     missing = store.replace("/store", "/missing")

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from model.evaluation.metrics import read_metrics
-from model.tasks import FinetuneError
-from model.training.finetune import finetune
+from model.task_api import FinetuneError
+from model.api import finetune
 
 TINY = {"steps": 2, "batch": 2, "workers": 0, "device": "cpu", "ckpt_every": 0, "val_every": 1, "log_every": 1}
 
@@ -41,7 +41,7 @@ def test_classify_validates_on_val_not_on_test(tiny_store, tmp_path):
 
 
 def test_seg_split_table_replaces_the_catalog_splits(tiny_store, tmp_path):
-    from model.evaluation.evaluate import evaluate
+    from model.api import evaluate
 
     ids = _alpha(tiny_store)
     table = tmp_path / "splits.csv"

@@ -301,7 +301,7 @@ def test_an_empty_store_folder_is_used(tmp_path, monkeypatch):
 
 @pytest.mark.slow  # ~9 s of CPU training and evaluation, besides importing torch
 def test_finetune_classify_trains_on_the_store(tiny, tmp_path):
-    from model.training.finetune import finetune
+    from model.api import finetune
 
     store = tiny["store"]
     [result] = finetune("classify", store, str(tmp_path / "run"), labels=str(Path(store) / "labels.csv"),
