@@ -62,6 +62,9 @@ def _tasks_help() -> str:
               help="scratch, a run folder or checkpoint of ours, or a MedicalNet / Kinetics .pth.")
 @click.option("--depth", type=EncoderChoice("depth"), default=None,
               help="ResNet depth. Default: the --init weights' depth (10 from scratch).")
+@click.option("--encoder", "encoder_name", type=EncoderChoice("name"), default=None,
+              help="Encoder by registry name (resnet50, resenc_m, ...); overrides --depth. Default: the --init "
+                   "weights' encoder (resnet10 from scratch).")
 @click.option("--stage", default="both", show_default=True,
               help="Tasks of several stages (liver: coarse, fine): train one stage, or both in turn.")
 @click.option("--domain", default=None, help="seg: the store's domain to train on (needed when it holds several).")
@@ -149,9 +152,9 @@ def finetune_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
     """finetune's (and study's) command-line options as :class:`FinetuneConfig` fields: options left unset
     dropped, sizes parsed."""
     kw = dict(opts)
-    depth = kw.pop("depth", None)
+    depth, name = kw.pop("depth", None), kw.pop("encoder_name", None)
     kw["compile"] = kw.pop("compile_", False)
-    kw["encoder"] = f"resnet{depth}" if depth else None
+    kw["encoder"] = name or (f"resnet{depth}" if depth else None)
     for name in ("loss", "domain", "labels", "splits"):
         if kw.get(name, 0) is None:
             del kw[name]
@@ -166,7 +169,7 @@ def finetune_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
 
 
 # finetune's CLI parameter -> the FinetuneConfig field it sets, where the names differ.
-_FIELD = {"depth": "encoder", "compile_": "compile", "roi_margin": "roi_margin_mm"}
+_FIELD = {"depth": "encoder", "encoder_name": "encoder", "compile_": "compile", "roi_margin": "roi_margin_mm"}
 _NOT_CONFIG = {"task", "store", "out", "stage"}  # fields the command's arguments set
 
 

@@ -282,3 +282,21 @@ def export_network(source: str | os.PathLike[str], out: str | os.PathLike[str], 
 
     meta = (_write_onnx if fmt == "onnx" else _write_torchscript)(net, x, out, meta_of)
     return NetworkExport(out, fmt, meta)
+
+
+def _register_formats() -> None:
+    from model.export.formats import ExportRequest, register_format
+
+    def exporter(fmt: str) -> Callable[[ExportRequest], list[str]]:
+        def run(request: ExportRequest) -> list[str]:
+            return [export_network(request.source, request.out, fmt, log=request.log).summary()]
+
+        run.__name__ = f"export_{fmt}"
+        return run
+
+    help_ = "a fine-tuned seg/classify RUN's whole network, its preprocessing card embedded."
+    register_format("onnx", help_)(exporter("onnx"))
+    register_format("torchscript", help_)(exporter("torchscript"))
+
+
+_register_formats()
