@@ -136,14 +136,21 @@ def test_resenc_weights_refuse_medicalnet_export_and_go_to_safetensors(pretraine
     res = CliRunner().invoke(main, ["export", str(pretrained), str(tmp_path / "x.pth"), "--no-card"])
     assert res.exit_code != 0 and "MedicalNet's format holds its 3D ResNets only" in res.output
     assert not (tmp_path / "x.pth").exists()
-    res = CliRunner().invoke(main, ["export", str(pretrained), "--format", "safetensors", str(tmp_path / "hub"),
-                                    "--no-card"])
+    res = CliRunner().invoke(main, ["export", str(pretrained), "--format", "safetensors", str(tmp_path / "hub")])
     assert res.exit_code == 0, res.output
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     state = load_file(tmp_path / "hub" / "model.safetensors")
     enc = create_encoder("resenc_tiny")
     enc.load_state_dict(state)  # strict: every tensor, once
+    with safe_open(tmp_path / "hub" / "model.safetensors", framework="pt") as f:
+        arch = json.loads(f.metadata()["med3d_card"])["architecture"]
+    assert (arch["encoder"], arch["family"], arch["features"], arch["blocks"]) == \
+        ("resenc_tiny", "resenc", [8, 16, 32, 64, 80], [1, 1, 1, 1, 1])
+    assert [s["output_stride"] for s in arch["stages"]] == [1, 2, 4, 8, 16]
+    readme = (tmp_path / "hub" / "README.md").read_text()
+    assert "A 3D resenc-family encoder `resenc_tiny`" in readme and "MedicalNet" not in readme.split("## Use")[1]
 
 
 # --- nnU-Net weight exchange: export --format nnunet, and --init from nnU-Net's checkpoint ------------------------
