@@ -136,7 +136,9 @@ class ResEncEncoder(Encoder):
         """(N, in_chans, D, H, W) -> every stage's features; D, H and W must be multiples of the last stage's
         output stride (the strided convs and the average-pooled shortcuts round odd sizes differently)."""
         step = self.strides[-1]
-        if any(int(s) % step for s in x.shape[2:]):
+        # Checked in eager mode only: reading sizes as ints would freeze them in a traced or compiled graph.
+        eager = not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+        if eager and any(int(s) % step for s in x.shape[2:]):
             raise ValueError(f"encoder {self.name}: input size {tuple(x.shape[2:])} is not a multiple of {step} on "
                              f"every axis; use patches (and --shape) divisible by {step}")
         x = self.stem(x)
