@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from model.files import overreaching_tensor
+from model.files import overreaching_tensor, read_weights_file
 from model.nets.encoders import ENCODERS, Encoder, create_encoder
 
 __all__ = [
@@ -47,7 +47,6 @@ __all__ = [
     "encoder_state_for_export",
     "export_medicalnet",
     "load_encoder_weights",
-    "read_weights_file",
 ]
 
 # Wrappers that prefix every key: DataParallel/DDP ("module.") and torch.compile ("_orig_mod.").
@@ -291,23 +290,6 @@ def _read_source(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[st
 
         return str(path), load_safetensors(path)[0]
     return str(path), read_weights_file(path)
-
-
-def _numpy_scalar_globals() -> list[Any]:
-    """The numpy objects a pickled numpy scalar needs (nnU-Net's checkpoints log metrics as numpy floats):
-    rebuilding one calls no code but numpy's own scalar constructor."""
-    import numpy as np
-
-    core = getattr(np, "_core", None) or np.core
-    kinds = [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_)]
-    return [core.multiarray.scalar, np.dtype, *kinds]
-
-
-def read_weights_file(path: str | os.PathLike[str]) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU, numpy scalars allowed: MedicalNet, Kinetics, our
-    checkpoints and nnU-Net's ``checkpoint_final.pth`` load without unpickling anything else."""
-    with torch.serialization.safe_globals(_numpy_scalar_globals()):
-        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_encoder_weights(

@@ -86,7 +86,7 @@ def init_record(init: str) -> dict[str, Any]:
         from model.export.safetensors_card import safetensors_record
 
         return safetensors_record(path)
-    from model.nets.weights import read_weights_file
+    from model.files import read_weights_file
 
     obj = read_weights_file(path)  # weights_only; numpy scalars allowed (nnU-Net's checkpoint_final.pth)
     if isinstance(obj, dict) and obj.get("format") == "med3d-train":
