@@ -112,6 +112,14 @@ def test_resenc_finetunes_seg_then_evaluates_and_predicts(pretrained: Path, hipp
     assert out.GetSize() == img.GetSize() and out.GetSpacing() == pytest.approx(img.GetSpacing())
     assert set(np.unique(sitk.GetArrayFromImage(out))) <= {0, 1, 2}
 
+    # ONNX: the exporter's probes agree with torch at multiples of the encoder's stride, which it records
+    res = CliRunner().invoke(main, ["export", str(run), "--format", "onnx", str(tmp_path / "seg.onnx")])
+    assert res.exit_code == 0, res.output
+    import onnx
+
+    meta = json.loads({p.key: p.value for p in onnx.load(str(tmp_path / "seg.onnx")).metadata_props}["med3d"])
+    assert (meta["input"]["spatial"], meta["input"]["spatial_multiple"]) == ("multiple", 16), meta["input"]
+
     res = CliRunner().invoke(main, ["compare", str(run), "--out", str(tmp_path / "cmp")])
     assert res.exit_code == 0, res.output
     assert "| seg | resenc_tiny | dice |" in (tmp_path / "cmp" / "compare.md").read_text()
