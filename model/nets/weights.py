@@ -309,6 +309,11 @@ def load_encoder_weights(
         raise WeightsMismatchError(f"checkpoint {where}: {problem} (a stride-0 or expanded view): a damaged or "
                                    "crafted file; nothing was loaded")
     fmt, raw = _unwrap(obj)
+    family = getattr(encoder, "family", "resnet")
+    if fmt in ("medicalnet", "kinetics") and family != "resnet":
+        raise WeightsMismatchError(f"checkpoint {where} is a {fmt} file: those hold 3D ResNets only, and encoder "
+                                   f"{encoder.name} is of the {family} family; load it into a resnet encoder "
+                                   "(--depth N), or give weights of this family")
     norm = _normalize(raw)
     state, aliases = encoder.adapt_state(dict(norm.state))
     norm.dropped.extend(aliases)

@@ -87,10 +87,14 @@ def test_unet_decoder_keeps_the_resnet_parameter_names_and_fits_resenc() -> None
         assert cls(torch.randn(2, 1, 32, 32, 32)).shape == (2, 2)
 
 
-def test_medicalnet_export_refuses_other_families(tmp_path: Path) -> None:
+def test_medicalnet_import_and_export_refuse_other_families(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="resenc family: MedicalNet's format holds its 3D ResNets only.*safetensors"):
         export_medicalnet(create_encoder("resenc_tiny"), tmp_path / "x.pth")
     assert not (tmp_path / "x.pth").exists()
+    medicalnet = {"state_dict": {f"module.{k}": v for k, v in create_encoder("resnet10").state_dict().items()}}
+    with pytest.raises(WeightsMismatchError, match="a medicalnet file: those hold 3D ResNets only, and encoder "
+                                                   "resenc_tiny is of the resenc family"):
+        load_encoder_weights(create_encoder("resenc_tiny"), medicalnet)
 
 
 _PLUGIN = '''
