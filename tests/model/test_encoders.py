@@ -190,3 +190,28 @@ def test_resenc_of_other_widths_is_refused_naming_the_cause() -> None:
     with pytest.raises(WeightsMismatchError, match="looks like resenc_m weights but the encoder is resenc_tiny"):
         load_encoder_weights(create_encoder("resenc_tiny"), state)
     assert weights_module.detect_depth is detect_encoder  # the former name keeps working
+
+
+def test_an_entry_point_encoder_runs_pretrain_finetune_evaluate(plugin: str, tiny_store: str, tmp_path: Path) -> None:
+    """The plug-in, no file of the project changed, through the command line: pretrain on two domains, fine-tune
+    seg with the U-Net decoder from that run, evaluate."""
+    import json
+
+    from click.testing import CliRunner
+
+    from model.cli import main
+
+    fast = ["--workers", "0", "--device", "cpu", "--val-every", "0", "--ckpt-every", "0", "--no-progress",
+            "--steps", "2", "--patch", "16"]
+    pre = tmp_path / "pre"
+    res = CliRunner().invoke(main, ["pretrain", tiny_store, "--out", str(pre), "--encoder", plugin, *fast])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "seg"
+    res = CliRunner().invoke(main, ["finetune", "seg", tiny_store, "--domain", "alpha", "--out", str(run), "--init",
+                                    str(pre), "--decoder", "unet", *fast])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "finetune.json").read_text())["encoder"] == plugin
+    res = CliRunner().invoke(main, ["evaluate", str(run), tiny_store, "--no-progress"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(next((run / "eval").glob("*/summary.json")).read_text())
+    assert 0.0 <= summary["metric"] <= 1.0
