@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' $(TORCH)  # pinned: timm (of dynamic-network-architectures) pulls torchvision, whose newest release wants a newer (CUDA) torch
 	touch $@
 
 venv: $(VENV)/.installed

@@ -297,8 +297,8 @@ def last_val(run: Path, task: str) -> tuple[float | None, int]:
 def section_transfer(work: Path, stores: dict[str, Any], quick: bool) -> list[str]:
     import torch
 
-    from model.evaluation.compare import collect_runs, compare_table, write_compare
     from model.api import evaluate, finetune
+    from model.evaluation.compare import collect_runs, compare_table, encoder_label, write_compare
     from model.training.config import TrainConfig
     from model.training.pretrain import pretrain
 
@@ -363,9 +363,9 @@ def section_transfer(work: Path, stores: dict[str, Any], quick: bool) -> list[st
     cols = [c for c in table.columns if (table[c] != "").any()]
     print("\n`compare` table (metric in percent on the evaluation split; in brackets the first step at which the "
           "run's val metric reached the scratch run's final val metric):\n")
-    print(md_table(["task", "depth", *cols],
-                   [[task, f"ResNet-{depth}", *[table.loc[(task, depth), c] for c in cols]]
-                    for task, depth in table.index], "ll" + "l" * len(cols)))
+    print(md_table(["task", "encoder", *cols],
+                   [[task, encoder_label(encoder), *[table.loc[(task, encoder), c] for c in cols]]
+                    for task, encoder in table.index], "ll" + "l" * len(cols)))
     md, csv = write_compare(df, work / "compare")
     print(f"\nwrote {md} and {csv}; load average at the end: {os.getloadavg()[0]:.1f}\n", flush=True)
     return [str(r) for r in done]

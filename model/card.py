@@ -18,38 +18,11 @@ from catalog.card import CardError, intensity_rule, make_card, store_domains
 
 __all__ = ["checkpoint_card", "encoder_architecture"]
 
-_STAGES = ("conv1", "maxpool", "layer1", "layer2", "layer3", "layer4")
-
-
-def _pair(value: Any) -> int:
-    """The largest entry of a conv/pool stride or dilation (an int or a per-axis tuple)."""
-    return int(max(value)) if isinstance(value, tuple) else int(value)
-
-
 def encoder_architecture(encoder: nn.Module) -> dict[str, Any]:
-    """What a loader must build to take these weights: registry name, depth, shortcut type, block type, input
-    channels, output channels, and per stage (``conv1``, ``maxpool``, ``layer1..4``) its blocks, channels,
-    stride, dilation and the output stride so far, read from the modules themselves."""
-    feature = {f["module"]: f for f in getattr(encoder, "feature_info", [])}
-    stages = []
-    for name in _STAGES:
-        mod = getattr(encoder, name)
-        if isinstance(mod, nn.MaxPool3d):
-            stride, dilation = _pair(mod.stride), _pair(mod.dilation)
-        else:
-            convs = [m for m in mod.modules() if isinstance(m, nn.Conv3d)]
-            stride = max(_pair(c.stride) for c in convs)
-            dilation = max(_pair(c.dilation) for c in convs)
-        stage = {"module": name, "stride": stride, "dilation": dilation}
-        if isinstance(mod, nn.Sequential):
-            stage["blocks"] = len(mod)
-        if name in feature:
-            stage["channels"] = int(feature[name]["channels"])
-            stage["output_stride"] = int(feature[name]["stride"])
-        stages.append(stage)
-    return {"encoder": encoder.name, "depth": int(encoder.depth), "shortcut": encoder.shortcut,
-            "block": type(encoder.layer1[0]).__name__, "in_chans": int(encoder.in_chans),
-            "out_channels": int(encoder.out_channels), "stages": stages}
+    """What a loader must build to take these weights, from the encoder itself (:meth:`Encoder.architecture`):
+    registry name, family, input and output channels, per stage its channels and output stride, and the
+    family's own fields (ResNet: depth, shortcut type, block type, each stage's stride and dilation)."""
+    return encoder.architecture()
 
 
 def _stores(config: dict[str, Any]) -> list[str]:

@@ -7,6 +7,7 @@ torch is imported inside the commands, so ``med3d-train --help`` answers at once
     med3d-train export RUN_DIR/checkpoint.pt --format medicalnet OUT.pth      (and its card OUT.json)
     med3d-train export RUN_DIR --format safetensors OUT_DIR                    (model.safetensors, README.md)
     med3d-train export FINETUNE_RUN --format onnx|torchscript OUT.onnx|OUT.pt  (the whole network)
+    med3d-train export RUN_DIR --format nnunet --plans PLANS.json OUT.pth     (nnUNetv2_train -pretrained_weights)
 """
 
 from __future__ import annotations
@@ -126,79 +127,59 @@ def pretrain(ctx: click.Context, stores: tuple[str, ...], out: str, **opts: Any)
         click.echo(f"val Dice at step {val['step']}: {dice}")
 
 
+class _FormatChoice(click.Choice):
+    """The export formats registered in :mod:`model.export.formats`, read when first needed."""
+
+    def __init__(self) -> None:  # no super().__init__: ``choices`` is computed, not stored
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        from model.export.formats import format_names
+
+        return tuple(format_names())
+
+
 @main.command()
 @click.argument("checkpoint", type=click.Path(exists=True))
 @click.argument("out", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["medicalnet", "safetensors", "onnx", "torchscript"]),
-              default="medicalnet",
+@click.option("--format", "fmt", type=_FormatChoice(), default="medicalnet",
               help="medicalnet: {'state_dict': {'module.*'}} OUT.pth, loadable by MedicalNet and MONAI. safetensors: "
                    "OUT_DIR/model.safetensors (or OUT.safetensors), card in its metadata, README.md model card "
                    "beside it. onnx, torchscript: a fine-tuned seg/classify RUN's whole network, its preprocessing "
-                   "card embedded.")
+                   "card embedded. nnunet: OUT.pth for nnUNetv2_train -pretrained_weights (ResEnc encoders, "
+                   "needs --plans).")
 @click.option("--card/--no-card", default=True,
               help="Also write OUT.json: architecture, per-domain spacing and intensity rule, case counts, the "
                    "run's config and metrics (read by `med3d-prep build-* --like` and `finetune --init`); "
                    "safetensors: the card in the metadata and the README.md.")
 @click.option("--license", "license_", default="other",
               help="safetensors: the model card's license id (the weights inherit their datasets' terms).")
-def export(checkpoint: str, out: str, fmt: str, card: bool, license_: str) -> None:
+@click.option("--plans", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="nnunet: the nnU-Net plans file (nnUNet_preprocessed/DatasetXXX/PLANS_NAME.json) of the dataset "
+                   "nnU-Net will train on.")
+@click.option("--configuration", default="3d_fullres", show_default=True,
+              help="nnunet: the plans' configuration nnU-Net will train.")
+def export(checkpoint: str, out: str, fmt: str, card: bool, license_: str, plans: str | None,
+           configuration: str) -> None:
     """Write the encoder of CHECKPOINT (a run's checkpoint.pt, or its RUN_DIR) to OUT, heads dropped, and its card
     (how its training data was preprocessed) to OUT with the suffix .json; with --format safetensors, OUT_DIR (or
     OUT.safetensors) gets the weights, the card in their metadata and a README.md model card. With --format onnx or
-    torchscript, CHECKPOINT is a fine-tuning RUN (seg, classify) and OUT gets its whole network."""
-    from catalog.card import CardError, card_path, write_card
-    from model.card import checkpoint_card
-    from model.training.checkpoint import load_checkpoint
-    from model.training.pretrain import load_pretrained_encoder
-    from model.nets.weights import WeightsMismatchError, export_medicalnet
+    torchscript, CHECKPOINT is a fine-tuning RUN (seg, classify) and OUT gets its whole network. With --format
+    nnunet, OUT.pth holds nnU-Net's whole network for --plans, its encoder ours (nnUNetv2_train ...
+    -pretrained_weights OUT.pth)."""
+    from model.export.formats import ExportUsageError
+    from model.export.formats import export as run_export
 
-    if fmt in ("onnx", "torchscript"):
-        from model.export.onnx_export import export_network
-
-        try:
-            click.echo(export_network(checkpoint, out, fmt, log=click.echo).summary())
-        except (ValueError, FileNotFoundError) as exc:
-            raise click.ClickException(str(exc)) from exc
-        return
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    weights = Path(out)
-    if fmt == "safetensors":
-        from model.export.safetensors_card import export_safetensors, safetensors_target
-
-        try:
-            weights = safetensors_target(out)
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from exc
-    elif weights.suffix == ".safetensors" or weights.is_dir():
-        raise click.UsageError(f"OUT {out}: --format medicalnet writes one OUT.pth file; for a folder or "
-                               ".safetensors give --format safetensors")
-    elif card and card_path(out) == Path(out):
-        raise click.UsageError(f"OUT {out} ends in .json, where its card would go; name the weights OUT.pth")
     try:
-        encoder, report = load_pretrained_encoder(path)
-        content = checkpoint_card(load_checkpoint(path), encoder, weights, path) if card else None
-    except CardError as exc:
-        raise click.ClickException(f"{exc}; pass --no-card to export the weights without a card") from exc
-    except (ValueError, WeightsMismatchError, FileNotFoundError) as exc:
+        lines = run_export(fmt, checkpoint, out, card=card, license=license_, log=click.echo, plans=plans,
+                           configuration=configuration)
+    except ExportUsageError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(report.short())
-    if fmt == "safetensors":
-        try:
-            done = export_safetensors(encoder, content, weights, license=license_)
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from exc
-        click.echo(f"wrote {encoder.name} encoder ({done.tensors} tensors, safetensors) to {done.weights}"
-                   + (f", its card in the metadata and the model card {done.readme}" if done.readme else ""))
-        return
-    written = export_medicalnet(encoder, out)
-    click.echo(f"wrote {encoder.name} encoder ({fmt} format) to {written}")
-    if content is not None:
-        where = write_card(content, card_path(written))
-        spacings = "; ".join(f"{d} {'x'.join(f'{v:g}' for v in e['target_spacing'])} mm"
-                             for d, e in content["domains"].items())
-        click.echo(f"wrote its card to {where} ({content['kind']}: {spacings}, (z, y, x))")
+    for line in lines:
+        click.echo(line)
 
 
 def _add_transfer_commands() -> None:

@@ -118,6 +118,9 @@ def _common() -> list[click.Parameter]:
                      help="scratch, a run folder or checkpoint of ours, or a MedicalNet / Kinetics .pth."),
         click.Option(["--depth"], type=EncoderChoice("depth"), default=None,
                      help="ResNet depth. Default: the --init weights' depth (10 from scratch)."),
+        click.Option(["--encoder", "encoder_name"], type=EncoderChoice("name"), default=None,
+                     help="Encoder by registry name (resnet50, resenc_m, ...); overrides --depth. Default: the "
+                          "--init weights' encoder (resnet10 from scratch)."),
         click.Option(["--stage"], default="both", show_default=True,
                      help="Tasks of several stages (liver: coarse, fine): train one stage, or both in turn."),
         click.Option(["--steps"], type=click.IntRange(min=1), default=1000, show_default=True,
@@ -148,12 +151,12 @@ COMMON = _common()
 
 
 def finetune_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
-    """finetune's (and study's) command-line options as config fields: options left unset dropped, ``--depth``
-    as the encoder."""
+    """finetune's (and study's) command-line options as config fields: options left unset dropped, ``--encoder``
+    (or ``--depth``, the ResNet shorthand) as the encoder."""
     kw = dict(opts)
-    depth = kw.pop("depth", None)
+    depth, name = kw.pop("depth", None), kw.pop("encoder_name", None)
     kw["compile"] = kw.pop("compile_", False)
-    kw["encoder"] = f"resnet{depth}" if depth else None
+    kw["encoder"] = name or (f"resnet{depth}" if depth else None)
     for name in ("loss", "domain"):
         if kw.get(name, 0) is None:
             del kw[name]
@@ -161,7 +164,7 @@ def finetune_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
 
 
 # finetune's CLI parameter -> the config field it sets, where the names differ.
-_FIELD = {"depth": "encoder", "compile_": "compile"}
+_FIELD = {"depth": "encoder", "encoder_name": "encoder", "compile_": "compile"}
 _NOT_CONFIG = {"task", "store", "out", "stage"}  # fields the command's arguments set
 
 

@@ -20,7 +20,8 @@ def loader_error(exc: BaseException) -> click.ClickException:
 
 
 class EncoderChoice(click.Choice):
-    """Choices read from ``model.nets.resnet.ENCODERS`` when first needed (that import pulls in torch).
+    """Choices read from the encoder registry (``model.nets.encoders.ENCODERS``) when first needed (that import
+    pulls in torch).
 
     ``kind="depth"``: the depths of plain ResNets (``10``, ``50``, ...); ``kind="name"``: every registry name.
     """
@@ -31,7 +32,7 @@ class EncoderChoice(click.Choice):
 
     @property
     def choices(self) -> tuple[str, ...]:  # type: ignore[override]
-        from model.nets.resnet import ENCODERS
+        from model.nets.encoders import ENCODERS
 
         if self.kind == "name":
             return tuple(ENCODERS)

@@ -1,4 +1,5 @@
-"""Files that both the networks (weight export) and training (checkpoints) write: an atomic ``torch.save``.
+"""Files that both the networks (weight export) and training (checkpoints) write and read: an atomic
+``torch.save``, and ``torch.load(weights_only=True)`` of weight files written by other tools.
 
 Kept apart from :mod:`model.training` so that :mod:`model.nets` needs nothing of the training loop.
 """
@@ -14,7 +15,7 @@ import torch
 
 from catalog.atomic import usual_mode
 
-__all__ = ["atomic_torch_save", "overreaching_tensor"]
+__all__ = ["atomic_torch_save", "overreaching_tensor", "read_weights_file"]
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str], before_replace: Any = None) -> Path:
@@ -67,3 +68,20 @@ def overreaching_tensor(obj: Any, key: str = "") -> str | None:
         elif isinstance(item, (list, tuple)):
             stack.extend((f"{where}.{i}" if where else str(i), v) for i, v in reversed(list(enumerate(item))))
     return None
+
+
+def _numpy_scalar_globals() -> list[Any]:
+    """The numpy objects a pickled numpy scalar needs (nnU-Net's checkpoints log metrics as numpy floats):
+    rebuilding one calls no code but numpy's own scalar constructor."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    kinds = [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_)]
+    return [core.multiarray.scalar, np.dtype, *kinds]
+
+
+def read_weights_file(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, numpy scalars allowed: MedicalNet, Kinetics, our
+    checkpoints and nnU-Net's ``checkpoint_final.pth`` load without unpickling anything else."""
+    with torch.serialization.safe_globals(_numpy_scalar_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,9 +1,9 @@
-"""The paper's comparison table (task x depth x initialisation -> metric) from finished fine-tuning runs.
+"""The paper's comparison table (task x encoder x initialisation -> metric) from finished fine-tuning runs.
 
 Run folder contract (written by the fine-tuning recipes and ``med3d-train evaluate``):
 
 - ``RUN/finetune.json`` (required; marks a fine-tuning run): ``{"task": a task name ("liver", "lung", "nodule", "seg", ...),
-  "encoder": "resnet10" | "resnet50" | ..., "init": "scratch" | PATH, "init_kind": "scratch" | "kinetics" |
+  "encoder": a registry name ("resnet10", "resnet50", "resenc_m", ...), "init": "scratch" | PATH, "init_kind": "scratch" | "kinetics" |
   "medicalnet" | "med3d", "metric": "dice" | "accuracy", ...}``.
 - ``RUN/metrics.jsonl`` (``RUN/<last stage>/metrics.jsonl`` when finetune.json lists ``stages`` other than
   ``main``, as the liver's ``coarse``, ``fine``): JSON lines ``{"kind": "train" | "val", "step": int, ...}``; ``"val"`` rows carry the
@@ -17,7 +17,7 @@ first step at which the run's val metric is >= the last val metric of the row's 
 run's final quality): how much sooner a pretrained encoder gets there.
 
 >>> runs = collect_runs(["runs/lung_r10_scratch", "runs/lung_r10_med3d"])
->>> compare_table(runs)          # index (task, depth), columns scratch / Kinetics / MedicalNet / Med3D (ours)
+>>> compare_table(runs)          # index (task, encoder), columns scratch / Kinetics / MedicalNet / Med3D (ours)
 >>> write_compare(runs, "runs/compare")      # compare.md, compare.csv
 """
 from __future__ import annotations
@@ -34,11 +34,11 @@ import pandas as pd
 
 from runlog.tables import spreadsheet_safe
 
-__all__ = ["INIT_KINDS", "PAPER_REFERENCE", "collect_runs", "compare_cells", "compare_table", "missing_runs",
-           "write_compare"]
+__all__ = ["INIT_KINDS", "PAPER_REFERENCE", "collect_runs", "compare_cells", "compare_table", "encoder_label",
+           "missing_runs", "write_compare"]
 
 INIT_KINDS: dict[str, str] = {"scratch": "scratch", "kinetics": "Kinetics", "medicalnet": "MedicalNet",
-                              "med3d": "Med3D (ours)"}
+                              "med3d": "Med3D (ours)", "nnunet": "nnU-Net"}
 """``init_kind`` -> column name of the table, in column order."""
 
 PAPER_REFERENCE = """\
@@ -68,11 +68,16 @@ def _read_json(path: Path, folder: Path) -> dict[str, Any]:
     return data
 
 
-def _depth(encoder: str, folder: Path) -> int:
-    found = re.findall(r"\d+", encoder)
-    if not found:
-        raise ValueError(f"{folder}: encoder {encoder!r} in finetune.json names no depth (expected e.g. 'resnet50')")
-    return int(found[-1])
+def _depth(encoder: str) -> int | None:
+    """A ResNet's depth from its registry name (``resnet50`` -> 50); None for other encoders."""
+    found = re.fullmatch(r"resnet(\d+)", encoder)
+    return int(found.group(1)) if found else None
+
+
+def encoder_label(encoder: str) -> str:
+    """How the table names an encoder: ``ResNet-50`` for ``resnet50``, the registry name otherwise."""
+    depth = _depth(encoder)
+    return f"ResNet-{depth}" if depth is not None else encoder
 
 
 def _read_curve(path: Path, folder: Path) -> tuple[list[tuple[int, float]], int | None]:
@@ -132,7 +137,7 @@ def _read_run(folder: Path) -> dict[str, Any]:
     if not curve:
         notes.append("no val metric in metrics.jsonl")
     return {"run": str(folder), "task": str(spec["task"]), "encoder": str(spec["encoder"]),
-            "depth": _depth(str(spec["encoder"]), folder), "init_kind": spec["init_kind"], "metric_name": metric_name,
+            "depth": _depth(str(spec["encoder"])), "init_kind": spec["init_kind"], "metric_name": metric_name,
             "metric": metric, "split": split, "final_step": final_step, "curve": curve, "note": "; ".join(notes),
             "mtime": max(f.stat().st_mtime for f in files if f.exists()), "store": str(spec.get("store") or "STORE")}
 
@@ -140,7 +145,8 @@ def _read_run(folder: Path) -> dict[str, Any]:
 def collect_runs(paths: Sequence[str | Path]) -> pd.DataFrame:
     """One row per fine-tuning run folder (see the module docstring for the folder contract).
 
-    Columns: ``run`` (folder), ``task``, ``encoder``, ``depth`` (int, from the encoder name), ``init_kind``,
+    Columns: ``run`` (folder), ``task``, ``encoder`` (registry name), ``depth`` (Int64: a ResNet's depth, NA for
+    other encoders), ``init_kind``,
     ``metric_name``, ``metric`` (fraction from the eval summary; NaN without one), ``split`` (of that summary;
     NaN without one), ``final_step`` (last step logged, Int64, NA without metrics), ``curve`` (list of
     (step, val metric)), ``note`` (why a value is missing, "" when nothing is), ``mtime`` (Unix seconds, newest
@@ -150,7 +156,7 @@ def collect_runs(paths: Sequence[str | Path]) -> pd.DataFrame:
     """
     rows = [_read_run(Path(p)) for p in paths]
     df = pd.DataFrame(rows, columns=_RUN_COLUMNS)
-    df["depth"] = df["depth"].astype("int64")
+    df["depth"] = df["depth"].astype("Int64")
     df["metric"] = df["metric"].astype("float64")
     df["final_step"] = df["final_step"].astype("Int64")
     return df
@@ -165,38 +171,42 @@ def _steps_to_reach(curve: Sequence[tuple[int, float]], target: float | None) ->
 
 
 def compare_cells(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per filled cell of the table (task, depth, init_kind), sorted by task, depth and column order.
+    """One row per filled cell of the table (task, encoder, init_kind), sorted by task, encoder and column order.
 
-    Columns: ``task``, ``depth``, ``init_kind``, ``column`` (display name), ``metric_name``, ``metric``
+    Columns: ``task``, ``encoder``, ``depth`` (Int64, NA for non-ResNets), ``init_kind``, ``column`` (display
+    name), ``metric_name``, ``metric``
     (fraction), ``split``, ``steps_to_reach`` (Int64; NA when never reached or without a scratch run),
     ``scratch_target`` (the scratch run's last val metric; NaN without one), ``final_step``, ``run``, ``n_runs``
     (runs that shared the cell). When several runs share a cell the last-modified one is kept, with a warning.
     """
     kept = []
-    for (task, depth, kind), group in runs.groupby(["task", "depth", "init_kind"], sort=False):
+    for (task, encoder, kind), group in runs.groupby(["task", "encoder", "init_kind"], sort=False):
         group = group.sort_values("mtime", kind="stable")
         if len(group) > 1:
-            warnings.warn(f"{len(group)} runs for {task} / depth {depth} / {kind}: using the last modified, "
+            warnings.warn(f"{len(group)} runs for {task} / {encoder} / {kind}: using the last modified, "
                           f"{group['run'].iloc[-1]} (ignoring {', '.join(group['run'].iloc[:-1])})", stacklevel=2)
         kept.append(group.iloc[-1].to_dict() | {"n_runs": len(group)})
     order = list(INIT_KINDS)
     cells = []
     for run in kept:
-        scratch = next((r for r in kept if r["task"] == run["task"] and r["depth"] == run["depth"]
+        scratch = next((r for r in kept if r["task"] == run["task"] and r["encoder"] == run["encoder"]
                         and r["init_kind"] == "scratch"), None)
         target = scratch["curve"][-1][1] if scratch is not None and scratch["curve"] else None
-        cells.append({"task": run["task"], "depth": int(run["depth"]), "init_kind": run["init_kind"],
+        cells.append({"task": run["task"], "encoder": run["encoder"], "depth": run["depth"],
+                      "init_kind": run["init_kind"],
                       "column": INIT_KINDS[run["init_kind"]], "metric_name": run["metric_name"],
                       "metric": run["metric"], "split": run["split"],
                       "steps_to_reach": _steps_to_reach(run["curve"], target),
                       "scratch_target": math.nan if target is None else target, "final_step": run["final_step"],
                       "run": run["run"], "n_runs": run["n_runs"]})
-    columns = ["task", "depth", "init_kind", "column", "metric_name", "metric", "split", "steps_to_reach",
+    columns = ["task", "encoder", "depth", "init_kind", "column", "metric_name", "metric", "split", "steps_to_reach",
                "scratch_target", "final_step", "run", "n_runs"]
     df = pd.DataFrame(cells, columns=columns)
     df["order"] = df["init_kind"].map(order.index)
-    df = df.sort_values(["task", "depth", "order"], kind="stable").drop(columns="order").reset_index(drop=True)
-    df["depth"] = df["depth"].astype("int64")
+    df["sort_depth"] = df["depth"].map(lambda d: -1 if pd.isna(d) else int(d))
+    df = df.sort_values(["task", "sort_depth", "encoder", "order"], kind="stable")
+    df = df.drop(columns=["order", "sort_depth"]).reset_index(drop=True)
+    df["depth"] = df["depth"].astype("Int64")
     df["metric"] = df["metric"].astype("float64")
     df["scratch_target"] = df["scratch_target"].astype("float64")
     for col in ("steps_to_reach", "final_step"):
@@ -212,7 +222,7 @@ def _format_cell(metric: float, steps: Any, target: float) -> str:
 
 
 def compare_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """The paper's table from :func:`collect_runs` output: index (task, depth), columns "scratch", "Kinetics",
+    """The paper's table from :func:`collect_runs` output: index (task, encoder), columns "scratch", "Kinetics",
     "MedicalNet", "Med3D (ours)"; each cell "87.16 (step 300)": the metric in percent (2 decimals; "n/a" before
     evaluation) and the steps to reach the scratch run's final val metric ("-" if never), left out when the row
     has no scratch run with a val metric; "" where no run exists (:func:`missing_runs` says how to fill it)."""
@@ -220,27 +230,29 @@ def compare_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _table(cells: pd.DataFrame) -> pd.DataFrame:
-    index = pd.MultiIndex.from_frame(cells[["task", "depth"]].drop_duplicates(), names=["task", "depth"])
-    table = pd.DataFrame("", index=index, columns=list(INIT_KINDS.values()))
+    index = pd.MultiIndex.from_frame(cells[["task", "encoder"]].drop_duplicates(), names=["task", "encoder"])
+    # The nnU-Net column (ResEnc encoders fine-tuned from nnU-Net's own checkpoints) only where such a run exists.
+    shown = [v for k, v in INIT_KINDS.items() if k != "nnunet" or (cells["init_kind"] == "nnunet").any()]
+    table = pd.DataFrame("", index=index, columns=shown)
     for row in cells.itertuples(index=False):
-        table.loc[(row.task, row.depth), row.column] = _format_cell(row.metric, row.steps_to_reach,
+        table.loc[(row.task, row.encoder), row.column] = _format_cell(row.metric, row.steps_to_reach,
                                                                     row.scratch_target)
     return table
 
 
 def _markdown(table: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFrame) -> str:
-    header = ["task", "depth", "metric", *table.columns]
+    header = ["task", "encoder", "metric", *table.columns]
     lines = ["# Transfer comparison", "", "| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header)
              + " |"]
-    for (task, depth), row in table.iterrows():
-        names = cells.loc[(cells["task"] == task) & (cells["depth"] == depth), "metric_name"].unique()
-        lines.append("| " + " | ".join([str(task), f"ResNet-{depth}", "/".join(names), *row.tolist()]) + " |")
+    for (task, encoder), row in table.iterrows():
+        names = cells.loc[(cells["task"] == task) & (cells["encoder"] == encoder), "metric_name"].unique()
+        lines.append("| " + " | ".join([str(task), encoder_label(encoder), "/".join(names), *row.tolist()]) + " |")
     splits = sorted({str(s) for s in cells["split"].dropna()})
     lines += ["", f"Metric in percent on the {'/'.join(splits) or 'evaluation'} split; in brackets, the first step "
               "at which the run's val metric reached the scratch run's final val metric (\"-\": never; no "
               "brackets: the row has no scratch run to reach)."]
     notes = [f"- {r.run}: {r.note}" for r in runs.itertuples(index=False) if r.note]
-    duplicates = [f"- {c.task} / ResNet-{c.depth} / {c.column}: {c.n_runs} runs, kept {c.run} (last modified)"
+    duplicates = [f"- {c.task} / {encoder_label(c.encoder)} / {c.column}: {c.n_runs} runs, kept {c.run} (last modified)"
                   for c in cells.itertuples(index=False) if c.n_runs > 1]
     if notes or duplicates:
         lines += ["", "Notes:", "", *notes, *duplicates]
@@ -251,28 +263,36 @@ def _markdown(table: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFrame) -> s
 
 
 _INIT_HINT = {"scratch": "scratch", "kinetics": "resnet-{depth}-kinetics.pth",
-              "medicalnet": "resnet_{depth}.pth", "med3d": "PRETRAIN_RUN"}
+              "medicalnet": "resnet_{depth}.pth", "med3d": "PRETRAIN_RUN", "nnunet": "checkpoint_final.pth"}
 """What ``--init`` takes for each column, as a placeholder to replace: a Kinetics 3D-ResNet file, MedicalNet's
 released file of that depth, a ``med3d-train pretrain`` run folder of ours."""
 
 
 def missing_runs(runs: pd.DataFrame) -> list[str]:
-    """For each (task, depth) row of the table with empty columns: a line naming them, then the commands that
+    """For each (task, encoder) row of the table with empty columns: a line naming them, then the commands that
     fill them (fine-tune beside the row's runs on the same store, evaluate, compare again). Empty when every
     row is full; else the last line compares every run, old and new. ``runs`` is :func:`collect_runs` output."""
     lines: list[str] = []
     every = [str(r) for r in runs["run"]]
-    for (task, depth), group in runs.groupby(["task", "depth"], sort=False):
-        absent = [kind for kind in INIT_KINDS if kind not in set(group["init_kind"])]
+    for (task, encoder), group in runs.groupby(["task", "encoder"], sort=False):
+        depth = _depth(str(encoder))
+        # Kinetics and MedicalNet released ResNets only: other encoders have a scratch and a Med3D column to fill.
+        # nnU-Net checkpoints hold ResEnc encoders only: no ResNet row asks for one.
+        kinds = {k: v for k, v in INIT_KINDS.items() if k in (("scratch", "kinetics", "medicalnet", "med3d")
+                                                               if depth is not None else ("scratch", "med3d"))}
+        absent = [kind for kind in kinds if kind not in set(group["init_kind"])]
         if not absent:
             continue
         first = group.iloc[0]
         folder, store = Path(first["run"]).parent, first["store"]
-        new = {kind: str(folder / f"{task}_r{depth}_{kind}") for kind in absent}
-        lines.append(f"# {task} / ResNet-{depth}: no {', '.join(INIT_KINDS[k] for k in absent)} run; to fill "
+        tag = f"r{depth}" if depth is not None else str(encoder)
+        new = {kind: str(folder / f"{task}_{tag}_{kind}") for kind in absent}
+        lines.append(f"# {task} / {encoder_label(str(encoder))}: no {', '.join(INIT_KINDS[k] for k in absent)} run; "
+                     "to fill "
                      f"{'them' if len(absent) > 1 else 'it'} (replace the --init placeholders with your files):")
         for kind, out in new.items():
-            depth_opt = f" --depth {depth}" if kind == "scratch" else ""
+            depth_opt = "" if kind != "scratch" else f" --depth {depth}" if depth is not None else \
+                f" --encoder {encoder}"
             init = _INIT_HINT[kind].format(depth=depth)
             lines.append(f"med3d-train finetune {task} {store} --out {out} --init {init}{depth_opt}")
             lines.append(f"med3d-train evaluate {out} {store}")

@@ -120,6 +120,24 @@ def _architecture(arch: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _what(arch: dict[str, Any]) -> str:
+    """The encoder in a few words: a ResNet's depth, block and shortcut; another family's name."""
+    if "depth" in arch and "shortcut" in arch:
+        return f"A 3D ResNet-{arch['depth']} encoder ({arch.get('block')}, shortcut type {arch['shortcut']},"
+    channels = [s.get("channels") for s in arch.get("stages", [])]
+    return f"A 3D {arch.get('family', 'unknown')}-family encoder `{arch['encoder']}` (stage channels {channels},"
+
+
+def _names_note(arch: dict[str, Any]) -> list[str]:
+    if arch.get("family", "resnet") == "resnet":
+        return ["The tensor names and shapes are those of MedicalNet's 3D ResNets without the `module.` prefix of "
+                "its released files, so any ResNet built as the architecture table says loads them with "
+                "`load_state_dict(state)`."]
+    return [f"The tensor names and shapes are those of the `{arch['encoder']}` encoder of Med3D's registry "
+            f"(`{arch.get('family')}` family); nnU-Net's residual encoders carry nnU-Net's own names without its "
+            "`encoder.` prefix."]
+
+
 def _spacing(values: Any) -> str:
     return " × ".join(f"{float(v):g}" for v in values)
 
@@ -136,8 +154,8 @@ def model_card_markdown(card: dict[str, Any], weights_name: str = "model.safeten
            f"domain, each step one domain) for {card['step']} optimiser steps on {len(domains)} domain(s)")
     dropped = "the task's head was dropped" if finetuned else "the per-domain branches were dropped"
     out = [_yaml(front_matter(card, license)), "", MARKER, "", f"# {name} encoder (Med3D)", "",
-           f"A 3D ResNet-{arch['depth']} encoder ({arch['block']}, shortcut type {arch['shortcut']}, "
-           f"{arch['in_chans']} input channel(s), {arch['out_channels']} output channels at output stride "
+           f"{_what(arch)} {arch['in_chans']} input channel(s), {arch['out_channels']} output channels at "
+           f"output stride "
            f"{arch['stages'][-1].get('output_stride', 8) if arch.get('stages') else 8}), {how}, after Med3D "
            "(Chen, Ma and Zheng, arXiv:1904.00625). Only the encoder: " + dropped + "; a task trains its own head "
            "on its features. Written by `med3d-train export --format safetensors` "
@@ -176,12 +194,10 @@ def model_card_markdown(card: dict[str, Any], weights_name: str = "model.safeten
             f'with safe_open("{weights_name}", framework="pt") as f:',
             '    card = json.loads(f.metadata()["med3d_card"])  # architecture, preprocessing, scans seen',
             "", "# with Med3D's model code: strict, every tensor matched",
-            "from model.nets.resnet import create_encoder",
+            "from model.nets.encoders import create_encoder",
             f'encoder = create_encoder("{name}", in_chans={arch["in_chans"]})',
             "encoder.load_state_dict(state)", "```", "",
-            "The tensor names and shapes are those of MedicalNet's 3D ResNets without the `module.` prefix of "
-            "its released files, so any ResNet built as the architecture table says loads them with "
-            "`load_state_dict(state)`."]
+            *_names_note(arch)]
     ids = card.get("scan_ids") or []
     out += ["", "## Scans seen", "",
             f"The card lists the {len(ids)} scan id(s) these weights were trained on (`scan_ids`, through their own "

@@ -145,8 +145,11 @@ def _probe_shapes(size: tuple[int, ...], channels: int, stride: int) -> dict[str
 
 def _agrees(run_exported: Callable[[np.ndarray], np.ndarray], net: torch.nn.Module, shape: tuple[int, ...]) -> bool:
     x = torch.from_numpy(np.random.default_rng(list(shape)).standard_normal(shape).astype(np.float32))
-    with torch.no_grad():
-        want = net(x).numpy()
+    try:
+        with torch.no_grad():
+            want = net(x).numpy()
+    except ValueError:  # torch itself refuses the size (nnU-Net's encoder: multiples of its stride only)
+        return False
     try:
         got = run_exported(x.numpy())
     except Exception:  # a frozen size made the runtime fail (concatenating mismatched skips)
@@ -283,3 +286,21 @@ def export_network(source: str | os.PathLike[str], out: str | os.PathLike[str], 
 
     meta = (_write_onnx if fmt == "onnx" else _write_torchscript)(net, x, out, meta_of)
     return NetworkExport(out, fmt, meta)
+
+
+def _register_formats() -> None:
+    from model.export.formats import ExportRequest, register_format
+
+    def exporter(fmt: str) -> Callable[[ExportRequest], list[str]]:
+        def run(request: ExportRequest) -> list[str]:
+            return [export_network(request.source, request.out, fmt, log=request.log).summary()]
+
+        run.__name__ = f"export_{fmt}"
+        return run
+
+    help_ = "a fine-tuned seg/classify RUN's whole network, its preprocessing card embedded."
+    register_format("onnx", help_)(exporter("onnx"))
+    register_format("torchscript", help_)(exporter("torchscript"))
+
+
+_register_formats()

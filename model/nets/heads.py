@@ -1,11 +1,12 @@
-"""Task heads on top of a stride-8 encoder: Med3D's multi-branch pretraining head, and the transfer heads.
+"""Task heads on the last stage of an encoder (stride 8 for the dilated ResNets): Med3D's multi-branch pretraining
+head, and the transfer heads.
 
 - :class:`MultiBranchHead` / :class:`Med3DPretrainNet`: one 1×1×1 conv per pretraining domain, upsampled to the
   input size. Only the requested domain's branch runs, so a batch updates the encoder and that branch alone.
 - :class:`LungDecoder`: the lung-segmentation decoder of the paper (transposed-conv upsampling to full size).
 - :class:`ClassifierHead`: global average pooling + linear layer (nodule malignancy).
 
-Shapes: features (N, C, d, h, w) at stride 8; logits (N, classes, D, H, W).
+Shapes: features (N, C, d, h, w) of the encoder's last stage; logits (N, classes, D, H, W).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class MultiBranchHead(nn.Module):
 class Med3DPretrainNet(nn.Module):
     """Shared encoder + multi-branch head, the Med3D pretraining network.
 
-    State dict keys: ``encoder.*`` (MedicalNet names) and ``head.branches.<domain>.*``; at transfer time only
+    State dict keys: ``encoder.*`` (the encoder's names) and ``head.branches.<domain>.*``; at transfer time only
     ``encoder.*`` is kept.
     """
 
@@ -86,7 +87,7 @@ class Med3DPretrainNet(nn.Module):
 
     def forward(self, x: torch.Tensor, domain: str) -> torch.Tensor:
         """(N, C, D, H, W) -> logits (N, classes[domain], D, H, W)."""
-        return self.head(self.encoder(x), domain, x.shape[-3:])
+        return self.head(self.encoder(x)[-1], domain, x.shape[-3:])
 
 
 class LungDecoder(nn.Module):

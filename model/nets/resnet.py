@@ -14,17 +14,20 @@ without their ``module.`` prefix), so a checkpoint's state dict maps one to one 
 block layout (``bn1`` on the block input, downsample on the raw input, no final norm) follows the pre-activation
 3D ResNets trained on Kinetics, whose checkpoints then load with ``model.nets.weights.load_encoder_weights``.
 
-Build encoders through :func:`create_encoder`; :data:`ENCODERS` lists the names (CLI choices come from it).
+The family registers its builders in :mod:`model.nets.encoders`; build them through
+:func:`~model.nets.encoders.create_encoder` (``create_encoder`` and ``ENCODERS`` are importable from here too).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from model.nets.encoders import ENCODERS, Encoder, create_encoder, register_encoder
 
 __all__ = [
     "ENCODERS",
@@ -159,7 +162,7 @@ class PreActBottleneck(_Block):
 Block = type[BasicBlock] | type[Bottleneck] | type[PreActBottleneck]
 
 
-class ResNet3D(nn.Module):
+class ResNet3D(Encoder):
     """3D ResNet encoder: (N, in_chans, D, H, W) -> (N, out_channels, ⌈D/8⌉, ⌈H/8⌉, ⌈W/8⌉) (exact for sizes
     divisible by 8).
 
@@ -192,6 +195,8 @@ class ResNet3D(nn.Module):
         self.depth = depth
         self.shortcut = shortcut
         self.in_chans = in_chans
+        self.family = "resnet"
+        self.first_conv = "conv1"
         self._inplanes = 64
 
         self.conv1 = nn.Conv3d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -202,7 +207,6 @@ class ResNet3D(nn.Module):
         self.layer2 = self._make_layer(block, 128, layers[1], stride=2, dilation=1)
         self.layer3 = self._make_layer(block, 256, layers[2], stride=1, dilation=2)
         self.layer4 = self._make_layer(block, 512, layers[3], stride=1, dilation=4)
-        self.out_channels = 512 * block.expansion
         self.feature_info: list[dict[str, int | str]] = [
             {"module": "conv1", "channels": 64, "stride": 2},
             {"module": "layer1", "channels": 64 * block.expansion, "stride": 4},
@@ -234,7 +238,7 @@ class ResNet3D(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Features of every stage in ``feature_info`` order: conv1 (stride 2), layer1 (4), layer2..4 (8)."""
         stem = self.relu(self.bn1(self.conv1(x)))
         f1 = self.layer1(self.maxpool(stem))
@@ -243,32 +247,41 @@ class ResNet3D(nn.Module):
         f4 = self.layer4(f3)
         return [stem, f1, f2, f3, f4]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, in_chans, D, H, W) -> (N, out_channels, D/8, H/8, W/8)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        return self.layer4(x)
+    def architecture(self) -> dict[str, Any]:
+        """The family's fields (depth, shortcut type, block type) and, per stage (``conv1``, ``maxpool``,
+        ``layer1..4``), its blocks, channels, stride, dilation and the output stride so far, read from the modules
+        themselves."""
+        feature = {f["module"]: f for f in self.feature_info}
+        stages = []
+        for name in ("conv1", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+            mod = getattr(self, name)
+            if isinstance(mod, nn.MaxPool3d):
+                stride, dilation = _largest(mod.stride), _largest(mod.dilation)
+            else:
+                convs = [m for m in mod.modules() if isinstance(m, nn.Conv3d)]
+                stride = max(_largest(c.stride) for c in convs)
+                dilation = max(_largest(c.dilation) for c in convs)
+            stage: dict[str, Any] = {"module": name, "stride": stride, "dilation": dilation}
+            if isinstance(mod, nn.Sequential):
+                stage["blocks"] = len(mod)
+            if name in feature:
+                stage["channels"] = int(feature[name]["channels"])
+                stage["output_stride"] = int(feature[name]["stride"])
+            stages.append(stage)
+        return {"encoder": self.name, "family": self.family, "depth": int(self.depth), "shortcut": self.shortcut,
+                "block": type(self.layer1[0]).__name__, "in_chans": int(self.in_chans),
+                "out_channels": self.out_channels, "stages": stages}
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Alias of :meth:`forward` (timm's name for the encoder output)."""
-        return self.forward(x)
+    def describe(self) -> str:
+        return f"A 3D ResNet-{self.depth} encoder ({type(self.layer1[0]).__name__}, shortcut type {self.shortcut})"
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, shortcut={self.shortcut!r}, in_chans={self.in_chans}"
 
 
-ENCODERS: dict[str, Callable[..., ResNet3D]] = {}
-"""Registry: encoder name -> builder ``(in_chans: int = 1) -> ResNet3D``. Names are the CLI's choices."""
-
-
-def register_encoder(fn: Callable[..., ResNet3D]) -> Callable[..., ResNet3D]:
-    """Decorator adding a builder to :data:`ENCODERS` under its function name."""
-    if fn.__name__ in ENCODERS:
-        raise ValueError(f"encoder {fn.__name__!r} is already registered")
-    ENCODERS[fn.__name__] = fn
-    return fn
+def _largest(value: Any) -> int:
+    """The largest entry of a conv/pool stride or dilation (an int or a per-axis tuple)."""
+    return int(max(value)) if isinstance(value, tuple) else int(value)
 
 
 _RESNETS: dict[str, tuple[int, Block, tuple[int, int, int, int], Shortcut]] = {
@@ -297,16 +310,3 @@ def _resnet_builder(name: str) -> Callable[..., ResNet3D]:
 
 for _name in _RESNETS:
     register_encoder(_resnet_builder(_name))
-
-
-def create_encoder(name: str, in_chans: int = 1) -> ResNet3D:
-    """Build the encoder registered as ``name`` (see :data:`ENCODERS`) with randomly initialised weights.
-
-    Build on ``torch.device("meta")`` (as a context manager) to inspect shapes without allocating memory.
-    Raises ``ValueError`` naming the valid choices for an unknown name.
-    """
-    try:
-        builder = ENCODERS[name]
-    except KeyError:
-        raise ValueError(f"unknown encoder {name!r}; choose one of: {', '.join(ENCODERS)}") from None
-    return builder(in_chans=in_chans)

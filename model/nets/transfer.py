@@ -14,8 +14,9 @@ seg_unet       :class:`~model.nets.unet_decoder.UNetDecoder` (skips from       (
 
 The kinds are network shapes; which task trains which kind is the task's choice (:mod:`model.tasks`).
 
-State dict keys are ``encoder.*`` (MedicalNet names) and ``head.*``: a fine-tuned run loads into another run's
-``--init`` exactly like a pretraining checkpoint (the encoder is taken, the head dropped).
+State dict keys are ``encoder.*`` (the encoder's own names: MedicalNet's for the ResNets) and ``head.*``: a
+fine-tuned run loads into another run's ``--init`` exactly like a pretraining checkpoint (the encoder is taken, the
+head dropped).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch import nn
 
 from model.nets.aspp import DenseASPP3D
 from model.nets.heads import ClassifierHead, LungDecoder
-from model.nets.resnet import ResNet3D, create_encoder
+from model.nets.encoders import Encoder, create_encoder
 from model.nets.unet_decoder import UNetDecoder
 
 __all__ = ["HEADS", "PointwiseHead", "TransferNet", "build_transfer_net"]
@@ -53,7 +54,7 @@ class PointwiseHead(nn.Module):
 class TransferNet(nn.Module):
     """Encoder + task head. ``segmentation`` nets return logits at the input size, classifiers (N, classes)."""
 
-    def __init__(self, encoder: ResNet3D, head: nn.Module, *, task: str, segmentation: bool) -> None:
+    def __init__(self, encoder: Encoder, head: nn.Module, *, task: str, segmentation: bool) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
@@ -62,9 +63,10 @@ class TransferNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_chans, D, H, W) -> (N, classes, D, H, W) for segmentation, (N, classes) for classification."""
+        stages = self.encoder(x)
         if getattr(self.head, "multiscale", False):
-            return self.head(self.encoder.forward_intermediates(x), x)
-        features = self.encoder(x)
+            return self.head(stages, x)
+        features = stages[-1]
         if self.segmentation:
             return self.head(features, x.shape[-3:])
         return self.head(features)
@@ -87,8 +89,9 @@ def _classifier(c: int, n: int, opts: Mapping[str, Any]) -> nn.Module:
 
 
 def _unet(c: int, n: int, opts: Mapping[str, Any]) -> nn.Module:
-    return UNetDecoder(opts["feature_channels"], n, widths=tuple(opts.get("unet_widths", (256, 128, 64, 32))),
-                       in_chans=int(opts.get("in_chans", 1)))
+    widths = opts.get("unet_widths")
+    return UNetDecoder(opts["feature_channels"], n, widths=None if widths is None else tuple(widths),
+                       in_chans=int(opts.get("in_chans", 1)), strides=opts["feature_strides"])
 
 
 HEADS: dict[str, tuple[Any, bool]] = {
@@ -107,12 +110,13 @@ def build_transfer_net(kind: str, encoder: str, num_classes: int, options: Mappi
     """The network of ``kind`` (a key of :data:`HEADS`) on a fresh ``encoder`` (registry name).
 
     ``options``: ``aspp_rates`` (liver_fine), ``decoder_widths`` (lung, seg_med3d), ``unet_widths`` (seg_unet),
-    ``in_chans`` (input channels, default 1).
+    ``in_chans`` (input channels, default 1). ``encoder`` is any registry name (:mod:`model.nets.encoders`):
+    single-map heads read its last stage, ``seg_unet`` every stage.
     """
     if kind not in HEADS:
         raise ValueError(f"unknown transfer network {kind!r}; one of {', '.join(HEADS)}")
     build, seg = HEADS[kind]
     enc = create_encoder(encoder, in_chans=int((options or {}).get("in_chans", 1)))
-    opts = {**dict(options or {}), "feature_channels": [int(f["channels"]) for f in enc.feature_info]}
+    opts = {**dict(options or {}), "feature_channels": enc.channels, "feature_strides": enc.strides}
     return TransferNet(enc, build(enc.out_channels, int(num_classes), opts), task=kind,
                        segmentation=seg)

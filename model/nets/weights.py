@@ -1,4 +1,8 @@
-"""Strict import and export of encoder weights (MedicalNet, Kinetics 3D-ResNets, our own checkpoints).
+"""Strict import and export of encoder weights (MedicalNet, Kinetics 3D-ResNets, nnU-Net, our own checkpoints).
+
+Loading works for every encoder of the registry (:mod:`model.nets.encoders`): keys and shapes come from the
+encoder itself, the first convolution from its ``first_conv``. Export to MedicalNet's format is for the ResNet
+family only (MedicalNet has no other architecture).
 
 MedicalNet's own loader keeps only the keys that happen to match, so a checkpoint of the wrong depth or
 shortcut type trains from random weights without a word. Here every key of the file is either loaded or
@@ -12,6 +16,8 @@ Accepted sources (a path, loaded with ``torch.load(weights_only=True)``, or an a
 - Kinetics (kenshohara/3D-ResNets-PyTorch): ``{"state_dict": {...,"module.fc.weight"}, "arch": ...}``; its
   3-channel ``conv1`` is summed over the input channels (RGB -> 1 channel), ``fc.*`` dropped;
 - ours: ``{"model": state dict of a network with ``encoder.*`` keys, ...}``: ``encoder.*`` taken, the rest dropped;
+- nnU-Net (``checkpoint_final.pth`` of a ResEnc network): ``{"network_weights": {"encoder.*", "decoder.*"}, ...}``:
+  ``encoder.*`` taken (its duplicate ``all_modules`` names dropped), the decoder dropped;
 - a bare state dict of any of these;
 - a ``.safetensors`` file (``med3d-train export --format safetensors``, or any other): a bare state dict, read
   without pickle and checked first (:mod:`model.export.safetensors_card`).
@@ -30,13 +36,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from model.files import overreaching_tensor
-from model.nets.resnet import ENCODERS, ResNet3D, create_encoder
+from model.files import overreaching_tensor, read_weights_file
+from model.nets.encoders import ENCODERS, Encoder, create_encoder
 
 __all__ = [
     "LoadReport",
     "WeightsMismatchError",
     "detect_depth",
+    "detect_encoder",
     "encoder_state_for_export",
     "export_medicalnet",
     "load_encoder_weights",
@@ -46,7 +53,6 @@ __all__ = [
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Classifier / segmentation heads that encoder checkpoints carry: MedicalNet, Kinetics, ours.
 _HEAD_PREFIXES = ("conv_seg.", "fc.", "head.")
-_ENCODER_TOP = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
 _NBT = "num_batches_tracked"
 _SHOW = 10
 
@@ -62,11 +68,12 @@ class LoadReport:
     Attributes:
         encoder: registry name of the encoder loaded into.
         source: file path, or ``"<dict>"``.
-        source_format: ``"medicalnet"``, ``"kinetics"``, ``"med3d"`` (ours) or ``"state_dict"`` (bare).
+        source_format: ``"medicalnet"``, ``"kinetics"``, ``"nnunet"``, ``"med3d"`` (ours) or ``"state_dict"``
+            (bare).
         loaded: number of state-dict entries copied into the encoder (all of them).
         stripped_prefix: wrapper prefix removed from every key (``"module."``), ``""`` if none.
         dropped: file keys (after prefix stripping) deliberately not loaded: heads, non-encoder modules.
-        adapted: encoder keys whose tensor was transformed to fit (``conv1.weight``); see ``notes``.
+        adapted: encoder keys whose tensor was transformed to fit (the first conv's weight); see ``notes``.
         filled: encoder keys absent from the file and set to a default (``num_batches_tracked`` = 0 in
             checkpoints that predate it).
         notes: one human sentence per adaptation or fill.
@@ -125,10 +132,13 @@ def _unwrap(obj: Any) -> tuple[str, dict[str, torch.Tensor]]:
         return ("kinetics" if kinetics else "medicalnet"), sd
     if isinstance(obj.get("model"), Mapping):
         return "med3d", dict(obj["model"])
+    if isinstance(obj.get("network_weights"), Mapping):  # nnU-Net v2's checkpoint_final.pth / checkpoint_best.pth
+        return "nnunet", dict(obj["network_weights"])
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return "state_dict", dict(obj)
     raise WeightsMismatchError(
-        "not a recognised checkpoint: expected a 'state_dict' (MedicalNet, Kinetics) or 'model' (Med3D) entry, "
+        "not a recognised checkpoint: expected a 'state_dict' (MedicalNet, Kinetics), 'network_weights' (nnU-Net) "
+        "or 'model' (Med3D) entry, "
         f"or a bare state dict; top-level keys are {_preview([str(k) for k in obj])}"
     )
 
@@ -152,14 +162,24 @@ def _strip_wrappers(keys: list[str]) -> tuple[str, list[str]]:
     return prefix, keys
 
 
+@functools.lru_cache(maxsize=4)
+def _tops_of(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted({k.split(".")[0] + "." for name in names for k in _reference(name)[1]}))
+
+
+def _encoder_tops() -> tuple[str, ...]:
+    """The top-level module prefixes of every registered encoder (``conv1.``, ``layer1.``, ``stem.``, ...)."""
+    return _tops_of(tuple(ENCODERS))
+
+
 def _normalize(sd: Mapping[str, torch.Tensor]) -> _Normalized:
     """Strip wrapper prefixes, take ``encoder.*`` if present, drop known heads. Raises on ambiguous keys."""
     prefix, keys = _strip_wrappers(list(sd))
     state = dict(zip(keys, sd.values()))
     dropped: list[str] = []
     if any(k.startswith("encoder.") for k in state):
-        # A whole network (ours): the encoder is a submodule; heads, decoders, classifiers are the rest.
-        stray = [k for k in state if k.startswith(_ENCODER_TOP)]
+        # A whole network (ours, nnU-Net's): the encoder is a submodule; heads, decoders are the rest.
+        stray = [k for k in state if k.startswith(_encoder_tops())]
         if stray:
             raise WeightsMismatchError(
                 f"ambiguous checkpoint: it has 'encoder.*' keys and also top-level encoder keys "
@@ -174,32 +194,39 @@ def _normalize(sd: Mapping[str, torch.Tensor]) -> _Normalized:
 
 
 @functools.lru_cache(maxsize=None)
-def _reference(name: str) -> tuple[str, dict[str, tuple[int, ...]]]:
-    """(shortcut type, state-dict shapes) of a registered encoder, built on the meta device (no memory)."""
+def _reference(name: str) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """({shortcut, first_conv, aliases}, state-dict shapes) of a registered encoder, built on the meta device (no
+    memory)."""
     with torch.device("meta"):
         enc = create_encoder(name)
-    return enc.shortcut, {k: tuple(v.shape) for k, v in enc.state_dict().items()}
+    info = {"shortcut": getattr(enc, "shortcut", None), "first_conv": f"{enc.first_conv}.weight",
+            "aliases": tuple(getattr(enc, "alias_keys", dict)())}
+    return info, {k: tuple(v.shape) for k, v in enc.state_dict().items()}
 
 
-def _shape_key(key: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+def _shape_key(key: str, shape: tuple[int, ...], first_conv: str) -> tuple[str, tuple[int, ...]]:
     # The first conv's input channels depend on in_chans, not on the architecture.
-    if key == "conv1.weight" and len(shape) == 5:
+    if key == first_conv and len(shape) == 5:
         shape = (shape[0], -1, *shape[2:])
     return key, shape
 
 
-def _structure_score(state: Mapping[str, tuple[int, ...]], ref: Mapping[str, tuple[int, ...]]) -> float:
-    a = {_shape_key(k, s) for k, s in state.items() if not k.endswith(_NBT)}
-    b = {_shape_key(k, s) for k, s in ref.items() if not k.endswith(_NBT)}
+def _structure_score(state: Mapping[str, tuple[int, ...]], name: str) -> float:
+    info, ref = _reference(name)
+    skip = set(info["aliases"])
+    a = {_shape_key(k, s, info["first_conv"]) for k, s in state.items() if not k.endswith(_NBT) and k not in skip}
+    b = {_shape_key(k, s, info["first_conv"]) for k, s in ref.items() if not k.endswith(_NBT)}
     return len(a & b) / max(len(a | b), 1)
 
 
-def detect_depth(state_dict: Mapping[str, Any]) -> str:
-    """Registry name (``"resnet18"``, ...) whose keys and shapes best fit a checkpoint, or ``"unknown"``.
+def detect_encoder(state_dict: Mapping[str, Any]) -> str:
+    """Registry name (``"resnet18"``, ``"resenc_m"``, ...) whose keys and shapes best fit a checkpoint, or
+    ``"unknown"``.
 
     Accepts a full checkpoint or a state dict, with or without ``module.`` and heads; only shapes are read (meta
-    tensors work). ``conv1``'s input channels and ``num_batches_tracked`` entries are ignored. Returns
-    ``"unknown"`` when no encoder shares at least half of the (key, shape) pairs.
+    tensors work). The first conv's input channels and ``num_batches_tracked`` entries are ignored. Returns
+    ``"unknown"`` when no encoder shares at least half of the (key, shape) pairs. Of encoders that fit equally
+    (nnU-Net's M and L presets build the same encoder) the first registered is named.
     """
     try:
         _, raw = _unwrap(state_dict)
@@ -207,28 +234,34 @@ def detect_depth(state_dict: Mapping[str, Any]) -> str:
     except WeightsMismatchError:
         return "unknown"
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    scores = {name: _structure_score(shapes, _reference(name)[1]) for name in ENCODERS}
+    scores = {name: _structure_score(shapes, name) for name in ENCODERS}
     best = max(scores, key=scores.__getitem__)
     return best if scores[best] >= 0.5 else "unknown"
 
 
-def _likely_cause(encoder: ResNet3D, state: Mapping[str, torch.Tensor], only_conv1: bool) -> str:
-    guess = detect_depth(state)
+detect_depth = detect_encoder
+"""The former name of :func:`detect_encoder` (it named only ResNets then)."""
+
+
+def _likely_cause(encoder: Encoder, state: Mapping[str, torch.Tensor], only_conv1: bool) -> str:
+    guess = detect_encoder(state)
     if guess not in ("unknown", encoder.name):
         cause = f"this file looks like {guess} weights but the encoder is {encoder.name}"
-        a, b = _reference(guess)[0], encoder.shortcut
-        if a != b:
+        a, b = _reference(guess)[0]["shortcut"], getattr(encoder, "shortcut", None)
+        if a and b and a != b:
             cause = f"shortcut type {a} vs {b}: {cause}"
         return f"{cause}; build the encoder with create_encoder({guess!r}) or pick the {encoder.name} file"
     if only_conv1:
         return (
-            "conv1 input channels differ between the file and the encoder; pass adapt_in_chans=True to adapt them "
+            f"{encoder.first_conv} input channels differ between the file and the encoder; pass adapt_in_chans=True "
+            "to adapt them "
             "(sum to 1 channel, or repeat and rescale)"
         )
     if guess == "unknown":
         return (
             f"the file matches none of the registered encoders ({', '.join(ENCODERS)}); it may be another "
-            "architecture (ResNeXt, WideResNet, DenseNet) or not an encoder checkpoint at all"
+            "architecture (ResNeXt, WideResNet, DenseNet, an nnU-Net plan of other widths) or not an encoder "
+            "checkpoint at all"
         )
     return (
         f"the file has the structure of {encoder.name} but differs in the keys above; it may carry a head or "
@@ -236,14 +269,14 @@ def _likely_cause(encoder: ResNet3D, state: Mapping[str, torch.Tensor], only_con
     )
 
 
-def _adapt_conv1(w: torch.Tensor, in_chans: int) -> tuple[torch.Tensor, str]:
+def _adapt_conv1(w: torch.Tensor, in_chans: int, key: str = "conv1.weight") -> tuple[torch.Tensor, str]:
     """(O, C, k, k, k) -> (O, in_chans, k, k, k), keeping the response to a constant input unchanged."""
     c = w.shape[1]
     if in_chans == 1:
-        return w.sum(dim=1, keepdim=True), f"conv1.weight: summed {c} input channels to 1"
+        return w.sum(dim=1, keepdim=True), f"{key}: summed {c} input channels to 1"
     reps = -(-in_chans // c)
     out = w.repeat(1, reps, 1, 1, 1)[:, :in_chans] * (c / in_chans)
-    return out, f"conv1.weight: repeated {c} input channels to {in_chans} and scaled by {c}/{in_chans}"
+    return out, f"{key}: repeated {c} input channels to {in_chans} and scaled by {c}/{in_chans}"
 
 
 def _read_source(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[str, Any]:
@@ -256,16 +289,17 @@ def _read_source(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[st
         from model.export.safetensors_card import load_safetensors
 
         return str(path), load_safetensors(path)[0]
-    return str(path), torch.load(path, map_location="cpu", weights_only=True)
+    return str(path), read_weights_file(path)
 
 
 def load_encoder_weights(
-    encoder: ResNet3D, source: str | os.PathLike[str] | Mapping[str, Any], *, adapt_in_chans: bool = True
+    encoder: Encoder, source: str | os.PathLike[str] | Mapping[str, Any], *, adapt_in_chans: bool = True
 ) -> LoadReport:
-    """Load a MedicalNet, Kinetics, Med3D or bare checkpoint into ``encoder``, strictly.
+    """Load a MedicalNet, Kinetics, nnU-Net, Med3D or bare checkpoint into ``encoder`` (any registered encoder),
+    strictly.
 
     Every encoder entry must come from the file and every file entry must go into the encoder, except the
-    explained ones (see :class:`LoadReport`). With ``adapt_in_chans``, a ``conv1`` with another number of input
+    explained ones (see :class:`LoadReport`). With ``adapt_in_chans``, a first conv with another number of input
     channels is adapted (e.g. Kinetics RGB summed to 1 channel) and reported. Raises
     :class:`WeightsMismatchError` otherwise, before touching the encoder.
     """
@@ -275,25 +309,32 @@ def load_encoder_weights(
         raise WeightsMismatchError(f"checkpoint {where}: {problem} (a stride-0 or expanded view): a damaged or "
                                    "crafted file; nothing was loaded")
     fmt, raw = _unwrap(obj)
+    family = getattr(encoder, "family", "resnet")
+    if fmt in ("medicalnet", "kinetics") and family != "resnet":
+        raise WeightsMismatchError(f"checkpoint {where} is a {fmt} file: those hold 3D ResNets only, and encoder "
+                                   f"{encoder.name} is of the {family} family; load it into a resnet encoder "
+                                   "(--depth N), or give weights of this family")
     norm = _normalize(raw)
-    state = dict(norm.state)
+    state, aliases = encoder.adapt_state(dict(norm.state))
+    norm.dropped.extend(aliases)
     expected = encoder.state_dict()
     adapted: list[str] = []
     filled: list[str] = []
     notes: list[str] = []
 
-    w = state.get("conv1.weight")
-    want = expected["conv1.weight"].shape
+    first = f"{encoder.first_conv}.weight"
+    w = state.get(first)
+    want = expected[first].shape
     conv1_only_channels = (
         isinstance(w, torch.Tensor) and w.dim() == 5 and w.shape[1] != want[1]
         and (w.shape[0], *w.shape[2:]) == (want[0], *want[2:])
     )
     if conv1_only_channels and adapt_in_chans:
-        state["conv1.weight"], note = _adapt_conv1(w, want[1])
-        adapted.append("conv1.weight")
+        state[first], note = _adapt_conv1(w, want[1], first)
+        adapted.append(first)
         notes.append(note)
 
-    if state and not any(k.endswith(_NBT) for k in state):
+    if state and any(k.endswith(_NBT) for k in expected) and not any(k.endswith(_NBT) for k in state):
         # Checkpoints written before PyTorch 0.4 (the 2017 Kinetics releases) have no batch counters at all.
         filled = [k for k in expected if k.endswith(_NBT)]
         for k in filled:
@@ -309,7 +350,7 @@ def load_encoder_weights(
                             ("shape mismatch", shapes)):
             if keys:
                 lines.append(f"  {len(keys)} {label}: {_preview(keys)}")
-        only_conv1 = not missing and not unexpected and mismatched == ["conv1.weight"]
+        only_conv1 = not missing and not unexpected and mismatched == [first]
         lines.append(f"  likely cause: {_likely_cause(encoder, norm.state, only_conv1)}")
         raise WeightsMismatchError("\n".join(lines))
 
@@ -327,8 +368,19 @@ def load_encoder_weights(
     )
 
 
+def _medicalnet_only(encoder: nn.Module) -> None:
+    family = getattr(encoder, "family", "resnet")
+    if family != "resnet":
+        name = getattr(encoder, "name", "?")
+        raise ValueError(f"encoder {name} is of the {family} family: MedicalNet's format holds "
+                         "its 3D ResNets only; export it with --format safetensors (or --format nnunet for nnU-Net's "
+                         "residual encoders)")
+
+
 def encoder_state_for_export(encoder: nn.Module) -> dict[str, torch.Tensor]:
-    """The encoder's state dict in MedicalNet's naming: ``{"module.conv1.weight": tensor, ...}`` (CPU copies)."""
+    """The encoder's state dict in MedicalNet's naming: ``{"module.conv1.weight": tensor, ...}`` (CPU copies).
+    ResNets only: raises ``ValueError`` for another family."""
+    _medicalnet_only(encoder)
     return {"module." + k: v.detach().to("cpu", copy=True).contiguous() for k, v in encoder.state_dict().items()}
 
 
@@ -336,8 +388,10 @@ def export_medicalnet(encoder: nn.Module, path: str | os.PathLike[str]) -> Path:
     """Write ``{"state_dict": encoder_state_for_export(encoder)}`` to ``path`` atomically; returns the path.
 
     The file loads with MedicalNet's code and MONAI's ``resnetNN(pretrained=...)`` (for the depths they know) and
-    back with :func:`load_encoder_weights`. A crash mid-write leaves any previous file intact.
+    back with :func:`load_encoder_weights`. A crash mid-write leaves any previous file intact. ResNets only:
+    raises ``ValueError`` naming the formats that hold another family.
     """
+    _medicalnet_only(encoder)
     from model.files import atomic_torch_save
 
     return atomic_torch_save({"state_dict": encoder_state_for_export(encoder)}, path)

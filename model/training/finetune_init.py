@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from model.task_api import FinetuneError
 from model.training.checkpoint import CHECKPOINT_NAME
@@ -59,7 +58,9 @@ def init_record(init: str) -> dict[str, Any]:
         from model.export.safetensors_card import safetensors_record
 
         return safetensors_record(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    from model.files import read_weights_file
+
+    obj = read_weights_file(path)  # weights_only; numpy scalars allowed (nnU-Net's checkpoint_final.pth)
     if isinstance(obj, dict) and obj.get("format") == "med3d-train":
         ids = set(obj.get("scan_ids") or []) | set(obj.get("init_scan_ids") or [])
         return {"kind": "med3d", "encoder": obj.get("encoder"), "scan_ids": sorted(ids), "path": str(path)}

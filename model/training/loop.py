@@ -178,7 +178,7 @@ class PretrainStepper:
     def forward(self, image: torch.Tensor, domain: str) -> torch.Tensor:
         """image (N, 1, D, H, W) on the device -> logits (N, classes, D, H, W) (bf16 under autocast)."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return self.net.head(self.encoder(image), domain, image.shape[-3:])
+            return self.net.head(self.encoder(image)[-1], domain, image.shape[-3:])
 
     def __call__(self, image: torch.Tensor, labels: torch.Tensor, domain: str) -> torch.Tensor:
         """Forward, loss, backward, gradient sync, optimiser and scheduler step; returns the detached loss."""

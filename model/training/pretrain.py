@@ -27,7 +27,7 @@ from model.training.config import RUNTIME_FIELDS, TrainConfig, config_conflicts
 from model.nets.heads import Med3DPretrainNet, MultiBranchHead
 from model.evaluation.inference import sliding_window_probs
 from model.evaluation.metrics import MetricsLogger, dice_per_class
-from model.nets.resnet import create_encoder
+from model.nets.encoders import create_encoder
 from model.training.loop import DistEnv, PretrainStepper, init_distributed, make_optimizer, make_scheduler, \
     resolve_device, run_loop
 from model.training.run_lock import acquire_run_lock

@@ -52,9 +52,9 @@ def runs(tmp_path: Path) -> list[Path]:
              curve=[(100, 0.60), (200, None), (300, 0.7130), (400, 0.75)]),
         _run(tmp_path, "lung10_med3d", **lung, init_kind="med3d",
              curve=[(100, 0.60), (200, 0.72), (300, 0.80), (400, 0.8716)], evals={"test": 0.8716}),
-        _run(tmp_path, "nodule50_med3d_old", task="nodule", encoder="resnet_50", init_kind="med3d",
+        _run(tmp_path, "nodule50_med3d_old", task="nodule", encoder="resnet50", init_kind="med3d",
              curve=[(50, 0.5)], evals={"test": 0.5}, mtime=1_000_000.0),
-        _run(tmp_path, "nodule50_med3d", task="nodule", encoder="resnet_50", init_kind="med3d",
+        _run(tmp_path, "nodule50_med3d", task="nodule", encoder="resnet50", init_kind="med3d",
              curve=[(50, 0.80), (100, 0.8990)], evals={"test": 0.8990}, mtime=2_000_000.0),
     ]
 
@@ -73,18 +73,18 @@ def test_collect_runs(runs):
     assert math.isnan(mnet.metric) and pd.isna(mnet.split) and "no evaluation yet" in mnet.note
     assert mnet.curve == [(100, 0.60), (300, 0.7130), (400, 0.75)]          # null metric skipped
     assert by.loc["nodule50_med3d", "depth"] == 50 and by.loc["nodule50_med3d", "metric_name"] == "accuracy"
-    assert df["depth"].dtype == "int64" and df["final_step"].dtype == "Int64"
+    assert df["depth"].dtype == "Int64" and df["final_step"].dtype == "Int64"
 
 
 def test_compare_table_cells(runs):
-    with pytest.warns(UserWarning, match="2 runs for nodule / depth 50 / med3d.*nodule50_med3d "):
+    with pytest.warns(UserWarning, match="2 runs for nodule / resnet50 / med3d.*nodule50_med3d "):
         table = compare_table(collect_runs(runs))
     assert list(table.columns) == ["scratch", "Kinetics", "MedicalNet", "Med3D (ours)"]
-    assert list(table.index) == [("lung", 10), ("nodule", 50)]
-    assert table.loc[("lung", 10)].tolist() == ["71.30 (step 400)", "70.00 (step -)", "n/a (step 300)",
+    assert list(table.index) == [("lung", "resnet10"), ("nodule", "resnet50")]
+    assert table.loc[("lung", "resnet10")].tolist() == ["71.30 (step 400)", "70.00 (step -)", "n/a (step 300)",
                                                 "87.16 (step 200)"]
     # No scratch run for nodule/50: no steps; the newer of the two med3d runs.
-    assert table.loc[("nodule", 50)].tolist() == ["", "", "", "89.90"]
+    assert table.loc[("nodule", "resnet50")].tolist() == ["", "", "", "89.90"]
 
 
 def test_compare_cells_numeric(runs):
@@ -104,14 +104,14 @@ def test_write_compare(runs, tmp_path):
         md, csv = write_compare(collect_runs(runs), tmp_path / "out")
     assert (md.name, csv.name) == ("compare.md", "compare.csv")
     text = md.read_text()
-    assert "| task | depth | metric | scratch | Kinetics | MedicalNet | Med3D (ours) |" in text
+    assert "| task | encoder | metric | scratch | Kinetics | MedicalNet | Med3D (ours) |" in text
     assert "| lung | ResNet-10 | dice | 71.30 (step 400) | 70.00 (step -) | n/a (step 300) | 87.16 (step 200) |" in text
     assert "| nodule | ResNet-50 | accuracy |  |  |  | 89.90 |" in text
     assert "lung10_mnet: no evaluation yet" in text and "kept " in text
     for figure in ("71.30 | 87.16", "71.75 | 93.31", "79.80 | 86.87", "84.85 | 89.90", "94.6"):
         assert figure in text
     df = pd.read_csv(csv)
-    assert len(df) == 5 and df["metric"].dtype == "float64" and df["depth"].dtype == "int64"
+    assert len(df) == 5 and df["metric"].dtype == "float64" and df["depth"].tolist() == [10, 10, 10, 10, 50]
     assert df["steps_to_reach"].isna().tolist() == [False, True, False, False, True]
     assert df.loc[df["init_kind"] == "med3d", "steps_to_reach"].iloc[0] == 200
     assert math.isnan(df.loc[df["init_kind"] == "medicalnet", "metric"].iloc[0])
@@ -125,9 +125,6 @@ def test_not_a_run_names_the_folder(tmp_path):
     bad = _run(tmp_path, "bad_kind", task="lung", encoder="resnet10", init_kind="imagenet", curve=[(1, 0.1)])
     with pytest.raises(ValueError, match="bad_kind.*init_kind 'imagenet'"):
         collect_runs([bad])
-    nodepth = _run(tmp_path, "nodepth", task="lung", encoder="densenet", init_kind="scratch", curve=[(1, 0.1)])
-    with pytest.raises(ValueError, match="nodepth.*names no depth"):
-        collect_runs([nodepth])
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "finetune.json").write_text(json.dumps({"task": "lung"}))
     with pytest.raises(ValueError, match="half.*lacks encoder, init_kind, metric"):
@@ -143,8 +140,8 @@ def test_run_without_metrics_or_scratch_curve(tmp_path):
     df = collect_runs([scratch, med3d])
     assert pd.isna(df["final_step"].iloc[0]) and "no val metric" in df["note"].iloc[0]
     table = compare_table(df)
-    assert table.loc[("liver", 152)].tolist() == ["90.00", "", "", "94.60"]  # a scratch run without a curve
-    assert set(INIT_KINDS) == {"scratch", "kinetics", "medicalnet", "med3d"}
+    assert table.loc[("liver", "resnet152")].tolist() == ["90.00", "", "", "94.60"]  # a scratch run without a curve
+    assert set(INIT_KINDS) == {"scratch", "kinetics", "medicalnet", "med3d", "nnunet"}
 
 
 def test_one_run_names_the_empty_columns_and_the_commands_that_fill_them(tmp_path):
@@ -212,5 +209,26 @@ def test_cli_says_a_shared_cell_once_as_a_note(runs, tmp_path):
     res = CliRunner().invoke(main, ["compare", *map(str, runs), "--out", str(tmp_path / "cmp")])
     assert res.exit_code == 0, res.output
     notes = [line for line in res.output.splitlines() if line.startswith("note: ")]
-    assert len(notes) == 1 and "2 runs for nodule / depth 50 / med3d: using the last modified" in notes[0]
+    assert len(notes) == 1 and "2 runs for nodule / resnet50 / med3d: using the last modified" in notes[0]
     assert "warnings.warn" not in res.output and "UserWarning" not in res.output
+
+
+def test_rows_are_encoders_a_non_resnet_one_by_its_name(tmp_path):
+    """compare groups by encoder name: two encoders of one task are two rows; a non-ResNet has no depth, its
+    row is named by its registry name, and the runs that fill it offer scratch and Med3D only (Kinetics and
+    MedicalNet released ResNets) with --encoder."""
+    a = _run(tmp_path, "seg_r10", task="seg", encoder="resnet10", init_kind="scratch", curve=[(10, 0.5)],
+             evals={"test": 0.5})
+    b = _run(tmp_path, "seg_resenc", task="seg", encoder="resenc_m", init_kind="med3d", curve=[(10, 0.6)],
+             evals={"test": 0.6})
+    df = collect_runs([a, b])
+    assert df["depth"].tolist()[0] == 10 and pd.isna(df["depth"].iloc[1])
+    table = compare_table(df)
+    assert list(table.index) == [("seg", "resenc_m"), ("seg", "resnet10")]
+    assert table.loc[("seg", "resenc_m")].tolist() == ["", "", "", "60.00"]
+    lines = missing_runs(df)
+    assert "# seg / resenc_m: no scratch run; to fill it (replace the --init placeholders with your files):" in lines
+    assert f"med3d-train finetune seg STORE --out {tmp_path}/seg_resenc_m_scratch --init scratch --encoder resenc_m" \
+        in lines
+    md, _ = write_compare(df, tmp_path / "cmp")
+    assert "| seg | resenc_m | dice |  |  |  | 60.00 |" in md.read_text()

@@ -91,7 +91,7 @@ def test_lung_decoder_after_encoder_matches_input_size() -> None:
     dec = LungDecoder(enc.out_channels, 2, widths=(32, 16, 8)).eval()
     x = torch.randn(1, 1, 32, 24, 16)
     with torch.no_grad():
-        assert dec(enc(x)).shape == (1, 2, 32, 24, 16)
+        assert dec(enc.forward_features(x)).shape == (1, 2, 32, 24, 16)
 
 
 def test_classifier_head_is_mean_then_linear() -> None:

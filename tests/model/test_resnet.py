@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.nets.encoders import Encoder, encoder_names
 from model.nets.resnet import ENCODERS, ResNet3D, ShortcutA, create_encoder
 
 KEYS_JSON = Path(__file__).resolve().parents[1] / "data" / "medicalnet_checkpoint_keys.json"
@@ -45,9 +46,10 @@ def test_state_dict_equals_medicalnet_release(medicalnet_keys: dict, depth: str)
 
 
 def test_registry_names_and_attributes() -> None:
-    assert list(ENCODERS) == [
+    assert list(ENCODERS)[:8] == [
         "resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200", "preact_resnet200"
     ]
+    assert encoder_names("resnet") == list(ENCODERS)[:8]
     expect = {"resnet10": (10, "B", 512), "resnet18": (18, "A", 512), "resnet34": (34, "A", 512),
               "resnet50": (50, "B", 2048), "resnet101": (101, "B", 2048), "resnet152": (152, "B", 2048),
               "resnet200": (200, "B", 2048), "preact_resnet200": (200, "B", 2048)}
@@ -77,9 +79,10 @@ def test_output_stride_8(name: str) -> None:
     enc = create_encoder(name).eval()
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
-        y = enc(x)
-        feats = enc.forward_intermediates(x)
-        assert torch.equal(enc.forward_features(x), y)
+        feats = enc(x)
+        y = enc.forward_features(x)
+        assert isinstance(enc, Encoder) and enc.family == "resnet" and enc.first_conv == "conv1"
+        assert all(torch.equal(a, b) for a, b in zip(enc.forward_intermediates(x), feats))
     assert y.shape == (1, enc.out_channels, 4, 4, 4)
     assert torch.isfinite(y).all() and y.abs().sum() > 0
     assert torch.equal(feats[-1], y)
@@ -89,7 +92,7 @@ def test_output_stride_8(name: str) -> None:
 
 def test_anisotropic_input_on_meta() -> None:
     enc = meta_encoder("preact_resnet200")
-    y = enc(torch.empty(2, 1, 16, 40, 64, device="meta"))
+    y = enc.forward_features(torch.empty(2, 1, 16, 40, 64, device="meta"))
     assert y.shape == (2, 2048, 2, 5, 8)
 
 

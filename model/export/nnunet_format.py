@@ -1,0 +1,165 @@
+"""``med3d-train export RUN --format nnunet --plans PLANS.json OUT.pth``: a checkpoint nnU-Net fine-tunes from.
+
+``nnUNetv2_train DATASET 3d_fullres FOLD -p PLANS_NAME -pretrained_weights OUT.pth`` builds its network from the
+plans and calls nnU-Net's ``load_pretrained_weights``, which reads ``OUT.pth["network_weights"]`` and requires
+every key of its network but the segmentation layers (``.seg_layers.``) to be there with the same shape; it then
+loads them all. So the file holds nnU-Net's whole network for these plans: built here the way nnU-Net builds it
+(``dynamic_network_architectures``' ``ResidualEncoderUNet`` from ``configurations.<c>.architecture``, input
+channels from the ``dataset.json`` beside the plans, initialised by the network's own ``initialize``), with our
+encoder's weights in ``encoder.*`` (and in the second names nnU-Net's blocks give the same tensors). The decoder
+stays as nnU-Net initialises it.
+
+Shapes are checked here, before anything is written: an encoder whose widths, blocks or kernels differ from the
+plans' is refused with the plans entry named, not at nnU-Net's start. Strides do not change shapes: plans with
+other (anisotropic) strides take the weights, which is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import pydoc
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.export.formats import ExportRequest, ExportUsageError, register_format
+
+__all__ = ["build_plans_network", "export_nnunet", "plans_architecture"]
+
+_SHAPE_FIELDS = ("n_stages", "features_per_stage", "n_blocks_per_stage", "kernel_sizes", "conv_bias")
+
+
+def _configuration(plans: dict[str, Any], name: str, where: str) -> dict[str, Any]:
+    configs = plans.get("configurations")
+    if not isinstance(configs, dict) or name not in configs:
+        have = ", ".join(configs) if isinstance(configs, dict) else "none"
+        raise ValueError(f"{where}: no configuration {name!r} in 'configurations' (it has: {have}); pass "
+                         "--configuration NAME")
+    conf = dict(configs[name])
+    parent = conf.pop("inherits_from", None)  # nnU-Net's cascade configurations inherit from another
+    return {**_configuration(plans, parent, where), **conf} if parent else conf
+
+
+def plans_architecture(plans_path: str | Path, configuration: str = "3d_fullres") -> dict[str, Any]:
+    """``configurations.<configuration>.architecture`` of an nnU-Net plans file, checked to be a residual-encoder
+    U-Net: ``{"network_class_name", "arch_kwargs", "_kw_requires_import"}``."""
+    where = str(plans_path)
+    try:
+        plans = json.loads(Path(plans_path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{where}: cannot read the plans ({exc})") from None
+    arch = _configuration(plans, configuration, where).get("architecture")
+    if not isinstance(arch, dict) or not isinstance(arch.get("arch_kwargs"), dict):
+        raise ValueError(f"{where}: configurations.{configuration}.architecture has no arch_kwargs: plans written by "
+                         "nnU-Net v2.4 or later are needed")
+    name = str(arch.get("network_class_name", ""))
+    if not name.endswith("ResidualEncoderUNet"):
+        raise ValueError(f"{where}: configurations.{configuration}.architecture.network_class_name is {name!r}, not "
+                         "ResidualEncoderUNet: plan with a ResEnc planner (nnUNetv2_plan_experiment -pl "
+                         "nnUNetPlannerResEncM)")
+    return arch
+
+
+def build_plans_network(arch: dict[str, Any], in_chans: int, num_classes: int = 2, seed: int = 0) -> torch.nn.Module:
+    """nnU-Net's network for an architecture entry, built and initialised as nnU-Net builds it (deep supervision
+    on, as its trainer has it; it adds no tensors)."""
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+    kwargs = dict(arch["arch_kwargs"])
+    for key in arch.get("_kw_requires_import", ()):
+        if kwargs.get(key) is not None:
+            kwargs[key] = pydoc.locate(kwargs[key])
+    torch.manual_seed(seed)
+    net = ResidualEncoderUNet(input_channels=int(in_chans), num_classes=int(num_classes), deep_supervision=True,
+                              **kwargs)
+    net.apply(net.initialize)
+    return net
+
+
+def _in_chans(plans: Path, fallback: int, log: Any) -> int:
+    dataset = plans.parent / "dataset.json"
+    if dataset.is_file():
+        channels = json.loads(dataset.read_text()).get("channel_names") or {}
+        if channels:
+            return len(channels)
+    log(f"note: no dataset.json beside {plans}: the network gets {fallback} input channel(s), the encoder's")
+    return fallback
+
+
+def _differences(arch: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+    kw = arch["arch_kwargs"]
+    out = []
+    for name in _SHAPE_FIELDS:
+        theirs, mine = kw.get(name), ours[name]
+        norm = (lambda v: json.loads(json.dumps(v, default=list)))
+        if norm(theirs) != norm(mine):
+            out.append(f"arch_kwargs.{name} is {norm(theirs)}, the encoder's {norm(mine)}")
+    return out
+
+
+def _shape_check(net: torch.nn.Module, state: dict[str, torch.Tensor], arch: dict[str, Any], encoder: Any,
+                 where: str) -> None:
+    from model.nets.resenc import nnunet_arch_kwargs
+
+    theirs = {k: v.shape for k, v in net.encoder.state_dict().items() if ".all_modules." not in k}
+    bad = [k for k in sorted(set(theirs) | set(state)) if k not in theirs or k not in state
+           or theirs[k] != state[k].shape]
+    if not bad:
+        return
+    ours = nnunet_arch_kwargs(**encoder.config, in_chans=encoder.in_chans)
+    ours["kernel_sizes"] = [list(k) for k in ours["kernel_sizes"]]
+    why = "; ".join(_differences(arch, ours)) or "the tensors differ"
+    show = ", ".join(f"{k} ({tuple(theirs[k]) if k in theirs else 'absent'} in the plans' network, "
+                     f"{tuple(state[k].shape) if k in state else 'absent'} in the encoder)" for k in bad[:3])
+    raise ValueError(f"{where}: nnU-Net's network for these plans cannot take the {encoder.name} encoder: "
+                     f"configurations.{arch['_configuration']}.architecture.{why}; {len(bad)} tensors differ "
+                     f"({show}). Pretrain the encoder nnU-Net plans ({encoder.name} has "
+                     f"{encoder.config['features']}), or plan with a ResEnc planner on data that gives these "
+                     "stages")
+
+
+@register_format("nnunet", "OUT.pth that nnUNetv2_train -pretrained_weights loads: nnU-Net's network for --plans, "
+                           "its encoder ours (ResEnc encoders).")
+def export_nnunet(request: ExportRequest) -> list[str]:
+    """nnU-Net's whole network for ``--plans`` with our encoder's weights, as ``{"network_weights": ...}``."""
+    from model.files import atomic_torch_save
+    from model.training.pretrain import load_pretrained_encoder
+
+    plans, configuration = request.options.get("plans"), request.options.get("configuration") or "3d_fullres"
+    if not plans:
+        raise ExportUsageError("--format nnunet needs --plans PLANS.json (nnUNet_preprocessed/DatasetXXX/"
+                               "nnUNetResEncUNetMPlans.json of the dataset nnU-Net will train on)")
+    if request.out.is_dir() or request.out.suffix != ".pth":
+        raise ExportUsageError(f"OUT {request.out}: --format nnunet writes one OUT.pth file")
+    arch = {**plans_architecture(plans, configuration), "_configuration": configuration}
+    encoder, report = load_pretrained_encoder(request.checkpoint)
+    if getattr(encoder, "family", "") != "resenc":
+        raise ValueError(f"encoder {encoder.name} is of the {encoder.family} family: nnU-Net's ResEnc U-Net takes the "
+                         "resenc family only (pretrain with --encoder resenc_m)")
+    request.log(report.short())
+    in_chans = _in_chans(Path(plans), encoder.in_chans, request.log)
+    net = build_plans_network(arch, in_chans)
+    state = dict(encoder.state_dict())
+    first = f"{encoder.first_conv}.weight"
+    lines = []
+    if state[first].shape[1] != in_chans:
+        from model.nets.weights import _adapt_conv1
+
+        state[first], note = _adapt_conv1(state[first], in_chans, first)
+        lines.append(f"adapted the first conv to the dataset's {in_chans} channels ({note})")
+    _shape_check(net, state, arch, encoder, str(plans))
+    full = {**state, **{alias: state[canonical] for alias, canonical in encoder.alias_keys().items()}}
+    net.encoder.load_state_dict(full, strict=True)
+    strides = [list(s) if isinstance(s, (list, tuple)) else [s] * 3 for s in arch["arch_kwargs"].get("strides", [])]
+    if strides != [[s] * 3 for s in encoder.config["strides"]]:
+        lines.append(f"note: the plans' strides {strides} differ from the encoder's {encoder.config['strides']}: "
+                     "the weights load (nnU-Net checks shapes), the features are computed at other resolutions")
+    weights = {k: v.detach().to("cpu").clone().contiguous() for k, v in net.state_dict().items()}
+    provenance = {"encoder": encoder.name, "source": str(request.checkpoint), "plans": str(plans),
+                  "configuration": configuration}
+    atomic_torch_save({"network_weights": weights, "med3d": provenance}, request.out)
+    n_enc = sum(k.startswith("encoder.") or k.startswith("decoder.encoder.") for k in weights)
+    return [*lines, f"wrote nnU-Net's {configuration} network for {plans} to {request.out}: {n_enc} encoder tensors "
+            f"from {encoder.name}, the decoder as nnU-Net initialises it; train with nnUNetv2_train DATASET "
+            f"{configuration} FOLD -p PLANS_NAME -pretrained_weights {request.out}"]

@@ -1,0 +1,198 @@
+"""nnU-Net's residual encoder (the ResEnc M / L presets' encoder), built with ``dynamic_network_architectures``.
+
+The encoder of nnU-Net's ``ResidualEncoderUNet`` as its ResEnc planners configure it for 3D data (nnU-Net v2,
+``nnUNetPlannerResEncM`` / ``nnUNetPlannerResEncL``): a stem (one 3³ conv, 32 channels), then stages of
+``BasicBlockD`` residual blocks, (1, 3, 4, 6, 6, 6) blocks, 32 channels doubling per stage up to 320, the first
+stage at stride 1 and each later one halving the size by a strided 3³ conv; every conv has a bias and is followed
+by InstanceNorm (eps 1e-5, affine) and LeakyReLU (0.01).
+
+The M and L presets differ in the patch size (and batch size) their planner picks for a GPU memory budget (M ~8 GB,
+L ~24 GB), not in the encoder: on a 3D isotropic patch of 128 to 255 voxels a side both plan the six stages built
+here. ``resenc_tiny`` is the same family at a quarter of the width, one block per stage and five stages (output stride
+16), for CPU smoke tests on 32³ patches.
+
+Inputs must be multiples of the last stage's output stride on every axis (32 for M and L, 16 for ``resenc_tiny``),
+as nnU-Net pads them; and InstanceNorm needs more than one voxel per map when training, so training patches are at
+least twice that stride (64³ for M and L, 32³ for ``resenc_tiny``).
+
+Parameter names are nnU-Net's own with its ``encoder.`` prefix removed (``stem.convs.0.conv.weight``,
+``stages.3.blocks.0.conv1.norm.bias``), so a Med3D network's ``encoder.*`` keys are the keys of nnU-Net's
+network. nnU-Net's state dicts also hold every conv and norm a second time under ``...all_modules.<i>.*`` (the same
+tensors registered twice); these encoders register each tensor once, and the loader drops the aliases
+(:meth:`ResEncEncoder.adapt_state`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from model.nets.encoders import Encoder, register_encoder
+
+__all__ = ["PRESETS", "ResEncEncoder", "nnunet_arch_kwargs"]
+
+PRESETS: dict[str, dict[str, tuple[int, ...]]] = {
+    # name: features per stage, residual blocks per stage, stride of each stage (relative to the previous one)
+    "resenc_m": {"features": (32, 64, 128, 256, 320, 320), "blocks": (1, 3, 4, 6, 6, 6), "strides": (1, 2, 2, 2, 2, 2)},
+    "resenc_l": {"features": (32, 64, 128, 256, 320, 320), "blocks": (1, 3, 4, 6, 6, 6), "strides": (1, 2, 2, 2, 2, 2)},
+    "resenc_tiny": {"features": (8, 16, 32, 64, 80), "blocks": (1, 1, 1, 1, 1), "strides": (1, 2, 2, 2, 2)},
+}
+"""The presets registered as encoders. M and L are equal on purpose (see the module docstring)."""
+
+
+def nnunet_arch_kwargs(features: Sequence[int], blocks: Sequence[int], strides: Sequence[int],
+                       in_chans: int = 1) -> dict[str, Any]:
+    """The ``ResidualEncoder`` keyword arguments nnU-Net's ResEnc planner writes into a plans file's
+    ``architecture.arch_kwargs`` (3D, isotropic kernels and strides), as Python objects."""
+    n = len(features)
+    return {"input_channels": int(in_chans), "n_stages": n, "features_per_stage": tuple(int(f) for f in features),
+            "conv_op": nn.Conv3d, "kernel_sizes": [[3, 3, 3]] * n, "strides": [[int(s)] * 3 for s in strides],
+            "n_blocks_per_stage": tuple(int(b) for b in blocks), "conv_bias": True, "norm_op": nn.InstanceNorm3d,
+            "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
+            "nonlin": nn.LeakyReLU, "nonlin_kwargs": {"inplace": True}}
+
+
+class _Chain:
+    """A plain (not registered) sequence of modules, called in turn: stands in for ``all_modules``."""
+
+    def __init__(self, modules: Sequence[nn.Module]) -> None:
+        self.modules = list(modules)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for m in self.modules:
+            x = m(x)
+        return x
+
+
+def _register_once(root: nn.Module) -> list[tuple[str, str]]:
+    """Replace each ``all_modules`` Sequential (a second registration of a block's conv, norm and nonlin) by an
+    unregistered chain of the same modules; returns (alias prefix, canonical prefix) pairs for every tensor-holding
+    module, e.g. ("stem.convs.0.all_modules.0.", "stem.convs.0.conv.")."""
+    aliases = []
+    for path, mod in list(root.named_modules()):
+        seq = mod._modules.get("all_modules")
+        if not isinstance(seq, nn.Sequential):
+            continue
+        named = {id(m): n for n, m in mod._modules.items() if n != "all_modules"}
+        for i, sub in enumerate(seq):
+            if id(sub) in named and any(True for _ in sub.parameters(recurse=False)):
+                base = f"{path}." if path else ""
+                aliases.append((f"{base}all_modules.{i}.", f"{base}{named[id(sub)]}."))
+        del mod._modules["all_modules"]
+        mod.__dict__["all_modules"] = _Chain(list(seq))
+    return aliases
+
+
+class ResEncEncoder(Encoder):
+    """nnU-Net's residual encoder: (N, in_chans, D, H, W) -> one feature map per stage, stage i at output stride
+    ``prod(strides[:i+1])`` with ``features[i]`` channels.
+
+    Args:
+        name: registry name.
+        features, blocks, strides: per stage (see :data:`PRESETS`).
+        in_chans: input channels.
+    """
+
+    def __init__(self, *, name: str, features: Sequence[int], blocks: Sequence[int], strides: Sequence[int],
+                 in_chans: int = 1) -> None:
+        super().__init__()
+        try:
+            from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
+        except ImportError as exc:
+            raise ImportError(f"encoder {name} is built with nnU-Net's dynamic_network_architectures package, "
+                              "which is not installed: pip install dynamic-network-architectures") from exc
+
+        if in_chans < 1:
+            raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+        if not len(features) == len(blocks) == len(strides):
+            raise ValueError(f"features, blocks and strides need one entry per stage, got {list(features)}, "
+                             f"{list(blocks)}, {list(strides)}")
+        kw = nnunet_arch_kwargs(features, blocks, strides, in_chans)
+        body = ResidualEncoder(**kw, return_skips=True)
+        self.name, self.family, self.in_chans = name, "resenc", int(in_chans)
+        self.first_conv = "stem.convs.0.conv"
+        self.stem, self.stages = body.stem, body.stages
+        self.config = {"features": [int(f) for f in features], "blocks": [int(b) for b in blocks],
+                       "strides": [int(s) for s in strides]}
+        self._aliases = _register_once(self)
+        out_stride, self.feature_info = 1, []
+        for i, (f, s) in enumerate(zip(features, strides)):
+            out_stride *= int(s)
+            self.feature_info.append({"module": f"stages.{i}", "channels": int(f), "stride": out_stride})
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # nnU-Net's initialisation: He (a=0.01, the LeakyReLU slope) for convs, zero biases.
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, a=1e-2)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(N, in_chans, D, H, W) -> every stage's features; D, H and W must be multiples of the last stage's
+        output stride (the strided convs and the average-pooled shortcuts round odd sizes differently)."""
+        step = self.strides[-1]
+        # Checked in eager mode only: reading sizes as ints would freeze them in a traced or compiled graph.
+        eager = not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+        if eager and any(int(s) % step for s in x.shape[2:]):
+            raise ValueError(f"encoder {self.name}: input size {tuple(x.shape[2:])} is not a multiple of {step} on "
+                             f"every axis; use patches (and --shape) divisible by {step}")
+        x = self.stem(x)
+        out = []
+        for stage in self.stages:
+            x = stage(x)
+            out.append(x)
+        return out
+
+    def adapt_state(self, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """Drop nnU-Net's ``all_modules`` aliases (the same tensors under a second name) from a state dict of this
+        encoder; returns (state, the dropped keys). An alias whose tensor differs from its twin is kept, so the
+        strict check reports it."""
+        dropped = []
+        for key in list(state):
+            for alias, canonical in self._aliases:
+                if key.startswith(alias):
+                    twin = canonical + key[len(alias):]
+                    if twin in state and torch.equal(state[twin], state[key]):
+                        dropped.append(key)
+                        del state[key]
+                    break
+        return state, dropped
+
+    def alias_keys(self) -> dict[str, str]:
+        """nnU-Net's second name of each tensor: {alias key: canonical key} (for writing nnU-Net checkpoints)."""
+        out = {}
+        for key in self.state_dict():
+            for alias, canonical in self._aliases:
+                if key.startswith(canonical):
+                    out[alias + key[len(canonical):]] = key
+        return out
+
+    def architecture(self) -> dict[str, Any]:
+        arch = super().architecture()
+        arch.update(self.config)
+        arch.update({"block": "BasicBlockD", "norm": "InstanceNorm3d", "nonlin": "LeakyReLU"})
+        return arch
+
+    def describe(self) -> str:
+        return (f"nnU-Net's residual encoder ({len(self.stages)} stages, {self.config['features']} channels, "
+                f"{self.config['blocks']} BasicBlockD blocks)")
+
+
+def _builder(name: str) -> Callable[..., ResEncEncoder]:
+    preset = PRESETS[name]
+
+    def build(in_chans: int = 1) -> ResEncEncoder:
+        return ResEncEncoder(name=name, in_chans=in_chans, **preset)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"{name}: nnU-Net residual encoder, features {list(preset['features'])}."
+    return build
+
+
+for _name in PRESETS:
+    register_encoder(_builder(_name))
