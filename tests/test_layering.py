@@ -70,10 +70,7 @@ PACKAGES = ("catalog", "pipeline", "volume", "runlog", "model")
 # Today's model/ offenders, owned by the branches that rework model/ (tasks on top, the encoder registry): the
 # checks report them, this list lets them pass until those branches land; it only ever shrinks. catalog/,
 # pipeline/, volume/, runlog/ and benchmarks/ have none.
-MODEL_CIRCLES_ALLOWED = [
-    # the weights card is read by the weight loader and writes weights itself
-    {"model.export.safetensors_card", "model.nets.weights"},
-]
+MODEL_CIRCLES_ALLOWED: list[set[str]] = []
 MODEL_LONG_FUNCTIONS_ALLOWED = {"model/training/pretrain.py::pretrain"}
 MODEL_LONG_MODULES_ALLOWED: set[str] = set()
 MAX_FUNCTION_LINES, MAX_MODULE_LINES = 80, 400

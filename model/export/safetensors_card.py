@@ -24,27 +24,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from catalog.safetensors_header import CARD_KEY, FORMAT_KEY, SafetensorsHeaderError, read_header
-from model.nets.weights import WeightsMismatchError
+from catalog.safetensors_header import CARD_KEY, FORMAT_KEY
+from model.weight_files import TORCH_DTYPES, WeightsFileError, checked_header
 
-__all__ = ["ENCODER_FORMAT", "WEIGHTS_NAME", "SafetensorsExport", "WeightsFileError", "encoder_tensors",
-           "export_safetensors", "load_safetensors", "safetensors_record", "safetensors_target"]
+__all__ = ["ENCODER_FORMAT", "WEIGHTS_NAME", "SafetensorsExport", "encoder_tensors", "export_safetensors",
+           "safetensors_record", "safetensors_target"]
 
 ENCODER_FORMAT = "med3d-encoder"
 """The ``format`` metadata of our exported encoders."""
 WEIGHTS_NAME = "model.safetensors"
 """The weights' file name when OUT is a folder: the name model hubs look for."""
-
-_TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                 "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                 "BOOL": torch.bool}
-
-
-class WeightsFileError(WeightsMismatchError):
-    """A weights file that cannot be read (damaged, truncated, crafted); one line naming the file. A
-    :class:`~model.nets.weights.WeightsMismatchError`, so every command that loads ``--init`` weights already
-    reports it as one line."""
-
 
 @dataclass(frozen=True)
 class SafetensorsExport:
@@ -106,31 +95,6 @@ def export_safetensors(encoder: nn.Module, card: dict[str, Any] | None, out: str
     return SafetensorsExport(target, readme, len(tensors))
 
 
-def _checked_header(path: Path):
-    try:
-        return read_header(path)
-    except SafetensorsHeaderError as exc:
-        raise WeightsFileError(str(exc)) from None
-
-
-def load_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(state dict, metadata) of the safetensors file ``path``, on the CPU. The header is checked first
-    (:func:`catalog.safetensors_header.read_header`); whatever the library still refuses is a
-    :class:`WeightsFileError` naming the file too."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights {str(path)!r} do not exist")
-    header = _checked_header(path)
-    try:
-        tensors = load_file(path, device="cpu")
-    except Exception as exc:  # SafetensorError, or an OSError/RuntimeError from mapping the file
-        raise WeightsFileError(f"{path}: the safetensors library cannot read it ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); export it again") from None
-    return tensors, header.metadata
-
-
 def safetensors_record(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What ``--init model.safetensors`` brings besides weights (:func:`model.training.finetune.init_record`): the
     encoder its shapes fit (read from the header alone, no tensor loaded), and from its card the scans it was
@@ -139,8 +103,8 @@ def safetensors_record(path: str | os.PathLike[str]) -> dict[str, Any]:
     from model.nets.weights import detect_depth
 
     path = Path(path)
-    header = _checked_header(path)
-    shapes = {name: torch.empty(e.shape, dtype=_TORCH_DTYPES[e.dtype], device="meta")
+    header = checked_header(path)
+    shapes = {name: torch.empty(e.shape, dtype=TORCH_DTYPES[e.dtype], device="meta")
               for name, e in header.tensors.items()}
     encoder = detect_depth(shapes)
     try:

@@ -38,6 +38,7 @@ from torch import nn
 
 from model.files import overreaching_tensor, read_weights_file
 from model.nets.encoders import ENCODERS, Encoder, create_encoder
+from model.weight_files import WeightsMismatchError
 
 __all__ = [
     "LoadReport",
@@ -55,10 +56,6 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _HEAD_PREFIXES = ("conv_seg.", "fc.", "head.")
 _NBT = "num_batches_tracked"
 _SHOW = 10
-
-
-class WeightsMismatchError(ValueError):
-    """A checkpoint does not fit the encoder; the message names the keys and the likely cause."""
 
 
 @dataclass(frozen=True)
@@ -286,7 +283,7 @@ def _read_source(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[st
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if path.suffix == ".safetensors":  # no pickle; a bare state dict (model.export.safetensors_card)
-        from model.export.safetensors_card import load_safetensors
+        from model.weight_files import load_safetensors
 
         return str(path), load_safetensors(path)[0]
     return str(path), read_weights_file(path)

@@ -148,7 +148,7 @@ def _tampered(src: Path, folder: Path) -> dict[str, tuple[Path, str]]:
 
 
 def test_tampered_files_are_refused_in_one_line(exported, tiny_store, tmp_path):
-    from model.export.safetensors_card import WeightsFileError
+    from model.weight_files import WeightsFileError
     from model.nets.resnet import create_encoder
     from model.nets.weights import load_encoder_weights
 
