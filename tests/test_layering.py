@@ -71,7 +71,7 @@ PACKAGES = ("catalog", "pipeline", "volume", "runlog", "model")
 # checks report them, this list lets them pass until those branches land; it only ever shrinks. catalog/,
 # pipeline/, volume/, runlog/ and benchmarks/ have none.
 MODEL_CIRCLES_ALLOWED: list[set[str]] = []
-MODEL_LONG_FUNCTIONS_ALLOWED = {"model/training/pretrain.py::pretrain"}
+MODEL_LONG_FUNCTIONS_ALLOWED: set[str] = set()
 MODEL_LONG_MODULES_ALLOWED: set[str] = set()
 MAX_FUNCTION_LINES, MAX_MODULE_LINES = 80, 400
 

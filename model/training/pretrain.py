@@ -198,15 +198,8 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
     ``stop_after`` ends after that many steps with a checkpoint, as a preempted job would. While it runs, rank 0
     holds ``cfg.out/.lock`` (:mod:`model.training.run_lock`): a second run into the folder is a :class:`PretrainError`.
     """
-    from model.data import PatchConfig, StoreIndex, make_loader, parse_exclude
-
     env = DistEnv.from_environ()
-    try:
-        device = resolve_device(cfg.device, env)
-    except ValueError as exc:  # CUDA asked for where there is none
-        raise PretrainError(str(exc)) from exc
-    except RuntimeError as exc:  # not a device name ("gpu")
-        raise PretrainError(f"--device {cfg.device!r} is not a device: {exc}; use cpu, cuda or cuda:N") from exc
+    device = _device(cfg, env)
     # Before anything is written: a second run into this folder is refused, a stale lock taken over.
     lock = acquire_run_lock(cfg.out, log=log, error=PretrainError, enabled=env.is_main)
     created_group = False
@@ -215,38 +208,10 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
         run_dir = Path(cfg.out)
         ckpt_path = run_dir / CHECKPOINT_NAME
         ckpt = checkpoint_for_resume(cfg, ckpt_path, resume, log, env)
-        try:
-            excluded = parse_exclude(cfg.exclude) if cfg.exclude else set()
-            index = StoreIndex.from_stores(cfg.store, split="train", exclude_scan_ids=excluded)
-        except (ValueError, FileNotFoundError) as exc:  # no catalog, empty split, bad --exclude spec
-            raise PretrainError(str(exc)) from exc
+        index, excluded = _train_index(cfg, ckpt, ckpt_path, env, log)
         scan_ids = list(index.scan_ids)
-        if ckpt is not None and list(ckpt.get("scan_ids", [])) != scan_ids:
-            raise PretrainError(f"cannot resume {ckpt_path}: the store's train cases differ from those the run "
-                                "started with (store rebuilt or --exclude changed)")
         classes = {d: int(index.num_classes[d]) for d in index.domains}
-        if env.is_main:
-            note = f"; {len(index.excluded)} of its scan(s) kept out by --exclude" if cfg.exclude else ""
-            where = f" of {len(index.stores)} stores" if len(index.stores) > 1 else ""
-            log(f"training {cfg.encoder} on {len(index)} train cases in {len(index.domains)} domains{where} "
-                f"({', '.join(f'{d}:{classes[d]} classes' for d in index.domains)}){note}")
-            if index.duplicates:
-                log(f"{len(index.duplicates)} scan(s) are in more than one store under the same scan id; each is "
-                    f"trained once, from the first store that holds it: {', '.join(index.duplicates[:5])}"
-                    f"{'...' if len(index.duplicates) > 5 else ''}")
-
-        torch.manual_seed(cfg.seed)
-        net = build_pretrain_net(cfg.encoder, classes)
-        init_report = None
-        if ckpt is not None:
-            load_model_state(net, ckpt, ckpt_path, error=PretrainError)
-        elif cfg.init != "scratch":
-            from model.nets.weights import load_encoder_weights
-
-            report = load_encoder_weights(net.encoder, cfg.init)
-            init_report = report.to_dict()
-            if env.is_main:  # the whole report, every dropped key, is the checkpoint's init_report
-                log(report.short())
+        net, init_report = _network(cfg, classes, ckpt, ckpt_path, env, log)
         amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
         net.to(device)
         optimizer = make_optimizer(net.parameters(), cfg)
@@ -284,10 +249,7 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
             return validate(net, index.store, val_cases, cfg, device=device, amp=amp, env=env)
 
         end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-        patch_cfg = PatchConfig(patch=cfg.patch, batch=cfg.batch, fg_fraction=cfg.fg_fraction,
-                                domain_sampling=cfg.domain_sampling, channel=cfg.channel, seed=cfg.seed)
-        loader = make_loader(index.store, index, patch_cfg, start_step=start, num_steps=max(end - start, 0),
-                             rank=env.rank, world_size=env.world_size, workers=cfg.workers)
+        loader = _loader(cfg, index, start, end, env)
         # A resumed run repeats the steps after its checkpoint: their records from before the interruption go.
         resume_step = start if ckpt is not None else None
         with MetricsLogger(run_dir, enabled=env.is_main, resume_step=resume_step) as logger:
@@ -304,6 +266,70 @@ def pretrain(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None =
             dist.destroy_process_group()
         if lock is not None:
             lock.release()
+
+
+def _loader(cfg: TrainConfig, index: Any, start: int, end: int, env: DistEnv) -> Any:
+    """This rank's batches of steps ``start`` to ``end`` (a pure function of the seed and the step)."""
+    from model.data import PatchConfig, make_loader
+
+    patch_cfg = PatchConfig(patch=cfg.patch, batch=cfg.batch, fg_fraction=cfg.fg_fraction,
+                            domain_sampling=cfg.domain_sampling, channel=cfg.channel, seed=cfg.seed)
+    return make_loader(index.store, index, patch_cfg, start_step=start, num_steps=max(end - start, 0),
+                       rank=env.rank, world_size=env.world_size, workers=cfg.workers)
+
+
+def _device(cfg: TrainConfig, env: DistEnv) -> torch.device:
+    try:
+        return resolve_device(cfg.device, env)
+    except ValueError as exc:  # CUDA asked for where there is none
+        raise PretrainError(str(exc)) from exc
+    except RuntimeError as exc:  # not a device name ("gpu")
+        raise PretrainError(f"--device {cfg.device!r} is not a device: {exc}; use cpu, cuda or cuda:N") from exc
+
+
+def _train_index(cfg: TrainConfig, ckpt: dict[str, Any] | None, ckpt_path: Path, env: DistEnv,
+                 log: Callable[[str], None]) -> tuple[Any, set[str]]:
+    """The train cases of the stores (minus ``--exclude``), the same as the resumed run's, said once."""
+    from model.data import StoreIndex, parse_exclude
+
+    try:
+        excluded = parse_exclude(cfg.exclude) if cfg.exclude else set()
+        index = StoreIndex.from_stores(cfg.store, split="train", exclude_scan_ids=excluded)
+    except (ValueError, FileNotFoundError) as exc:  # no catalog, empty split, bad --exclude spec
+        raise PretrainError(str(exc)) from exc
+    if ckpt is not None and list(ckpt.get("scan_ids", [])) != list(index.scan_ids):
+        raise PretrainError(f"cannot resume {ckpt_path}: the store's train cases differ from those the run "
+                            "started with (store rebuilt or --exclude changed)")
+    if env.is_main:
+        classes = {d: int(index.num_classes[d]) for d in index.domains}
+        note = f"; {len(index.excluded)} of its scan(s) kept out by --exclude" if cfg.exclude else ""
+        where = f" of {len(index.stores)} stores" if len(index.stores) > 1 else ""
+        log(f"training {cfg.encoder} on {len(index)} train cases in {len(index.domains)} domains{where} "
+            f"({', '.join(f'{d}:{classes[d]} classes' for d in index.domains)}){note}")
+        if index.duplicates:
+            log(f"{len(index.duplicates)} scan(s) are in more than one store under the same scan id; each is "
+                f"trained once, from the first store that holds it: {', '.join(index.duplicates[:5])}"
+                f"{'...' if len(index.duplicates) > 5 else ''}")
+    return index, excluded
+
+
+def _network(cfg: TrainConfig, classes: dict[str, int], ckpt: dict[str, Any] | None, ckpt_path: Path,
+             env: DistEnv, log: Callable[[str], None]) -> tuple[nn.Module, dict[str, Any] | None]:
+    """The multi-branch network: the checkpoint's weights when resuming, else ``--init``'s encoder (its load
+    report returned) or fresh ones."""
+    torch.manual_seed(cfg.seed)
+    net = build_pretrain_net(cfg.encoder, classes)
+    if ckpt is not None:
+        load_model_state(net, ckpt, ckpt_path, error=PretrainError)
+        return net, None
+    if cfg.init == "scratch":
+        return net, None
+    from model.nets.weights import load_encoder_weights
+
+    report = load_encoder_weights(net.encoder, cfg.init)
+    if env.is_main:  # the whole report, every dropped key, is the checkpoint's init_report
+        log(report.short())
+    return net, report.to_dict()
 
 
 def load_pretrained_encoder(checkpoint: str | Path) -> tuple[nn.Module, Any]:
