@@ -102,3 +102,32 @@ def test_bad_specs_are_refused():
         AugmentSpec(p_mirror=1.5)
     with pytest.raises(ValueError, match="scale"):
         AugmentSpec(scale=(1.4, 0.7))
+
+
+def _reference(image, label, p):
+    """The plain form: every sample resampled with its matrix, every sample's intensity computed."""
+    from model.data.augment import apply_rigid
+    from model.data.augment_affine import _intensity_one
+
+    img, lab = apply_rigid(image, label, p.theta)
+    out = torch.stack([_intensity_one(img[i], float(p.brightness[i]), float(p.contrast[i]), float(p.gamma[i]))
+                       for i in range(len(img))])
+    return out, lab
+
+
+def test_the_shortcuts_give_what_resampling_every_sample_gives():
+    """Flipping the mirror-only samples and skipping the untouched ones changes no value (float rounding)."""
+    g = torch.Generator().manual_seed(2)
+    image = torch.randn(6, 1, 12, 14, 16, generator=g)
+    label = torch.randint(0, 4, (6, 12, 14, 16), generator=g)
+    spec = AugmentSpec(p_rotation=0.3, p_scale=0.3, p_brightness=0.5, p_contrast=0.5, p_gamma=0.5)
+    kinds = set()
+    for step in range(25):
+        p = augment_params(spec, 5, step, 6, shape=(12, 14, 16))
+        got_img, got_lab = apply_augment(image, label, p)
+        want_img, want_lab = _reference(image, label, p)
+        assert torch.equal(got_lab, want_lab)
+        assert (got_img - want_img).abs().max() < 1e-4
+        kinds |= {("warp" if a.abs().sum() or s != 1 else "mirror" if m.any() else "none")
+                  for a, s, m in zip(p.angles_deg, p.scale, p.mirror)}
+    assert kinds == {"warp", "mirror", "none"}  # every path was taken
