@@ -93,8 +93,11 @@ test: venv
 bench: venv
 	$(PY) -m pip install -q -e '.[bench]' $(TORCH)  # pinned: nnunetv2's deps would otherwise pull a CUDA torch
 	$(PY) benchmarks/prep.py
+	$(PY) benchmarks/inflate.py
 	$(PY) benchmarks/checks.py
 	$(PY) benchmarks/loader.py
+	$(PY) benchmarks/loader_peers.py
+	$(PY) benchmarks/scale_catalog.py
 	$(PY) benchmarks/train.py
 
 clean:
