@@ -98,6 +98,7 @@ bench: venv
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/loader_peers.py
 	$(PY) benchmarks/scale_catalog.py
+	$(PY) benchmarks/scale_build.py
 	$(PY) benchmarks/train.py
 
 clean:
