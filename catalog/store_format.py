@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import stat
 from collections.abc import Iterator, Mapping
@@ -256,6 +257,7 @@ class CaseAttrs:
         for key in ("spacing", "origin", "direction", "axes"):
             if key in kw:
                 kw[key] = tuple(kw[key])
+        _check_geometry(kw, where)
         more = {k: v for k, v in attrs.items() if k not in known and k not in (MARKER, "ome")}
         return cls(**kw, more=more)
 
@@ -269,3 +271,22 @@ class CaseAttrs:
     def original_spacing_zyx(self) -> tuple[float, float, float]:
         """The source file's voxel spacing (z, y, x) mm, as measured against (metrics in mm)."""
         return tuple(float(s) for s in reversed(self.original["spacing_xyz"]))  # type: ignore[return-value]
+
+
+# (key, count, positive): the geometry every reader of a case trusts (OME-Zarr scale and translation, metrics in mm,
+# pasting predictions back); a crafted or damaged value is refused where the attributes are read.
+_GEOMETRY = (("spacing", 3, True), ("origin", 3, False), ("direction", 9, False))
+
+
+def _check_geometry(kw: Mapping[str, Any], where: str) -> None:
+    for key, count, positive in _GEOMETRY:
+        if key not in kw:
+            continue
+        vals = kw[key]
+        ok = len(vals) == count and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+            for v in vals)
+        if not ok:
+            raise ValueError(f"{where}: {key!r} is {list(vals)!r}, not {count} finite numbers"
+                             f"{' > 0' if positive else ''}: the case is damaged; rebuild it (med3d-prep build-* "
+                             "--verify)")

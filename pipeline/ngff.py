@@ -23,13 +23,18 @@ def add_ngff(store: str, *, storage_options: dict | None = None, log: Callable[[
     """Add OME-Zarr metadata to every complete case of ``store`` that lacks it; returns how many were updated."""
     cat = load_catalog(store)
     root = open_root(store, storage_options=storage_options)
-    done = 0
+    done, damaged = 0, []
     for path in cat.loc[cat["status"] == "ok", "store_path"]:
         marker = case_marker(root, path)
         if not marker:
             continue  # never finished: the next build rewrites it (with the metadata)
         group = root[path]
-        attrs = CaseAttrs.from_attrs(group.attrs.asdict(), store_join(store, path))
+        try:
+            attrs = CaseAttrs.from_attrs(group.attrs.asdict(), store_join(store, path))
+        except ValueError as exc:  # one damaged case is said and left as it is; the others go on
+            log(str(exc))
+            damaged.append(path)
+            continue
         has_label = LABEL in group.array_keys()
         if group.attrs.get("ome") == case_ngff(attrs) and (not has_label or LABEL_IMAGE.split("/")[0] in group):
             continue
@@ -38,6 +43,9 @@ def add_ngff(store: str, *, storage_options: dict | None = None, log: Callable[[
         if "files" in marker and files is not None:  # --verify compares the files' sizes with the marker's
             group.attrs[MARKER] = {**marker, "files": files}
         done += 1
-    log(f"{store}: OME-Zarr metadata added to {done} case(s), {int((cat['status'] == 'ok').sum()) - done} "
-        "already had it or were not complete")
+    log(f"{store}: OME-Zarr metadata added to {done} case(s), "
+        f"{int((cat['status'] == 'ok').sum()) - done - len(damaged)} already had it or were not complete")
+    if damaged:
+        raise ValueError(f"{store}: {len(damaged)} damaged case(s) left without OME-Zarr metadata: "
+                         f"{', '.join(damaged[:5])}")
     return done

@@ -109,3 +109,22 @@ def test_a_build_writes_ome_zarr_and_the_build_skips_an_upgraded_case(old_store,
     again = build([(spec, cases[:2])], store, PrepConfig(chunks=(16, 16, 16)), workers=0, progress=False,
                   log=lambda s: None, verify=True)
     assert again.skipped == 2 and again.converted == 0
+
+
+@pytest.mark.parametrize("key, value", [("spacing", [float("nan"), 1.0, 1.0]), ("spacing", [1.0, -1.0, 1.0]),
+                                        ("origin", [0.0, 1e400, 0.0]), ("direction", [1.0, 0.0])])
+def test_a_damaged_geometry_is_one_line_and_the_other_case_is_upgraded(key, value, tmp_path):
+    import json
+
+    store = tmp_path / "store"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "data" / "store_before_ngff", store)
+    meta = store / "hippocampus" / "hippocampus_001" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"][key] = value
+    meta.write_text(json.dumps(doc))
+    res = CliRunner().invoke(main, ["ngff", str(store)])
+    assert res.exit_code != 0
+    assert f"hippocampus/hippocampus_001: {key!r} is" in res.output and "rebuild it" in res.output
+    assert "ome" not in json.loads(meta.read_text())["attributes"]  # the damaged case is left as it was
+    other = json.loads((store / "hippocampus" / "hippocampus_002" / "zarr.json").read_text())["attributes"]
+    assert other["ome"]["multiscales"][0]["datasets"][0]["path"] == IMAGE
