@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from tests.test_layering import import_circles  # the one circle finder (Tarjan)
+
 ROOT = Path(__file__).resolve().parents[2]
 BELOW_TASKS = ("model.training", "model.evaluation", "model.run_folder", "model.task_api", "model.data",
                "model.nets")
@@ -46,41 +48,6 @@ def _graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     return edges, names
 
 
-def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components of more than one module (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on: set[str] = set()
-    found: list[list[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on.add(v)
-        for w in edges.get(v, ()):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                on.discard(w)
-                comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                found.append(sorted(comp))
-
-    for v in sorted(edges):
-        if v not in index:
-            visit(v)
-    return found
-
-
 def test_training_and_evaluation_never_import_tasks():
     edges, _ = _graph()
     bad = {m: sorted(t for t in ts if t.startswith(("model.tasks", "model.api", "model.cli", "model.study")))
@@ -92,7 +59,7 @@ def test_no_import_circle_among_tasks_training_and_evaluation():
     edges, _ = _graph()
     ours = ("model.tasks", "model.training", "model.evaluation", "model.run_folder", "model.task_api", "model.api")
     mine = {m: {t for t in ts if t.startswith(ours)} for m, ts in edges.items() if m.startswith(ours)}
-    assert _cycles(mine) == []
+    assert import_circles(mine) == []
 
 
 def test_only_the_command_line_study_and_api_look_tasks_up():
