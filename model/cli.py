@@ -47,7 +47,10 @@ _FIELD = {"depth": "encoder", "encoder_name": "encoder", "optimizer_name": "opti
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Run folder.")
 @click.option("--depth", type=EncoderChoice("depth"), default="10", help="ResNet depth (encoder resnet<depth>).")
 @click.option("--encoder", "encoder_name", type=EncoderChoice("name"), default=None,
-              help="Encoder by registry name (e.g. preact_resnet200); overrides --depth.")
+              help="Encoder by registry name (e.g. preact_resnet200, resenc_f32-64-128-256_b1-3-4-6); overrides --depth.")
+@click.option("--encoder-from-plans", "encoder_plans", type=click.Path(exists=True, dir_okay=False), default=None,
+              metavar="PLANS.json", help="The ResEnc encoder an nnU-Net plans file's 3d_fullres network has (what "
+              "export --format nnunet --plans needs); instead of --encoder.")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, help="Optimiser steps in all.")
 @click.option("--batch", type=click.IntRange(min=1), default=2, help="Patches per step (per GPU under torchrun).")
 @click.option("--patch", type=PatchSize(), default="64", help="Patch size: 64 or z,y,x (32,128,128).")
@@ -93,6 +96,17 @@ def pretrain(ctx: click.Context, stores: tuple[str, ...], out: str, **opts: Any)
     resume = opts.pop("resume")
     opts["compile"] = opts.pop("compile_")
     name = opts.pop("encoder_name")
+    plans = opts.pop("encoder_plans")
+    if plans:
+        if name:
+            raise click.UsageError("give --encoder or --encoder-from-plans, not both")
+        from model.export.nnunet_format import encoder_for_plans
+
+        try:
+            name = encoder_for_plans(plans)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--encoder-from-plans") from None
+        click.echo(f"encoder {name}: the residual encoder of {plans} (3d_fullres)")
     depth = opts.pop("depth")
     explicit = {k for k in ctx.params if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)}
     values: dict[str, Any] = {_FIELD.get(k, k): v for k, v in opts.items()}

@@ -39,6 +39,21 @@ class EncoderChoice(click.Choice):
         depths = [m.group(1) for n in ENCODERS if (m := re.fullmatch(r"resnet(\d+)", n))]
         return tuple(sorted(depths, key=int))
 
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """A registry name, or a parametric one (``resenc_f32-64-128-256_b1-3-4-6``) whose family builds it."""
+        if self.kind == "name" and isinstance(value, str) and value not in self.choices:
+            from model.nets.encoders import ENCODERS
+
+            try:
+                ENCODERS[value]
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+            except KeyError:
+                self.fail(f"{value!r} is not one of {', '.join(map(repr, self.choices))}, nor a parametric name "
+                          f"such as {', '.join(ENCODERS.patterns())}", param, ctx)
+            return value
+        return super().convert(value, param, ctx)
+
 
 class PatchSize(click.ParamType):
     """``64`` -> (64, 64, 64); ``32,128,128`` -> (32, 128, 128) in (z, y, x) voxels."""

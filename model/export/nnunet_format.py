@@ -25,7 +25,7 @@ import torch
 
 from model.export.formats import ExportRequest, ExportUsageError, register_format
 
-__all__ = ["build_plans_network", "export_nnunet", "plans_architecture"]
+__all__ = ["build_plans_network", "encoder_for_plans", "export_nnunet", "plans_architecture"]
 
 _SHAPE_FIELDS = ("n_stages", "features_per_stage", "n_blocks_per_stage", "kernel_sizes", "conv_bias")
 
@@ -59,6 +59,15 @@ def plans_architecture(plans_path: str | Path, configuration: str = "3d_fullres"
                          "ResidualEncoderUNet: plan with a ResEnc planner (nnUNetv2_plan_experiment -pl "
                          "nnUNetPlannerResEncM)")
     return arch
+
+
+def encoder_for_plans(plans_path: str | Path, configuration: str = "3d_fullres") -> str:
+    """The Med3D encoder name (``resenc_f32-64-128-256_b1-3-4-6``) of the ResEnc encoder an nnU-Net plans file's
+    configuration builds: pretrain it, and ``export --format nnunet --plans`` takes it."""
+    from model.nets.resenc import encoder_name_for_plans
+
+    arch = plans_architecture(plans_path, configuration)
+    return encoder_name_for_plans(arch["arch_kwargs"], f"{plans_path}: configurations.{configuration}.architecture")
 
 
 def build_plans_network(arch: dict[str, Any], in_chans: int, num_classes: int = 2, seed: int = 0) -> torch.nn.Module:
@@ -100,7 +109,7 @@ def _differences(arch: dict[str, Any], ours: dict[str, Any]) -> list[str]:
 
 def _shape_check(net: torch.nn.Module, state: dict[str, torch.Tensor], arch: dict[str, Any], encoder: Any,
                  where: str) -> None:
-    from model.nets.resenc import nnunet_arch_kwargs
+    from model.nets.resenc import encoder_name_for_plans, nnunet_arch_kwargs
 
     theirs = {k: v.shape for k, v in net.encoder.state_dict().items() if ".all_modules." not in k}
     bad = [k for k in sorted(set(theirs) | set(state)) if k not in theirs or k not in state
@@ -112,11 +121,15 @@ def _shape_check(net: torch.nn.Module, state: dict[str, torch.Tensor], arch: dic
     why = "; ".join(_differences(arch, ours)) or "the tensors differ"
     show = ", ".join(f"{k} ({tuple(theirs[k]) if k in theirs else 'absent'} in the plans' network, "
                      f"{tuple(state[k].shape) if k in state else 'absent'} in the encoder)" for k in bad[:3])
+    try:
+        name = encoder_name_for_plans(arch["arch_kwargs"], where)
+        fix = (f"Pretrain the encoder these plans build: --encoder {name} (or --encoder-from-plans {where}), "
+               "then export that run")
+    except ValueError as exc:
+        fix = f"No Med3D encoder has these plans' shapes ({exc})"
     raise ValueError(f"{where}: nnU-Net's network for these plans cannot take the {encoder.name} encoder: "
                      f"configurations.{arch['_configuration']}.architecture.{why}; {len(bad)} tensors differ "
-                     f"({show}). Pretrain the encoder nnU-Net plans ({encoder.name} has "
-                     f"{encoder.config['features']}), or plan with a ResEnc planner on data that gives these "
-                     "stages")
+                     f"({show}). {fix}")
 
 
 @register_format("nnunet", "OUT.pth that nnUNetv2_train -pretrained_weights loads: nnU-Net's network for --plans, "

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 __all__ = ["ENCODERS", "ENTRY_POINT_GROUP", "FAMILIES", "PRETRAINED", "Encoder", "PretrainedWeights",
-           "create_encoder", "encoder_names", "pretrained_for", "register_encoder"]
+           "create_encoder", "encoder_names", "pretrained_for", "register_encoder", "register_encoder_pattern"]
 
 ENTRY_POINT_GROUP = "med3d.encoders"
 
@@ -113,6 +114,7 @@ class _Registry(Mapping[str, Builder]):
 
     def __init__(self) -> None:
         self._builders: dict[str, Builder] = {}
+        self._patterns: list[tuple[re.Pattern[str], Callable[[re.Match[str]], Builder], str]] = []
         self._loaded = False
         self._loading = False
 
@@ -139,9 +141,29 @@ class _Registry(Mapping[str, Builder]):
         self._loaded = False
         self._load()
 
+    def add_pattern(self, pattern: str, factory: Callable[[re.Match[str]], Builder], example: str) -> None:
+        self._patterns.append((re.compile(pattern), factory, example))
+
+    def patterns(self) -> list[str]:
+        """An example name of each parametric family (``resenc_f32-64-128-256_b1-3-4-6``)."""
+        self._load()
+        return [example for _, _, example in self._patterns]
+
     def __getitem__(self, name: str) -> Builder:
         self._load()
-        return self._builders[name]
+        if name in self._builders:
+            return self._builders[name]
+        for pattern, factory, _ in self._patterns:
+            if (m := pattern.fullmatch(name)) is not None:
+                return factory(m)
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self[str(name)]
+        except (KeyError, ValueError):
+            return False
+        return True
 
     def __iter__(self) -> Iterator[str]:
         """Shipped families in :data:`FAMILIES` order, then plug-ins, each in registration order (whatever
@@ -191,6 +213,19 @@ def register_encoder(fn: Builder | None = None, *, name: str | None = None) -> A
     return add(fn) if fn is not None else add
 
 
+def register_encoder_pattern(pattern: str, example: str) -> Callable[[Callable[[re.Match[str]], Builder]], Any]:
+    """Decorator adding a parametric family: names matching the regular expression ``pattern`` (whole name) are built
+    by ``factory(match)``, which returns a builder ``(in_chans: int = 1) -> Encoder`` (or raises ``ValueError``
+    saying what is wrong with the name). The names are not listed by iteration (there are infinitely many);
+    ``example`` is shown in ``--encoder`` errors and ``--help``."""
+
+    def add(factory: Callable[[re.Match[str]], Builder]) -> Callable[[re.Match[str]], Builder]:
+        ENCODERS.add_pattern(pattern, factory, example)
+        return factory
+
+    return add
+
+
 def encoder_names(family: str | None = None) -> list[str]:
     """Every registered encoder name, or those of one family (built on the meta device to read it)."""
     names = list(ENCODERS)
@@ -214,7 +249,8 @@ def create_encoder(name: str, in_chans: int = 1) -> Encoder:
     try:
         builder = ENCODERS[name]
     except KeyError:
-        raise ValueError(f"unknown encoder {name!r}; choose one of: {', '.join(ENCODERS)}") from None
+        raise ValueError(f"unknown encoder {name!r}; choose one of: {', '.join([*ENCODERS, *ENCODERS.patterns()])}"
+                         ) from None
     enc = builder(in_chans=in_chans)
     if not isinstance(enc, Encoder):
         raise TypeError(f"the builder of encoder {name!r} ({builder.__module__}) returned a "

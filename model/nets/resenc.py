@@ -11,6 +11,11 @@ L ~24 GB), not in the encoder: on a 3D isotropic patch of 128 to 255 voxels a si
 here. ``resenc_tiny`` is the same family at a quarter of the width, one block per stage and five stages (output stride
 16), for CPU smoke tests on 32³ patches.
 
+Any other stage layout is a parametric name, ``resenc_f<features>_b<blocks>`` (``resenc_f32-64-128-256_b1-3-4-6``:
+four stages, 32 to 256 channels, 1, 3, 4 and 6 blocks; stride 1 then 2 per stage): the encoder nnU-Net's ResEnc
+planner picks for small images (the MSD hippocampus gets exactly that one). :func:`encoder_name_for_plans` reads the
+name off a plans file's ``arch_kwargs``, so an encoder can be pretrained in the shape nnU-Net will fine-tune.
+
 Inputs must be multiples of the last stage's output stride on every axis (32 for M and L, 16 for ``resenc_tiny``),
 as nnU-Net pads them; and InstanceNorm needs more than one voxel per map when training, so training patches are at
 least twice that stride (64³ for M and L, 32³ for ``resenc_tiny``).
@@ -30,9 +35,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from model.nets.encoders import Encoder, register_encoder
+from model.nets.encoders import Encoder, register_encoder, register_encoder_pattern
 
-__all__ = ["PRESETS", "ResEncEncoder", "nnunet_arch_kwargs"]
+__all__ = ["PRESETS", "ResEncEncoder", "encoder_name_for_plans", "nnunet_arch_kwargs"]
 
 PRESETS: dict[str, dict[str, tuple[int, ...]]] = {
     # name: features per stage, residual blocks per stage, stride of each stage (relative to the previous one)
@@ -196,3 +201,53 @@ def _builder(name: str) -> Callable[..., ResEncEncoder]:
 
 for _name in PRESETS:
     register_encoder(_builder(_name))
+
+
+_PARAMETRIC = r"resenc_f(\d+(?:-\d+)*)_b(\d+(?:-\d+)*)"
+
+
+def parametric_name(features: Sequence[int], blocks: Sequence[int]) -> str:
+    """``resenc_f32-64-128-256_b1-3-4-6`` for features (32, 64, 128, 256) and blocks (1, 3, 4, 6)."""
+    return f"resenc_f{'-'.join(str(int(f)) for f in features)}_b{'-'.join(str(int(b)) for b in blocks)}"
+
+
+@register_encoder_pattern(_PARAMETRIC, example="resenc_f32-64-128-256_b1-3-4-6")
+def _parametric(match: Any) -> Callable[..., ResEncEncoder]:
+    name = match.group(0)
+    features = tuple(int(v) for v in match.group(1).split("-"))
+    blocks = tuple(int(v) for v in match.group(2).split("-"))
+    if len(features) != len(blocks):
+        raise ValueError(f"encoder {name}: {len(features)} stage widths but {len(blocks)} block counts; give one "
+                         "of each per stage (resenc_f32-64-128-256_b1-3-4-6)")
+    if min(features) < 1 or min(blocks) < 1 or len(features) > 8:
+        raise ValueError(f"encoder {name}: widths and block counts must be >= 1, at most 8 stages")
+    strides = (1,) + (2,) * (len(features) - 1)
+
+    def build(in_chans: int = 1) -> ResEncEncoder:
+        return ResEncEncoder(name=name, in_chans=in_chans, features=features, blocks=blocks, strides=strides)
+
+    build.__name__ = build.__qualname__ = name
+    return build
+
+
+def encoder_name_for_plans(arch_kwargs: dict[str, Any], where: str = "plans") -> str:
+    """The encoder name whose tensors have the shapes of the ResEnc encoder in an nnU-Net plans' ``arch_kwargs``
+    (widths and blocks per stage; kernels must be 3³, as ours are). Strides do not change shapes: anisotropic
+    plans take an isotropic encoder's weights."""
+    try:
+        features = [int(f) for f in arch_kwargs["features_per_stage"]]
+        blocks = [int(b) for b in arch_kwargs["n_blocks_per_stage"]]
+        kernels = [list(map(int, k)) if isinstance(k, (list, tuple)) else [int(k)] * 3
+                   for k in arch_kwargs.get("kernel_sizes", [[3, 3, 3]] * len(features))]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: arch_kwargs lacks features_per_stage / n_blocks_per_stage as integer lists "
+                         f"({type(exc).__name__}: {exc})") from None
+    bad = [i for i, k in enumerate(kernels) if k != [3, 3, 3]]
+    if bad:
+        raise ValueError(f"{where}: arch_kwargs.kernel_sizes[{bad[0]}] is {kernels[bad[0]]}: Med3D's ResEnc encoders "
+                         "use 3x3x3 kernels in every stage")
+    if not (1 <= len(features) <= 8) or len(blocks) != len(features) or min(features + blocks) < 1:
+        raise ValueError(f"{where}: arch_kwargs has {len(features)} stage widths and {len(blocks)} block counts; "
+                         "need 1 to 8 stages, one positive width and block count each")
+    return parametric_name(features, blocks)
+

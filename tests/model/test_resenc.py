@@ -163,7 +163,8 @@ def test_resenc_weights_refuse_medicalnet_export_and_go_to_safetensors(pretraine
 
 # --- nnU-Net weight exchange: export --format nnunet, and --init from nnU-Net's checkpoint ------------------------
 
-def _plans(folder: Path, features: list[int], strides: list[list[int]] | None = None) -> Path:
+def _plans(folder: Path, features: list[int], strides: list[list[int]] | None = None,
+           blocks: list[int] | None = None) -> Path:
     """A plans file with the key names nnU-Net's ResEnc planner writes, and the dataset.json nnU-Net copies beside
     it (one MR channel, the hippocampus labels)."""
     n = len(features)
@@ -171,7 +172,7 @@ def _plans(folder: Path, features: list[int], strides: list[list[int]] | None = 
             "arch_kwargs": {"n_stages": n, "features_per_stage": features,
                             "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": [[3, 3, 3]] * n,
                             "strides": strides or [[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
-                            "n_blocks_per_stage": [1] * n, "n_conv_per_stage_decoder": [1] * (n - 1),
+                            "n_blocks_per_stage": blocks or [1] * n, "n_conv_per_stage_decoder": [1] * (n - 1),
                             "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
                             "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
                             "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
@@ -268,6 +269,7 @@ def test_export_nnunet_refuses_plans_of_other_widths_naming_the_entry(pretrained
     assert res.exit_code == 1 and not out.exists()
     assert ("configurations.3d_fullres.architecture.arch_kwargs.features_per_stage is [16, 32, 64, 128, 160], the "
             "encoder's [8, 16, 32, 64, 80]") in res.output
+    assert "Pretrain the encoder these plans build: --encoder resenc_f16-32-64-128-160_b1-1-1-1-1" in res.output
     # other strides keep the shapes: exported, and said
     aniso = _plans(tmp_path / "aniso", [8, 16, 32, 64, 80], [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]])
     res = CliRunner().invoke(main, ["export", str(pretrained), "--format", "nnunet", "--plans", str(aniso), str(out)])
@@ -278,6 +280,59 @@ def test_export_nnunet_refuses_plans_of_other_widths_naming_the_entry(pretrained
                                     "--configuration", "2d", str(out)])
     assert res.exit_code == 1 and "no configuration '2d'" in res.output and "3d_fullres, 3d_cascade_fullres" in \
         res.output
+
+
+REAL_PLANS = Path(__file__).resolve().parents[1] / "data" / "nnunet_hippocampus_resencm_plans.json"
+
+
+def test_real_hippocampus_plans_name_a_parametric_encoder_with_nnunets_tensors() -> None:
+    """nnU-Net's ResEnc M planner gives the MSD hippocampus a 4-stage encoder (32..256 channels, 1/3/4/6 blocks),
+    none of the presets: the plans name it, and that encoder has exactly the tensors of nnU-Net's."""
+    from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
+
+    from model.export.nnunet_format import encoder_for_plans, plans_architecture
+
+    name = encoder_for_plans(REAL_PLANS)
+    assert name == "resenc_f32-64-128-256_b1-3-4-6"
+    kw = plans_architecture(REAL_PLANS)["arch_kwargs"]
+    with torch.device("meta"):
+        enc = create_encoder(name)
+        ref = ResidualEncoder(**nnunet_arch_kwargs(kw["features_per_stage"], kw["n_blocks_per_stage"],
+                                                   [s[0] for s in kw["strides"]]), return_skips=True)
+    want = {k: tuple(v.shape) for k, v in ref.state_dict().items() if ".all_modules." not in k}
+    assert {k: tuple(v.shape) for k, v in enc.state_dict().items()} == want
+    assert sum(p.numel() for p in enc.parameters()) == 24_388_736
+    assert enc.channels == [32, 64, 128, 256] and enc.strides == [1, 2, 4, 8]
+
+
+@pytest.mark.parametrize("name, message", [
+    ("resenc_f8-16_b1", "2 stage widths but 1 block counts"),
+    ("resenc_f0-16_b1-1", "widths and block counts must be >= 1"),
+    ("resenc_fx_b1", "nor a parametric name such as resenc_f32-64-128-256_b1-3-4-6"),
+])
+def test_bad_parametric_names_are_one_line(name: str, message: str, tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["pretrain", str(tmp_path), "--out", str(tmp_path / "r"), "--encoder", name])
+    assert res.exit_code == 2 and message in res.output and not (tmp_path / "r").exists(), res.output
+
+
+def test_pretrain_encoder_from_plans_then_export_takes_them(tiny_store: str, tmp_path: Path) -> None:
+    """--encoder-from-plans pretrains the encoder a plans file builds; export --format nnunet takes those plans."""
+    plans = _plans(tmp_path / "Dataset009_Tiny", [8, 16, 32, 64], blocks=[1, 2, 1, 1])
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, ["pretrain", tiny_store, "--out", str(run), "--encoder-from-plans", str(plans),
+                                    "--patch", "32", "--steps", "1", "--batch", "2", *FAST])
+    assert res.exit_code == 0, res.output
+    assert "encoder resenc_f8-16-32-64_b1-2-1-1: the residual encoder of" in res.output
+    assert load_checkpoint(run / "checkpoint.pt")["config"]["encoder"] == "resenc_f8-16-32-64_b1-2-1-1"
+    out = tmp_path / "w.pth"
+    res = CliRunner().invoke(main, ["export", str(run), "--format", "nnunet", "--plans", str(plans), str(out)])
+    assert res.exit_code == 0, res.output
+    net = _nnunet_judge(out, plans)
+    torch.testing.assert_close(net.state_dict()["encoder.stages.1.blocks.1.conv2.conv.weight"],
+                               load_checkpoint(run / "checkpoint.pt")["model"]["encoder.stages.1.blocks.1.conv2.conv.weight"])
+    res = CliRunner().invoke(main, ["pretrain", tiny_store, "--out", str(tmp_path / "r2"), "--encoder-from-plans",
+                                    str(plans), "--encoder", "resenc_tiny"])
+    assert res.exit_code == 2 and "not both" in res.output
 
 
 @pytest.mark.slow
