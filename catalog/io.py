@@ -8,7 +8,7 @@ import pandas as pd
 from .atomic import write_atomic
 from .names import check_table_names
 from .retry import is_transient, retry_call
-from .schema import CATALOG_COLUMNS, DOMAIN_COLUMNS, NODULE_COLUMNS, conform
+from .schema import CATALOG_COLUMNS, DOMAIN_COLUMNS, NODULE_COLUMNS, conform, frame_from_arrow
 from .store_format import is_local, local_path, store_join
 
 CATALOG_FILE = "catalog.parquet"
@@ -35,7 +35,7 @@ def _exists(path: str) -> bool:
     return retry_call(lambda: fs.exists(p), path)
 
 
-def _read_parquet(path: str) -> pd.DataFrame:
+def _read_parquet(path: str, columns: dict[str, str] | None = None) -> pd.DataFrame:
     """A parquet table, or a ValueError naming the file when it is not one (damaged, cut short, another
     format): the caller's users get one line, not pyarrow's traceback. A remote read that meets a transient
     error (503, reset connection) is retried (:mod:`catalog.retry`), and raised as it is when the tries run out:
@@ -44,7 +44,11 @@ def _read_parquet(path: str) -> pd.DataFrame:
         raise ValueError(f"{path}: not a regular file (a device such as /dev/zero, a pipe or a folder): the store "
                          "is damaged; rebuild the store (med3d-prep build-*) or copy the file again")
     try:
-        return pd.read_parquet(path) if is_local(path) else retry_call(lambda: pd.read_parquet(path), path)
+        if not is_local(path):
+            return retry_call(lambda: pd.read_parquet(path), path)
+        import pyarrow.parquet as pq
+
+        return frame_from_arrow(pq.read_table(local_path(path)), columns or {})
     except (OSError, ValueError) as exc:
         if isinstance(exc, FileNotFoundError) or is_transient(exc):
             raise
@@ -57,7 +61,7 @@ def _write_if_changed(df: pd.DataFrame, path: str, columns: dict[str, str]) -> N
     """Write unless the file already holds exactly this table: a re-run that changed nothing touches nothing."""
     if _exists(path):
         try:
-            old = conform(_read_parquet(path), columns, path, fill_missing=False)
+            old = conform(_read_parquet(path, columns), columns, path, fill_missing=False)
             if old.equals(df):
                 return
         except (ValueError, OSError):
@@ -86,7 +90,7 @@ def load_catalog(store: str, *, missing_ok: bool = False) -> pd.DataFrame:
         raise FileNotFoundError(
             f"{path}: no catalog; is {store} a med3d store? Build one with `med3d-prep build-3dseg8`."
         )
-    df = conform(_read_parquet(path), CATALOG_COLUMNS, path, fill_missing=False)
+    df = conform(_read_parquet(path, CATALOG_COLUMNS), CATALOG_COLUMNS, path, fill_missing=False)
     check_table_names(df, path, names=("domain", "case_id"), store_path=True)
     return df
 
@@ -101,7 +105,7 @@ def load_domains(store: str) -> pd.DataFrame:
     path = store_join(str(store), DOMAINS_FILE)
     if not _exists(path):
         raise FileNotFoundError(f"{path}: no domains table; is {store} a med3d store?")
-    df = conform(_read_parquet(path), DOMAIN_COLUMNS, path, fill_missing=False)
+    df = conform(_read_parquet(path, DOMAIN_COLUMNS), DOMAIN_COLUMNS, path, fill_missing=False)
     check_table_names(df, path, names=("domain",))
     return df
 
@@ -131,6 +135,6 @@ def load_nodules(store: str, *, missing_ok: bool = False) -> pd.DataFrame | None
         if missing_ok:
             return None
         raise FileNotFoundError(f"{path}: no nodules table; build one with `med3d-prep build-lidc`.")
-    df = conform(_read_parquet(path), NODULE_COLUMNS, path, fill_missing=False)
+    df = conform(_read_parquet(path, NODULE_COLUMNS), NODULE_COLUMNS, path, fill_missing=False)
     check_table_names(df, path, names=("case_id",), empty_ok=("case_id",))
     return df

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+import numpy as np
 import pandas as pd
 
 from .store_format import META_FILE
@@ -94,8 +95,9 @@ def check_table_names(df: pd.DataFrame, what: str, *, names: Iterable[str] = (),
     the value.
     """
     empty_ok = set(empty_ok)
-    for i, row in enumerate(df.itertuples(index=False)):
-        rec = row._asdict()
+    suspects = _suspect_rows(df, list(names), empty_ok, store_path)
+    for i in suspects:  # the exact rule, which words the message; rows outside the screen pass it
+        rec = df.iloc[i].to_dict()
         for col in names:
             value = rec[col]
             if col in empty_ok and value == "":
@@ -107,6 +109,39 @@ def check_table_names(df: pd.DataFrame, what: str, *, names: Iterable[str] = (),
             want = f"{rec['domain']}/{rec['case_id']}"
             if rec["store_path"] != want:
                 raise _refuse(what, i, rec, "store_path", rec["store_path"], f"is not <domain>/<case_id> ({want!r})")
+
+
+_SUSPECT = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def _suspect_rows(df: pd.DataFrame, names: list[str], empty_ok: set[str], store_path: bool) -> list[int]:
+    """The rows that might break the rules, in order, found column-wise in C (a 100,000-row catalog in a few
+    hundredths of a second instead of a second): a superset of the rows :func:`unsafe_name` or the store_path
+    rule refuses (a long name is a suspect until its UTF-8 bytes are counted)."""
+    if not len(df):
+        return []
+    bad = np.zeros(len(df), dtype=bool)
+    for col in names:
+        values = df[col]
+        if values.dtype == object:
+            is_str = values.map(type).eq(str).to_numpy()
+        elif pd.api.types.is_string_dtype(values.dtype):
+            is_str = values.notna().to_numpy()
+        else:
+            is_str = np.zeros(len(df), dtype=bool)
+        text = values.where(is_str, "").astype(str)
+        empty = text.str.strip().eq("").to_numpy()
+        if col in empty_ok:
+            empty = empty & text.ne("").to_numpy()
+        lower = text.str.lower()
+        bad |= ~is_str | empty | text.isin([".", ".."]).to_numpy() | lower.isin(RESERVED_NAMES).to_numpy()
+        bad |= text.str.contains(_SUSPECT).to_numpy() | text.str.len().gt(MAX_NAME_BYTES // 4).to_numpy()
+    if store_path:
+        paths = df["store_path"]
+        bad |= (paths.astype(str) != df["domain"].astype(str) + "/" + df["case_id"].astype(str)).to_numpy()
+        if paths.dtype == object:
+            bad |= ~paths.map(type).eq(str).to_numpy()
+    return np.flatnonzero(bad).tolist()
 
 
 def _refuse(what: str, i: int, rec: dict, col: str, value, problem: str) -> UnsafeNameError:
