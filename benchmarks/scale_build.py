@@ -42,7 +42,8 @@ def main() -> None:
             found, _ = scan_msd(root, ["Task03_Liver"])
             elapsed, peaks, _ = pipeline_run(found, str(tmp / f"store{n}"), PrepConfig(), args.workers)
             rows.append((n, elapsed, elapsed / n, [p / 2**20 for p in peaks]))
-            print(f"{n} cases: {elapsed:.1f} s, {elapsed / n:.2f} s per case", file=sys.stderr, flush=True)
+            print(f"{n} cases: {elapsed:.1f} s, {elapsed / n:.2f} s per case, peak RSS per worker "
+                  f"{', '.join(f'{p / 2**20:.0f}' for p in peaks)} MiB", file=sys.stderr, flush=True)
             shutil.rmtree(tmp / f"store{n}", ignore_errors=True)
             shutil.rmtree(root, ignore_errors=True)
     finally:
