@@ -24,50 +24,11 @@ from typing import Any
 import torch
 
 from model.export.formats import ExportRequest, ExportUsageError, register_format
+from model.export.nnunet_plans import ALLOWED_CLASSES, encoder_for_plans, plans_architecture
 
 __all__ = ["build_plans_network", "encoder_for_plans", "export_nnunet", "plans_architecture"]
 
 _SHAPE_FIELDS = ("n_stages", "features_per_stage", "n_blocks_per_stage", "kernel_sizes", "conv_bias")
-
-
-def _configuration(plans: dict[str, Any], name: str, where: str) -> dict[str, Any]:
-    configs = plans.get("configurations")
-    if not isinstance(configs, dict) or name not in configs:
-        have = ", ".join(configs) if isinstance(configs, dict) else "none"
-        raise ValueError(f"{where}: no configuration {name!r} in 'configurations' (it has: {have}); pass "
-                         "--configuration NAME")
-    conf = dict(configs[name])
-    parent = conf.pop("inherits_from", None)  # nnU-Net's cascade configurations inherit from another
-    return {**_configuration(plans, parent, where), **conf} if parent else conf
-
-
-def plans_architecture(plans_path: str | Path, configuration: str = "3d_fullres") -> dict[str, Any]:
-    """``configurations.<configuration>.architecture`` of an nnU-Net plans file, checked to be a residual-encoder
-    U-Net: ``{"network_class_name", "arch_kwargs", "_kw_requires_import"}``."""
-    where = str(plans_path)
-    try:
-        plans = json.loads(Path(plans_path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{where}: cannot read the plans ({exc})") from None
-    arch = _configuration(plans, configuration, where).get("architecture")
-    if not isinstance(arch, dict) or not isinstance(arch.get("arch_kwargs"), dict):
-        raise ValueError(f"{where}: configurations.{configuration}.architecture has no arch_kwargs: plans written by "
-                         "nnU-Net v2.4 or later are needed")
-    name = str(arch.get("network_class_name", ""))
-    if not name.endswith("ResidualEncoderUNet"):
-        raise ValueError(f"{where}: configurations.{configuration}.architecture.network_class_name is {name!r}, not "
-                         "ResidualEncoderUNet: plan with a ResEnc planner (nnUNetv2_plan_experiment -pl "
-                         "nnUNetPlannerResEncM)")
-    return arch
-
-
-def encoder_for_plans(plans_path: str | Path, configuration: str = "3d_fullres") -> str:
-    """The Med3D encoder name (``resenc_f32-64-128-256_b1-3-4-6``) of the ResEnc encoder an nnU-Net plans file's
-    configuration builds: pretrain it, and ``export --format nnunet --plans`` takes it."""
-    from model.nets.resenc import encoder_name_for_plans
-
-    arch = plans_architecture(plans_path, configuration)
-    return encoder_name_for_plans(arch["arch_kwargs"], f"{plans_path}: configurations.{configuration}.architecture")
 
 
 def build_plans_network(arch: dict[str, Any], in_chans: int, num_classes: int = 2, seed: int = 0) -> torch.nn.Module:
@@ -78,6 +39,8 @@ def build_plans_network(arch: dict[str, Any], in_chans: int, num_classes: int = 
     kwargs = dict(arch["arch_kwargs"])
     for key in arch.get("_kw_requires_import", ()):
         if kwargs.get(key) is not None:
+            if kwargs[key] not in ALLOWED_CLASSES.get(key, ()):  # plans_architecture checked it; built only so
+                raise ValueError(f"architecture.arch_kwargs.{key} {kwargs[key]!r} is not an allowed class")
             kwargs[key] = pydoc.locate(kwargs[key])
     torch.manual_seed(seed)
     net = ResidualEncoderUNet(input_channels=int(in_chans), num_classes=int(num_classes), deep_supervision=True,
@@ -86,10 +49,18 @@ def build_plans_network(arch: dict[str, Any], in_chans: int, num_classes: int = 
     return net
 
 
+MAX_CHANNELS = 64
+
+
 def _in_chans(plans: Path, fallback: int, log: Any) -> int:
     dataset = plans.parent / "dataset.json"
     if dataset.is_file():
-        channels = json.loads(dataset.read_text()).get("channel_names") or {}
+        try:
+            channels = json.loads(dataset.read_text()).get("channel_names") or {}
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError, RecursionError) as exc:
+            raise ValueError(f"{dataset}: cannot read channel_names ({type(exc).__name__}: {exc})") from None
+        if not isinstance(channels, dict) or len(channels) > MAX_CHANNELS:
+            raise ValueError(f"{dataset}: channel_names must map at most {MAX_CHANNELS} channel indices to names")
         if channels:
             return len(channels)
     log(f"note: no dataset.json beside {plans}: the network gets {fallback} input channel(s), the encoder's")
@@ -107,20 +78,33 @@ def _differences(arch: dict[str, Any], ours: dict[str, Any]) -> list[str]:
     return out
 
 
-def _shape_check(net: torch.nn.Module, state: dict[str, torch.Tensor], arch: dict[str, Any], encoder: Any,
-                 where: str) -> None:
-    from model.nets.resenc import encoder_name_for_plans, nnunet_arch_kwargs
+def _unlike(arch: dict[str, Any], encoder: Any) -> list[str]:
+    """How the plans' encoder differs from ours, field by field (checked before nnU-Net's network is built)."""
+    from model.nets.resenc import nnunet_arch_kwargs
 
-    theirs = {k: v.shape for k, v in net.encoder.state_dict().items() if ".all_modules." not in k}
-    bad = [k for k in sorted(set(theirs) | set(state)) if k not in theirs or k not in state
-           or theirs[k] != state[k].shape]
-    if not bad:
-        return
     ours = nnunet_arch_kwargs(**encoder.config, in_chans=encoder.in_chans)
     ours["kernel_sizes"] = [list(k) for k in ours["kernel_sizes"]]
-    why = "; ".join(_differences(arch, ours)) or "the tensors differ"
-    show = ", ".join(f"{k} ({tuple(theirs[k]) if k in theirs else 'absent'} in the plans' network, "
-                     f"{tuple(state[k].shape) if k in state else 'absent'} in the encoder)" for k in bad[:3])
+    kw = {**arch["arch_kwargs"]}
+    kw["kernel_sizes"] = [k if isinstance(k, list) else [k] * 3 for k in kw.get("kernel_sizes", [])]
+    return _differences({**arch, "arch_kwargs": kw}, ours)
+
+
+def _shape_check(net: torch.nn.Module | None, state: dict[str, torch.Tensor], arch: dict[str, Any], encoder: Any,
+                 where: str) -> None:
+    from model.nets.resenc import encoder_name_for_plans
+
+    differ = _unlike(arch, encoder)
+    if net is None and not differ:
+        return
+    theirs = {} if net is None else {k: v.shape for k, v in net.encoder.state_dict().items() if ".all_modules." not in k}
+    bad = [] if net is None else [k for k in sorted(set(theirs) | set(state)) if k not in theirs or k not in state
+                                  or theirs[k] != state[k].shape]
+    if net is not None and not bad:
+        return
+    why = "; ".join(differ) or "the tensors differ"
+    show = "" if net is None else " ({} tensors differ: {})".format(len(bad), ", ".join(
+        f"{k} ({tuple(theirs[k]) if k in theirs else 'absent'} in the plans' network, "
+        f"{tuple(state[k].shape) if k in state else 'absent'} in the encoder)" for k in bad[:3]))
     try:
         name = encoder_name_for_plans(arch["arch_kwargs"], where)
         fix = (f"Pretrain the encoder these plans build: --encoder {name} (or --encoder-from-plans {where}), "
@@ -128,8 +112,7 @@ def _shape_check(net: torch.nn.Module, state: dict[str, torch.Tensor], arch: dic
     except ValueError as exc:
         fix = f"No Med3D encoder has these plans' shapes ({exc})"
     raise ValueError(f"{where}: nnU-Net's network for these plans cannot take the {encoder.name} encoder: "
-                     f"configurations.{arch['_configuration']}.architecture.{why}; {len(bad)} tensors differ "
-                     f"({show}). {fix}")
+                     f"configurations.{arch['_configuration']}.architecture.{why}{show}. {fix}")
 
 
 @register_format("nnunet", "OUT.pth that nnUNetv2_train -pretrained_weights loads: nnU-Net's network for --plans, "
@@ -152,6 +135,7 @@ def export_nnunet(request: ExportRequest) -> list[str]:
                          "resenc family only (pretrain with --encoder resenc_m)")
     request.log(report.short())
     in_chans = _in_chans(Path(plans), encoder.in_chans, request.log)
+    _shape_check(None, {}, arch, encoder, str(plans))  # before building: a plans' sizes are not ours to allocate
     net = build_plans_network(arch, in_chans)
     state = dict(encoder.state_dict())
     first = f"{encoder.first_conv}.weight"

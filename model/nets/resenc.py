@@ -219,8 +219,8 @@ def _parametric(match: Any) -> Callable[..., ResEncEncoder]:
     if len(features) != len(blocks):
         raise ValueError(f"encoder {name}: {len(features)} stage widths but {len(blocks)} block counts; give one "
                          "of each per stage (resenc_f32-64-128-256_b1-3-4-6)")
-    if min(features) < 1 or min(blocks) < 1 or len(features) > 8:
-        raise ValueError(f"encoder {name}: widths and block counts must be >= 1, at most 8 stages")
+    if min(features) < 1 or min(blocks) < 1 or len(features) > 8 or max(features) > 4096 or max(blocks) > 64:
+        raise ValueError(f"encoder {name}: widths from 1 to 4096 and block counts from 1 to 64, at most 8 stages")
     strides = (1,) + (2,) * (len(features) - 1)
 
     def build(in_chans: int = 1) -> ResEncEncoder:
@@ -246,8 +246,9 @@ def encoder_name_for_plans(arch_kwargs: dict[str, Any], where: str = "plans") ->
     if bad:
         raise ValueError(f"{where}: arch_kwargs.kernel_sizes[{bad[0]}] is {kernels[bad[0]]}: Med3D's ResEnc encoders "
                          "use 3x3x3 kernels in every stage")
-    if not (1 <= len(features) <= 8) or len(blocks) != len(features) or min(features + blocks) < 1:
+    if not (1 <= len(features) <= 8) or len(blocks) != len(features) or min(features + blocks) < 1 or \
+            max(features) > 4096 or max(blocks) > 64:
         raise ValueError(f"{where}: arch_kwargs has {len(features)} stage widths and {len(blocks)} block counts; "
-                         "need 1 to 8 stages, one positive width and block count each")
+                         "need 1 to 8 stages, widths from 1 to 4096 and 1 to 64 blocks each")
     return parametric_name(features, blocks)
 

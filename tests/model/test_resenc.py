@@ -307,7 +307,8 @@ def test_real_hippocampus_plans_name_a_parametric_encoder_with_nnunets_tensors()
 
 @pytest.mark.parametrize("name, message", [
     ("resenc_f8-16_b1", "2 stage widths but 1 block counts"),
-    ("resenc_f0-16_b1-1", "widths and block counts must be >= 1"),
+    ("resenc_f0-16_b1-1", "widths from 1 to 4096 and block counts from 1 to 64"),
+    ("resenc_f1000000000_b1", "widths from 1 to 4096"),
     ("resenc_fx_b1", "nor a parametric name such as resenc_f32-64-128-256_b1-3-4-6"),
 ])
 def test_bad_parametric_names_are_one_line(name: str, message: str, tmp_path: Path) -> None:
@@ -353,3 +354,43 @@ def test_nnunet_own_loader_takes_the_export(pretrained: Path, tmp_path: Path) ->
     load_pretrained_weights(net, str(out))
     with torch.no_grad():
         assert net.eval()(torch.randn(1, 1, 32, 32, 32))[0].shape == (1, 3, 32, 32, 32)
+
+
+def _crafted(folder: Path, change) -> Path:
+    plans = json.loads(REAL_PLANS.read_text())
+    change(plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"], plans)
+    folder.mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(plans))
+    return folder / "plans.json"
+
+
+CRAFTED = {  # a plans file is JSON anyone hands over: what nnU-Net would import, call or allocate from it
+    "code": (lambda kw, p: kw.update(nonlin="subprocess.run", nonlin_kwargs={"args": ["touch", "PWNED"]}),
+             "arch_kwargs.nonlin is 'subprocess.run': only torch.nn.ELU, GELU"),
+    "conv": (lambda kw, p: kw.update(conv_op="os.system"), "arch_kwargs.conv_op is 'os.system'"),
+    "kwargs": (lambda kw, p: kw.update(norm_op_kwargs={"eps": 1e-5, "device": "meta"}), "'device' is not one of"),
+    "huge": (lambda kw, p: kw.update(features_per_stage=[32, 64, 128, 10**9]), "not 4 integers from 1 to 4096"),
+    "blocks": (lambda kw, p: kw.update(n_blocks_per_stage=[1, 3, 4, 10**7]), "not 4 integers from 1 to 64"),
+    "nan": (lambda kw, p: kw.update(features_per_stage=[32, 64, 128, float("nan")]), "features_per_stage is [32, 64"),
+    "stages": (lambda kw, p: kw.update(n_stages=10**6), "n_stages is 1000000: not a stage count from 1 to 8"),
+    "kernel": (lambda kw, p: kw.update(kernel_sizes=[[3, 3, 3]] * 3 + [[10**6, 3, 3]]), "kernel_sizes is"),
+    "cycle": (lambda kw, p: p["configurations"]["3d_fullres"].update(inherits_from="3d_fullres"),
+              "inherits_from goes round in a circle (3d_fullres -> 3d_fullres)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_crafted_plans_are_refused_before_anything_is_built(case: str, pretrained: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each refused in one line naming the entry, by export and by pretrain --encoder-from-plans; nothing runs,
+    nothing is written (before, nonlin=subprocess.run ran its nonlin_kwargs' command while the network was built)."""
+    monkeypatch.chdir(tmp_path)
+    change, message = CRAFTED[case]
+    plans = _crafted(tmp_path / "p", change)
+    out = tmp_path / "x.pth"
+    res = CliRunner().invoke(main, ["export", str(pretrained), "--format", "nnunet", "--plans", str(plans), str(out)])
+    assert res.exit_code == 1 and message in res.output and f"{plans}: configurations." in res.output, res.output
+    assert len(res.output.strip().splitlines()) <= 2 and not out.exists() and not (tmp_path / "PWNED").exists()
+    res = CliRunner().invoke(main, ["pretrain", str(tmp_path), "--out", str(tmp_path / "r"), "--encoder-from-plans",
+                                    str(plans)])
+    assert res.exit_code == 2 and message in res.output and not (tmp_path / "r").exists(), res.output
