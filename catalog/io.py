@@ -12,6 +12,7 @@ from .schema import CATALOG_COLUMNS, DOMAIN_COLUMNS, NODULE_COLUMNS, conform, fr
 from .store_format import is_local, local_path, store_join
 
 CATALOG_FILE = "catalog.parquet"
+COLUMNWISE_FROM_ROWS = 1000
 DOMAINS_FILE = "domains.parquet"
 
 
@@ -48,7 +49,9 @@ def _read_parquet(path: str, columns: dict[str, str] | None = None) -> pd.DataFr
             return retry_call(lambda: pd.read_parquet(path), path)
         import pyarrow.parquet as pq
 
-        return frame_from_arrow(pq.read_table(local_path(path)), columns or {})
+        table = pq.read_table(local_path(path))
+        # column-wise lists pay from about a thousand rows; below, conform's row-by-row path is quicker
+        return frame_from_arrow(table, columns or {}) if table.num_rows >= COLUMNWISE_FROM_ROWS else table.to_pandas()
     except (OSError, ValueError) as exc:
         if isinstance(exc, FileNotFoundError) or is_transient(exc):
             raise

@@ -101,7 +101,10 @@ NASTY = ["..", ".", "", "  ", "a/b", "/etc", "a\\b", "x\n", "\x7f", "ZARR.JSON",
 
 @pytest.mark.parametrize("value", NASTY, ids=[repr(v)[:20] for v in NASTY])
 @pytest.mark.parametrize("column", ["case_id", "domain", "store_path", "note"])
-def test_the_screen_refuses_exactly_what_the_row_by_row_rule_refuses(value, column) -> None:
+def test_the_screen_refuses_exactly_what_the_row_by_row_rule_refuses(value, column, monkeypatch) -> None:
+    import catalog.names as names
+
+    monkeypatch.setattr(names, "SCREEN_FROM_ROWS", 10)  # screen this 50-row table
     rows = [{"domain": "hip", "case_id": f"c{i}", "store_path": f"hip/c{i}", "note": ""} for i in range(50)]
     df = pd.DataFrame(rows, dtype=object)
     df.loc[37, column] = value
