@@ -154,9 +154,6 @@ def _isnan(v) -> bool:
     return isinstance(v, float) and v != v
 
 
-_ARROW_KINDS = {"list[int]": "iu", "list[float]": "f", "list[str]": "U"}
-
-
 def _arrow_lists(column, kind: str) -> list[list] | None:
     """A parquet list column as Python lists of ``kind``'s element type, in C where the element type allows, or
     None when it is not a plain list of that kind (nulls inside, another element type): conform decides then."""
@@ -201,4 +198,3 @@ def frame_from_arrow(table, columns: dict[str, str]) -> pd.DataFrame:
         df[name] = pd.Series(lists, index=df.index, dtype=object)
     df.attrs[TYPED_LISTS] = {name: columns[name] for name in ready}
     return df
-

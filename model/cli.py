@@ -100,7 +100,7 @@ def pretrain(ctx: click.Context, stores: tuple[str, ...], out: str, **opts: Any)
     if plans:
         if name:
             raise click.UsageError("give --encoder or --encoder-from-plans, not both")
-        from model.export.nnunet_format import encoder_for_plans
+        from model.export.nnunet_plans import encoder_for_plans
 
         try:
             name = encoder_for_plans(plans)

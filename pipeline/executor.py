@@ -142,8 +142,7 @@ def release_freed_memory() -> None:
     mmap threshold (see :func:`local_cluster`), so a case's large buffers come from the heap, and what one case
     freed stayed resident into the next: each worker's peak RSS grew with the number of cases it had converted
     (596-600 -> 655-682 MiB from 6 to 96 CT cases; with the trim 595 -> 633-642, benchmarks/scale_build.py). A
-    few milliseconds a case; nothing
-    elsewhere (other C libraries, macOS)."""
+    few milliseconds a case; does nothing elsewhere (other C libraries, macOS)."""
     global _LIBC
     if _LIBC is None:
         import ctypes

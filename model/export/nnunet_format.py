@@ -89,30 +89,38 @@ def _unlike(arch: dict[str, Any], encoder: Any) -> list[str]:
     return _differences({**arch, "arch_kwargs": kw}, ours)
 
 
-def _shape_check(net: torch.nn.Module | None, state: dict[str, torch.Tensor], arch: dict[str, Any], encoder: Any,
-                 where: str) -> None:
+def _refuse(arch: dict[str, Any], encoder: Any, where: str, why: str) -> ValueError:
+    """The one-line refusal: what differs, and the encoder to pretrain for these plans."""
     from model.nets.resenc import encoder_name_for_plans
 
-    differ = _unlike(arch, encoder)
-    if net is None and not differ:
-        return
-    theirs = {} if net is None else {k: v.shape for k, v in net.encoder.state_dict().items() if ".all_modules." not in k}
-    bad = [] if net is None else [k for k in sorted(set(theirs) | set(state)) if k not in theirs or k not in state
-                                  or theirs[k] != state[k].shape]
-    if net is not None and not bad:
-        return
-    why = "; ".join(differ) or "the tensors differ"
-    show = "" if net is None else " ({} tensors differ: {})".format(len(bad), ", ".join(
-        f"{k} ({tuple(theirs[k]) if k in theirs else 'absent'} in the plans' network, "
-        f"{tuple(state[k].shape) if k in state else 'absent'} in the encoder)" for k in bad[:3]))
     try:
         name = encoder_name_for_plans(arch["arch_kwargs"], where)
         fix = (f"Pretrain the encoder these plans build: --encoder {name} (or --encoder-from-plans {where}), "
                "then export that run")
     except ValueError as exc:
         fix = f"No Med3D encoder has these plans' shapes ({exc})"
-    raise ValueError(f"{where}: nnU-Net's network for these plans cannot take the {encoder.name} encoder: "
-                     f"configurations.{arch['_configuration']}.architecture.{why}{show}. {fix}")
+    return ValueError(f"{where}: nnU-Net's network for these plans cannot take the {encoder.name} encoder: "
+                      f"configurations.{arch['_configuration']}.architecture.{why}. {fix}")
+
+
+def _check_fields(arch: dict[str, Any], encoder: Any, where: str) -> None:
+    """Before nnU-Net's network is built: the plans' encoder fields equal ours (a plans' sizes are not ours to
+    allocate)."""
+    differ = _unlike(arch, encoder)
+    if differ:
+        raise _refuse(arch, encoder, where, "; ".join(differ))
+
+
+def _check_tensors(net: torch.nn.Module, state: dict[str, torch.Tensor], arch: dict[str, Any], encoder: Any,
+                   where: str) -> None:
+    """After it is built: every encoder tensor of nnU-Net's network has ours' shape."""
+    theirs = {k: v.shape for k, v in net.encoder.state_dict().items() if ".all_modules." not in k}
+    bad = [k for k in sorted(set(theirs) | set(state)) if k not in theirs or k not in state
+           or theirs[k] != state[k].shape]
+    if bad:
+        show = ", ".join(f"{k} ({tuple(theirs[k]) if k in theirs else 'absent'} in the plans' network, "
+                         f"{tuple(state[k].shape) if k in state else 'absent'} in the encoder)" for k in bad[:3])
+        raise _refuse(arch, encoder, where, f"the tensors differ ({len(bad)}: {show})")
 
 
 @register_format("nnunet", "OUT.pth that nnUNetv2_train -pretrained_weights loads: nnU-Net's network for --plans, "
@@ -135,7 +143,7 @@ def export_nnunet(request: ExportRequest) -> list[str]:
                          "resenc family only (pretrain with --encoder resenc_m)")
     request.log(report.short())
     in_chans = _in_chans(Path(plans), encoder.in_chans, request.log)
-    _shape_check(None, {}, arch, encoder, str(plans))  # before building: a plans' sizes are not ours to allocate
+    _check_fields(arch, encoder, str(plans))
     net = build_plans_network(arch, in_chans)
     state = dict(encoder.state_dict())
     first = f"{encoder.first_conv}.weight"
@@ -145,7 +153,7 @@ def export_nnunet(request: ExportRequest) -> list[str]:
 
         state[first], note = _adapt_conv1(state[first], in_chans, first)
         lines.append(f"adapted the first conv to the dataset's {in_chans} channels ({note})")
-    _shape_check(net, state, arch, encoder, str(plans))
+    _check_tensors(net, state, arch, encoder, str(plans))
     full = {**state, **{alias: state[canonical] for alias, canonical in encoder.alias_keys().items()}}
     net.encoder.load_state_dict(full, strict=True)
     strides = [list(s) if isinstance(s, (list, tuple)) else [s] * 3 for s in arch["arch_kwargs"].get("strides", [])]

@@ -18,6 +18,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from model.nets.resenc import MAX_BLOCKS, MAX_STAGES, MAX_WIDTH
+
 __all__ = ["ALLOWED_CLASSES", "encoder_for_plans", "plans_architecture"]
 
 _NN = "torch.nn."
@@ -39,8 +41,8 @@ _KWARGS: dict[str, dict[str, tuple[type, ...]]] = {
     "dropout_op_kwargs": {"p": (float, int), "inplace": (bool,)},
 }
 
-_BOUNDS = {"n_stages": 8, "features_per_stage": 4096, "n_blocks_per_stage": 64, "n_conv_per_stage_decoder": 64,
-           "kernel_sizes": 7, "strides": 8}
+_BOUNDS = {"n_stages": MAX_STAGES, "features_per_stage": MAX_WIDTH, "n_blocks_per_stage": MAX_BLOCKS,
+           "n_conv_per_stage_decoder": MAX_BLOCKS, "kernel_sizes": 7, "strides": 8}
 
 
 def _configuration(plans: dict[str, Any], name: str, where: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -82,11 +84,11 @@ def _check(arch: dict[str, Any], where: str) -> None:
         return ValueError(f"{where}.arch_kwargs.{key} is {shown}: {why}")
 
     imports = arch.get("_kw_requires_import", [])
-    if not isinstance(imports, list) or not set(imports) <= set(ALLOWED_CLASSES):
+    if not isinstance(imports, list) or not all(isinstance(i, str) and i in ALLOWED_CLASSES for i in imports):
         raise ValueError(f"{where}._kw_requires_import is {imports!r}: only {sorted(ALLOWED_CLASSES)} may name "
                          "classes")
     for key, allowed in ALLOWED_CLASSES.items():
-        if kw.get(key) not in allowed:
+        if not isinstance(kw.get(key), (str, type(None))) or kw.get(key) not in allowed:
             names = sorted(a.rsplit(".", 1)[1] for a in allowed if a and a.startswith(_NN) and a.count(".") == 2)
             raise refuse(key, f"only torch.nn.{', '.join(names)} (or their torch.nn.modules paths)"
                               f"{', or null,' if None in allowed else ''} may be named here")

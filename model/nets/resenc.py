@@ -37,7 +37,8 @@ from torch import nn
 
 from model.nets.encoders import Encoder, register_encoder, register_encoder_pattern
 
-__all__ = ["PRESETS", "ResEncEncoder", "encoder_name_for_plans", "nnunet_arch_kwargs"]
+__all__ = ["MAX_BLOCKS", "MAX_STAGES", "MAX_WIDTH", "PRESETS", "ResEncEncoder", "encoder_name_for_plans",
+           "nnunet_arch_kwargs"]
 
 PRESETS: dict[str, dict[str, tuple[int, ...]]] = {
     # name: features per stage, residual blocks per stage, stride of each stage (relative to the previous one)
@@ -205,6 +206,19 @@ for _name in PRESETS:
 
 _PARAMETRIC = r"resenc_f(\d+(?:-\d+)*)_b(\d+(?:-\d+)*)"
 
+MAX_STAGES, MAX_WIDTH, MAX_BLOCKS = 8, 4096, 64
+"""Bounds of a parametric encoder (far above any real plans): a name or a plans file cannot ask for terabytes."""
+
+
+def _check_layout(features: Sequence[int], blocks: Sequence[int], what: str) -> None:
+    if len(blocks) != len(features):
+        raise ValueError(f"{what}: {len(features)} stage widths but {len(blocks)} block counts; give one of each per "
+                         "stage (resenc_f32-64-128-256_b1-3-4-6)")
+    if not 1 <= len(features) <= MAX_STAGES:
+        raise ValueError(f"{what}: {len(features)} stages; 1 to {MAX_STAGES} are built")
+    if not all(1 <= f <= MAX_WIDTH for f in features) or not all(1 <= b <= MAX_BLOCKS for b in blocks):
+        raise ValueError(f"{what}: widths from 1 to {MAX_WIDTH} and block counts from 1 to {MAX_BLOCKS}")
+
 
 def parametric_name(features: Sequence[int], blocks: Sequence[int]) -> str:
     """``resenc_f32-64-128-256_b1-3-4-6`` for features (32, 64, 128, 256) and blocks (1, 3, 4, 6)."""
@@ -216,11 +230,7 @@ def _parametric(match: Any) -> Callable[..., ResEncEncoder]:
     name = match.group(0)
     features = tuple(int(v) for v in match.group(1).split("-"))
     blocks = tuple(int(v) for v in match.group(2).split("-"))
-    if len(features) != len(blocks):
-        raise ValueError(f"encoder {name}: {len(features)} stage widths but {len(blocks)} block counts; give one "
-                         "of each per stage (resenc_f32-64-128-256_b1-3-4-6)")
-    if min(features) < 1 or min(blocks) < 1 or len(features) > 8 or max(features) > 4096 or max(blocks) > 64:
-        raise ValueError(f"encoder {name}: widths from 1 to 4096 and block counts from 1 to 64, at most 8 stages")
+    _check_layout(features, blocks, f"encoder {name}")
     strides = (1,) + (2,) * (len(features) - 1)
 
     def build(in_chans: int = 1) -> ResEncEncoder:
@@ -246,9 +256,6 @@ def encoder_name_for_plans(arch_kwargs: dict[str, Any], where: str = "plans") ->
     if bad:
         raise ValueError(f"{where}: arch_kwargs.kernel_sizes[{bad[0]}] is {kernels[bad[0]]}: Med3D's ResEnc encoders "
                          "use 3x3x3 kernels in every stage")
-    if not (1 <= len(features) <= 8) or len(blocks) != len(features) or min(features + blocks) < 1 or \
-            max(features) > 4096 or max(blocks) > 64:
-        raise ValueError(f"{where}: arch_kwargs has {len(features)} stage widths and {len(blocks)} block counts; "
-                         "need 1 to 8 stages, widths from 1 to 4096 and 1 to 64 blocks each")
+    _check_layout(features, blocks, f"{where}: arch_kwargs")
     return parametric_name(features, blocks)
 

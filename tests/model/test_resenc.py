@@ -394,3 +394,15 @@ def test_crafted_plans_are_refused_before_anything_is_built(case: str, pretraine
     res = CliRunner().invoke(main, ["pretrain", str(tmp_path), "--out", str(tmp_path / "r"), "--encoder-from-plans",
                                     str(plans)])
     assert res.exit_code == 2 and message in res.output and not (tmp_path / "r").exists(), res.output
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda kw, arch: kw.update(conv_op=["torch.nn.Conv3d"]), "arch_kwargs.conv_op is ['torch.nn.Conv3d']"),
+    (lambda kw, arch: arch.update(_kw_requires_import=[["nonlin"]]), "_kw_requires_import is [['nonlin']]"),
+])
+def test_plans_with_lists_where_names_belong_are_one_line(change, message, tmp_path: Path) -> None:
+    """Unhashable values where a class name belongs were a TypeError traceback (set/frozenset membership)."""
+    plans = _crafted(tmp_path / "p", lambda kw, p: change(kw, p["configurations"]["3d_fullres"]["architecture"]))
+    res = CliRunner().invoke(main, ["pretrain", str(tmp_path), "--out", str(tmp_path / "r"), "--encoder-from-plans",
+                                    str(plans)])
+    assert res.exit_code == 2 and message in res.output and not (tmp_path / "r").exists(), res.output
