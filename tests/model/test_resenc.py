@@ -406,3 +406,32 @@ def test_plans_with_lists_where_names_belong_are_one_line(change, message, tmp_p
     res = CliRunner().invoke(main, ["pretrain", str(tmp_path), "--out", str(tmp_path / "r"), "--encoder-from-plans",
                                     str(plans)])
     assert res.exit_code == 2 and message in res.output and not (tmp_path / "r").exists(), res.output
+
+
+def test_real_plans_take_an_encoder_pretrained_from_them(tiny_store: str, hippo: dict, tmp_path: Path) -> None:
+    """The whole way with the plans nnU-Net 2.8.1's planner wrote for the real hippocampus: pretrain the encoder
+    they name, export against them, judge the file by nnU-Net's loading rule, one forward pass on a real scan at
+    the plans' patch size (40x56x40) with the encoder's weights inside."""
+    folder = tmp_path / "Dataset004_Hippocampus"
+    folder.mkdir()
+    plans = folder / "nnUNetResEncUNetMPlans.json"
+    plans.write_text(REAL_PLANS.read_text())
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "file_ending": ".nii.gz",
+                                                     "labels": {"background": 0, "Anterior": 1, "Posterior": 2}}))
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, ["pretrain", tiny_store, "--out", str(run), "--encoder-from-plans", str(plans),
+                                    "--patch", "32", "--steps", "1", "--batch", "2", *FAST])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "resenc_med3d.pth"
+    res = CliRunner().invoke(main, ["export", str(run), "--format", "nnunet", "--plans", str(plans), str(out)])
+    assert res.exit_code == 0 and "resenc_f32-64-128-256_b1-3-4-6" in res.output, res.output
+    net = _nnunet_judge(out, plans).eval()
+    key = "encoder.stages.3.blocks.5.conv2.conv.weight"
+    torch.testing.assert_close(net.state_dict()[key], load_checkpoint(run / "checkpoint.pt")["model"][key])
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(hippo["images"] / "hippocampus_001.nii.gz"))).astype(np.float32)
+    patch = np.zeros((40, 56, 40), np.float32)
+    z, y, x = (min(a, b) for a, b in zip(image.shape, patch.shape))
+    patch[:z, :y, :x] = (image[:z, :y, :x] - image.mean()) / image.std()
+    with torch.no_grad():
+        logits = net(torch.from_numpy(patch)[None, None])[0]
+    assert logits.shape == (1, 3, 40, 56, 40) and torch.isfinite(logits).all()
