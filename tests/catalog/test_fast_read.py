@@ -127,3 +127,32 @@ def test_a_hundred_thousand_clean_rows_need_no_row_by_row_check(monkeypatch) -> 
     df["store_path"] = "spleen/" + df["case_id"]
     monkeypatch.setattr(names, "unsafe_name", lambda v: pytest.fail(f"row-by-row check of {v!r}"))
     check_table_names(df, "t", names=("domain", "case_id"), store_path=True)
+
+
+def test_lists_are_made_with_the_cycle_collector_paused_and_its_state_restored(tmp_path, monkeypatch) -> None:
+    """Half a 100,000-row open was the collector walking the lists made so far: they are made with it off,
+    and it is left as it was found (on stays on, off stays off), also when a column is refused."""
+    import gc
+
+    import catalog.schema as schema
+
+    seen = []
+    real = schema._arrow_lists
+    monkeypatch.setattr(schema, "_arrow_lists", lambda *a: seen.append(gc.isenabled()) or real(*a))
+    monkeypatch.setattr(schema, "_as_list", lambda v, e, real=schema._as_list: seen.append(gc.isenabled()) or real(v, e))
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"name": ["a"], "ints": pa.array([[1, 2]], pa.list_(pa.int64()))}), path)
+    kinds = {"name": "str", "ints": "list[int]"}
+    assert gc.isenabled()
+    df = conform(frame_from_arrow(pq.read_table(path), kinds), kinds, "t", fill_missing=False)
+    conform(pd.DataFrame({"name": ["b"], "ints": [[3]]}), kinds, "t", fill_missing=False)  # the row-by-row path
+    assert df["ints"][0] == [1, 2] and seen == [False, False] and gc.isenabled()
+    with pytest.raises(ValueError, match="cannot be read as list\\[int\\]"):
+        conform(pd.DataFrame({"name": ["c"], "ints": [["x"]]}), kinds, "t", fill_missing=False)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        conform(pd.DataFrame({"name": ["d"], "ints": [[4]]}), kinds, "t", fill_missing=False)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
