@@ -85,7 +85,7 @@ class _Augmented:
         for batch in self.stream:
             p = augment_params(self.spec, 0, int(batch["step"]), batch["image"].shape[0],
                                shape=tuple(batch["image"].shape[2:]), spacing=self.spacing)
-            batch["image"], batch["label"] = apply_augment(batch["image"], batch["label"], p)
+            batch["image"], batch["label"] = apply_augment(batch["image"], batch["label"], p, inplace=True)
             yield batch
 
 

@@ -131,3 +131,26 @@ def test_the_shortcuts_give_what_resampling_every_sample_gives():
         kinds |= {("warp" if a.abs().sum() or s != 1 else "mirror" if m.any() else "none")
                   for a, s, m in zip(p.angles_deg, p.scale, p.mirror)}
     assert kinds == {"warp", "mirror", "none"}  # every path was taken
+
+
+def test_in_place_gives_the_same_values_in_the_tensors_it_was_given():
+    """The loader augments in place in its workers (the batch's shared-memory tensors go to the main process
+    uncopied): every path gives what the copying form gives, written into the tensors passed in."""
+    g = torch.Generator().manual_seed(3)
+    image = torch.randn(6, 1, 12, 14, 16, generator=g)
+    label = torch.randint(0, 4, (6, 12, 14, 16), generator=g)
+    spec = AugmentSpec(p_rotation=0.3, p_scale=0.3, p_brightness=0.5, p_contrast=0.5, p_gamma=0.5)
+    changed = 0
+    for step in range(12):
+        p = augment_params(spec, 7, step, 6, shape=(12, 14, 16))
+        want_img, want_lab = apply_augment(image, label, p)
+        img, lab = image.clone(), label.clone()
+        ptr_img, ptr_lab = img.data_ptr(), lab.data_ptr()
+        got_img, got_lab = apply_augment(img, lab, p, inplace=True)
+        assert got_img is img and got_lab is lab and img.data_ptr() == ptr_img and lab.data_ptr() == ptr_lab
+        assert torch.equal(got_img, want_img) and torch.equal(got_lab, want_lab)
+        changed += int(not torch.equal(img, image))
+    assert changed >= 10  # the tensors given were written
+    none = augment_params(_only(), 0, 0, 6, shape=(12, 14, 16))
+    copy = image.clone()
+    assert apply_augment(copy, label.clone(), none, inplace=True)[0] is copy and torch.equal(copy, image)
