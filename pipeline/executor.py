@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["MEM_RESOURCE", "WORKER_DEATH_RETRIES", "Task", "dask_client", "local_cluster", "run_tasks",
-           "single_threaded"]
+           "single_threaded", "worker_start_method"]
 
 MEM_RESOURCE = "MEM"
 WORKER_DEATH_RETRIES = 1
@@ -56,7 +56,8 @@ def dask_client(workers: int | None, scheduler: str | None, memory_per_worker: i
         yield client
 
 
-def local_cluster(workers: int | None = None, memory_per_worker: int | None = None):
+@contextlib.contextmanager
+def local_cluster(workers: int | None = None, memory_per_worker: int | None = None) -> Iterator[Any]:
     """A LocalCluster with one single-threaded worker process per core (dashboard off, loopback only) that
     advertises its memory as the ``MEM`` resource for memory-aware scheduling.
 
@@ -67,6 +68,9 @@ def local_cluster(workers: int | None = None, memory_per_worker: int | None = No
 
     A worker process that dies (killed for memory) is restarted by its nanny; the case it was converting runs
     once more elsewhere, then becomes a failed row (:data:`WORKER_DEATH_RETRIES`).
+
+    Worker processes are forked (:func:`worker_start_method`), so they start with this process's imports. The
+    settings hold for the cluster's whole life: a nanny reads them again when it restarts a worker.
     """
     import dask
     from distributed import LocalCluster
@@ -74,11 +78,32 @@ def local_cluster(workers: int | None = None, memory_per_worker: int | None = No
     n = workers or os.cpu_count() or 1
     mem = memory_per_worker or int(_total_memory() * 0.85 / n)
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-                          "distributed.scheduler.allowed-failures": WORKER_DEATH_RETRIES}):
-        return LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-            memory_limit=mem, resources={MEM_RESOURCE: mem}, host="127.0.0.1",
-        )
+                          "distributed.scheduler.allowed-failures": WORKER_DEATH_RETRIES,
+                          "distributed.worker.multiprocessing-method": worker_start_method()}), \
+            LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                         memory_limit=mem, resources={MEM_RESOURCE: mem}, host="127.0.0.1") as cluster:
+        yield cluster
+
+
+START_METHOD_ENV = "MED3D_WORKER_START"
+
+
+def worker_start_method() -> str:
+    """How the local cluster's nannies start worker processes: ``fork`` on Linux, ``spawn`` elsewhere (fork is
+    unsafe on macOS), or what ``MED3D_WORKER_START`` says (fork, spawn or forkserver).
+
+    Dask's default, spawn, starts a fresh interpreter that imports numpy, SimpleITK, zarr and the conversion
+    modules again in every worker: on 2 cores the 8-case bench build took 9.9 s with spawned workers and 8.7 s
+    with forked ones, which start with the parent's imports (3 interleaved rounds; docs/DECISIONS.md, issue 22).
+    The workers run no torch and set one ITK and Blosc thread per task, so none of the parent's thread pools is
+    needed in them. A nanny restarting a dead worker forks again, from the parent as it is then.
+    """
+    method = os.environ.get(START_METHOD_ENV, "").strip().lower()
+    if method:
+        if method not in ("fork", "spawn", "forkserver"):
+            raise ValueError(f"{START_METHOD_ENV}={method!r}: use fork, spawn or forkserver")
+        return method
+    return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
 def _total_memory() -> int:

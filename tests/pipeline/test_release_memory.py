@@ -45,3 +45,19 @@ def test_a_task_releases_memory_also_when_it_raises(monkeypatch: pytest.MonkeyPa
     with pytest.raises(ZeroDivisionError):
         executor._single_threaded(lambda: 1 / 0)
     assert calls == [1, 1]
+
+
+def test_worker_start_method_is_fork_on_linux_unless_told(monkeypatch) -> None:
+    from pipeline.executor import START_METHOD_ENV, worker_start_method
+
+    monkeypatch.delenv(START_METHOD_ENV, raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert worker_start_method() == "fork"
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert worker_start_method() == "spawn"
+    monkeypatch.setenv(START_METHOD_ENV, " Spawn ")
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert worker_start_method() == "spawn"
+    monkeypatch.setenv(START_METHOD_ENV, "threads")
+    with pytest.raises(ValueError, match="MED3D_WORKER_START='threads': use fork, spawn or forkserver"):
+        worker_start_method()

@@ -97,6 +97,11 @@ def _kill_worker_running(client, key_prefix: str) -> int:
     return pid
 
 
+def _command_line() -> bytes:
+    with open("/proc/self/cmdline", "rb") as fh:
+        return fh.read()
+
+
 def _build(domains, store, scheduler, logs):
     return build(domains, store, CFG, scheduler=scheduler, progress=False, log=logs.append)
 
@@ -149,6 +154,9 @@ def test_worker_killed_mid_case(domains, cluster, tmp_path, kills):
     pids = set(client.run(os.getpid).values())
     assert len(set(killed)) == kills and killed[0] in first_pids  # a second kill may hit the restarted worker
     assert len(pids) == 2 and not pids & set(killed)
+    # forked, the first workers and the restarted ones alike (a spawned worker runs `python -c "from
+    # multiprocessing.spawn import spawn_main..."`, a forked one keeps this process's command line)
+    assert set(client.run(_command_line).values()) == {_command_line()}
 
     # a re-run converts only what is missing
     again = _build(domains, store, scheduler, [])
