@@ -7,7 +7,7 @@ raise :class:`IntegrityError` (a ``ValueError``) whose message names the file, t
 
 Two kinds of check:
 
-- **Header checks** (:func:`check_file`): the NIfTI header (parsed with nibabel) against the file: 3D or 4D,
+- **Header checks** (:func:`check_file`): the NIfTI header (its fields parsed by :mod:`volume.nifti_fields`) against the file: 3D or 4D,
   at most ``max_voxels`` voxels, a usable spacing, and enough bytes for ``vox_offset + voxels × bytes``: the file
   size of a ``.nii``, the gzip trailer's length field (ISIZE) of a ``.nii.gz``. These read a few hundred bytes and
   run where headers are read for planning, so a damaged case is refused before any voxel is read.
@@ -23,7 +23,6 @@ nothing knows about dask, zarr or cases.
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 import struct
@@ -34,6 +33,7 @@ import numpy as np
 
 from .diagnose import not_a_file
 from .inflate import deflate_module
+from .nifti_fields import HeaderFieldError, data_dtype, header_fields
 from .value_checks import (
     DEFAULT_MAX_VOXELS, IntegrityError, check_contrast, check_direction, check_extent, check_finite,
     check_pixel_type, check_resampled_voxels, check_spacing, check_voxel_count, count_nonfinite,
@@ -142,13 +142,11 @@ def _open_stream_head(path: str, n: int) -> tuple[bytes, bool]:
 
 
 def read_nifti_info(path: str | os.PathLike) -> NiftiInfo:
-    """Parse a NIfTI-1/2 header (nibabel) without reading voxels.
+    """Parse a NIfTI-1/2 header (:mod:`volume.nifti_fields`) without reading voxels.
 
     Raises IntegrityError for an empty file, a file that is not NIfTI (no magic), or a header whose dims or
     datatype make no sense.
     """
-    import nibabel as nib
-
     path = os.fspath(path)
     size = os.path.getsize(path)
     if size == 0:
@@ -170,11 +168,10 @@ def read_nifti_info(path: str | os.PathLike) -> NiftiInfo:
     if not magic.startswith(b"n+"):
         raise _unreadable(path, f"not a single-file NIfTI (magic {magic!r}; a .hdr/.img pair or ANALYZE file): "
                                 "convert it to .nii.gz")
-    header_cls = nib.Nifti2Header if version == 2 else nib.Nifti1Header
+    hdr = header_fields(head[:hsize], version, endian)
     try:
-        hdr = header_cls.from_fileobj(io.BytesIO(head[:hsize]), check=False)
-        dtype = hdr.get_data_dtype()
-    except Exception as exc:  # nibabel raises several types for unknown datatype codes
+        dtype = data_dtype(hdr, endian)
+    except HeaderFieldError as exc:
         raise _unreadable(path, f"unusable NIfTI header ({exc})") from None
     dim = [int(v) for v in hdr["dim"]]
     if not 1 <= dim[0] <= 7 or any(d < 1 for d in dim[1:dim[0] + 1]):
