@@ -11,18 +11,21 @@ from .cli_options import common_options, config_from_options, finish, like_confi
 
 class _PrepGroup(click.Group):
     """Turns a build's refusal to overwrite another dataset's domain, or to write a store that would not outlive
-    it (``memory://``), into a usage error (one line, exit 2), and
+    it (``memory://``), and an unknown ``MED3D_WORKER_START`` (checked before any command runs) into a usage
+    error (one line, exit 2), and
     says no credential of a store URL (``s3://KEY:SECRET@...``): every line, error and traceback redacted."""
 
     def invoke(self, ctx: click.Context):
         from catalog.redact import redacted_cli
+        from .executor import WorkerStartError, worker_start_method
         from .sources.naming import StoreDomainError
         from .store import UnusableStoreError
 
         with redacted_cli():
             try:
+                worker_start_method()
                 return super().invoke(ctx)
-            except (StoreDomainError, UnusableStoreError) as exc:
+            except (StoreDomainError, UnusableStoreError, WorkerStartError) as exc:
                 raise click.UsageError(str(exc), ctx) from None
 
 

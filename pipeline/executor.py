@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["MEM_RESOURCE", "WORKER_DEATH_RETRIES", "Task", "dask_client", "local_cluster", "run_tasks",
-           "single_threaded", "worker_start_method"]
+           "single_threaded", "worker_start_method", "WorkerStartError"]
 
 MEM_RESOURCE = "MEM"
 WORKER_DEATH_RETRIES = 1
@@ -88,6 +88,10 @@ def local_cluster(workers: int | None = None, memory_per_worker: int | None = No
 START_METHOD_ENV = "MED3D_WORKER_START"
 
 
+class WorkerStartError(ValueError):
+    """``MED3D_WORKER_START`` names no start method."""
+
+
 def worker_start_method() -> str:
     """How the local cluster's nannies start worker processes: ``fork`` on Linux, ``spawn`` elsewhere (fork is
     unsafe on macOS), or what ``MED3D_WORKER_START`` says (fork, spawn or forkserver).
@@ -101,7 +105,7 @@ def worker_start_method() -> str:
     method = os.environ.get(START_METHOD_ENV, "").strip().lower()
     if method:
         if method not in ("fork", "spawn", "forkserver"):
-            raise ValueError(f"{START_METHOD_ENV}={method!r}: use fork, spawn or forkserver")
+            raise WorkerStartError(f"{START_METHOD_ENV}={method!r}: use fork, spawn or forkserver (or unset it)")
         return method
     return "fork" if sys.platform.startswith("linux") else "spawn"
 

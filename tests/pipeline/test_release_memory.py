@@ -61,3 +61,16 @@ def test_worker_start_method_is_fork_on_linux_unless_told(monkeypatch) -> None:
     monkeypatch.setenv(START_METHOD_ENV, "threads")
     with pytest.raises(ValueError, match="MED3D_WORKER_START='threads': use fork, spawn or forkserver"):
         worker_start_method()
+
+
+def test_an_unknown_start_method_is_one_line_before_anything_is_written(tmp_path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    monkeypatch.setenv("MED3D_WORKER_START", "bogus")
+    store = tmp_path / "store"
+    res = CliRunner().invoke(main, ["build-3dseg8", str(tmp_path / "nothing"), str(store), "--workers", "2"])
+    assert res.exit_code == 2, res.output
+    assert "Error: MED3D_WORKER_START='bogus': use fork, spawn or forkserver (or unset it)" in res.output
+    assert "Traceback" not in res.output and not store.exists()
