@@ -160,6 +160,19 @@ def _versions_note() -> str:
     return f" (recorded with {RECORDED_WITH}, installed {now}: a new release may move the last bits)"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
+def test_forked_cluster_workers_write_the_same_bytes(built, tmp_path, monkeypatch):
+    """The build as the command runs it: a 2-worker local cluster whose workers are forked."""
+    from pipeline.executor import worker_start_method
+
+    monkeypatch.delenv("MED3D_WORKER_START", raising=False)
+    assert worker_start_method() == "fork"
+    store = str(tmp_path / "cluster")
+    res = build(_domains("msd"), store, PrepConfig(), workers=2, progress=False, log=lambda s: None)
+    assert res.failed == [] and res.converted == 4, res.summary()
+    assert store_digests(store) == RECORDED["hippo_plan"]
+
+
 if __name__ == "__main__":  # print the digests of the current build, to record a meant change
     import pprint
     import tempfile
