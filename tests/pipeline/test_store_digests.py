@@ -161,7 +161,7 @@ def _versions_note() -> str:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
-def test_forked_cluster_workers_write_the_same_bytes(built, tmp_path, monkeypatch):
+def test_forked_cluster_workers_write_the_same_bytes(tmp_path, monkeypatch):
     """The build as the command runs it: a 2-worker local cluster whose workers are forked."""
     from pipeline.executor import worker_start_method
 
