@@ -4,7 +4,7 @@ Inflating gzip is most of a NIfTI read (a 512² CT series is tens of MB compress
 inflates ~2x faster than the standard ``zlib`` on these files, ``zlib-ng`` nearly as fast; both expose zlib's
 ``decompressobj`` (``decompress(data, max_length)``, ``unconsumed_tail``, ``unused_data``, ``eof``, ``flush``) and
 check every gzip member's CRC-32 and length the same way, so the bytes read are identical whichever is used
-(tests/volume/test_inflate.py compares them). Order: isal, zlib-ng, zlib; ``MED3D_INFLATE=zlib|isal|zlib-ng``
+(tests/pipeline/test_inflate.py compares them). Order: isal, zlib-ng, zlib; ``MED3D_INFLATE=zlib|isal|zlib-ng``
 forces one (a missing one is an error naming the package to install).
 """
 
