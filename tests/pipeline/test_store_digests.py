@@ -2,7 +2,8 @@
 
 Real scans built in this process with the default configuration, each array's decoded values and each case's
 recorded geometry and statistics hashed, against digests recorded from the build before the speed work of
-issue 22's last round (faster inflate paths, forked workers, fewer copies per case). Covered: the real abdominal
+issue 22's last round (forked workers, headers parsed without nibabel; the faster inflate came before and has its
+own test). Covered: the real abdominal
 CT (int16, stored RAS-flipped, air below -1024 HU) up-sampled to 2 x 1.5 x 1.5 mm and down-sampled to
 4 x 3.5 x 5 mm with its liver mask, and the four real MSD hippocampus MR cases (a uint8 image, a float32 label)
 on their planned 1 mm grid and at 0.8 mm.
