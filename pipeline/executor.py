@@ -97,8 +97,9 @@ def worker_start_method() -> str:
     unsafe on macOS), or what ``MED3D_WORKER_START`` says (fork, spawn or forkserver).
 
     Dask's default, spawn, starts a fresh interpreter that imports numpy, SimpleITK, zarr and the conversion
-    modules again in every worker: on 2 cores the 8-case bench build took 9.9 s with spawned workers and 8.7 s
-    with forked ones, which start with the parent's imports (3 interleaved rounds; docs/DECISIONS.md, issue 22).
+    modules again in every worker: on 2 cores the 9-case bench build took 9.49 s with spawned workers and 8.46 s
+    with forked ones, which start with the parent's imports (medians of 3 interleaved rounds; docs/DECISIONS.md,
+    issue 22).
     The workers run no torch and set one ITK and Blosc thread per task, so none of the parent's thread pools is
     needed in them. A nanny restarting a dead worker forks again, from the parent as it is then.
     """

@@ -19,27 +19,28 @@ class HeaderFieldError(ValueError):
     """A header whose datatype code names no voxel type."""
 
 
-_QUATERNS = ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z")
+# The fields read: name -> ((NIfTI-1 format, byte offset), (NIfTI-2 format, byte offset)), per nifti1.h and
+# nifti2.h; NIfTI-2 widens them to 64 bits and moves them.
+_FIELDS: dict[str, tuple[tuple[str, int], tuple[str, int]]] = {
+    "datatype": (("i2", 70), ("i2", 12)),
+    "dim": (("(8,)i2", 40), ("(8,)i8", 16)),
+    "pixdim": (("(8,)f4", 76), ("(8,)f8", 104)),
+    "vox_offset": (("f4", 108), ("i8", 168)),
+    "scl_slope": (("f4", 112), ("f8", 176)),
+    "scl_inter": (("f4", 116), ("f8", 184)),
+    "qform_code": (("i2", 252), ("i4", 344)),
+    "sform_code": (("i2", 254), ("i4", 348)),
+    **{name: (("f4", 256 + 4 * i), ("f8", 352 + 8 * i)) for i, name in
+       enumerate(("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z"))},
+    **{f"srow_{a}": (("(4,)f4", 280 + 16 * i), ("(4,)f8", 400 + 32 * i)) for i, a in enumerate("xyz")},
+}
 
 
 def _layout(version: int) -> np.dtype:
-    """(name, format, byte offset) of the fields read, per the standard; NIfTI-2 widens them to 64 bits."""
-    if version == 1:
-        fields = [("datatype", "i2", 70), ("dim", "(8,)i2", 40), ("pixdim", "(8,)f4", 76), ("vox_offset", "f4", 108),
-                  ("scl_slope", "f4", 112), ("scl_inter", "f4", 116), ("qform_code", "i2", 252),
-                  ("sform_code", "i2", 254)]
-        fields += [(name, "f4", 256 + 4 * i) for i, name in enumerate(_QUATERNS)]
-        fields += [(f"srow_{a}", "(4,)f4", 280 + 16 * i) for i, a in enumerate("xyz")]
-        size = 348
-    else:
-        fields = [("datatype", "i2", 12), ("dim", "(8,)i8", 16), ("pixdim", "(8,)f8", 104), ("vox_offset", "i8", 168),
-                  ("scl_slope", "f8", 176), ("scl_inter", "f8", 184), ("qform_code", "i4", 344),
-                  ("sform_code", "i4", 348)]
-        fields += [(name, "f8", 352 + 8 * i) for i, name in enumerate(_QUATERNS)]
-        fields += [(f"srow_{a}", "(4,)f8", 400 + 32 * i) for i, a in enumerate("xyz")]
-        size = 540
-    names, formats, offsets = zip(*fields)
-    return np.dtype({"names": list(names), "formats": list(formats), "offsets": list(offsets), "itemsize": size})
+    """The fields of :data:`_FIELDS` as one numpy record of the header's size (348 or 540 bytes)."""
+    formats, offsets = zip(*(versions[version - 1] for versions in _FIELDS.values()))
+    return np.dtype({"names": list(_FIELDS), "formats": list(formats), "offsets": list(offsets),
+                     "itemsize": 348 if version == 1 else 540})
 
 
 _LAYOUTS = {1: _layout(1), 2: _layout(2)}
