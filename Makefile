@@ -88,7 +88,7 @@ demo: venv
 # Two worker processes (pytest-xdist), one thread each: the suite waits on dask clusters, subprocesses and servers as
 # much as it computes. --durations lists the slowest tests, so a slow one added later is seen.
 test: venv
-	$(PY) -m pytest -q -n 2 --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
 
 bench: venv
 	$(PY) -m pip install -q -e '.[bench]' $(TORCH)  # pinned: nnunetv2's deps would otherwise pull a CUDA torch

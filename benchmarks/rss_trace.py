@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--where", choices=["process", "worker"], default="worker")
     ap.add_argument("--no-profiler", action="store_true", help="dask's worker profiler off")
+    ap.add_argument("--arena-max", type=int, default=0,
+                    help="glibc mallopt(M_ARENA_MAX, N) in this process before the worker is forked (0: leave)")
     args = ap.parse_args()
     import cloudpickle
     import dask
@@ -56,6 +58,10 @@ def main() -> None:
     from pipeline.sources.msd import scan_msd
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    if args.arena_max:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-8, args.arena_max)  # M_ARENA_MAX
     (spec, cases), = scan_msd(_ensure_data(args.data, 0), ["Task03_Liver"])[0]
     cases, cfg = cases[:8], PrepConfig()
     tmp = Path(tempfile.mkdtemp(prefix="med3d-rss-", dir=args.data))

@@ -17,6 +17,11 @@ BUCKET = "med3d-test"
 SECRET = "loopback-secret-7f3a"
 """The session's AWS secret key: tests check it reaches no file a run or a build writes."""
 
+SHARED_FIXTURES = pytest.mark.xdist_group("scale")
+"""Every test of this folder carries it: ``make test`` runs ``-n 2 --dist loadgroup``, which sends them all to one
+xdist worker, so the session fixtures (S3 server, dask cluster, the sample's local and bucket builds, a
+pretraining: ~20 s) are made once, not once in each worker."""
+
 
 class S3:
     """The loopback S3 of a test session: ``url(name)`` is a store URL in the bucket."""

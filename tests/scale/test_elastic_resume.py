@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from scale_helpers import tiny_pretrain, train_losses
+from scale_helpers import SHARED_FIXTURES, tiny_pretrain, train_losses
 from s3_loopback import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, SHARED_FIXTURES]
 
 STEPS, CKPT_EVERY, KILLED_AT = 6, 2, 4  # rank 1 dies inside step 4: the last checkpoint is step 2's
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from catalog import load_catalog, load_domains
-from scale_helpers import S3, SECRET, assert_same_arrays, store_arrays, tiny_pretrain, train_losses
+from scale_helpers import S3, SECRET, SHARED_FIXTURES, assert_same_arrays, store_arrays, tiny_pretrain, train_losses
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, SHARED_FIXTURES]
 
 
 def test_bucket_build_equals_local_build(s3: S3, bucket_build, local_build):

@@ -13,7 +13,9 @@ import zarr
 
 from catalog import load_catalog
 from catalog.retry import RetryPolicy, is_transient, policy_from_env, retry_call
-from scale_helpers import S3, assert_same_arrays, store_arrays, tiny_pretrain, train_losses
+from scale_helpers import S3, SHARED_FIXTURES, assert_same_arrays, store_arrays, tiny_pretrain, train_losses
+
+pytestmark = SHARED_FIXTURES
 
 
 class _ClientError(Exception):

@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scale_helpers import BUCKET, S3
+from scale_helpers import BUCKET, S3, SHARED_FIXTURES
+
+pytestmark = SHARED_FIXTURES
 
 ROOT = Path(__file__).resolve().parents[2]
 NOWHERE = "http://127.0.0.1:9"
