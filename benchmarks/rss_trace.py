@@ -1,6 +1,7 @@
 """Each case's own peak memory, case after case: where a build worker's peak RSS growth comes from (#22 item 3).
 
     python benchmarks/rss_trace.py [--data data/bench] [--rounds 4] [--where process|worker] [--no-profiler]
+                                   [--arena-max N] [--child-arena-max N] [--mmap-threshold BYTES]
 
 The 8 bench CTs of ``benchmarks/prep.py`` are converted ``--rounds`` times, one case per build, each into a store
 of its own (deleted after). Before each case the peak counter is reset (``/proc/self/clear_refs``, Linux 4.0+), so
@@ -48,6 +49,10 @@ def main() -> None:
     ap.add_argument("--no-profiler", action="store_true", help="dask's worker profiler off")
     ap.add_argument("--arena-max", type=int, default=0,
                     help="glibc mallopt(M_ARENA_MAX, N) in this process before the worker is forked (0: leave)")
+    ap.add_argument("--child-arena-max", type=int, default=0,
+                    help="the same, in each forked child right after the fork (os.register_at_fork)")
+    ap.add_argument("--mmap-threshold", type=int, default=0,
+                    help="mallopt(M_MMAP_THRESHOLD, BYTES) in each forked child (fixes glibc's adaptive threshold)")
     args = ap.parse_args()
     import cloudpickle
     import dask
@@ -58,10 +63,7 @@ def main() -> None:
     from pipeline.sources.msd import scan_msd
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    if args.arena_max:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-8, args.arena_max)  # M_ARENA_MAX
+    _malloc_settings(args)
     (spec, cases), = scan_msd(_ensure_data(args.data, 0), ["Task03_Liver"])[0]
     cases, cfg = cases[:8], PrepConfig()
     tmp = Path(tempfile.mkdtemp(prefix="med3d-rss-", dir=args.data))
@@ -85,6 +87,21 @@ def main() -> None:
                 _rounds(args.rounds, cases, spec, cfg, target, tmp, None, here)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _malloc_settings(args) -> None:
+    """The glibc experiments of session 10 (docs/BENCHMARKS.md): none of them kept a case's own peak steady."""
+    import ctypes
+    import os
+
+    m_mmap_threshold, m_arena_max = -3, -8
+    libc = ctypes.CDLL("libc.so.6")
+    if args.arena_max:
+        libc.mallopt(m_arena_max, args.arena_max)
+    if args.child_arena_max:
+        os.register_at_fork(after_in_child=lambda: libc.mallopt(m_arena_max, args.child_arena_max))
+    if args.mmap_threshold:
+        os.register_at_fork(after_in_child=lambda: libc.mallopt(m_mmap_threshold, args.mmap_threshold))
 
 
 def _rounds(rounds, cases, spec, cfg, target, tmp: Path, scheduler, call) -> None:
