@@ -2,11 +2,14 @@
 ``build-3dseg8`` at 6, 24 and 96 full-size CT cases (copies of the 8 bench CTs of ``benchmarks/prep.py``, each a
 real file of its own), 2 workers.
 
-    python benchmarks/scale_build.py [--data data/bench] [--counts 6,24,96] [--workers 2]
+    python benchmarks/scale_build.py [--data data/bench] [--counts 6,24,96] [--workers 2] [--glibc-arenas]
 
 Goal: per-case time within 10 % across the three, peak RSS per worker flat. The cluster is started before the
 clock (as in ``benchmarks/prep.py``'s floor table), so the per-case figure is the job's own cost. The copies and
 stores are deleted at the end (96 cases: ~3 GB of sources, ~7 GB of store). Prints a markdown table with the load.
+As ``med3d-prep`` does, this process allocates from glibc's main arena alone before any thread starts
+(``pipeline.executor.one_malloc_arena``), and the forked workers inherit it; ``--glibc-arenas`` leaves glibc's
+per-thread arenas (the build before session 10), for comparison.
 """
 from __future__ import annotations
 
@@ -28,7 +31,12 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("data/bench"))
     ap.add_argument("--counts", default="6,24,96")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--glibc-arenas", action="store_true", help="leave glibc's per-thread malloc arenas")
     args = ap.parse_args()
+    if not args.glibc_arenas:
+        from pipeline.executor import one_malloc_arena
+
+        one_malloc_arena()
     from pipeline.config import PrepConfig
     from pipeline.sources.msd import scan_msd
 
@@ -49,7 +57,8 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     base = rows[0][2]
-    print(f"\nbuild-3dseg8, {args.workers} workers, copies of the 512x512x120 bench CTs; load average "
+    arenas = "glibc's per-thread arenas" if args.glibc_arenas else "one malloc arena"
+    print(f"\nbuild-3dseg8, {args.workers} workers ({arenas}), copies of the 512x512x120 bench CTs; load average "
           f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}\n")
     print("| cases | wall (s) | per case (s) | vs the smallest | peak RSS per worker (MiB) |\n|---|---|---|---|---|")
     for n, elapsed, per, peaks in rows:

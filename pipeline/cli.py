@@ -17,10 +17,11 @@ class _PrepGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         from catalog.redact import redacted_cli
-        from .executor import WorkerStartError, worker_start_method
+        from .executor import WorkerStartError, one_malloc_arena, worker_start_method
         from .sources.naming import StoreDomainError
         from .store import UnusableStoreError
 
+        one_malloc_arena()  # before any thread exists: the forked workers inherit it (steadier peak memory)
         with redacted_cli():
             try:
                 worker_start_method()

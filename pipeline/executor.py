@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MEM_RESOURCE", "WORKER_DEATH_RETRIES", "Task", "dask_client", "local_cluster", "run_tasks",
-           "single_threaded", "worker_start_method", "WorkerStartError"]
+__all__ = ["MEM_RESOURCE", "WORKER_DEATH_RETRIES", "Task", "dask_client", "local_cluster", "one_malloc_arena",
+           "run_tasks", "single_threaded", "worker_start_method", "WorkerStartError"]
 
 MEM_RESOURCE = "MEM"
 WORKER_DEATH_RETRIES = 1
@@ -78,6 +78,7 @@ def local_cluster(workers: int | None = None, memory_per_worker: int | None = No
     n = workers or os.cpu_count() or 1
     mem = memory_per_worker or int(_total_memory() * 0.85 / n)
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                          "distributed.worker.profile.enabled": False,
                           "distributed.scheduler.allowed-failures": WORKER_DEATH_RETRIES,
                           "distributed.worker.multiprocessing-method": worker_start_method()}), \
             LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -165,14 +166,12 @@ def _single_threaded(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 _LIBC: Any = None
+_M_ARENA_MAX = -8
+"""glibc's ``mallopt`` parameter number for the largest number of malloc arenas (malloc.h)."""
 
 
-def release_freed_memory() -> None:
-    """glibc's ``malloc_trim(0)``: free pages inside the heap go back to the OS. A worker keeps glibc's adaptive
-    mmap threshold (see :func:`local_cluster`), so a case's large buffers come from the heap, and what one case
-    freed stayed resident into the next: each worker's peak RSS grew with the number of cases it had converted
-    (596-600 -> 655-682 MiB from 6 to 96 CT cases; with the trim 595 -> 633-642, benchmarks/scale_build.py). A
-    few milliseconds a case; does nothing elsewhere (other C libraries, macOS)."""
+def _libc() -> Any:
+    """glibc through ctypes (``malloc_trim`` and ``mallopt`` typed), or False elsewhere."""
     global _LIBC
     if _LIBC is None:
         import ctypes
@@ -181,10 +180,37 @@ def release_freed_memory() -> None:
         try:
             _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+            _LIBC.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         except (OSError, AttributeError):
             _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
+    return _LIBC
+
+
+def one_malloc_arena() -> bool:
+    """``mallopt(M_ARENA_MAX, 1)``: threads started from now on allocate from glibc's main arena, not from arenas
+    of their own; True when glibc took it. ``med3d-prep`` calls it first thing, before any thread exists, so the
+    local cluster's workers, forked from it, inherit a process with the main arena alone.
+
+    Why: a worker converts each case on its task thread. With an arena of its own (64 MiB heaps mapped as
+    needed), one bench CT's own peak was ~482 MiB in some runs and ~533 MiB in others, so a worker's peak RSS
+    depended on how many cases it had run (478 -> 540 MiB from 6 to 96 CT cases). In the main arena that case
+    peaked at 471-484 MiB in 16 of 16 traced rounds (``benchmarks/rss_trace.py --arena-max 1``); the task thread
+    is the worker's only busy thread, so sharing the arena costs no waiting. Set in the command, not in
+    :func:`local_cluster`: the setting holds for the rest of the process, which a library caller's Python should
+    not get as a side effect. Does nothing where the C library is not glibc."""
+    libc = _libc()
+    return bool(libc) and libc.mallopt(_M_ARENA_MAX, 1) == 1
+
+
+def release_freed_memory() -> None:
+    """glibc's ``malloc_trim(0)``: free pages inside the heap go back to the OS. A worker keeps glibc's adaptive
+    mmap threshold (see :func:`local_cluster`), so a case's large buffers come from the heap, and what one case
+    freed stayed resident into the next: each worker's peak RSS grew with the number of cases it had converted
+    (596-600 -> 655-682 MiB from 6 to 96 CT cases; with the trim 595 -> 633-642, benchmarks/scale_build.py). A
+    few milliseconds a case; does nothing elsewhere (other C libraries, macOS)."""
+    libc = _libc()
+    if libc:
+        libc.malloc_trim(0)
 
 
 def run_tasks(tasks: list[Task], *, client: Any = None, workers: int | None = None, scheduler: str | None = None,

@@ -1,7 +1,7 @@
-"""After each task a worker hands the heap memory the task freed back to the OS (glibc's malloc_trim): without
-it, what one case freed stayed resident into the next, and a worker's peak RSS grew with the number of cases it
-had converted (benchmarks/scale_build.py, 2 workers: 596-600 -> 655-682 MiB from 6 to 96 CT cases before, 595 ->
-633-642 MiB after)."""
+"""Worker memory. After each task a worker hands the heap memory the task freed back to the OS (glibc's
+malloc_trim): without it, what one case freed stayed resident into the next, and a worker's peak RSS grew with the
+number of cases it had converted (benchmarks/scale_build.py, 2 workers: 596-600 -> 655-682 MiB from 6 to 96 CT
+cases before, 595 -> 633-642 MiB after). And the workers allocate from one malloc arena (session 10)."""
 from __future__ import annotations
 
 import subprocess
@@ -74,3 +74,69 @@ def test_an_unknown_start_method_is_one_line_before_anything_is_written(tmp_path
     assert res.exit_code == 2, res.output
     assert "Error: MED3D_WORKER_START='bogus': use fork, spawn or forkserver (or unset it)" in res.output
     assert "Traceback" not in res.output and not store.exists()
+
+
+ARENAS = textwrap.dedent("""
+    import ctypes, os, sys, tempfile
+    import numpy as np
+    from distributed import Client
+    from pipeline.executor import local_cluster, one_malloc_arena
+
+    if sys.argv[1] == "one":
+        assert one_malloc_arena()
+
+    def allocate():  # on the worker's task thread, as a case conversion
+        return int(sum(np.ones(2**20 + i, np.uint8).sum() for i in range(50)))
+
+    def arenas():  # glibc's malloc_info lists one <heap> per arena
+        libc = ctypes.CDLL("libc.so.6")
+        libc.fopen.restype = ctypes.c_void_p
+        libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        libc.fclose.argtypes = [ctypes.c_void_p]
+        fd, path = tempfile.mkstemp()
+        os.close(fd)
+        fh = libc.fopen(path.encode(), b"w")
+        libc.malloc_info(0, fh)
+        libc.fclose(fh)
+        with open(path) as f:
+            text = f.read()
+        os.remove(path)
+        return text.count("<heap nr=")
+
+    with local_cluster(1) as cluster, Client(cluster) as client:
+        assert client.submit(allocate, pure=False).result() > 0
+        profiling = client.run(lambda: __import__("dask").config.get("distributed.worker.profile.enabled"))
+        print(next(iter(client.run(arenas).values())), next(iter(profiling.values())))
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's arenas, forked workers")
+def test_forked_workers_allocate_from_one_arena_and_do_not_profile() -> None:
+    """``med3d-prep`` asks glibc for one malloc arena before any thread exists; the local cluster's forked workers
+    inherit it, so a case converted on a worker's task thread comes from the main arena (one bench CT's own peak
+    was ~482 or ~533 MiB from run to run with an arena of its own). Without the call, the task thread gets an
+    arena of its own: the check tells the two apart. The workers' profiler is off (no dashboard shows it)."""
+    def run(mode: str) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", ARENAS, mode], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.split()
+
+    assert run("one") == ["1", "False"]
+    heaps, profiling = run("default")
+    assert int(heaps) >= 2 and profiling == "False"
+
+
+def test_the_prep_command_asks_for_one_arena_first(monkeypatch, tmp_path) -> None:
+    """Before anything else of the command (its first check is the start method), so before any thread."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    calls: list[str] = []
+    monkeypatch.setattr(executor, "one_malloc_arena", lambda: calls.append("arena") or True)
+    monkeypatch.setattr(executor, "worker_start_method", lambda: calls.append("start method") or "fork")
+    res = CliRunner().invoke(main, ["sample", str(tmp_path / "raw"), "--only", "lits"])
+    assert res.exit_code == 0, res.output
+    assert calls == ["arena", "start method"] and (tmp_path / "raw" / "lits").is_dir()
