@@ -207,5 +207,14 @@ def _add_transfer_commands() -> None:
 
 _add_transfer_commands()
 
+
+def entry() -> None:
+    """The console script: :func:`main`, then an exit without the last cycle-collector passes
+    (:func:`catalog.console.run_console`)."""
+    from catalog.console import run_console
+
+    run_console(main)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

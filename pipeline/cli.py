@@ -298,5 +298,13 @@ def report(store, out_dir, more_runs, runs, montage_cases, nodule_cases, seed, d
     click.echo(f"wrote {result.index} ({len(result.figures)} figures, {result.seconds:.1f} s)")
 
 
+def entry() -> None:
+    """The console script: :func:`main`, then an exit without the last cycle-collector passes
+    (:func:`catalog.console.run_console`)."""
+    from catalog.console import run_console
+
+    run_console(main)
+
+
 if __name__ == "__main__":
-    main()
+    entry()
