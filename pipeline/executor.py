@@ -66,6 +66,11 @@ def local_cluster(workers: int | None = None, memory_per_worker: int | None = No
     fresh mmap with page faults: a 512×512×120 CT case took 2.5 s instead of 1.9 s. Our tasks hold no data
     between them, so we leave glibc's adaptive defaults in place.
 
+    Dask's worker profiler is off: no dashboard shows it (ours has none), and the stacks it kept were half of the
+    ~0.1-0.2 MiB a worker's memory grew per case. A worker's memory stays flat as cases grow when the calling
+    process allocates from one malloc arena before its first thread (:func:`one_malloc_arena`; ``med3d-prep``
+    does).
+
     A worker process that dies (killed for memory) is restarted by its nanny; the case it was converting runs
     once more elsewhere, then becomes a failed row (:data:`WORKER_DEATH_RETRIES`).
 

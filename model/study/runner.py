@@ -118,14 +118,18 @@ def _run_cell(plan: Plan, study: Path, cell: Cell, log_file: Path) -> dict[str, 
             "train_s": round(t1 - t0, 2), "eval_s": round(t2 - t1, 2)}
 
 
-def _drop_fallback_checkpoint(run: Path) -> None:
+def _drop_fallback_checkpoint(run: Path, log: Callable[[str], None]) -> None:
     """A finished cell keeps its last checkpoint only. ``checkpoint.prev.pt`` is training's fallback for a
     checkpoint damaged after it was written; once the cell is evaluated and its ``cell.json`` written, the cell
     is never trained again, and the copy is dead weight: half of a finished study's checkpoint bytes (290 MB a
     cell for the ResNet-10 U-Net; the studies behind the README kept 58 such copies, 15.6 GB)."""
     from model.training.checkpoint import CHECKPOINT_NAME, previous_path
 
-    previous_path(run / CHECKPOINT_NAME).unlink(missing_ok=True)
+    path = previous_path(run / CHECKPOINT_NAME)
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:  # a folder or a read-only file in its place: the cell is done all the same
+        log(f"note: could not delete {path} ({exc.strerror or exc}); the cell is done, delete it by hand")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -198,7 +202,7 @@ def _run_locked(grid: StudyGrid, study: Path, log: Callable[[str], None], figure
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_json(path, row)
         if row["status"] == "ok":
-            _drop_fallback_checkpoint(cell_dir(study, cell))
+            _drop_fallback_checkpoint(cell_dir(study, cell), log)
         main = next((k for k in ("dice", "auc_macro") if k in row), None)
         what = f"{main} {row[main]:.4f}" if main and row["status"] == "ok" else f"FAILED: {row['error']}"
         log(f"[{n}/{len(cells)}] {cell.key}: {what} ({time.perf_counter() - t0:.0f} s)")

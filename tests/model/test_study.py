@@ -239,3 +239,16 @@ def test_more_seeds_or_inits_extend_a_study_other_changes_do_not(tiny_store):
     assert grid((0,), inits=more).differences(saved) == [] and grid((0,), inits=more).grown(saved) == ["inits"]
     assert grid((0,), inits=(("pre", "/runs/pre"),)).differences(saved) == ["inits"]  # scratch dropped
     assert grid((0,), inits=(("scratch", "/runs/other"),)).differences(saved) == ["inits"]  # other weights
+
+
+def test_a_fallback_checkpoint_that_cannot_be_deleted_is_a_note_not_a_failure(tmp_path):
+    from model.study.runner import _drop_fallback_checkpoint
+
+    (tmp_path / "checkpoint.prev.pt").mkdir()  # a folder where the file would be
+    lines: list[str] = []
+    _drop_fallback_checkpoint(tmp_path, lines.append)
+    assert len(lines) == 1 and "checkpoint.prev.pt" in lines[0] and "by hand" in lines[0]
+    (tmp_path / "checkpoint.prev.pt").rmdir()
+    (tmp_path / "checkpoint.prev.pt").write_bytes(b"x")
+    _drop_fallback_checkpoint(tmp_path, lines.append)
+    assert not (tmp_path / "checkpoint.prev.pt").exists() and len(lines) == 1
