@@ -97,6 +97,7 @@ bench: venv
 	$(PY) benchmarks/checks.py
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/loader_peers.py
+	$(PY) benchmarks/loader_wait.py
 	$(PY) benchmarks/scale_catalog.py
 	$(PY) benchmarks/scale_build.py
 	$(PY) benchmarks/train.py
