@@ -3,7 +3,7 @@
     python benchmarks/loader_wait.py [--work data/loader_peers] [--steps 5] [--workers 2] [--patch 128]
     python benchmarks/loader_wait.py --quick      # ResNet-10, 64³ patches, 3 steps: a check that it runs
 
-The loader is ``benchmarks/loader_peers.py``'s "ours" (the store of its 8 bench CTs, ``PretrainStream`` in a torch
+The loader is ``benchmarks/loader_peers.py``'s "ours" (its store of 6 bench CTs, ``PretrainStream`` in a torch
 DataLoader, rotation + scaling + mirroring + brightness + contrast + gamma in the workers, a third of the patches
 on foreground, batch 2); the step is ``benchmarks/train.py``'s (the pretraining network, cross-entropy, forward +
 backward + optimiser step) on the batches the loader gives, torch on 2 threads. The loader's workers run on the
@@ -44,7 +44,7 @@ def main() -> None:
     from model.training.loop import PretrainStepper, make_optimizer, make_scheduler
     from model.training.pretrain import build_pretrain_net
 
-    store, _ = prepare(args.data, args.work, 8)
+    store, _ = prepare(args.data, args.work, 6)  # loader_peers.py's default: the same store
     torch.set_num_threads(2)
     torch.manual_seed(0)
     net = build_pretrain_net(args.encoder, {"liver": 3})
