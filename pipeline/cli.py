@@ -17,11 +17,10 @@ class _PrepGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         from catalog.redact import redacted_cli
-        from .executor import WorkerStartError, one_malloc_arena, worker_start_method
+        from .executor import WorkerStartError, worker_start_method
         from .sources.naming import StoreDomainError
         from .store import UnusableStoreError
 
-        one_malloc_arena()  # before any thread exists: the forked workers inherit it (steadier peak memory)
         with redacted_cli():
             try:
                 worker_start_method()
@@ -299,10 +298,15 @@ def report(store, out_dir, more_runs, runs, montage_cases, nodule_cases, seed, d
 
 
 def entry() -> None:
-    """The console script: :func:`main`, then an exit without the last cycle-collector passes
-    (:func:`catalog.console.run_console`)."""
+    """The console script: one malloc arena for the process before any thread exists, which the local cluster's
+    forked workers inherit (:func:`pipeline.executor.one_malloc_arena`: steadier peak memory), then :func:`main`,
+    then an exit without the last cycle-collector passes (:func:`catalog.console.run_console`). Both are settings
+    of the whole process, so they are made here and not when the click group is called from Python."""
     from catalog.console import run_console
 
+    from .executor import one_malloc_arena
+
+    one_malloc_arena()
     run_console(main)
 
 

@@ -128,15 +128,19 @@ def test_forked_workers_allocate_from_one_arena_and_do_not_profile() -> None:
     assert int(heaps) >= 2 and profiling == "False"
 
 
-def test_the_prep_command_asks_for_one_arena_first(monkeypatch, tmp_path) -> None:
-    """Before anything else of the command (its first check is the start method), so before any thread."""
-    from click.testing import CliRunner
-
-    from pipeline.cli import main
+def test_the_prep_console_script_asks_for_one_arena_before_the_command(monkeypatch, tmp_path) -> None:
+    """The console script's entry, before the click group runs (so before any thread); the group called from
+    Python leaves the caller's allocator alone."""
+    import catalog.console
+    import pipeline.cli as cli
 
     calls: list[str] = []
     monkeypatch.setattr(executor, "one_malloc_arena", lambda: calls.append("arena") or True)
-    monkeypatch.setattr(executor, "worker_start_method", lambda: calls.append("start method") or "fork")
-    res = CliRunner().invoke(main, ["sample", str(tmp_path / "raw"), "--only", "lits"])
-    assert res.exit_code == 0, res.output
-    assert calls == ["arena", "start method"] and (tmp_path / "raw" / "lits").is_dir()
+    monkeypatch.setattr(catalog.console, "run_console", lambda command: calls.append(command.name))
+    cli.entry()
+    assert calls == ["arena", "main"]
+    from click.testing import CliRunner
+
+    calls.clear()
+    res = CliRunner().invoke(cli.main, ["sample", str(tmp_path / "raw"), "--only", "lits"])
+    assert res.exit_code == 0 and (tmp_path / "raw" / "lits").is_dir() and calls == []
