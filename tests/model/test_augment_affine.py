@@ -4,6 +4,8 @@ it says on real numbers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -154,3 +156,34 @@ def test_in_place_gives_the_same_values_in_the_tensors_it_was_given():
     none = augment_params(_only(), 0, 0, 6, shape=(12, 14, 16))
     copy = image.clone()
     assert apply_augment(copy, label.clone(), none, inplace=True)[0] is copy and torch.equal(copy, image)
+
+
+def test_the_loaders_patches_and_rigid_draws_equal_those_before_issue_22(tmp_path):
+    """Done-when of #22: with a fixed seed the loader's patches are identical to before the round (the augmentation
+    the loader applies by default did not change). The digests were recorded by the code before #22's first change
+    (commit ac24df1^, in a separate worktree) reading the same store of the four real MSD hippocampus cases
+    (tests/data/real/msd), and this code gives them too: six batches of two 16³ patches (images, labels, cases)
+    and six steps of finetune's rigid augmentation parameters."""
+    import hashlib
+    import json
+
+    from model.data.augment import rigid_params
+    from model.data.patches import PatchConfig, PretrainStream, StoreIndex
+    from pipeline.config import PrepConfig
+    from pipeline.job import build
+    from pipeline.sources.msd import scan_msd
+
+    found, _ = scan_msd(Path(__file__).resolve().parents[1] / "data" / "real" / "msd")
+    store = str(tmp_path / "store")
+    assert build(found, store, PrepConfig(), workers=0, progress=False, log=lambda s: None).converted == 4
+    stream = PretrainStream(store, StoreIndex.from_store(store, split="train"),
+                            PatchConfig(patch=(16, 16, 16), batch=2, seed=3, fg_fraction=1 / 3), num_steps=6)
+    patches = hashlib.sha256()
+    for batch in stream:
+        patches.update(np.ascontiguousarray(batch["image"].numpy()).tobytes())
+        patches.update(np.ascontiguousarray(batch["label"].numpy()).tobytes())
+        patches.update(json.dumps([str(c) for c in batch["cases"]]).encode())
+    rigid = hashlib.sha256()
+    for step in range(6):
+        rigid.update(rigid_params(0, step, 2, max_rotation_deg=15.0, max_translation=0.1).numpy().tobytes())
+    assert (patches.hexdigest()[:16], rigid.hexdigest()[:16]) == ("2b0d6d5d61d88971", "22c52ba722b6a043")
